@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make bench` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv bench test lint clean
+
+venv: $(STAMP)
+
+# Rebuilt whenever the pins or the package metadata change.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+bench: $(STAMP)
+	$(BIN)/ffnbench doctor
+	$(BIN)/ffnbench export --design A --out runs/export/A
+	$(BIN)/ffnbench export --design B --out runs/export/B
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

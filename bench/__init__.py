@@ -1,0 +1,1 @@
+"""Benchmark side: scenarios, runnables, metrics, timing, runs, reports, the CI gate and the CLI."""

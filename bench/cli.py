@@ -1,0 +1,94 @@
+"""The `ffnbench` console script: argument parsing only; each command calls one library function."""
+
+import argparse
+import json
+import sys
+
+from ffnbench.errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line, like every other bad-input error of this tool, instead of usage + message.
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    # Defaults are None so that FFNConfig's own defaults apply; they live in one place.
+    p.add_argument("--design", required=True, help="A, B, ln-swiglu or rms-gelu")
+    p.add_argument("--preset", help="tiny, small, default or llama-7b (sizes only)")
+    p.add_argument("--d-model", type=int, dest="d_model")
+    p.add_argument("--d-ff", type=int, dest="d_ff", help="GELU hidden width")
+    p.add_argument("--swiglu-hidden", type=int, dest="swiglu_hidden",
+                   help="SwiGLU hidden width (default: parameter-matched to --d-ff)")
+    p.add_argument("--no-bias", action="store_false", dest="bias", default=None)
+    p.add_argument("--no-residual", action="store_false", dest="residual", default=None)
+    p.add_argument("--gelu", choices=("erf", "tanh"))
+    p.add_argument("--eps", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--weights", help="a local .safetensors file to load the layer from (A or B)")
+    p.add_argument("--prefix", default="", help="name prefix of the layer in --weights, e.g. model.layers.0.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ffnbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    doctor = sub.add_parser("doctor", help="versions, CPU ISA, runtimes, devices")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+
+    export = sub.add_parser("export", help="export one FFN sublayer to ONNX with its manifest")
+    _add_model_args(export)
+    export.add_argument("--out", required=True, help="directory for model.onnx and manifest.json")
+    export.add_argument("--decomposed", action="store_true",
+                        help="opset 18 in primitive ops, for runtimes without opset 23")
+    export.add_argument("--taps", action="store_true", help="also output norm_out, act_in, act_out")
+    return parser
+
+
+def cmd_doctor(args) -> int:
+    from ffnbench.bench import doctor
+
+    report = doctor.collect()
+    print(json.dumps(report, indent=2) if args.json else doctor.format_text(report))
+    return 0
+
+
+def model_from_args(args):
+    from ffnbench.models import FFNConfig, build_model, load_safetensors, preset
+
+    overrides = {k: getattr(args, k) for k in
+                 ("d_model", "d_ff", "swiglu_hidden", "bias", "residual", "gelu", "eps", "seed")
+                 if getattr(args, k) is not None}
+    if args.weights:
+        sizes = {k for k in ("d_model", "d_ff", "swiglu_hidden", "bias") if k in overrides}
+        if args.preset or sizes:
+            raise UsageError(f"--weights: sizes come from the file; drop --preset/{'/'.join(sorted(sizes))}"
+                             .rstrip("/"))
+        return load_safetensors(args.weights, args.design, args.prefix, **overrides)
+    cfg = preset(args.preset, args.design, **overrides) if args.preset else \
+        FFNConfig(design=args.design, **overrides)
+    return build_model(cfg)
+
+
+def cmd_export(args) -> int:
+    from ffnbench.export import export_onnx
+
+    block = model_from_args(args)
+    exported = export_onnx(block, args.out, decomposed=args.decomposed, taps=args.taps)
+    m = exported.manifest
+    print(f"wrote {exported.path} (opset {m['opset']}, {m['bytes'] / 1e6:.2f} MB, "
+          f"parity max abs err {m['parity']['max_abs_err']:.2e}, ops {', '.join(m['ops'])})")
+    return 0
+
+
+COMMANDS = {"doctor": cmd_doctor, "export": cmd_export}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"ffnbench {args.command}: error: {e}", file=sys.stderr)
+        return 2

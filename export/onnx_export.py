@@ -1,0 +1,139 @@
+"""torch -> ONNX: opset 23 with native norm ops, or opset 18 in primitive ops, checked for parity."""
+
+import contextlib
+import copy
+import hashlib
+import io
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from ffnbench.export.validate import check, op_histogram
+from ffnbench.models import FFNBlock, WithTaps
+
+from ffnbench import atomic
+from ffnbench.errors import UsageError
+from ffnbench.versions import stack_versions
+
+NATIVE_OPSET = 23  # LayerNormalization (17), Gelu (20), RMSNormalization (23)
+DECOMPOSED_OPSET = 18  # for runtimes without opset 23: the norms and GELU in primitive ops
+FUSED_OPS = {"LayerNormalization", "RMSNormalization", "Gelu"}
+PARITY_TOL = 1e-4  # fp32 max abs error vs torch; kernels differ only in summation order
+# Two shapes so the parity check also exercises the dynamic batch and sequence axes.
+PARITY_SHAPES = ((2, 16), (1, 3))
+INPUT_NAME = "hidden"
+OUTPUT_NAME = "output"
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    path: Path
+    manifest: dict
+
+
+def export_onnx(block: FFNBlock, out_dir: Path, *, decomposed: bool = False,
+                taps: bool = False) -> ExportedModel:
+    """Export `block` to out_dir/model.onnx with manifest.json beside it, or raise and write nothing.
+
+    The model takes `hidden` (batch, seq, d_model) and returns `output`, plus one graph output per
+    tap (norm_out, act_in, act_out[, up]) when `taps` is set.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out: {out_dir} is an existing file; give a directory path")
+    cfg = block.cfg
+    opset = DECOMPOSED_OPSET if decomposed else NATIVE_OPSET
+    module = copy.deepcopy(block).set_primitive_norm(decomposed).eval()
+    output_names = [OUTPUT_NAME, *(block.tap_names if taps else ())]
+    started = time.perf_counter()
+    with atomic.staged_dir(out_dir) as stage:
+        model = _torch_export(WithTaps(module) if taps else module, cfg.d_model, opset, output_names)
+        model = check(model)
+        ops = op_histogram(model)
+        if decomposed and FUSED_OPS & ops.keys():
+            raise RuntimeError(f"decomposed export still holds fused ops {sorted(FUSED_OPS & ops.keys())}")
+        onnx.save(model, str(stage / "model.onnx"))
+        parity = parity_vs_torch(stage / "model.onnx", block, output_names)
+        if parity["max_abs_err"] > PARITY_TOL:
+            raise RuntimeError(f"export parity: ORT differs from torch by {parity['max_abs_err']:.3g} "
+                               f"(> {PARITY_TOL}); the exporter or runtime mistranslated the graph")
+        manifest = {
+            "kind": "ffnbench.export",
+            "file": "model.onnx",
+            "sha256": sha256_file(stage / "model.onnx"),
+            "bytes": (stage / "model.onnx").stat().st_size,
+            "config": cfg.to_dict(),
+            "opset": opset,
+            "decomposed": decomposed,
+            "inputs": [INPUT_NAME],
+            "outputs": output_names,
+            "parity": parity,
+            "ops": ops,
+            "versions": stack_versions(),
+            "export_seconds": round(time.perf_counter() - started, 3),
+        }
+        atomic.write_json(stage / "manifest.json", manifest)
+    return ExportedModel(out_dir / "model.onnx", manifest)
+
+
+def _torch_export(module: torch.nn.Module, d_model: int, opset: int, output_names: list[str]):
+    example = torch.zeros(2, 4, d_model)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    # The dynamo exporter narrates each step on stdout and warns about optional torchvision ops;
+    # neither helps a user of this tool, and real failures still raise.
+    with warnings.catch_warnings(), _quiet_logger("torch.onnx"), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, opset_version=opset, verbose=False,
+            input_names=[INPUT_NAME], output_names=output_names,
+            dynamic_shapes=({0: batch, 1: seq},), external_data=False,
+        )
+    return program.model_proto
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def parity_vs_torch(path: Path, block: FFNBlock, output_names: list[str], seed: int = 1234) -> dict:
+    """Max abs error of ORT (CPU, all graph optimisations) against torch over every output."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(seed)
+    worst, scale = 0.0, 0.0
+    for batch, seq in PARITY_SHAPES:
+        h = torch.randn(batch, seq, block.cfg.d_model, generator=gen)
+        taps: dict = {}
+        with torch.no_grad():
+            expected = [block.forward_with_taps(h, taps)]
+        expected += [taps[name] for name in output_names[1:]]
+        got = session.run(output_names, {INPUT_NAME: h.numpy()})
+        for e, g in zip(expected, got, strict=True):
+            worst = max(worst, float(np.max(np.abs(e.numpy() - g))))
+            scale = max(scale, float(np.max(np.abs(e.numpy()))))
+    # The bound is absolute, as fp32 kernels on O(1) activations allow; the output scale beside it
+    # tells a user with large real activations whether a failure is only relative rounding.
+    return {"max_abs_err": worst, "max_abs_output": scale, "tolerance": PARITY_TOL,
+            "shapes": [list(s) for s in PARITY_SHAPES], "seed": seed}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

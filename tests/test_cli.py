@@ -1,0 +1,84 @@
+"""The console script in a subprocess: doctor, export, and one-line errors with exit code 2."""
+
+import json
+import subprocess
+
+import onnx
+import pytest
+import torch
+from safetensors.torch import save_file
+
+
+def run(exe, *args):
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_doctor_json_reports_isa_and_int8_probe(ffnbench_exe):
+    r = run(ffnbench_exe, "doctor", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert set(report["cpu"]["isa"]) >= {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}
+    assert isinstance(report["int8"]["u8s8_saturates"], bool)
+    assert "CPUExecutionProvider" in report["onnxruntime_providers"]
+    assert report["machine_class"].startswith("cpu-")
+    assert report["versions"]["onnxruntime"]
+
+
+def test_doctor_text_names_the_machine_class(ffnbench_exe):
+    r = run(ffnbench_exe, "doctor")
+    assert r.returncode == 0, r.stderr
+    assert "class cpu-" in r.stdout and "U8S8 saturates" in r.stdout
+
+
+def test_export_writes_model_and_manifest(ffnbench_exe, tmp_path):
+    r = run(ffnbench_exe, "export", "--design", "B", "--preset", "tiny", "--out", tmp_path / "b")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert "RMSNormalization" in manifest["ops"] and manifest["parity"]["max_abs_err"] <= 1e-4
+    onnx.checker.check_model(str(tmp_path / "b" / "model.onnx"))
+
+
+def test_export_from_weights(ffnbench_exe, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    p = "model.layers.0."
+    # Trained scale: 1/sqrt(fan_in), so outputs are O(1) and the 1e-4 parity bound is meaningful.
+    save_file({f"{p}post_attention_layernorm.weight": torch.ones(64),
+               f"{p}mlp.gate_proj.weight": torch.randn(128, 64, generator=g) / 8,
+               f"{p}mlp.up_proj.weight": torch.randn(128, 64, generator=g) / 8,
+               f"{p}mlp.down_proj.weight": torch.randn(64, 128, generator=g) / 128**0.5},
+              tmp_path / "w.safetensors")
+    r = run(ffnbench_exe, "export", "--design", "B", "--weights", tmp_path / "w.safetensors",
+            "--prefix", p, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["config"]["hidden"] == 128
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--design", "C"], "design: unknown 'C'"),
+    (["--design", "A", "--preset", "huge"], "preset: unknown 'huge'"),
+    (["--design", "A", "--d-model", "0"], "d_model: must be a positive integer"),
+    (["--design", "A", "--d-ff", "-3"], "d_ff: must be a positive integer"),
+    (["--design", "B", "--weights", "missing.safetensors"], "no file at"),
+    (["--design", "A", "--d-model", "x"], "invalid int value"),
+])
+def test_export_bad_input_is_one_line_exit_2_and_writes_nothing(ffnbench_exe, tmp_path, args, needle):
+    r = run(ffnbench_exe, "export", *args, "--out", tmp_path / "out")
+    assert r.returncode == 2
+    assert needle in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_to_an_existing_file_is_refused(ffnbench_exe, tmp_path):
+    (tmp_path / "file").write_text("keep me")
+    r = run(ffnbench_exe, "export", "--design", "A", "--preset", "tiny", "--out", tmp_path / "file")
+    assert r.returncode == 2 and "is an existing file" in r.stderr
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_weights_with_a_missing_tensor_name_it(ffnbench_exe, tmp_path):
+    save_file({"mlp.gate_proj.weight": torch.zeros(128, 64)}, tmp_path / "w.safetensors")
+    r = run(ffnbench_exe, "export", "--design", "B", "--weights", tmp_path / "w.safetensors",
+            "--out", tmp_path / "out")
+    assert r.returncode == 2 and "'post_attention_layernorm.weight' is missing" in r.stderr
+    assert not (tmp_path / "out").exists()
