@@ -7,8 +7,8 @@ import os
 
 import onnxruntime as ort
 import torch
-from ffnbench.bench.isa import cpu_info, machine_class, u8s8_saturates
 
+from ffnbench.bench.isa import cpu_info, machine_class, u8s8_saturates
 from ffnbench.versions import stack_versions
 
 

@@ -2,7 +2,6 @@
 
 import contextlib
 import copy
-import hashlib
 import io
 import logging
 import time
@@ -14,11 +13,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from ffnbench.export.validate import check, op_histogram
-from ffnbench.models import FFNBlock, WithTaps
 
-from ffnbench import atomic
+from ffnbench import files
 from ffnbench.errors import UsageError
+from ffnbench.export.validate import check, op_histogram
+from ffnbench.files import sha256_file
+from ffnbench.models import FFNBlock, WithTaps
 from ffnbench.versions import stack_versions
 
 NATIVE_OPSET = 23  # LayerNormalization (17), Gelu (20), RMSNormalization (23)
@@ -52,7 +52,7 @@ def export_onnx(block: FFNBlock, out_dir: Path, *, decomposed: bool = False,
     module = copy.deepcopy(block).set_primitive_norm(decomposed).eval()
     output_names = [OUTPUT_NAME, *(block.tap_names if taps else ())]
     started = time.perf_counter()
-    with atomic.staged_dir(out_dir) as stage:
+    with files.staged_dir(out_dir) as stage:
         model = _torch_export(WithTaps(module) if taps else module, cfg.d_model, opset, output_names)
         model = check(model)
         ops = op_histogram(model)
@@ -69,6 +69,7 @@ def export_onnx(block: FFNBlock, out_dir: Path, *, decomposed: bool = False,
             "sha256": sha256_file(stage / "model.onnx"),
             "bytes": (stage / "model.onnx").stat().st_size,
             "config": cfg.to_dict(),
+            "source": block.source,
             "opset": opset,
             "decomposed": decomposed,
             "inputs": [INPUT_NAME],
@@ -78,7 +79,7 @@ def export_onnx(block: FFNBlock, out_dir: Path, *, decomposed: bool = False,
             "versions": stack_versions(),
             "export_seconds": round(time.perf_counter() - started, 3),
         }
-        atomic.write_json(stage / "manifest.json", manifest)
+        files.write_json(stage / "manifest.json", manifest)
     return ExportedModel(out_dir / "model.onnx", manifest)
 
 
@@ -87,7 +88,7 @@ def _torch_export(module: torch.nn.Module, d_model: int, opset: int, output_name
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     # The dynamo exporter narrates each step on stdout and warns about optional torchvision ops;
     # neither helps a user of this tool, and real failures still raise.
-    with warnings.catch_warnings(), _quiet_logger("torch.onnx"), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), _quiet_logging(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module, (example,), dynamo=True, opset_version=opset, verbose=False,
@@ -98,14 +99,18 @@ def _torch_export(module: torch.nn.Module, d_model: int, opset: int, output_name
 
 
 @contextlib.contextmanager
-def _quiet_logger(name: str):
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _quiet_logging():
+    """The exporter and its optimiser log every pass at INFO, and warn that optional torchvision ops
+    are absent; other warnings and errors still show."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    logging.disable(logging.INFO)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logging.disable(logging.NOTSET)
+        registration.setLevel(level)
 
 
 def parity_vs_torch(path: Path, block: FFNBlock, output_names: list[str], seed: int = 1234) -> dict:
@@ -129,11 +134,3 @@ def parity_vs_torch(path: Path, block: FFNBlock, output_names: list[str], seed: 
     # tells a user with large real activations whether a failure is only relative rounding.
     return {"max_abs_err": worst, "max_abs_output": scale, "tolerance": PARITY_TOL,
             "shapes": [list(s) for s in PARITY_SHAPES], "seed": seed}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -4,8 +4,9 @@ import zlib
 
 import torch
 import torch.nn.functional as F
-from ffnbench.models.config import FFNConfig
 from torch import nn
+
+from ffnbench.models.config import FFNConfig
 
 # Names of the intermediate tensors a block can return beside its output. For SwiGLU the
 # activation is swish(gate); `up` is the linear branch it multiplies.
@@ -94,6 +95,8 @@ class FFNBlock(nn.Module):
         else:
             self.mlp = SwiGLUMLP(cfg.d_model, cfg.hidden, cfg.bias)
         self.tap_names = TAPS_GELU if cfg.activation == "gelu" else TAPS_SWIGLU
+        # Where the weights came from, so an artifact can be rebuilt: the seed or a checkpoint.
+        self.source: dict = {"kind": "seed", "seed": cfg.seed}
 
     def forward(self, h):
         return self.forward_with_taps(h, taps=None)

@@ -3,11 +3,12 @@
 from pathlib import Path
 
 import torch
-from ffnbench.models.config import FFNConfig
-from ffnbench.models.layers import FFNBlock
 from safetensors import SafetensorError, safe_open
 
 from ffnbench.errors import UsageError
+from ffnbench.files import sha256_file
+from ffnbench.models.config import FFNConfig
+from ffnbench.models.layers import FFNBlock, build_model
 
 # Our parameter name -> the checkpoint's name, per naming style. A "transpose" flag marks GPT-2's
 # Conv1D, which stores Linear weights as (in, out).
@@ -73,7 +74,20 @@ def load_safetensors(path: Path, design: str, prefix: str = "", **cfg_overrides)
                              f"expected {tuple(p.shape)} for d_model={cfg.d_model}, hidden={cfg.hidden}")
         with torch.no_grad():
             p.copy_(named[name].float())
+    block.source = {"kind": "safetensors", "path": str(path.resolve()), "sha256": sha256_file(path),
+                    "prefix": prefix}
     return block.eval()
+
+
+def rebuild(cfg: FFNConfig, source: dict) -> FFNBlock:
+    """The block an export manifest describes: from its seed, or from its (unchanged) checkpoint."""
+    if source["kind"] == "seed":
+        return build_model(cfg)
+    path = Path(source["path"])
+    if not path.is_file() or sha256_file(path) != source["sha256"]:
+        raise UsageError(f"weights: {path} is missing or changed since the export; re-export the model")
+    keep = ("eps", "residual", "gelu", "seed")
+    return load_safetensors(path, cfg.design, source["prefix"], **{k: getattr(cfg, k) for k in keep})
 
 
 def _detect_style(tensors: dict, design: str, prefix: str) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from ffnbench.models import preset
 
 DESIGNS = ("A", "B", "ln-swiglu", "rms-gelu")

@@ -82,3 +82,51 @@ def test_weights_with_a_missing_tensor_name_it(ffnbench_exe, tmp_path):
             "--out", tmp_path / "out")
     assert r.returncode == 2 and "'post_attention_layernorm.weight' is missing" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def exported_b(ffnbench_exe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "b"
+    r = run(ffnbench_exe, "export", "--design", "B", "--preset", "tiny", "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out / "model.onnx"
+
+
+def test_quantize_writes_an_artifact_with_its_manifest(ffnbench_exe, exported_b, tmp_path):
+    r = run(ffnbench_exe, "quantize", "--recipe", "ort-int8-qdq-percentile", "--calibration", "production",
+            "--model", exported_b, "--out", tmp_path / "q")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    assert manifest["calibration"]["scenario"] == "production"
+    assert manifest["recipe"] == "ort-int8-qdq-percentile"
+    onnx.checker.check_model(str(tmp_path / "q" / "model.onnx"))
+
+
+def test_quantize_a_bnb_recipe_rebuilds_the_module_from_the_export(ffnbench_exe, exported_b, tmp_path):
+    r = run(ffnbench_exe, "quantize", "--recipe", "bnb-nf4", "--model", exported_b, "--out", tmp_path / "q")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    assert manifest["runtime"] == "bnb" and (tmp_path / "q" / "model.pt").stat().st_size == manifest["bytes"]
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--recipe", "int3"], "recipe: unknown 'int3'; choose one of"),
+    (["--recipe", "ort-int4-rtn", "--set", "accuracy_level=9"], "accuracy_level must be one of"),
+    (["--recipe", "ort-int4-rtn", "--set", "accuracy_level"], "--set: expected KEY=VALUE"),
+    (["--recipe", "ort-int8-qdq-minmax", "--calibration", "tuesday"], "scenario: unknown 'tuesday'"),
+])
+def test_quantize_bad_input(ffnbench_exe, exported_b, tmp_path, args, needle):
+    r = run(ffnbench_exe, "quantize", *args, "--model", exported_b, "--out", tmp_path / "q")
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("damage", ["foreign", "truncated"])
+def test_quantize_rejects_a_damaged_model(ffnbench_exe, exported_b, tmp_path, damage):
+    bad = tmp_path / "model.onnx"
+    data = exported_b.read_bytes()
+    bad.write_bytes(b"PK\x03\x04 a zip, not a model" if damage == "foreign" else data[: len(data) // 3])
+    r = run(ffnbench_exe, "quantize", "--recipe", "ort-int8-dynamic", "--model", bad, "--out", tmp_path / "q")
+    assert r.returncode == 2 and "is not a valid ONNX model" in r.stderr, r.stderr
+    assert not (tmp_path / "q").exists()

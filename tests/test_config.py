@@ -1,9 +1,9 @@
 """FFNConfig: validation with the fix in the message, derived widths, parameter matching, presets."""
 
 import pytest
-from ffnbench.models import PRESETS, FFNConfig, matched_swiglu_width, preset
 
 from ffnbench.errors import UsageError
+from ffnbench.models import PRESETS, FFNConfig, matched_swiglu_width, preset
 
 
 @pytest.mark.parametrize(("field", "value", "needle"), [

@@ -7,10 +7,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from ffnbench.export import export_onnx, load_onnx, onnx_export, sha256_file
-from ffnbench.models import build_model, preset
 
 from ffnbench.errors import UsageError
+from ffnbench.export import export_onnx, load_onnx, onnx_export, sha256_file
+from ffnbench.models import build_model, preset
 
 NATIVE_OPS = {"A": {"LayerNormalization", "Gelu"}, "B": {"RMSNormalization"},
               "ln-swiglu": {"LayerNormalization"}, "rms-gelu": {"RMSNormalization", "Gelu"}}

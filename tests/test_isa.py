@@ -1,6 +1,7 @@
 """CPU ISA detection, machine classes, and the measured U8S8 saturation probe."""
 
 import pytest
+
 from ffnbench.bench.isa import cpu_info, machine_class, u8s8_saturates
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import DESIGNS
+
 from ffnbench.models import WithTaps, build_model
 
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from ffnbench.models import build_model, load_safetensors, preset
 from safetensors.torch import save_file
 
 from ffnbench.errors import UsageError
+from ffnbench.models import build_model, load_safetensors, preset
 
 D, H = 64, 128
 

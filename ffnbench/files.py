@@ -1,6 +1,7 @@
-"""Write files so that a reader never sees half of one: stage in a temporary name, then rename."""
+"""Files: atomic writes (stage under a temporary name, then rename) and content hashes."""
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -45,3 +46,11 @@ def staged_dir(out_dir: Path) -> Iterator[Path]:
             os.replace(stage / name, out_dir / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

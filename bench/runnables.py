@@ -1,0 +1,111 @@
+"""Runnables: one protocol, run(x) -> y and taps(x) -> dict, over torch, ORT and bitsandbytes."""
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from ffnbench.errors import UsageError
+from ffnbench.models import FFNBlock
+from ffnbench.quant import Artifact
+
+OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class Runnable(Protocol):
+    runtime: str
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Block output for hidden states x (batch, seq, d_model), float32 in and out."""
+
+    def taps(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Intermediate tensors (norm_out, act_in, act_out[, up]) for x."""
+
+    def describe(self) -> dict:
+        """Settings that affect results or speed, for the cell's record."""
+
+
+class TorchRunnable:
+    """A torch module: the fp32 reference, a half-precision copy, or one with bitsandbytes layers."""
+
+    def __init__(self, module: FFNBlock, runtime: str = "torch", device: str = "cpu", threads: int | None = None):
+        self.module, self.runtime, self.device = module.eval(), runtime, device
+        self.dtype = next(module.parameters()).dtype if runtime == "torch" else torch.float32
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()
+
+    def _call(self, x: np.ndarray, taps: dict | None):
+        h = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device, self.dtype)
+        # bitsandbytes warns on every int8 call that it casts fp32 activations to fp16; the
+        # artifact's manifest records that once.
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.disable(logging.WARNING)
+            try:
+                return self.module.forward_with_taps(h, taps)
+            finally:
+                logging.disable(logging.NOTSET)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self._call(x, None).float().cpu().numpy()
+
+    def taps(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        taps: dict = {}
+        self._call(x, taps)
+        return {k: v.float().cpu().numpy() for k, v in taps.items()}
+
+    def describe(self) -> dict:
+        return {"runtime": self.runtime, "device": self.device, "dtype": str(self.dtype).removeprefix("torch."),
+                "threads": self.threads}
+
+
+class OrtRunnable:
+    """An ONNX Runtime CPU session with its thread count and optimisation level set explicitly."""
+
+    runtime = "ort"
+
+    def __init__(self, path: Path, threads: int = 1, optimization: str = "all"):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = OPT_LEVELS[optimization]
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.threads, self.optimization, self.path = threads, optimization, Path(path)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(self.outputs[:1], {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+
+    def taps(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        names = self.outputs[1:]
+        if not names:
+            raise UsageError(f"taps: {self.path} has no tap outputs; export it with --taps")
+        got = self.session.run(names, {self.input_name: np.ascontiguousarray(x, np.float32)})
+        return dict(zip(names, got, strict=True))
+
+    def describe(self) -> dict:
+        return {"runtime": "ort", "device": "cpu", "provider": "CPUExecutionProvider", "threads": self.threads,
+                "graph_optimization": self.optimization}
+
+
+def runnable_for(artifact: Artifact, prefer: str = "ort", threads: int = 1) -> Runnable:
+    """The runnable an artifact runs in: its ONNX file in ORT, or its module in torch/bitsandbytes.
+
+    The fp32 artifact has both; `prefer` picks ("ort" or "torch").
+    """
+    if artifact.runtime == "ort" and not (prefer == "torch" and artifact.module is not None):
+        return OrtRunnable(artifact.path, threads=threads)
+    return TorchRunnable(artifact.module, runtime=artifact.runtime if artifact.runtime != "ort" else "torch",
+                         threads=threads)

@@ -1,0 +1,77 @@
+"""Scenarios: seeded, parametric hidden states with the production drift (shift, magnitude, outliers)."""
+
+import dataclasses
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ffnbench.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str = "clean"
+    mean_shift: float = 0.0  # positive offset, in units of the feature std (which is 1)
+    shift_fraction: float = 0.0  # share of features that carry the offset
+    magnitude_sigma: float = 0.0  # per-request log-normal scale: exp(sigma · z), z ~ N(0, 1)
+    outlier_channels: int = 0  # features whose values are scaled by outlier_scale
+    outlier_scale: float = 1.0
+    mixed_batch: bool = False  # True: all requests share one batch (one dynamic-quant range)
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.mean_shift) and self.mean_shift >= 0):
+            raise UsageError(f"scenario {self.name}: mean_shift must be finite and >= 0, got {self.mean_shift}")
+        if not 0 <= self.shift_fraction <= 1:
+            raise UsageError(f"scenario {self.name}: shift_fraction must lie in [0, 1], got {self.shift_fraction}")
+        if not (np.isfinite(self.magnitude_sigma) and self.magnitude_sigma >= 0):
+            raise UsageError(f"scenario {self.name}: magnitude_sigma must be finite and >= 0")
+        if self.outlier_channels < 0 or not (np.isfinite(self.outlier_scale) and self.outlier_scale > 0):
+            raise UsageError(f"scenario {self.name}: outlier_channels must be >= 0 and outlier_scale > 0")
+
+    def generate(self, n_requests: int, seq_len: int, d_model: int, seed: int = 0) -> np.ndarray:
+        """Hidden states (n_requests, seq_len, d_model), float32, identical bit for bit per seed."""
+        for field, value in (("n_requests", n_requests), ("seq_len", seq_len), ("d_model", d_model)):
+            if value <= 0:
+                raise UsageError(f"scenario {self.name}: {field} must be positive, got {value}")
+        # Separate streams per ingredient, so turning one knob leaves the others' draws unchanged.
+        base = _rng(seed, "base").standard_normal((n_requests, seq_len, d_model))
+        h = base
+        if self.outlier_channels:
+            channels = _rng(seed, "outliers").choice(d_model, min(self.outlier_channels, d_model), replace=False)
+            h[..., channels] *= self.outlier_scale
+        if self.mean_shift and self.shift_fraction:
+            rng = _rng(seed, "shift")
+            shifted = rng.random(d_model) < self.shift_fraction
+            # Each biased feature by a different positive amount, mean `mean_shift`.
+            amount = self.mean_shift * rng.uniform(0.5, 1.5, d_model)
+            h = h + np.where(shifted, amount, 0.0)
+        if self.magnitude_sigma:
+            scale = np.exp(self.magnitude_sigma * _rng(seed, "magnitude").standard_normal(n_requests))
+            h = h * scale[:, None, None]
+        return h.astype(np.float32)
+
+    def replace(self, **changes) -> "Scenario":
+        return dataclasses.replace(self, **changes)
+
+
+def _rng(seed: int, stream: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(stream.encode())])
+
+
+NAMED = {
+    "clean": Scenario("clean"),
+    **{f"shift-{s:g}": Scenario(f"shift-{s:g}", mean_shift=s, shift_fraction=0.9)
+       for s in (0.5, 1, 2, 4, 8)},
+    "magnitude-1": Scenario("magnitude-1", magnitude_sigma=1.0, mixed_batch=True),
+    "magnitude-2": Scenario("magnitude-2", magnitude_sigma=2.0, mixed_batch=True),
+    "outliers": Scenario("outliers", outlier_channels=4, outlier_scale=20.0),
+    "production": Scenario("production", mean_shift=4.0, shift_fraction=0.9, magnitude_sigma=1.5,
+                           mixed_batch=True),
+}
+
+
+def scenario(name: str) -> Scenario:
+    if name not in NAMED:
+        raise UsageError(f"scenario: unknown '{name}'; choose one of {', '.join(NAMED)}")
+    return NAMED[name]

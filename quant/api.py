@@ -1,0 +1,197 @@
+"""`quantize(model_or_onnx, recipe) -> Artifact`: the one entry point, dispatching through a dict."""
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+
+from ffnbench import files
+from ffnbench.errors import UsageError
+from ffnbench.export import export_onnx, load_onnx, op_histogram
+from ffnbench.models import FFNBlock, FFNConfig, rebuild
+from ffnbench.quant import bnb_recipes, ort_recipes
+from ffnbench.quant.calibration import Calibration
+from ffnbench.quant.recipes import (
+    Bnb4bit,
+    BnbInt8,
+    Fp32,
+    OrtBnb4,
+    OrtDynamicInt8,
+    OrtInt4,
+    OrtStaticQdq,
+    TorchHalf,
+    recipe_config,
+)
+from ffnbench.versions import stack_versions
+
+
+class Skipped(Exception):
+    """This recipe cannot run on this machine or device; str(e) is the reason, recorded in the cell."""
+
+
+@dataclass
+class Artifact:
+    recipe: str
+    runtime: str  # "ort" (an ONNX file) | "bnb" | "torch" (a module)
+    path: Path  # model.onnx or model.pt
+    manifest: dict
+    module: FFNBlock | None = field(default=None, repr=False)
+
+
+@functools.cache
+def _u8s8_saturates() -> bool:
+    from ffnbench.bench.isa import u8s8_saturates
+
+    return u8s8_saturates()
+
+
+def quantize(source: FFNBlock | Path, recipe: str, out_dir: Path, calibration: Calibration | None = None,
+             device: str = "cpu", **params) -> Artifact:
+    """Quantize an fp32 block, or the model.onnx that `export` wrote, with the named recipe.
+
+    ORT recipes write out_dir/model.onnx; bitsandbytes and torch recipes return the swapped module
+    and save its state as out_dir/model.pt. Either way out_dir/manifest.json records the recipe's
+    parameters, the artifact's size and hash, and the calibration data's scenario and hash.
+    """
+    cfg = recipe_config(recipe, **params)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out: {out_dir} is an existing file; give a directory path")
+    if not isinstance(source, FFNBlock) and out_dir.resolve() == Path(source).resolve().parent:
+        raise UsageError(f"--out: {out_dir} holds the source model; write the artifact to another directory")
+    resolved = {}
+    if getattr(cfg, "reduce_range", False) is None:
+        cfg = dataclasses.replace(cfg, reduce_range=_u8s8_saturates())
+        resolved["reduce_range_from"] = f"measured U8S8 probe (saturates: {cfg.reduce_range})"
+    with files.staged_dir(out_dir) as stage:
+        artifact = BUILDERS[type(cfg)](source, cfg, stage, calibration=calibration, device=device)
+        manifest = {
+            "kind": "ffnbench.artifact",
+            "recipe": recipe,
+            "runtime": artifact.runtime,
+            "params": dataclasses.asdict(cfg) | resolved | artifact.manifest.pop("extra_params", {}),
+            "file": artifact.path.name,
+            "sha256": files.sha256_file(artifact.path),
+            "bytes": artifact.path.stat().st_size,
+            "versions": stack_versions(),
+            **artifact.manifest,
+        }
+        files.write_json(stage / "manifest.json", manifest)
+    artifact.recipe = recipe
+    artifact.path = out_dir / artifact.path.name
+    artifact.manifest = manifest
+    return artifact
+
+
+@contextlib.contextmanager
+def _source_onnx(source: FFNBlock | Path) -> Iterator[tuple[Path, dict]]:
+    """An fp32 model.onnx and its export manifest ({} for a foreign file), exporting a block first.
+
+    A block is exported with its taps as graph outputs; ORT's quantizers keep graph outputs, so the
+    quantized model can report its intermediate tensors too.
+    """
+    if isinstance(source, FFNBlock):
+        with tempfile.TemporaryDirectory() as tmp:
+            exported = export_onnx(source, Path(tmp) / "fp32", taps=True)
+            yield exported.path, exported.manifest
+        return
+    path = Path(source)
+    model = load_onnx(path)
+    if "MatMul" not in op_histogram(model):
+        raise UsageError(f"model: {path} has no MatMul to quantize; give an fp32 model from `ffnbench export`")
+    manifest_path = path.parent / "manifest.json"
+    yield path, json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+
+
+def _source_block(source: FFNBlock | Path) -> FFNBlock:
+    if isinstance(source, FFNBlock):
+        return source
+    manifest_path = Path(source).parent / "manifest.json"
+    if not manifest_path.is_file():
+        raise UsageError(f"model: no manifest.json beside {source}; bitsandbytes and torch recipes rebuild "
+                         "the torch module from it, so give a model written by `ffnbench export`")
+    manifest = json.loads(manifest_path.read_text())
+    return rebuild(FFNConfig.from_dict(manifest["config"]), manifest["source"])
+
+
+def _lineage(src: Path, manifest: dict) -> dict:
+    return {"source_model": {"path": str(src), "sha256": manifest.get("sha256") or files.sha256_file(src)},
+            "config": manifest.get("config"), "source": manifest.get("source")}
+
+
+def _ort(source, cfg, stage: Path, calibration: Calibration | None, device: str) -> Artifact:
+    with _source_onnx(source) as (src, src_manifest):
+        return _ort_from_file(src, src_manifest, cfg, stage, calibration)
+
+
+def _ort_from_file(src: Path, src_manifest: dict, cfg, stage: Path, calibration: Calibration | None) -> Artifact:
+    dst = stage / "model.onnx"
+    extra = {}
+    if isinstance(cfg, OrtDynamicInt8):
+        ort_recipes.dynamic_int8(src, dst, cfg)
+    elif isinstance(cfg, OrtStaticQdq):
+        if calibration is None:
+            raise UsageError(f"calibration: {cfg.method} QDQ needs calibration data; pass --calibration SCENARIO")
+        input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+        d_model = (src_manifest.get("config") or {}).get("d_model")
+        calibration.check(d_model or calibration.data.shape[-1])
+        ort_recipes.static_qdq(src, dst, cfg, calibration, input_name)
+        extra["calibration"] = calibration.describe()
+        extra["extra_params"] = {"histogram": ort_recipes.histogram_options(cfg)}
+    elif isinstance(cfg, OrtInt4):
+        ort_recipes.int4(src, dst, cfg)
+    else:
+        ort_recipes.bnb4(src, dst, cfg)
+    extra["ops"] = op_histogram(onnx.load(str(dst)))
+    extra["outputs"] = [o.name for o in onnx.load(str(dst), load_external_data=False).graph.output]
+    return Artifact("", "ort", dst, {**_lineage(src, src_manifest), **extra})
+
+
+def _bnb(source, cfg, stage: Path, calibration, device: str) -> Artifact:
+    try:
+        block = bnb_recipes.quantize_block(copy.deepcopy(_source_block(source)), cfg, device)
+    except bnb_recipes.BackendMissing as e:
+        raise Skipped(str(e)) from e
+    return _save_module(block, "bnb", stage, {"extra_params": bnb_recipes.recorded_params(cfg)})
+
+
+def _torch_half(source, cfg: TorchHalf, stage: Path, calibration, device: str) -> Artifact:
+    block = copy.deepcopy(_source_block(source)).to(device=device, dtype=getattr(torch, cfg.dtype))
+    return _save_module(block, "torch", stage, {})
+
+
+def _fp32(source, cfg: Fp32, stage: Path, calibration, device: str) -> Artifact:
+    dst = stage / "model.onnx"
+    with _source_onnx(source) as (src, src_manifest):
+        shutil.copyfile(src, dst)
+        manifest = {**_lineage(src, src_manifest), "ops": op_histogram(onnx.load(str(dst)))}
+    block = source if isinstance(source, FFNBlock) else _source_block(source)
+    return Artifact("", "ort", dst, manifest, module=block)
+
+
+def _save_module(block: FFNBlock, runtime: str, stage: Path, manifest: dict) -> Artifact:
+    path = stage / "model.pt"
+    torch.save(block.state_dict(), path)
+    manifest = {"config": block.cfg.to_dict(), "source": block.source, **manifest}
+    return Artifact("", runtime, path, manifest, module=block)
+
+
+BUILDERS = {
+    Fp32: _fp32,
+    OrtDynamicInt8: _ort,
+    OrtStaticQdq: _ort,
+    OrtInt4: _ort,
+    OrtBnb4: _ort,
+    BnbInt8: _bnb,
+    Bnb4bit: _bnb,
+    TorchHalf: _torch_half,
+}

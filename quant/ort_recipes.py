@@ -1,0 +1,107 @@
+"""ONNX Runtime recipes: graph rewrites from an fp32 model.onnx to a quantized one, file to file."""
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+from onnxruntime.quantization.matmul_bnb4_quantizer import MatMulBnb4Quantizer
+from onnxruntime.quantization.matmul_nbits_quantizer import (
+    DefaultWeightOnlyQuantConfig,
+    HQQWeightOnlyQuantConfig,
+    MatMulNBitsQuantizer,
+)
+
+from ffnbench.quant.calibration import Calibration, Reader
+from ffnbench.quant.recipes import OrtBnb4, OrtDynamicInt8, OrtInt4, OrtStaticQdq
+
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "percentile": CalibrationMethod.Percentile,
+    "entropy": CalibrationMethod.Entropy,
+}
+BNB4_TYPES = {"nf4": MatMulBnb4Quantizer.NF4, "fp4": MatMulBnb4Quantizer.FP4}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantizers log a line per node, and advise pre-processing for CNNs; keep errors."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def dynamic_int8(src: Path, dst: Path, cfg: OrtDynamicInt8) -> None:
+    with _quiet():
+        quantize_dynamic(src, dst, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                         weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+
+
+def histogram_options(cfg: OrtStaticQdq) -> dict:
+    """Calibrator settings, recorded in the manifest.
+
+    quantize_static does not pass histogram sizes through, and ORT's entropy default (128 bins
+    into 128 quantized bins) leaves KL nothing to choose, which reproduces min-max exactly. We use
+    the TensorRT setting the method comes from: a 2048-bin histogram searched down to 128 levels.
+    """
+    if cfg.method == "entropy":
+        return {"num_bins": 2048, "num_quantized_bins": 128}
+    if cfg.method == "percentile":
+        return {"num_bins": 2048, "percentile": cfg.percentile, "symmetric": True}
+    return {}
+
+
+def static_qdq(src: Path, dst: Path, cfg: OrtStaticQdq, calibration: Calibration, input_name: str) -> None:
+    method = CALIBRATION_METHODS[cfg.method]
+    # The histogram calibrators print their progress; the manifest records what they were given.
+    with _quiet(), contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory() as tmp:
+        calibrator = create_calibrator(src, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=method, extra_options=histogram_options(cfg))
+        calibrator.collect_data(Reader(calibration, input_name))
+        ranges = Path(tmp) / "ranges.json"
+        save_tensors_data(calibrator.compute_data(), ranges)
+        quantize_static(src, dst, None, calibration_cache_path=ranges, quant_format=QuantFormat.QDQ,
+                        per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=method, extra_options={"MatMulConstBOnly": True})
+
+
+def int4(src: Path, dst: Path, cfg: OrtInt4) -> None:
+    if cfg.algorithm == "hqq":
+        algo = HQQWeightOnlyQuantConfig(block_size=cfg.block_size, bits=4)
+    else:
+        algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric,
+                                            accuracy_level=cfg.accuracy_level)
+    # HQQ hands torch a read-only numpy view, which torch warns about once; the data is only read.
+    with _quiet(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=algo)
+        quantizer.process()
+    model = quantizer.model.model
+    # HQQ's config has no accuracy_level; set it on every node so both algorithms honour the recipe.
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            _set_int_attribute(node, "accuracy_level", cfg.accuracy_level)
+    onnx.save(model, str(dst))
+
+
+def bnb4(src: Path, dst: Path, cfg: OrtBnb4) -> None:
+    with _quiet():
+        quantizer = MatMulBnb4Quantizer(onnx.load(str(src)), BNB4_TYPES[cfg.quant_type], cfg.block_size)
+        quantizer.process()
+    onnx.save(quantizer.model.model, str(dst))
+
+
+def _set_int_attribute(node: onnx.NodeProto, name: str, value: int) -> None:
+    for attr in node.attribute:
+        if attr.name == name:
+            attr.i = value
+            return
+    node.attribute.append(onnx.helper.make_attribute(name, value))

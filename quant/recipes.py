@@ -1,0 +1,154 @@
+"""Every recipe by name: a plain dataclass per scheme whose fields are its recorded parameters."""
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ffnbench.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Fp32:
+    """The reference: the exported model (ORT) or the torch module, unchanged."""
+
+    runtime: ClassVar[str] = "fp32"
+
+
+@dataclass(frozen=True)
+class OrtDynamicInt8:
+    """quantize_dynamic: int8 per-channel weights, uint8 activations quantized per call."""
+
+    runtime: ClassVar[str] = "ort"
+    per_channel: bool = True
+    # None: decided by the measured U8S8 probe (7-bit weights where the int16 pair sum saturates).
+    reduce_range: bool | None = None
+
+
+@dataclass(frozen=True)
+class OrtStaticQdq:
+    """quantize_static in QDQ format, activation ranges calibrated on a named scenario."""
+
+    runtime: ClassVar[str] = "ort"
+    method: str = "minmax"  # minmax | percentile | entropy
+    percentile: float = 99.999  # ORT's default; used by `percentile` only
+    per_channel: bool = True
+    reduce_range: bool | None = None  # as for dynamic: the fused int8 kernels share the U8S8 path
+    # The activation ranges come from quantize(..., calibration=), a named scenario's hidden states.
+    needs_calibration: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class OrtInt4:
+    """MatMulNBits: 4-bit weight-only blocks; activations stay fp32 unless accuracy_level says so."""
+
+    runtime: ClassVar[str] = "ort"
+    algorithm: str = "rtn"  # rtn (round to nearest) | hqq (half-quadratic, calibration-free)
+    block_size: int = 32
+    symmetric: bool = True  # rtn only; hqq always fits a zero point
+    # 0: compute in the input's precision. 4: quantize activations to int8 per block, the fast
+    # path on CPU, which under a large mean shift spends its levels on the offset.
+    accuracy_level: int = 4
+
+
+@dataclass(frozen=True)
+class OrtBnb4:
+    """MatMulBnb4: bitsandbytes' NF4/FP4 formats executed by ONNX Runtime."""
+
+    runtime: ClassVar[str] = "ort"
+    quant_type: str = "nf4"
+    block_size: int = 64  # bitsandbytes' default, so the two runtimes can share weights
+
+
+@dataclass(frozen=True)
+class BnbInt8:
+    """Linear8bitLt (LLM.int8): int8 weights and activations; features above threshold stay fp16."""
+
+    runtime: ClassVar[str] = "bnb"
+    threshold: float = 0.0
+
+
+@dataclass(frozen=True)
+class Bnb4bit:
+    """Linear4bit: NF4/FP4 weights in blocks of 64, dequantized to compute_dtype for the matmul."""
+
+    runtime: ClassVar[str] = "bnb"
+    quant_type: str = "nf4"
+    double_quant: bool = False  # quantize the absmax scales too (saves ~0.4 bit per weight)
+    compute_dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class TorchHalf:
+    """The torch module cast to half precision: weights and compute in `dtype`."""
+
+    runtime: ClassVar[str] = "torch"
+    dtype: str = "float16"
+
+
+RECIPES = {
+    "fp32": Fp32(),
+    "ort-int8-dynamic": OrtDynamicInt8(),
+    "ort-int8-dynamic-fullrange": OrtDynamicInt8(reduce_range=False),
+    "ort-int8-qdq-minmax": OrtStaticQdq(method="minmax"),
+    "ort-int8-qdq-percentile": OrtStaticQdq(method="percentile"),
+    "ort-int8-qdq-entropy": OrtStaticQdq(method="entropy"),
+    "ort-int4-rtn": OrtInt4(algorithm="rtn"),
+    "ort-int4-hqq": OrtInt4(algorithm="hqq"),
+    "ort-nf4": OrtBnb4(quant_type="nf4"),
+    "ort-fp4": OrtBnb4(quant_type="fp4"),
+    "bnb-int8": BnbInt8(threshold=0.0),
+    "bnb-int8-outlier": BnbInt8(threshold=6.0),
+    "bnb-nf4": Bnb4bit(quant_type="nf4"),
+    "bnb-fp4": Bnb4bit(quant_type="fp4"),
+    "bnb-nf4-dq": Bnb4bit(quant_type="nf4", double_quant=True),
+    "torch-fp16": TorchHalf(dtype="float16"),
+    "torch-bf16": TorchHalf(dtype="bfloat16"),
+}
+
+# Values a field may take, where not any value of its type will do.
+CHOICES = {
+    "method": ("minmax", "percentile", "entropy"),
+    "algorithm": ("rtn", "hqq"),
+    "accuracy_level": (0, 1, 2, 3, 4),
+    "quant_type": ("nf4", "fp4"),
+    "compute_dtype": ("float32", "float16", "bfloat16"),
+    "dtype": ("float16", "bfloat16"),
+}
+
+
+def recipe_config(name: str, **params):
+    """The named recipe's config with `params` applied; strings (from a CLI or TOML) are converted."""
+    if name not in RECIPES:
+        raise UsageError(f"recipe: unknown '{name}'; choose one of {', '.join(RECIPES)}")
+    base = RECIPES[name]
+    fields = {f.name: f for f in dataclasses.fields(base)}
+    changes = {}
+    for key, value in params.items():
+        if key not in fields:
+            known = ", ".join(fields) or "none"
+            raise UsageError(f"recipe {name}: unknown parameter '{key}'; it takes: {known}")
+        changes[key] = _convert(name, key, value, typing.get_type_hints(type(base))[key])
+        if key in CHOICES and changes[key] not in CHOICES[key]:
+            raise UsageError(f"recipe {name}: {key} must be one of {CHOICES[key]}, got {value!r}")
+    return dataclasses.replace(base, **changes)
+
+
+def _convert(name: str, key: str, value, hint):
+    if not isinstance(value, str):
+        return value
+    kinds = typing.get_args(hint) or (hint,)
+    for kind in kinds:
+        if kind is bool and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        if kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                continue
+        if kind is str:
+            return value
+        if kind is type(None) and value.lower() in ("none", "auto"):
+            return None
+    raise UsageError(f"recipe {name}: {key}={value!r} is not a {hint}; e.g. {key}="
+                     f"{getattr(RECIPES[name], key)!r}")

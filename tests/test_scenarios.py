@@ -1,0 +1,61 @@
+"""Scenarios: seeded generation, the drift each parameter adds, and validation."""
+
+import numpy as np
+import pytest
+
+from ffnbench.bench.scenarios import NAMED, Scenario, scenario
+from ffnbench.errors import UsageError
+
+DESIGN_MD_NAMES = {"clean", "shift-0.5", "shift-1", "shift-2", "shift-4", "shift-8", "magnitude-1", "magnitude-2",
+                   "outliers", "production"}
+
+
+def test_named_scenarios_are_those_of_design_md():
+    assert set(NAMED) == DESIGN_MD_NAMES
+
+
+@pytest.mark.parametrize("name", sorted(DESIGN_MD_NAMES))
+def test_identical_seeds_give_identical_bits(name):
+    a, b = (scenario(name).generate(3, 5, 32, seed=4) for _ in range(2))
+    assert a.dtype == np.float32 and a.shape == (3, 5, 32)
+    assert a.tobytes() == b.tobytes()
+    assert scenario(name).generate(3, 5, 32, seed=5).tobytes() != a.tobytes()
+
+
+def test_mean_shift_biases_most_features_positive():
+    h = Scenario("s", mean_shift=4.0, shift_fraction=0.9).generate(8, 64, 256)
+    feature_means = h.mean(axis=(0, 1))
+    assert np.mean(feature_means > 1.0) == pytest.approx(0.9, abs=0.06)
+    assert feature_means[feature_means > 1.0].mean() == pytest.approx(4.0, rel=0.1)
+
+
+def test_magnitude_varies_across_requests_not_within():
+    h = Scenario("m", magnitude_sigma=2.0).generate(32, 16, 64)
+    request_rms = np.sqrt((h**2).mean(axis=(1, 2)))
+    assert request_rms.max() / request_rms.min() > 50
+    token_rms = np.sqrt((h[0] ** 2).mean(axis=-1))
+    assert token_rms.max() / token_rms.min() < 3
+
+
+def test_turning_one_knob_keeps_the_other_draws():
+    base = Scenario("a").generate(2, 4, 16, seed=1)
+    shifted = Scenario("b", mean_shift=2.0, shift_fraction=1.0).generate(2, 4, 16, seed=1)
+    offset = shifted - base
+    assert np.allclose(offset, offset[0, 0], atol=1e-5)  # a per-feature constant, the base unchanged
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"mean_shift": -1.0}, "mean_shift must be finite and >= 0"),
+    ({"shift_fraction": 1.5}, "shift_fraction must lie in [0, 1]"),
+    ({"magnitude_sigma": float("nan")}, "magnitude_sigma must be finite"),
+    ({"outlier_scale": 0.0}, "outlier_scale > 0"),
+])
+def test_bad_parameters(kwargs, needle):
+    with pytest.raises(UsageError) as e:
+        Scenario("bad", **kwargs)
+    assert needle in str(e.value)
+
+
+def test_unknown_scenario_lists_the_known_ones():
+    with pytest.raises(UsageError, match="scenario: unknown 'drift'; choose one of clean, "):
+        scenario("drift")
