@@ -54,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--calibration-seq", type=int, default=64, dest="calibration_seq")
     quantize.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="params",
                           help="override a recipe parameter, e.g. --set accuracy_level=0 (repeatable)")
+
+    run = sub.add_parser("run", help="run the benchmark matrix into a run directory")
+    run.add_argument("--preset", help="quick (default), default or full")
+    run.add_argument("--config", help="a TOML file of RunConfig keys and [scenario.NAME] tables")
+    run.add_argument("--designs", help="comma-separated, e.g. A,B")
+    run.add_argument("--models", help="model size presets, e.g. small,default")
+    run.add_argument("--recipes", help="comma-separated recipe names")
+    run.add_argument("--scenarios", help="comma-separated scenario names")
+    run.add_argument("--calibration", help="calibration scenario(s) for QDQ recipes, e.g. clean,production")
+    run.add_argument("--device", choices=("cpu", "cuda", "auto"), help="where torch and bitsandbytes run")
+    run.add_argument("--out", required=True, help="run directory")
+    run.add_argument("--resume", action="store_true", help="skip cells already in OUT/results.jsonl")
     return parser
 
 
@@ -127,7 +139,46 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-COMMANDS = {"doctor": cmd_doctor, "export": cmd_export, "quantize": cmd_quantize}
+def run_config_from_args(args):
+    from ffnbench.bench.config import load_toml, preset_config
+
+    config = preset_config(args.preset or "quick")
+    if args.config:
+        config = load_toml(args.config, base=config if args.preset else None)
+        if args.preset:
+            config.preset = args.preset
+    for axis in ("designs", "models", "recipes", "scenarios", "calibration"):
+        value = getattr(args, axis)
+        if value is not None:
+            setattr(config, axis, [v.strip() for v in value.split(",") if v.strip()])
+    if args.device:
+        config.device = _device(args.device)
+    return config.check()
+
+
+def _device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        # The CUDA matrix (bitsandbytes on GPU, half precision, ORT's CUDA provider) is not wired yet.
+        raise UsageError("--device cuda: GPU runs are not supported yet; use --device cpu")
+    return requested
+
+
+def cmd_run(args) -> int:
+    from ffnbench.bench.runner import run
+
+    config = run_config_from_args(args)
+    results = run(config, args.out, resume=args.resume)
+    counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "skipped", "error")}
+    print(f"{args.out}: {counts['ok']} cells measured, {counts['skipped']} skipped, {counts['error']} failed "
+          f"(see {args.out}/results.jsonl)")
+    return 0
+
+
+COMMANDS = {"doctor": cmd_doctor, "export": cmd_export, "quantize": cmd_quantize, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,11 @@
 import dataclasses
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
 
 from ffnbench.errors import UsageError
 
@@ -53,6 +56,62 @@ class Scenario:
 
     def replace(self, **changes) -> "Scenario":
         return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def unshifted(self) -> "Scenario":
+        """The same draws without the mean shift: the base input that fp32_drift_db compares with."""
+        return self.replace(mean_shift=0.0)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Captured hidden states from a .npy or .safetensors file, (n, d) or (b, s, d)."""
+
+    name: str
+    path: Path
+    tensor: str | None = None  # which tensor of a .safetensors file; default: its only one
+    mixed_batch: bool = True  # replayed as captured: one batch
+
+    def generate(self, n_requests: int, seq_len: int, d_model: int, seed: int = 0) -> np.ndarray:
+        """The captured states as (requests, seq, d_model) float32; the sizes and seed do not apply."""
+        data = self._load()
+        if data.ndim == 2:
+            data = data[None]  # (n, d): one request of n tokens
+        if data.ndim != 3:
+            raise UsageError(f"scenario {self.name}: {self.path} holds shape {data.shape}; "
+                             "expected (n, d) or (b, s, d)")
+        if data.shape[-1] != d_model:
+            raise UsageError(f"scenario {self.name}: {self.path} has width {data.shape[-1]}, the model's d_model is "
+                             f"{d_model}; capture hidden states of this model size")
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise UsageError(f"scenario {self.name}: {self.path} holds {bad} NaN/Inf values; replay finite states")
+        return data.astype(np.float32)
+
+    def _load(self) -> np.ndarray:
+        if not self.path.is_file():
+            raise UsageError(f"scenario {self.name}: no file at {self.path}")
+        try:
+            if self.path.suffix == ".npy":
+                return np.load(self.path, allow_pickle=False)
+            tensors = load_file(str(self.path))
+        except (ValueError, OSError, SafetensorError) as e:
+            raise UsageError(f"scenario {self.name}: cannot read {self.path} ({e}); give .npy or .safetensors") from e
+        if self.tensor is None and len(tensors) != 1:
+            raise UsageError(f"scenario {self.name}: {self.path} holds {len(tensors)} tensors; name one with "
+                             f"tensor = ... (one of {', '.join(sorted(tensors))})")
+        key = self.tensor or next(iter(tensors))
+        if key not in tensors:
+            raise UsageError(f"scenario {self.name}: no tensor '{key}' in {self.path}")
+        return tensors[key]
+
+    def unshifted(self) -> None:
+        return None  # a capture has no unshifted twin
+
+    def describe(self) -> dict:
+        return {"name": self.name, "replay": str(self.path), "tensor": self.tensor}
 
 
 def _rng(seed: int, stream: str) -> np.random.Generator:

@@ -1,7 +1,7 @@
 """Quantization recipes for ONNX Runtime and bitsandbytes behind one `quantize()` entry."""
 
-from ffnbench.quant.api import Artifact, Skipped, quantize
+from ffnbench.quant.api import Artifact, Skipped, load_artifact, quantize
 from ffnbench.quant.calibration import Calibration
 from ffnbench.quant.recipes import RECIPES, recipe_config
 
-__all__ = ["RECIPES", "Artifact", "Calibration", "Skipped", "quantize", "recipe_config"]
+__all__ = ["RECIPES", "Artifact", "Calibration", "Skipped", "load_artifact", "quantize", "recipe_config"]

@@ -92,6 +92,26 @@ def quantize(source: FFNBlock | Path, recipe: str, out_dir: Path, calibration: C
     return artifact
 
 
+def load_artifact(out_dir: Path, block: FFNBlock | None = None, device: str = "cpu") -> Artifact:
+    """An artifact `quantize` wrote earlier. ORT artifacts are files; a module artifact is rebuilt
+    in memory from `block` (or its export's source), since bitsandbytes layers quantize on creation."""
+    out_dir = Path(out_dir)
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    module = None
+    if manifest["runtime"] in ("bnb", "torch"):
+        params = {k: v for k, v in manifest["params"].items()
+                  if k in {f.name for f in dataclasses.fields(recipe_config(manifest["recipe"]))}}
+        cfg = recipe_config(manifest["recipe"], **params)
+        source = block if block is not None else rebuild(FFNConfig.from_dict(manifest["config"]), manifest["source"])
+        if isinstance(cfg, TorchHalf):
+            module = copy.deepcopy(source).to(device=device, dtype=getattr(torch, cfg.dtype))
+        else:
+            module = bnb_recipes.quantize_block(source, cfg, device)
+    elif manifest["recipe"] == "fp32":
+        module = block
+    return Artifact(manifest["recipe"], manifest["runtime"], out_dir / manifest["file"], manifest, module=module)
+
+
 @contextlib.contextmanager
 def _source_onnx(source: FFNBlock | Path) -> Iterator[tuple[Path, dict]]:
     """An fp32 model.onnx and its export manifest ({} for a foreign file), exporting a block first.

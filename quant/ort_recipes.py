@@ -62,12 +62,14 @@ def static_qdq(src: Path, dst: Path, cfg: OrtStaticQdq, calibration: Calibration
     method = CALIBRATION_METHODS[cfg.method]
     # The histogram calibrators print their progress; the manifest records what they were given.
     with _quiet(), contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory() as tmp:
-        calibrator = create_calibrator(src, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+        op_types = [op.strip() for op in cfg.op_types.split(",") if op.strip()]
+        calibrator = create_calibrator(src, op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=method, extra_options=histogram_options(cfg))
         calibrator.collect_data(Reader(calibration, input_name))
         ranges = Path(tmp) / "ranges.json"
         save_tensors_data(calibrator.compute_data(), ranges)
         quantize_static(src, dst, None, calibration_cache_path=ranges, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=op_types,
                         per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=method, extra_options={"MatMulConstBOnly": True})

@@ -34,6 +34,11 @@ class OrtStaticQdq:
     percentile: float = 99.999  # ORT's default; used by `percentile` only
     per_channel: bool = True
     reduce_range: bool | None = None  # as for dynamic: the fused int8 kernels share the U8S8 path
+    # MatMul only, so both designs quantize the same thing. ORT's default list also quantizes
+    # LayerNormalization's input but has no RMSNormalization, which would put design A's raw,
+    # drifting hidden states through uint8 and leave B's in fp32. "MatMul,LayerNormalization,Mul"
+    # and so on reproduce it.
+    op_types: str = "MatMul"
     # The activation ranges come from quantize(..., calibration=), a named scenario's hidden states.
     needs_calibration: ClassVar[bool] = True
 

@@ -130,3 +130,40 @@ def test_quantize_rejects_a_damaged_model(ffnbench_exe, exported_b, tmp_path, da
     r = run(ffnbench_exe, "quantize", "--recipe", "ort-int8-dynamic", "--model", bad, "--out", tmp_path / "q")
     assert r.returncode == 2 and "is not a valid ONNX model" in r.stderr, r.stderr
     assert not (tmp_path / "q").exists()
+
+
+def test_run_records_every_metric_per_cell(ffnbench_exe, tmp_path):
+    from ffnbench.bench.metrics import ALL_METRICS
+
+    r = run(ffnbench_exe, "run", "--models", "tiny", "--designs", "A,B", "--scenarios", "clean,shift-4,production",
+            "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    cells = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert len(cells) == 2 * 5 * 3
+    for cell in cells:
+        assert cell["status"] == "ok", cell
+        assert set(cell["metrics"]) == set(ALL_METRICS)
+    assert "30 cells measured" in r.stdout
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--scenarios", "clean,tuesday"], "scenarios: unknown 'tuesday'"),
+    (["--preset", "huge"], "--preset: unknown 'huge'"),
+    (["--recipes", "int3"], "recipes: unknown 'int3'"),
+    (["--config", "absent.toml"], "--config: no file at absent.toml"),
+])
+def test_run_bad_input(ffnbench_exe, tmp_path, args, needle):
+    r = run(ffnbench_exe, "run", "--models", "tiny", *args, "--out", tmp_path / "run")
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_into_an_existing_run_needs_resume(ffnbench_exe, tmp_path):
+    args = ["run", "--models", "tiny", "--designs", "A", "--recipes", "fp32", "--scenarios", "clean",
+            "--out", tmp_path / "run"]
+    assert run(ffnbench_exe, *args).returncode == 0
+    again = run(ffnbench_exe, *args)
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    assert run(ffnbench_exe, *args, "--resume").returncode == 0
+    assert len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 1

@@ -91,3 +91,21 @@ def test_gelu_tanh_is_an_option_that_changes_the_output(tiny, hidden):
 def test_residual_adds_the_input(tiny, hidden):
     with_res, without = build_model(tiny("B")), build_model(tiny("B", residual=False))
     torch.testing.assert_close(with_res(hidden), hidden + without(hidden))
+
+
+@pytest.mark.parametrize("design", DESIGNS)
+def test_norm_invariances_under_uniform_per_token_shift_and_scale(tiny, hidden, design):
+    """LayerNorm designs ignore a per-token shift and scale; RMSNorm designs only the scale."""
+    m = build_model(tiny(design, residual=False))
+    gen = torch.Generator().manual_seed(3)
+    # (B, T, 1): per token; scales >= 1 keep ε (1e-5) negligible next to the variance.
+    scale = torch.rand(2, 8, 1, generator=gen) * 9 + 1
+    shift = torch.randn(2, 8, 1, generator=gen) * 4 + 4
+    with torch.no_grad():
+        y = m(hidden)
+        scaled, shifted = m(hidden * scale), m(hidden + shift)
+    torch.testing.assert_close(scaled, y, rtol=1e-4, atol=1e-4)
+    if m.cfg.norm == "layernorm":
+        torch.testing.assert_close(shifted, y, rtol=1e-4, atol=1e-4)
+    else:
+        assert (shifted - y).abs().max() > 0.1

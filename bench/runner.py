@@ -1,0 +1,189 @@
+"""`run(config, out) -> results`: build -> export -> quantize -> measure -> record, cell by cell."""
+
+import hashlib
+import itertools
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ffnbench.bench import doctor, metrics
+from ffnbench.bench.config import RunConfig
+from ffnbench.bench.runnables import Runnable, TorchRunnable, runnable_for
+from ffnbench.bench.store import RunStore
+from ffnbench.errors import UsageError
+from ffnbench.export import NATIVE_OPSET, ExportedModel, export_onnx
+from ffnbench.models import build_model, preset
+from ffnbench.quant import RECIPES, Calibration, Skipped, load_artifact, quantize
+from ffnbench.versions import stack_versions
+
+
+@dataclass(frozen=True)
+class Cell:
+    design: str
+    model: str
+    recipe: str
+    scenario: str
+    calibration: str | None  # QDQ recipes only
+
+    @property
+    def key(self) -> str:
+        return f"{self.design}/{self.model}/{self.recipe}/{self.scenario}/cal={self.calibration or '-'}"
+
+
+def plan(config: RunConfig) -> list[Cell]:
+    """Every cell of the matrix, grouped by (design, model) so each block is built once."""
+    cells = []
+    for design, model, recipe, scenario in itertools.product(config.designs, config.models, config.recipes,
+                                                             config.scenarios):
+        calibrations = config.calibration if getattr(RECIPES[recipe], "needs_calibration", False) else [None]
+        cells += [Cell(design, model, recipe, scenario, cal) for cal in calibrations]
+    return cells
+
+
+def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | None = None) -> list[dict]:
+    """Run the matrix of `config` into the run directory `out`; returns one record per cell.
+
+    Each cell is appended to out/results.jsonl as it finishes; with resume=True, cells already
+    measured or skipped there are not run again. progress=None shows a bar on a terminal only.
+    """
+    config.check()
+    _check_inputs(config)  # a bad scenario or trace fails here, before anything is written
+    store = RunStore(out, config.to_dict(), resume, machine=doctor.collect())
+    finished = store.finished()
+    todo = [cell for cell in plan(config) if cell.key not in finished]
+    with tqdm(total=len(todo), disable=None if progress is None else not progress, unit="cell",
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        for (design, model), cells in itertools.groupby(todo, key=lambda c: (c.design, c.model)):
+            subject = Subject(config, design, model, store.out / "artifacts")
+            for cell in cells:
+                bar.set_description(cell.key)
+                store.append(measure(subject, cell))
+                bar.update()
+    return store.results()
+
+
+def _check_inputs(config: RunConfig) -> None:
+    for model in config.models:
+        d_model = preset(model).d_model
+        for name in {*config.scenarios, *config.calibration}:
+            config.scenario(name).generate(1, 1, d_model)
+
+
+class Subject:
+    """One (design, model size): its fp32 block and export, inputs, references and artifacts."""
+
+    def __init__(self, config: RunConfig, design: str, model: str, artifacts: Path):
+        self.config, self.artifacts = config, artifacts
+        self.block = build_model(preset(model, design, residual=config.residual))
+        self.export = self._export()
+        self.head = metrics.readout_head(self.block.cfg.d_model, seed=config.seed)
+        self.reference_runnable = TorchRunnable(self.block, threads=config.threads)
+        self._inputs: dict[str, np.ndarray] = {}
+        self._references: dict[str, tuple] = {}
+        self._runnables: dict[tuple, tuple] = {}
+
+    def _export(self):
+        cfg = self.block.cfg
+        identity = {"config": cfg.to_dict(), "source": self.block.source, "opset": NATIVE_OPSET, "taps": True,
+                    "ffnbench": stack_versions()["ffnbench"]}
+        out = self.artifacts / f"export-{cfg.design}-{_digest(identity)}"
+        if (out / "manifest.json").exists():  # cached by content: a re-run does not re-export
+            return ExportedModel(out / "model.onnx", json.loads((out / "manifest.json").read_text()))
+        return export_onnx(self.block, out, taps=True)
+
+    def inputs(self, name: str) -> np.ndarray:
+        if name not in self._inputs:
+            cfg = self.config
+            self._inputs[name] = cfg.scenario(name).generate(cfg.n_requests, cfg.seq_len, self.block.cfg.d_model,
+                                                             seed=cfg.seed)
+        return self._inputs[name]
+
+    def batches(self, name: str) -> list[np.ndarray]:
+        """Mixed-batch scenarios run as one batch (one dynamic range); others one request a call."""
+        x = self.inputs(name)
+        return [x] if self.config.scenario(name).mixed_batch else [x[i:i + 1] for i in range(len(x))]
+
+    def reference(self, name: str) -> tuple[np.ndarray, dict]:
+        if name not in self._references:
+            self._references[name] = evaluate(self.reference_runnable, self.batches(name))
+        return self._references[name]
+
+    def drift_db(self, name: str) -> float | None:
+        base = self.config.scenario(name).unshifted()
+        if base is None:
+            return None
+        x_base = base.generate(self.config.n_requests, self.config.seq_len, self.block.cfg.d_model,
+                               seed=self.config.seed)
+        shifted, _ = self.reference(name)
+        base_out = self.reference_runnable.run(x_base)
+        if self.block.cfg.residual:  # the sublayer's own contribution, without the input it adds back
+            shifted, base_out = shifted - self.inputs(name), base_out - x_base
+        return metrics.fp32_drift_db(base_out, shifted)
+
+    def calibration(self, name: str) -> Calibration:
+        cfg = self.config
+        data = cfg.scenario(name).generate(cfg.calibration_requests, cfg.seq_len, self.block.cfg.d_model,
+                                           seed=cfg.seed + 1)
+        return Calibration(name, data)
+
+    def runnable(self, recipe: str, calibration: str | None) -> tuple[Runnable, dict]:
+        key = (recipe, calibration)
+        if key not in self._runnables:
+            cal = self.calibration(calibration) if calibration else None
+            identity = {"export": self.export.manifest["sha256"], "recipe": recipe,
+                        "calibration": cal.describe() if cal else None}
+            out = self.artifacts / f"{recipe}-{self.block.cfg.design}-{_digest(identity)}"
+            if (out / "manifest.json").exists():
+                artifact = load_artifact(out, self.block, device=self.config.device)
+            else:
+                source = self.export.path if RECIPES[recipe].runtime in ("ort", "fp32") else self.block
+                artifact = quantize(source, recipe, out, calibration=cal, device=self.config.device)
+                artifact.module = self.block if recipe == "fp32" else artifact.module
+            self._runnables[key] = (runnable_for(artifact, prefer="ort", threads=self.config.threads),
+                                    artifact.manifest)
+        return self._runnables[key]
+
+
+def evaluate(runnable: Runnable, batches: list[np.ndarray]) -> tuple[np.ndarray, dict | str]:
+    """Output and taps over all batches, concatenated along requests; taps are a reason if unavailable."""
+    out = np.concatenate([runnable.run(b) for b in batches])
+    try:
+        per_batch = [runnable.taps(b) for b in batches]
+    except UsageError as e:
+        return out, str(e)
+    return out, {k: np.concatenate([t[k] for t in per_batch]) for k in per_batch[0]}
+
+
+def measure(subject: Subject, cell: Cell) -> dict:
+    record = {"key": cell.key, "design": cell.design, "model": cell.model, "recipe": cell.recipe,
+              "scenario": cell.scenario, "calibration": cell.calibration}
+    started = time.perf_counter()
+    try:
+        runnable, manifest = subject.runnable(cell.recipe, cell.calibration)
+        ref, ref_taps = subject.reference(cell.scenario)
+        y, taps = evaluate(runnable, subject.batches(cell.scenario))
+        values = metrics.output_metrics(ref, y, subject.head)
+        values["fp32_drift_db"] = subject.drift_db(cell.scenario) if cell.recipe == "fp32" else None
+        if isinstance(taps, str):
+            values |= dict.fromkeys(metrics.TAP_METRICS)
+            record["taps_unavailable"] = taps
+        else:
+            values |= metrics.tap_metrics(ref_taps, taps, subject.config.delta)
+        record |= {"status": "ok", "metrics": values, "runtime": runnable.describe(),
+                   "artifact": {"sha256": manifest["sha256"], "bytes": manifest["bytes"],
+                                "params": manifest.get("params", {})}}
+    except Skipped as e:
+        record |= {"status": "skipped", "reason": str(e)}
+    except Exception as e:  # one broken cell must not lose the rest of the matrix; it is recorded
+        record |= {"status": "error", "error": f"{type(e).__name__}: {e}"}
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -1,0 +1,68 @@
+"""RunConfig: presets, TOML files with user and replayed scenarios, and their errors."""
+
+import pytest
+
+from ffnbench.bench.config import QUICK_RECIPES, Replay, load_toml, preset_config
+from ffnbench.bench.scenarios import Scenario
+from ffnbench.errors import UsageError
+from ffnbench.quant import RECIPES
+
+
+def test_presets():
+    quick = preset_config("quick")
+    assert quick.designs == ["A", "B"] and quick.recipes == list(QUICK_RECIPES)
+    assert quick.scenarios == ["clean", "production"]
+    default = preset_config("default")
+    assert default.recipes == list(RECIPES) and default.models == ["default"] and "shift-8" in default.scenarios
+    assert set(preset_config("full").designs) == {"A", "B", "ln-swiglu", "rms-gelu"}
+    with pytest.raises(UsageError, match="--preset: unknown 'huge'"):
+        preset_config("huge")
+
+
+def test_presets_are_copies():
+    preset_config("quick").designs.append("X")
+    assert preset_config("quick").designs == ["A", "B"]
+
+
+def test_toml_overrides_and_defines_scenarios(tmp_path):
+    (tmp_path / "run.toml").write_text(
+        'designs = ["B"]\nn_requests = 3\ndelta = 0.2\nscenarios = ["clean", "mine", "captured"]\n'
+        '[scenario.mine]\nmean_shift = 2\nshift_fraction = 0.5\n'
+        '[scenario.captured]\nreplay = "h.npy"\n')
+    cfg = load_toml(tmp_path / "run.toml").check()
+    assert cfg.designs == ["B"] and cfg.n_requests == 3 and cfg.delta == 0.2
+    assert cfg.scenario("mine") == Scenario("mine", mean_shift=2.0, shift_fraction=0.5)
+    assert isinstance(cfg.scenario("captured"), Replay) and cfg.scenario("captured").path == tmp_path / "h.npy"
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("colour = 1\n", "unknown key 'colour'"),
+    ("n_requests = \"many\"\n", "'n_requests' must be int, got str"),
+    ("n_requests = true\n", "'n_requests' must be int, got bool"),
+    ("designs = \"A\"\n", "'designs' must be a list of strings"),
+    ("[scenario.x]\nshift = 2\n", "[scenario.x] unknown key 'shift'"),
+    ("[scenario.x]\nmean_shift = \"big\"\n", "[scenario.x] 'mean_shift' must be float, got str"),
+    ("designs = [\n", "is not valid TOML"),
+])
+def test_toml_errors_name_the_key(tmp_path, text, needle):
+    (tmp_path / "run.toml").write_text(text)
+    with pytest.raises(UsageError) as e:
+        load_toml(tmp_path / "run.toml")
+    assert needle in str(e.value)
+
+
+@pytest.mark.parametrize(("axis", "value", "needle"), [
+    ("scenarios", ["clean", "nowhere"], "scenarios: unknown 'nowhere'"),
+    ("recipes", ["int3"], "recipes: unknown 'int3'"),
+    ("designs", [], "designs: empty"),
+])
+def test_check_rejects_unknown_names(axis, value, needle):
+    cfg = preset_config("quick")
+    setattr(cfg, axis, value)
+    with pytest.raises(UsageError, match=needle):
+        cfg.check()
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UsageError, match="--config: no file at"):
+        load_toml(tmp_path / "absent.toml")
