@@ -66,3 +66,9 @@ def test_unwritable_out(tmp_path):
     locked.mkdir(mode=0o500)
     with pytest.raises(UsageError, match="cannot write to"):
         RunStore(locked / "run", {}, resume=False, machine={})
+
+
+def test_out_below_a_file_cannot_be_created(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match="cannot write to .*choose a writable directory"):
+        RunStore(tmp_path / "file" / "run", {}, resume=False, machine={})
