@@ -2,11 +2,21 @@
 
 Scripted use, the same run as `ffnbench run`:
 
-    from ffnbench.bench import RunConfig, preset_config, run
+    from ffnbench.bench import preset_config, run
     results = run(preset_config("quick"), "runs/quick")   # one dict per cell
+
+Names resolve on first use, so the CLI can set up the process (thread wait policy) before torch
+is imported.
 """
 
-from ffnbench.bench.config import RunConfig, load_toml, preset_config
-from ffnbench.bench.runner import run
+import importlib
 
-__all__ = ["RunConfig", "load_toml", "preset_config", "run"]
+_EXPORTS = {"RunConfig": "ffnbench.bench.config", "load_toml": "ffnbench.bench.config",
+            "preset_config": "ffnbench.bench.config", "run": "ffnbench.bench.runner"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ffnbench.bench' has no attribute '{name}'")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ffnbench.bench.latency import LatencyConfig
 from ffnbench.bench.scenarios import NAMED, Replay, Scenario
 from ffnbench.errors import UsageError
 from ffnbench.models import DESIGNS, PRESETS
@@ -33,8 +34,31 @@ class RunConfig:
     # hides the branch's error: B's int8-dynamic centered SQNR went 34.6 -> 38.1 dB from clean to
     # production with it, 28.7 -> 21.6 dB without (quick preset, small model, this machine).
     residual: bool = False
+    latency: bool = True  # time every recipe at decode and prefill shapes, interleaved
+    warmup: int = 2  # untimed rounds
+    min_iterations: int = 10  # timed rounds, at least
+    min_seconds: float = 0.3  # timed work per runnable, at least,
+    max_iterations: int = 200  # unless this many rounds are done
+    # ORT workers spin after a call; off by default so they do not take the cores from the torch and
+    # bitsandbytes calls timed beside them (measured: bnb-nf4 decode 3.4 ms with it, see README).
+    ort_spinning: bool = False
+    decode: list[int] = field(default_factory=lambda: [1, 1])  # (batch, seq)
+    prefill: list[int] = field(default_factory=lambda: [8, 128])
     device: str = "cpu"
     user_scenarios: dict[str, Scenario | Replay] = field(default_factory=dict)
+
+    def latency_config(self) -> LatencyConfig:
+        return LatencyConfig(warmup=self.warmup, min_iterations=self.min_iterations, min_seconds=self.min_seconds,
+                             max_iterations=self.max_iterations, decode=tuple(self.decode),
+                             prefill=tuple(self.prefill))
+
+    def latency_shapes(self) -> dict[str, tuple[int, int]]:
+        return self.latency_config().shapes()
+
+    def latency_scenario(self) -> str:
+        """Timing inputs come from `production` when the run has it: values matter to some kernels
+        (bitsandbytes' outlier path), and production is what is served."""
+        return "production" if "production" in self.scenarios else self.scenarios[0]
 
     def scenario(self, name: str) -> Scenario | Replay:
         return self.user_scenarios.get(name) or NAMED[name]
@@ -54,6 +78,7 @@ class RunConfig:
                 raise UsageError(f"{name}: must be positive, got {getattr(self, name)}")
         if not self.delta > 0:
             raise UsageError(f"delta: must be positive, got {self.delta}")
+        self.latency_config()  # validates the timing settings
         return self
 
     def to_dict(self) -> dict:
@@ -70,8 +95,10 @@ PRESETS_RUN = {
 }
 
 LIST_KEYS = ("designs", "models", "recipes", "scenarios", "calibration")
+SHAPE_KEYS = ("decode", "prefill")
 SCALAR_KEYS = {"preset": str, "n_requests": int, "seq_len": int, "seed": int, "calibration_requests": int,
-               "delta": float, "threads": int, "device": str, "residual": bool}
+               "delta": float, "threads": int, "device": str, "residual": bool, "latency": bool, "warmup": int,
+               "min_iterations": int, "min_seconds": float, "max_iterations": int, "ort_spinning": bool}
 
 
 def preset_config(name: str) -> RunConfig:
@@ -99,6 +126,10 @@ def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 raise UsageError(f"config {path}: '{key}' must be a list of strings, e.g. {key} = [\"A\", \"B\"]")
             setattr(cfg, key, list(value))
+        elif key in SHAPE_KEYS:
+            if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)):
+                raise UsageError(f"config {path}: '{key}' must be [batch, seq], e.g. {key} = [8, 128]")
+            setattr(cfg, key, list(value))
         elif key in SCALAR_KEYS:
             kind = SCALAR_KEYS[key]
             ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) or (
@@ -107,7 +138,7 @@ def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
                 raise UsageError(f"config {path}: '{key}' must be {kind.__name__}, got {type(value).__name__}")
             setattr(cfg, key, kind(value))
         else:
-            known = ", ".join([*LIST_KEYS, *SCALAR_KEYS, "scenario"])
+            known = ", ".join([*LIST_KEYS, *SHAPE_KEYS, *SCALAR_KEYS, "scenario"])
             raise UsageError(f"config {path}: unknown key '{key}'; known keys: {known}")
     return cfg
 

@@ -74,16 +74,19 @@ class OrtRunnable:
 
     runtime = "ort"
 
-    def __init__(self, path: Path, threads: int = 1, optimization: str = "all"):
+    def __init__(self, path: Path, threads: int = 1, optimization: str = "all", spinning: bool = True):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        # ORT's workers spin after each call to catch the next one quickly. Timed round-robin
+        # beside torch, that spin takes the cores from the torch call that follows.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = OPT_LEVELS[optimization]
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.threads, self.optimization, self.path = threads, optimization, Path(path)
+        self.threads, self.optimization, self.path, self.spinning = threads, optimization, Path(path), spinning
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(self.outputs[:1], {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
@@ -97,7 +100,7 @@ class OrtRunnable:
 
     def describe(self) -> dict:
         return {"runtime": "ort", "device": "cpu", "provider": "CPUExecutionProvider", "threads": self.threads,
-                "graph_optimization": self.optimization}
+                "graph_optimization": self.optimization, "spinning": self.spinning}
 
 
 def runnable_for(artifact: Artifact, prefer: str = "ort", threads: int = 1) -> Runnable:

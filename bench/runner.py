@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ffnbench.bench import doctor, metrics
+from ffnbench.bench import doctor, latency_cells, metrics
 from ffnbench.bench.config import RunConfig
 from ffnbench.bench.runnables import Runnable, TorchRunnable, runnable_for
 from ffnbench.bench.store import RunStore
@@ -27,44 +27,83 @@ class Cell:
     design: str
     model: str
     recipe: str
-    scenario: str
+    scenario: str  # a scenario name, or the latency shape ("decode", "prefill") for latency cells
     calibration: str | None  # QDQ recipes only
+    kind: str = "accuracy"  # or "latency"
 
     @property
     def key(self) -> str:
-        return f"{self.design}/{self.model}/{self.recipe}/{self.scenario}/cal={self.calibration or '-'}"
+        where = self.scenario if self.kind == "accuracy" else f"latency:{self.scenario}"
+        return f"{self.design}/{self.model}/{self.recipe}/{where}/cal={self.calibration or '-'}"
+
+    @property
+    def artifact(self) -> tuple:
+        return self.design, self.model, self.recipe, self.calibration
 
 
 def plan(config: RunConfig) -> list[Cell]:
-    """Every cell of the matrix, grouped by (design, model) so each block is built once."""
+    """Every cell of the matrix, ordered by model size, then accuracy before latency."""
     cells = []
-    for design, model, recipe, scenario in itertools.product(config.designs, config.models, config.recipes,
-                                                             config.scenarios):
-        calibrations = config.calibration if getattr(RECIPES[recipe], "needs_calibration", False) else [None]
-        cells += [Cell(design, model, recipe, scenario, cal) for cal in calibrations]
+    for model in config.models:
+        for design, recipe in itertools.product(config.designs, config.recipes):
+            calibrations = config.calibration if getattr(RECIPES[recipe], "needs_calibration", False) else [None]
+            for cal in calibrations:
+                cells += [Cell(design, model, recipe, s, cal) for s in config.scenarios]
+        if config.latency:
+            for shape, design, recipe in itertools.product(("decode", "prefill"), config.designs, config.recipes):
+                calibrations = config.calibration if getattr(RECIPES[recipe], "needs_calibration", False) else [None]
+                cells += [Cell(design, model, recipe, shape, cal, kind="latency") for cal in calibrations]
     return cells
 
 
-def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | None = None) -> list[dict]:
+def shard(cells: list[Cell], k: int, n: int) -> list[Cell]:
+    """Shard k of n (1-based): whole artifacts (a design, model, recipe and calibration, with all its
+    cells) go to one shard, assigned round-robin in plan order, so every shard is deterministic."""
+    artifacts = list(dict.fromkeys(c.artifact for c in cells))
+    mine = {a for i, a in enumerate(artifacts) if i % n == k - 1}
+    return [c for c in cells if c.artifact in mine]
+
+
+def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | None = None,
+        shard_spec: tuple[int, int] | None = None) -> list[dict]:
     """Run the matrix of `config` into the run directory `out`; returns one record per cell.
 
     Each cell is appended to out/results.jsonl as it finishes; with resume=True, cells already
-    measured or skipped there are not run again. progress=None shows a bar on a terminal only.
+    measured or skipped there are not run again. shard_spec=(k, n) runs shard k of n only.
+    progress=None shows a bar on a terminal only.
     """
     config.check()
     _check_inputs(config)  # a bad scenario or trace fails here, before anything is written
-    store = RunStore(out, config.to_dict(), resume, machine=doctor.collect())
+    peaks = machine_peaks(config) if config.latency else None
+    machine = doctor.collect() | {"peaks": peaks}
+    store = RunStore(out, config.to_dict() | {"shard": list(shard_spec) if shard_spec else None}, resume, machine)
+    cells = plan(config) if shard_spec is None else shard(plan(config), *shard_spec)
     finished = store.finished()
-    todo = [cell for cell in plan(config) if cell.key not in finished]
+    todo = [cell for cell in cells if cell.key not in finished]
     with tqdm(total=len(todo), disable=None if progress is None else not progress, unit="cell",
               file=sys.stderr, dynamic_ncols=True) as bar:
-        for (design, model), cells in itertools.groupby(todo, key=lambda c: (c.design, c.model)):
-            subject = Subject(config, design, model, store.out / "artifacts")
-            for cell in cells:
+        for model, group in itertools.groupby(todo, key=lambda c: c.model):
+            group = list(group)
+            subjects = {d: Subject(config, d, model, store.out / "artifacts")
+                        for d in dict.fromkeys(c.design for c in group)}
+            for cell in (c for c in group if c.kind == "accuracy"):
                 bar.set_description(cell.key)
-                store.append(measure(subject, cell))
+                store.append(measure(subjects[cell.design], cell))
                 bar.update()
+            for shape, shape_cells in itertools.groupby((c for c in group if c.kind == "latency"),
+                                                        key=lambda c: c.scenario):
+                shape_cells = list(shape_cells)
+                bar.set_description(f"{model}: timing {len(shape_cells)} cells at {shape}, interleaved")
+                for record in measure_latency(subjects, shape_cells, config, peaks):
+                    store.append(record)
+                    bar.update()
     return store.results()
+
+
+def machine_peaks(config: RunConfig) -> dict:
+    from ffnbench.bench.peaks import peaks
+
+    return peaks(config.threads)
 
 
 def _check_inputs(config: RunConfig) -> None:
@@ -160,7 +199,7 @@ def evaluate(runnable: Runnable, batches: list[np.ndarray]) -> tuple[np.ndarray,
 
 
 def measure(subject: Subject, cell: Cell) -> dict:
-    record = {"key": cell.key, "design": cell.design, "model": cell.model, "recipe": cell.recipe,
+    record = {"key": cell.key, "kind": "accuracy", "design": cell.design, "model": cell.model, "recipe": cell.recipe,
               "scenario": cell.scenario, "calibration": cell.calibration}
     started = time.perf_counter()
     try:
@@ -183,6 +222,43 @@ def measure(subject: Subject, cell: Cell) -> dict:
         record |= {"status": "error", "error": f"{type(e).__name__}: {e}"}
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
+
+
+def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks: dict) -> list[dict]:
+    """Time every cell's runnable, plus each design's fp32 references, round-robin in one loop."""
+    shape = config.latency_shapes()[cells[0].scenario]
+    entries, records, scenario = {}, {}, config.latency_scenario()
+    for design, subject in subjects.items():
+        x = config.scenario(scenario).generate(shape[0], shape[1], subject.block.cfg.d_model, seed=config.seed)
+        for name, ref in latency_cells.reference_runnables(subject, config.threads, config.ort_spinning).items():
+            entries[f"{design}/{name}"] = {"runnable": ref, "x": x, "block_cfg": subject.block.cfg, "model_bytes": 0}
+    for cell in cells:
+        subject = subjects[cell.design]
+        record = {"key": cell.key, "kind": "latency", "design": cell.design, "model": cell.model,
+                  "recipe": cell.recipe, "scenario": None, "calibration": cell.calibration,
+                  "shape": {"name": cell.scenario, "batch": shape[0], "seq": shape[1]}, "inputs": scenario}
+        try:
+            runnable, manifest = subject.runnable(cell.recipe, cell.calibration)
+            timed = latency_cells.timing_runnable(runnable, config.threads, config.ort_spinning)
+            x = entries[f"{cell.design}/fp32_ort"]["x"]
+            entries[cell.key] = {"runnable": timed, "x": x, "block_cfg": subject.block.cfg,
+                                 "model_bytes": manifest["bytes"], "fp32_ort": f"{cell.design}/fp32_ort",
+                                 "fp32_torch": f"{cell.design}/fp32_torch"}
+            record |= {"runtime": timed.describe(), "artifact": {"sha256": manifest["sha256"],
+                                                                 "bytes": manifest["bytes"]}}
+        except Skipped as e:
+            record |= {"status": "skipped", "reason": str(e)}
+        except Exception as e:  # recorded like an accuracy cell's failure; the others are still timed
+            record |= {"status": "error", "error": f"{type(e).__name__}: {e}"}
+        records[cell.key] = record
+    started = time.perf_counter()
+    timings = latency_cells.time_group(entries, shape, config.latency_config(), peaks, config.threads)
+    seconds = round(time.perf_counter() - started, 3)
+    for key, record in records.items():
+        if "status" not in record:
+            record |= {"status": "ok", "metrics": timings[key], "seconds": seconds}
+        record.setdefault("seconds", 0.0)
+    return list(records.values())
 
 
 def _digest(obj: object) -> str:

@@ -12,6 +12,8 @@ from ffnbench.errors import UsageError
 from ffnbench.versions import stack_versions
 
 RESULTS = "results.jsonl"
+# Variables that change how threads wait or how many there are, and so every timing.
+TIMING_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
 MANIFEST = "manifest.json"
 
 
@@ -82,6 +84,7 @@ class RunStore:
                 "git_revision": git_revision(),
                 "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "command": sys.argv,
+                "environment": {k: os.environ.get(k) for k in TIMING_ENV},
             })
         self.results_path = results
 

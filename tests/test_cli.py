@@ -132,18 +132,31 @@ def test_quantize_rejects_a_damaged_model(ffnbench_exe, exported_b, tmp_path, da
     assert not (tmp_path / "q").exists()
 
 
+LATENCY_METRICS = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "p50_ci_low_ms", "p50_ci_high_ms", "tokens_per_s",
+                   "iterations", "model_bytes", "peak_rss_mb", "threads", "achieved_gbps", "achieved_gflops",
+                   "roofline_fraction"}
+
+
 def test_run_records_every_metric_per_cell(ffnbench_exe, tmp_path):
     from ffnbench.bench.metrics import ALL_METRICS
 
-    r = run(ffnbench_exe, "run", "--models", "tiny", "--designs", "A,B", "--scenarios", "clean,shift-4,production",
-            "--out", tmp_path / "run")
+    # Short timing settings: the test checks what is recorded, not how fast anything is.
+    (tmp_path / "fast.toml").write_text("warmup = 0\nmin_iterations = 3\nmin_seconds = 0.001\nprefill = [2, 8]\n")
+    r = run(ffnbench_exe, "run", "--config", tmp_path / "fast.toml", "--models", "tiny", "--designs", "A,B",
+            "--scenarios", "clean,shift-4,production", "--out", tmp_path / "run")
     assert r.returncode == 0, r.stderr
     cells = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
-    assert len(cells) == 2 * 5 * 3
+    accuracy = [c for c in cells if c["kind"] == "accuracy"]
+    timing = [c for c in cells if c["kind"] == "latency"]
+    assert len(accuracy) == 2 * 5 * 3 and len(timing) == 2 * 5 * 2
     for cell in cells:
         assert cell["status"] == "ok", cell
+    for cell in accuracy:
         assert set(cell["metrics"]) == set(ALL_METRICS)
-    assert "30 cells measured" in r.stdout
+    for cell in timing:
+        assert LATENCY_METRICS <= set(cell["metrics"]) and cell["metrics"]["iterations"] >= 3
+        assert cell["metrics"]["vs_fp32_ort"]["ci_low"] <= cell["metrics"]["vs_fp32_ort"]["ratio"]
+    assert "50 cells measured" in r.stdout
 
 
 @pytest.mark.parametrize(("args", "needle"), [

@@ -14,7 +14,7 @@ from ffnbench.quant import bnb_recipes
 
 
 def tiny_config(**kw) -> RunConfig:
-    base = dict(models=["tiny"], n_requests=4, seq_len=16, calibration_requests=4,
+    base = dict(models=["tiny"], n_requests=4, seq_len=16, calibration_requests=4, latency=False,
                 recipes=["fp32", "ort-int8-dynamic", "bnb-nf4"], scenarios=["clean", "production"])
     return RunConfig(**{**base, **kw})
 

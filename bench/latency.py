@@ -1,0 +1,109 @@
+"""Latency you can trust: warm-up, round-robin interleaving, percentiles, bootstrap intervals.
+
+Timing several runnables in one process, one call each per round (A B C A B C ...), exposes them
+to the same background noise, so their ratio is far steadier than any absolute time. Every
+runnable runs until both a minimum number of rounds and a minimum total time are met.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ffnbench.errors import UsageError
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    warmup: int = 3  # untimed rounds first: page faults, allocator pools, ORT's first-run planning
+    min_iterations: int = 10  # timed rounds, at least
+    min_seconds: float = 0.3  # and at least this much timed work per runnable,
+    max_iterations: int = 200  # unless this many rounds are done: fast calls need no more
+    max_seconds: float = 60.0  # stop a round-robin group after this long, whatever the counts
+    decode: tuple[int, int] = (1, 1)  # (batch, seq): one new token
+    prefill: tuple[int, int] = (8, 128)  # (batch, seq): a prompt batch
+
+    def __post_init__(self) -> None:
+        for name in ("min_iterations", "min_seconds", "max_seconds", "max_iterations"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"latency {name}: must be positive, got {getattr(self, name)}")
+        if self.max_iterations < self.min_iterations:
+            raise UsageError(f"latency max_iterations ({self.max_iterations}) is below min_iterations "
+                             f"({self.min_iterations}); raise it")
+        if self.warmup < 0:
+            raise UsageError(f"latency warmup: must be >= 0, got {self.warmup}")
+        for name in ("decode", "prefill"):
+            shape = getattr(self, name)
+            if len(shape) != 2 or min(shape) <= 0:
+                raise UsageError(f"latency {name}: must be two positive sizes (batch, seq), got {shape}")
+
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        return {"decode": tuple(self.decode), "prefill": tuple(self.prefill)}
+
+
+class CpuTimer:
+    """Wall time around a synchronous call. A GPU timer (CUDA events, synchronised) fits the same shape."""
+
+    def time_ms(self, fn: Callable[[], object]) -> float:
+        start = time.perf_counter_ns()
+        fn()
+        return (time.perf_counter_ns() - start) / 1e6
+
+
+def interleaved(fns: dict[str, Callable[[], object]], cfg: LatencyConfig,
+                timer: CpuTimer | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Time each fn once per round, in a fresh random order each round (so no fn always follows the
+    same neighbour), until every fn has min_iterations rounds and min_seconds of timed work, or
+    max_iterations rounds are done. Returns ms per fn, sample i of each from round i.
+    """
+    timer = timer or CpuTimer()
+    names = list(fns)
+    order = np.random.default_rng(seed)
+    for _ in range(cfg.warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    started = time.perf_counter()
+    for rounds in range(1, cfg.max_iterations + 1):
+        for i in order.permutation(len(names)):
+            samples[names[i]].append(timer.time_ms(fns[names[i]]))
+        long_enough = all(sum(s) >= cfg.min_seconds * 1e3 for s in samples.values())
+        if (rounds >= cfg.min_iterations and long_enough) or time.perf_counter() - started > cfg.max_seconds:
+            break
+    return {name: np.asarray(s) for name, s in samples.items()}
+
+
+def bootstrap_ci(values: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], seed: int = 0) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval: stat maps resamples (R, n, ...) to R statistics."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(BOOTSTRAP_RESAMPLES, len(values)))
+    low, high = np.percentile(stat(values[idx]), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def summarize(samples_ms: np.ndarray, tokens: int) -> dict[str, float | int]:
+    """p50/p90/p99/mean in ms, the bootstrap interval of p50, tokens per second at p50."""
+    p50 = float(np.median(samples_ms))
+    low, high = bootstrap_ci(samples_ms, lambda r: np.median(r, axis=1))
+    return {
+        "p50_ms": p50,
+        "p90_ms": float(np.percentile(samples_ms, 90)),
+        "p99_ms": float(np.percentile(samples_ms, 99)),
+        "mean_ms": float(np.mean(samples_ms)),
+        "p50_ci_low_ms": low,
+        "p50_ci_high_ms": high,
+        "tokens_per_s": tokens / (p50 / 1e3),
+        "iterations": int(len(samples_ms)),
+    }
+
+
+def ratio(a_ms: np.ndarray, b_ms: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """median(a)/median(b) with a 95 % bootstrap interval over paired rounds (same index, same round)."""
+    if len(a_ms) != len(b_ms):
+        raise ValueError("ratio needs samples from the same rounds")
+    pairs = np.stack([a_ms, b_ms], axis=1)
+    low, high = bootstrap_ci(pairs, lambda r: np.median(r[..., 0], axis=1) / np.median(r[..., 1], axis=1), seed)
+    return {"ratio": float(np.median(a_ms) / np.median(b_ms)), "ci_low": low, "ci_high": high}

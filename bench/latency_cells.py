@@ -1,0 +1,90 @@
+"""Latency cells: every runnable of one model size timed round-robin at decode and prefill shapes."""
+
+from pathlib import Path
+
+import onnx
+
+from ffnbench.bench import latency
+from ffnbench.bench.runnables import OrtRunnable, Runnable, TorchRunnable
+
+PROC_STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def peak_rss_mb(fn, calls: int) -> float | None:
+    """Process peak RSS (MB) while `fn` runs `calls` times, after resetting the kernel's high-water
+    mark; None where the kernel offers no reset (the lifetime peak would say nothing per cell)."""
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:
+        return None
+    for _ in range(calls):
+        fn()
+    for line in PROC_STATUS.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def latency_model(path: Path) -> Path:
+    """The artifact without its tap outputs: exposed intermediates block ORT's fusions, so they
+    would slow the very model being timed."""
+    out = path.with_name("model.latency.onnx")
+    if not out.exists():
+        model = onnx.load(str(path))
+        keep = model.graph.output[0]
+        del model.graph.output[:]
+        model.graph.output.append(keep)
+        tmp = out.with_suffix(".tmp")
+        onnx.save(model, str(tmp))
+        tmp.replace(out)
+    return out
+
+
+def timing_runnable(runnable: Runnable, threads: int, spinning: bool) -> Runnable:
+    if isinstance(runnable, OrtRunnable):
+        return OrtRunnable(latency_model(runnable.path), threads=threads, spinning=spinning)
+    return runnable
+
+
+def work(block_cfg, tokens: int, model_bytes: int) -> tuple[float, float]:
+    """(FLOPs, bytes moved) of one call: 2 FLOPs per weight per token; the weights once plus the
+    fp32 input and output activations."""
+    d, h = block_cfg.d_model, block_cfg.hidden
+    weights = (2 if block_cfg.activation == "gelu" else 3) * d * h
+    return 2.0 * weights * tokens, float(model_bytes + 2 * tokens * d * 4)
+
+
+def time_group(entries: dict[str, dict], shape: tuple[int, int], cfg: latency.LatencyConfig, peaks: dict,
+               threads: int) -> dict[str, dict]:
+    """entries: key -> {runnable, x, block_cfg, model_bytes, fp32_ort, fp32_torch}; the fp32 keys
+    name the reference entries of the same design. Returns key -> latency metrics."""
+    tokens = shape[0] * shape[1]
+    fns = {key: (lambda r=e["runnable"], x=e["x"]: r.run(x)) for key, e in entries.items()}
+    rss = {key: peak_rss_mb(fn, max(cfg.warmup, 1)) for key, fn in fns.items()}
+    samples = latency.interleaved(fns, cfg)
+    out = {}
+    for key, e in entries.items():
+        stats = latency.summarize(samples[key], tokens)
+        flops, moved = work(e["block_cfg"], tokens, e["model_bytes"])
+        seconds = stats["p50_ms"] / 1e3
+        ideal = max(flops / (peaks["fp32_gemm_gflops"] * 1e9), moved / (peaks["memory_gbps"] * 1e9))
+        stats |= {
+            "model_bytes": e["model_bytes"],
+            "peak_rss_mb": rss[key],
+            "threads": threads,
+            "achieved_gflops": flops / seconds / 1e9,
+            "achieved_gbps": moved / seconds / 1e9,
+            "roofline_fraction": ideal / seconds,
+            "samples_ms": [round(float(v), 4) for v in samples[key]],
+        }
+        for ref in ("fp32_ort", "fp32_torch"):
+            if e.get(ref) in samples:
+                stats[f"vs_{ref}"] = latency.ratio(samples[key], samples[e[ref]])
+        out[key] = stats
+    return out
+
+
+def reference_runnables(subject, threads: int, spinning: bool) -> dict[str, Runnable]:
+    """fp32 in ORT (plain export, no taps) and in torch: what every recipe's speed is compared with."""
+    return {"fp32_ort": OrtRunnable(latency_model(subject.export.path), threads=threads, spinning=spinning),
+            "fp32_torch": TorchRunnable(subject.block, threads=threads)}

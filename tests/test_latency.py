@@ -1,0 +1,73 @@
+"""The latency harness: stopping rules, statistics, paired ratios, config validation (no timed asserts)."""
+
+import numpy as np
+import pytest
+
+from ffnbench.bench import latency
+from ffnbench.bench.latency import LatencyConfig
+from ffnbench.errors import UsageError
+
+
+class FakeTimer:
+    """Returns a fixed duration per fn name, so the stopping rules are tested without a clock."""
+
+    def __init__(self, ms):
+        self.ms, self.calls = ms, []
+
+    def time_ms(self, fn):
+        name = fn()
+        self.calls.append(name)
+        return self.ms[name]
+
+
+def test_round_robin_stops_at_min_iterations_once_time_is_met():
+    timer = FakeTimer({"a": 100.0, "b": 100.0})
+    cfg = LatencyConfig(warmup=0, min_iterations=5, min_seconds=0.1, max_iterations=50)
+    out = latency.interleaved({"a": lambda: "a", "b": lambda: "b"}, cfg, timer)
+    assert len(out["a"]) == len(out["b"]) == 5
+    assert sorted(timer.calls[:2]) == ["a", "b"]  # each round calls each fn once
+
+
+def test_a_fast_fn_runs_until_min_seconds_or_max_iterations():
+    timer = FakeTimer({"fast": 0.001, "slow": 50.0})
+    cfg = LatencyConfig(warmup=0, min_iterations=2, min_seconds=0.2, max_iterations=30)
+    out = latency.interleaved({"fast": lambda: "fast", "slow": lambda: "slow"}, cfg, timer)
+    assert len(out["fast"]) == 30  # 0.2 s of 1 µs calls would take 200,000 rounds; capped
+
+
+def test_round_order_varies_between_rounds():
+    timer = FakeTimer({k: 1.0 for k in "abcd"})
+    cfg = LatencyConfig(warmup=0, min_iterations=20, min_seconds=0.001, max_iterations=20)
+    latency.interleaved({k: (lambda k=k: k) for k in "abcd"}, cfg, timer)
+    firsts = {tuple(timer.calls[i:i + 4]) for i in range(0, 80, 4)}
+    assert len(firsts) > 1
+
+
+def test_summarize_percentiles_and_throughput():
+    samples = np.arange(1.0, 101.0)  # 1..100 ms
+    s = latency.summarize(samples, tokens=10)
+    assert s["p50_ms"] == pytest.approx(50.5) and s["mean_ms"] == pytest.approx(50.5)
+    assert s["p90_ms"] == pytest.approx(np.percentile(samples, 90)) and s["iterations"] == 100
+    assert s["tokens_per_s"] == pytest.approx(10 / 0.0505)
+    assert s["p50_ci_low_ms"] < 50.5 < s["p50_ci_high_ms"]
+
+
+def test_ratio_is_paired_and_its_interval_holds_it():
+    rng = np.random.default_rng(0)
+    noise = rng.lognormal(0, 0.3, 200)  # shared by both: the same rounds' load
+    r = latency.ratio(2.0 * noise, noise)
+    assert r["ratio"] == pytest.approx(2.0) and r["ci_low"] == pytest.approx(2.0) and r["ci_high"] == pytest.approx(2.0)
+    r = latency.ratio(2.0 * rng.lognormal(0, 0.3, 200), noise)
+    assert r["ci_low"] < r["ratio"] < r["ci_high"]
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"min_iterations": 0}, "min_iterations: must be positive"),
+    ({"min_seconds": -1.0}, "min_seconds: must be positive"),
+    ({"warmup": -1}, "warmup: must be >= 0"),
+    ({"prefill": (8, 0)}, "prefill: must be two positive sizes"),
+    ({"min_iterations": 50, "max_iterations": 10}, "is below min_iterations"),
+])
+def test_bad_settings(kwargs, needle):
+    with pytest.raises(UsageError, match=needle):
+        LatencyConfig(**kwargs)
