@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("cpu", "cuda", "auto"), help="where torch and bitsandbytes run")
     run.add_argument("--out", required=True, help="run directory")
     run.add_argument("--resume", action="store_true", help="skip cells already in OUT/results.jsonl")
+    run.add_argument("--no-report", action="store_true", help="skip report.md and the plots at the end")
+
+    report = sub.add_parser("report", help="write report.md and plots/*.png for a run directory")
+    report.add_argument("run_dir")
     return parser
 
 
@@ -176,10 +180,22 @@ def cmd_run(args) -> int:
     counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "skipped", "error")}
     print(f"{args.out}: {counts['ok']} cells measured, {counts['skipped']} skipped, {counts['error']} failed "
           f"(see {args.out}/results.jsonl)")
+    if not args.no_report:
+        from ffnbench.bench.report import write
+
+        print(f"wrote {write(args.out)}")
     return 0
 
 
-COMMANDS = {"doctor": cmd_doctor, "export": cmd_export, "quantize": cmd_quantize, "run": cmd_run}
+def cmd_report(args) -> int:
+    from ffnbench.bench.report import write
+
+    print(f"wrote {write(args.run_dir)}")
+    return 0
+
+
+COMMANDS = {"doctor": cmd_doctor, "export": cmd_export, "quantize": cmd_quantize, "run": cmd_run,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

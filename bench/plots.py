@@ -1,0 +1,69 @@
+"""The report's figures: robustness curves, the seed's prediction by shift, latency and size bars."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on CI or servers
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+STYLE = {"A": dict(color="#1f77b4", marker="o", linestyle="-"), "B": dict(color="#d62728", marker="s", linestyle="--"),
+         "ln-swiglu": dict(color="#2ca02c", marker="^", linestyle=":"),
+         "rms-gelu": dict(color="#9467bd", marker="v", linestyle="-.")}
+
+
+def _grid(n: int):
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
+def curves(series: dict[str, dict[str, list[tuple[float, float]]]], xlabel: str, ylabel: str, title: str,
+           path: Path) -> Path:
+    """series: panel (recipe) -> design -> [(x, y)]; one panel per recipe, designs on the same axes."""
+    fig, axes = _grid(len(series))
+    for ax, (panel, by_design) in zip(axes, series.items(), strict=False):
+        for design, points in by_design.items():
+            xs, ys = zip(*sorted(points), strict=True)
+            ax.plot(xs, ys, label=design, **STYLE.get(design, {}))
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(ylabel, fontsize=8)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def bars(groups: list[str], values: dict[str, list[float | None]], errors: dict[str, list[tuple[float, float]]] | None,
+         ylabel: str, title: str, path: Path, log: bool = False) -> Path:
+    """Grouped bars: one group per recipe, one bar per design, optional (low, high) whiskers."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(groups) * len(values)), 3.8))
+    width = 0.8 / len(values)
+    x = np.arange(len(groups))
+    for i, (design, ys) in enumerate(values.items()):
+        heights = [np.nan if y is None else y for y in ys]
+        yerr = None
+        if errors:
+            yerr = np.array([[h - lo, hi - h] if h == h else [0, 0]
+                             for h, (lo, hi) in zip(heights, errors[design], strict=True)]).T
+        ax.bar(x + (i - (len(values) - 1) / 2) * width, heights, width, yerr=yerr, capsize=2, label=design,
+               color=STYLE.get(design, {}).get("color"))
+    ax.set_xticks(x, groups, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,266 @@
+"""`ffnbench report RUN_DIR`: report.md and plots/*.png, from a run directory's records alone."""
+
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from ffnbench import files
+from ffnbench.bench import latency, plots
+from ffnbench.bench.scenarios import NAMED
+from ffnbench.bench.store import MANIFEST, RESULTS, read_results
+from ffnbench.errors import UsageError
+
+SHIFTS = {name: s.mean_shift for name, s in NAMED.items() if name == "clean" or name.startswith("shift-")}
+MAGNITUDES = {"clean": 0.0, "magnitude-1": 1.0, "magnitude-2": 2.0}
+
+
+def label(cell: dict) -> str:
+    return cell["recipe"] + (f"@{cell['calibration']}" if cell.get("calibration") else "")
+
+
+class Run:
+    """The records of one run directory, indexed for the report."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir)
+        if not (self.dir / RESULTS).is_file() or not (self.dir / MANIFEST).is_file():
+            raise UsageError(f"report: {self.dir} is not a run directory (no {RESULTS} or {MANIFEST}); "
+                             "give the --out of `ffnbench run`")
+        self.manifest = json.loads((self.dir / MANIFEST).read_text())
+        cells = list({c["key"]: c for c in read_results(self.dir / RESULTS)}.values())
+        self.ok = [c for c in cells if c["status"] == "ok"]
+        self.not_ok = [c for c in cells if c["status"] != "ok"]
+        self.acc = {(c["design"], c["model"], label(c), c["scenario"]): c["metrics"]
+                    for c in self.ok if c.get("kind", "accuracy") == "accuracy"}
+        self.lat = {(c["design"], c["model"], label(c), c["shape"]["name"]): c["metrics"]
+                    for c in self.ok if c.get("kind") == "latency"}
+        self.designs = list(dict.fromkeys(c["design"] for c in cells))
+        self.models = list(dict.fromkeys(c["model"] for c in cells))
+        self.recipes = list(dict.fromkeys(label(c) for c in cells))
+        self.scenarios = list(dict.fromkeys(c["scenario"] for c in cells if c.get("kind", "accuracy") == "accuracy"))
+
+    def headline_scenario(self) -> str | None:
+        if "production" in self.scenarios:
+            return "production"
+        return self.scenarios[-1] if self.scenarios else None
+
+
+def _f(value, digits=1, suffix="") -> str:
+    return "–" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def _paired_ratio(a: dict | None, b: dict | None) -> dict | None:
+    if not a or not b or len(a.get("samples_ms", [])) != len(b.get("samples_ms", [])):
+        return None
+    return latency.ratio(np.asarray(a["samples_ms"]), np.asarray(b["samples_ms"]))
+
+
+def headline(run: Run, model: str, scenario: str) -> tuple[list[str], dict]:
+    """The A-vs-B table under `scenario`, and the numbers the verdict is drawn from."""
+    a, b = "A", "B"
+    rows = ["| recipe | centered SQNR A | B | A − B | top-1 A | B | prefill p50 A | B | A/B [95 % CI] "
+            "| decode p50 A | B | size A | B |", "|" + "---|" * 13]
+    facts = {"delta": {}, "prefill_ratio": {}, "decode_ratio": {}}
+    for recipe in run.recipes:
+        ma, mb = run.acc.get((a, model, recipe, scenario)), run.acc.get((b, model, recipe, scenario))
+        if not ma and not mb:
+            continue
+        la, lb = (run.lat.get((d, model, recipe, "prefill")) for d in (a, b))
+        da, db = (run.lat.get((d, model, recipe, "decode")) for d in (a, b))
+        ca, cb = (m and m["centered_sqnr_db"] for m in (ma, mb))
+        delta = ca - cb if ca is not None and cb is not None else None
+        ratio = _paired_ratio(la, lb)
+        if recipe != "fp32" and delta is not None:
+            facts["delta"][recipe] = delta
+        if ratio:
+            facts["prefill_ratio"][recipe] = ratio["ratio"]
+        decode_ratio = _paired_ratio(da, db)
+        if decode_ratio:
+            facts["decode_ratio"][recipe] = decode_ratio["ratio"]
+        ratio_text = f"{ratio['ratio']:.2f} [{ratio['ci_low']:.2f}, {ratio['ci_high']:.2f}]" if ratio else "–"
+        rows.append(" | ".join([
+            f"| {recipe}", _f(ca), _f(cb), _f(delta, 1, " dB"),
+            _f(ma and ma["top1_agreement"], 3), _f(mb and mb["top1_agreement"], 3),
+            _f(la and la["p50_ms"], 2, " ms"), _f(lb and lb["p50_ms"], 2, " ms"), ratio_text,
+            _f(da and da["p50_ms"], 3, " ms"), _f(db and db["p50_ms"], 3, " ms"),
+            _f(la and la["model_bytes"] / 1e6, 2, " MB"), _f(lb and lb["model_bytes"] / 1e6, 2, " MB") + " |"]))
+    return rows, facts
+
+
+def verdict(run: Run, model: str, scenario: str, facts: dict) -> list[str]:
+    deltas = facts["delta"]
+    if not deltas:
+        return ["Not enough cells with both designs to compare."]
+    a_better = sorted(r for r, d in deltas.items() if d > 0.5)
+    b_better = sorted(r for r, d in deltas.items() if d < -0.5)
+    median = statistics.median(deltas.values())
+    lines = [f"Under `{scenario}`, design **{'A' if median > 0 else 'B'}** keeps more of the token-varying signal: "
+             f"A leads in {len(a_better)} of {len(deltas)} quantized recipes, B in {len(b_better)}, "
+             f"median A − B = {median:+.1f} dB centered SQNR."]
+    if "clean" in run.scenarios and scenario != "clean":
+        cost = {d: [run.acc[(d, model, r, "clean")]["centered_sqnr_db"] - run.acc[(d, model, r, scenario)]
+                    ["centered_sqnr_db"] for r in deltas
+                    if (d, model, r, "clean") in run.acc and (d, model, r, scenario) in run.acc
+                    and run.acc[(d, model, r, scenario)]["centered_sqnr_db"] is not None]
+                for d in ("A", "B")}
+        if cost["A"] and cost["B"]:
+            lines.append(f"Going from `clean` to `{scenario}` costs A a median {statistics.median(cost['A']):.1f} dB "
+                         f"and B {statistics.median(cost['B']):.1f} dB.")
+    worst = min(deltas, key=deltas.get)
+    best = max(deltas, key=deltas.get)
+    lines.append(f"Largest gap in A's favour: `{best}` ({deltas[best]:+.1f} dB); "
+                 f"in B's favour or smallest: `{worst}` ({deltas[worst]:+.1f} dB).")
+    if facts["prefill_ratio"]:
+        r = statistics.median(facts["prefill_ratio"].values())
+        lines.append(f"Speed: median A/B prefill time ratio {r:.2f} over {len(facts['prefill_ratio'])} recipes "
+                     f"({'A faster' if r < 0.95 else 'B faster' if r > 1.05 else 'within 5 %, no material difference'}; "
+                     "B's SwiGLU has three matrices of 2/3 width, so equal parameters and FLOPs).")
+    return lines
+
+
+def caveats(run: Run) -> list[str]:
+    out = []
+    machine = run.manifest.get("machine") or {}
+    out += [f"Machine: {w}" for w in machine.get("warnings", [])]
+    if (machine.get("int8") or {}).get("u8s8_saturates") is False:
+        out.append("This CPU's U8S8 int8 path is exact (VNNI), so `ort-int8-dynamic-fullrange` shows no saturation "
+                   "here; on AVX2 without VNNI it would.")
+    config = run.manifest.get("config", {})
+    if not config.get("residual", True):
+        out.append("Metrics judge the FFN branch (residual off); with it, the exact input dominates the output.")
+    out.append("Weights are seeded and synthetic (1/sqrt(fan_in) scale), not trained; real activations have "
+               "outlier structure these do not. Load a checkpoint with `ffnbench export --weights` to check.")
+    if "magnitude-2" in run.scenarios and "clean" in run.scenarios:
+        diffs = [abs(m["centered_sqnr_db"] - run.acc[(d, mo, r, "clean")]["centered_sqnr_db"])
+                 for (d, mo, r, s), m in run.acc.items() if s == "magnitude-2" and (d, mo, r, "clean") in run.acc
+                 and m["centered_sqnr_db"] is not None and run.acc[(d, mo, r, "clean")]["centered_sqnr_db"] is not None]
+        if diffs:
+            out.append(f"Request magnitude alone (`magnitude-2`) moves centered SQNR by at most {max(diffs):.1f} dB: "
+                       "both norms remove scale before anything is quantized (fp16 overflow is a GPU question).")
+    wide = [k for k, m in run.lat.items()
+            if m["p50_ms"] and (m["p50_ci_high_ms"] - m["p50_ci_low_ms"]) > 0.2 * m["p50_ms"]]
+    if wide:
+        out.append(f"{len(wide)} latency cells have a p50 interval wider than ±10 %: treat their absolute times "
+                   "as noisy; the paired ratios are steadier.")
+    if run.not_ok:
+        out.append(f"{len(run.not_ok)} cells were skipped or failed (listed at the end).")
+    return out
+
+
+def seed_tables(run: Run, model: str, scenario: str) -> list[str]:
+    rows = ["| recipe | design | act_err_small_neg | act_err_small_pos | neg/pos | sign flips | norm > 0 |",
+            "|---|---|---|---|---|---|---|"]
+    for recipe in run.recipes:
+        for design in run.designs:
+            m = run.acc.get((design, model, recipe, scenario))
+            if not m or recipe == "fp32" or m["act_err_small_neg"] is None:
+                continue
+            ratio = m["act_err_small_neg"] / m["act_err_small_pos"] if m["act_err_small_pos"] else None
+            rows.append(f"| {recipe} | {design} | {m['act_err_small_neg']:.4f} | {_f(m['act_err_small_pos'], 4)} | "
+                        f"{_f(ratio, 2)} | {m['preact_sign_flip_rate']:.4f} | {m['norm_positive_fraction']:.3f} |")
+    return rows
+
+
+def write(run_dir: Path) -> Path:
+    """Write run_dir/report.md and run_dir/plots/*.png; returns the report's path."""
+    run = Run(run_dir)
+    plot_dir = run.dir / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    m = run.manifest
+    lines = [f"# ffnbench report: {run.dir.name}", "",
+             f"Preset `{m.get('config', {}).get('preset')}`, models {', '.join(run.models)}, designs "
+             f"{', '.join(run.designs)}, {len(run.ok)} cells measured. Started {m.get('started')}, "
+             f"ffnbench revision `{m.get('git_revision')}`.", ""]
+    for model in run.models:
+        scenario = run.headline_scenario()
+        if scenario and {"A", "B"} <= set(run.designs):
+            rows, facts = headline(run, model, scenario)
+            lines += [f"## Decision: A vs B under `{scenario}` (model `{model}`)", "",
+                      *verdict(run, model, scenario, facts), "", *rows, ""]
+        lines += _robustness(run, model, plot_dir)
+        if scenario:
+            lines += [f"## The seed's prediction under `{scenario}` (model `{model}`)", "",
+                      "RMS activation-output error where the fp32 pre-activation lies just below zero vs just above "
+                      f"(δ = {m.get('config', {}).get('delta')}), the share of pre-activations whose sign flips, "
+                      "and the share of positive norm outputs.", "", *seed_tables(run, model, scenario), ""]
+        lines += _latency(run, model, plot_dir)
+    lines += ["## Caveats", "", *[f"- {c}" for c in caveats(run)], ""]
+    lines += _machine(m)
+    if run.not_ok:
+        lines += ["## Skipped and failed cells", "", "| cell | status | why |", "|---|---|---|"]
+        lines += [f"| {c['key']} | {c['status']} | {c.get('reason') or c.get('error')} |" for c in run.not_ok]
+    path = run.dir / "report.md"
+    files.write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _robustness(run: Run, model: str, plot_dir: Path) -> list[str]:
+    lines = []
+    for name, axis, xlabel in (("shift", SHIFTS, "mean_shift (feature std)"),
+                               ("magnitude", MAGNITUDES, "magnitude_sigma")):
+        present = [s for s in axis if s in run.scenarios]
+        if len(present) < 2:
+            continue
+        series = {}
+        for recipe in run.recipes:
+            if recipe == "fp32":
+                continue
+            by_design = {d: [(axis[s], run.acc[(d, model, recipe, s)]["centered_sqnr_db"]) for s in present
+                             if (d, model, recipe, s) in run.acc and run.acc[(d, model, recipe, s)]["centered_sqnr_db"]
+                             is not None] for d in run.designs}
+            by_design = {d: p for d, p in by_design.items() if p}
+            if by_design:
+                series[recipe] = by_design
+        if series:
+            path = plots.curves(series, xlabel, "centered SQNR (dB)", f"Robustness to {name} ({model})",
+                                plot_dir / f"robustness_{name}_{model}.png")
+            lines += [f"## Robustness to {name} (model `{model}`)", "", f"![]({path.relative_to(run.dir)})", ""]
+    shifts = [s for s in SHIFTS if s in run.scenarios]
+    if len(shifts) >= 2:
+        lines += ["### norm_positive_fraction by shift (fp32)", "", "| design | " + " | ".join(shifts) + " |",
+                  "|---|" + "---|" * len(shifts)]
+        for design in run.designs:
+            values = [run.acc.get((design, model, "fp32", s), {}).get("norm_positive_fraction") for s in shifts]
+            lines.append(f"| {design} | " + " | ".join(_f(v, 3) for v in values) + " |")
+        lines.append("")
+    return lines
+
+
+def _latency(run: Run, model: str, plot_dir: Path) -> list[str]:
+    lines = []
+    for shape in ("decode", "prefill"):
+        recipes = [r for r in run.recipes if any((d, model, r, shape) in run.lat for d in run.designs)]
+        if not recipes:
+            continue
+        values = {d: [run.lat.get((d, model, r, shape), {}).get("p50_ms") for r in recipes] for d in run.designs}
+        errors = {d: [(run.lat[(d, model, r, shape)]["p50_ci_low_ms"], run.lat[(d, model, r, shape)]["p50_ci_high_ms"])
+                      if (d, model, r, shape) in run.lat else (0, 0) for r in recipes] for d in run.designs}
+        path = plots.bars(recipes, values, errors, "p50 (ms), 95 % CI", f"{shape} latency ({model})",
+                          plot_dir / f"latency_{shape}_{model}.png", log=True)
+        lines += [f"## Latency at {shape} (model `{model}`)", "", f"![]({path.relative_to(run.dir)})", ""]
+    recipes = [r for r in run.recipes if any((d, model, r, "prefill") in run.lat for d in run.designs)]
+    if recipes:
+        sizes = {d: [(run.lat.get((d, model, r, "prefill")) or {}).get("model_bytes", 0) / 1e6 or None for r in recipes]
+                 for d in run.designs}
+        path = plots.bars(recipes, sizes, None, "MB on disk", f"Artifact size ({model})",
+                          plot_dir / f"size_{model}.png")
+        lines += ["### Size on disk", "", f"![]({path.relative_to(run.dir)})", ""]
+    return lines
+
+
+def _machine(manifest: dict) -> list[str]:
+    machine = manifest.get("machine") or {}
+    cpu = machine.get("cpu", {})
+    isa = cpu.get("isa", {})
+    peaks = machine.get("peaks") or {}
+    versions = manifest.get("versions", {})
+    return ["## Machine", "",
+            f"- CPU: {cpu.get('model')} ({cpu.get('cores')} cores), class `{machine.get('machine_class')}`; "
+            f"has {', '.join(k for k, v in isa.items() if v) or 'no listed ISA flags'}.",
+            f"- int8: U8S8 saturates: {(machine.get('int8') or {}).get('u8s8_saturates')} (measured).",
+            f"- Peaks: {peaks.get('memory_gbps')} GB/s memory, {peaks.get('fp32_gemm_gflops')} GFLOP/s fp32 GEMM "
+            f"({peaks.get('threads')} threads). Roofline fractions use the fp32 peak, so int8 cells can exceed 1.",
+            "- Stack: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
+            f"- Timing environment: {manifest.get('environment')}", ""]
