@@ -114,8 +114,9 @@ def verdict(run: Run, model: str, scenario: str, facts: dict) -> list[str]:
                  f"in B's favour or smallest: `{worst}` ({deltas[worst]:+.1f} dB).")
     if facts["prefill_ratio"]:
         r = statistics.median(facts["prefill_ratio"].values())
+        which = "A faster" if r < 0.95 else "B faster" if r > 1.05 else "within 5 %, no material difference"
         lines.append(f"Speed: median A/B prefill time ratio {r:.2f} over {len(facts['prefill_ratio'])} recipes "
-                     f"({'A faster' if r < 0.95 else 'B faster' if r > 1.05 else 'within 5 %, no material difference'}; "
+                     f"({which}; "
                      "B's SwiGLU has three matrices of 2/3 width, so equal parameters and FLOPs).")
     return lines
 
