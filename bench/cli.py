@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="run directory")
     run.add_argument("--resume", action="store_true", help="skip cells already in OUT/results.jsonl")
     run.add_argument("--no-report", action="store_true", help="skip report.md and the plots at the end")
+    run.add_argument("--shard", help="K/N: run the K-th of N deterministic slices of the matrix")
+
+    merge = sub.add_parser("merge", help="join run directories (shards of one matrix) into one")
+    merge.add_argument("run_dirs", nargs="+")
+    merge.add_argument("--out", required=True)
+    merge.add_argument("--allow-mismatch", action="store_true",
+                       help="merge runs from different stacks or configs (recorded in the manifest)")
 
     report = sub.add_parser("report", help="write report.md and plots/*.png for a run directory")
     report.add_argument("run_dir")
@@ -172,11 +179,20 @@ def _device(requested: str) -> str:
     return requested
 
 
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    if spec is None:
+        return None
+    k, sep, n = spec.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise UsageError(f"--shard: '{spec}' is not K/N with 1 <= K <= N; e.g. --shard 1/2")
+    return int(k), int(n)
+
+
 def cmd_run(args) -> int:
     from ffnbench.bench.runner import run
 
     config = run_config_from_args(args)
-    results = run(config, args.out, resume=args.resume)
+    results = run(config, args.out, resume=args.resume, shard_spec=parse_shard(args.shard))
     counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "skipped", "error")}
     print(f"{args.out}: {counts['ok']} cells measured, {counts['skipped']} skipped, {counts['error']} failed "
           f"(see {args.out}/results.jsonl)")
@@ -184,6 +200,15 @@ def cmd_run(args) -> int:
         from ffnbench.bench.report import write
 
         print(f"wrote {write(args.out)}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from ffnbench.bench.merge import merge
+    from ffnbench.bench.report import write
+
+    cells = merge(args.run_dirs, args.out, allow_mismatch=args.allow_mismatch)
+    print(f"{args.out}: {len(cells)} cells from {len(args.run_dirs)} runs; wrote {write(args.out)}")
     return 0
 
 
@@ -195,7 +220,7 @@ def cmd_report(args) -> int:
 
 
 COMMANDS = {"doctor": cmd_doctor, "export": cmd_export, "quantize": cmd_quantize, "run": cmd_run,
-            "report": cmd_report}
+            "report": cmd_report, "merge": cmd_merge}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ def curves(series: dict[str, dict[str, list[tuple[float, float]]]], xlabel: str,
 def bars(groups: list[str], values: dict[str, list[float | None]], errors: dict[str, list[tuple[float, float]]] | None,
          ylabel: str, title: str, path: Path, log: bool = False) -> Path:
     """Grouped bars: one group per recipe, one bar per design, optional (low, high) whiskers."""
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(groups) * len(values)), 3.8))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.4 * len(groups) * len(values))), 4.2))
     width = 0.8 / len(values)
     x = np.arange(len(groups))
     for i, (design, ys) in enumerate(values.items()):

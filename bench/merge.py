@@ -1,0 +1,61 @@
+"""`ffnbench merge RUN_DIR... --out DIR`: join shards or runs of one configuration on one stack."""
+
+import datetime
+import json
+from pathlib import Path
+
+from ffnbench import files
+from ffnbench.bench.store import MANIFEST, RESULTS, read_results
+from ffnbench.errors import UsageError
+
+
+def _load(run_dir: Path) -> tuple[dict, list[dict]]:
+    run_dir = Path(run_dir)
+    if not (run_dir / MANIFEST).is_file():
+        raise UsageError(f"merge: {run_dir} has no {MANIFEST}; give run directories written by `ffnbench run`")
+    if not (run_dir / RESULTS).is_file():
+        raise UsageError(f"merge: {run_dir} has no {RESULTS}; the run recorded no cell")
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    return manifest, read_results(run_dir / RESULTS)  # a corrupt line is named by its number
+
+
+def _comparable(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "shard"}
+
+
+def merge(run_dirs: list[Path], out: Path, allow_mismatch: bool = False) -> list[dict]:
+    """Cells of all runs in one run directory. Runs must share stack and config (shards aside)
+    unless allow_mismatch; a cell measured in two runs is an error, never silently chosen."""
+    if not run_dirs:
+        raise UsageError("merge: name at least one run directory")
+    loaded = [(Path(d), *_load(d)) for d in run_dirs]
+    first_dir, first, _ = loaded[0]
+    notes = []
+    for run_dir, manifest, _ in loaded[1:]:
+        for part, a, b in (("stack", first.get("versions"), manifest.get("versions")),
+                           ("config", _comparable(first.get("config", {})), _comparable(manifest.get("config", {})))):
+            if a != b:
+                diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                message = f"{run_dir} and {first_dir} differ in {part} ({', '.join(diff)})"
+                if not allow_mismatch:
+                    raise UsageError(f"merge: {message}; results are comparable only on one {part}: "
+                                     "pass --allow-mismatch to merge anyway")
+                notes.append(message)
+    cells, owner = [], {}
+    for run_dir, _, results in loaded:
+        for cell in {c["key"]: c for c in results}.values():
+            if cell["key"] in owner:
+                raise UsageError(f"merge: cell {cell['key']} is in both {owner[cell['key']]} and {run_dir}; "
+                                 "merge runs that split the matrix, such as --shard K/N")
+            owner[cell["key"]] = run_dir
+            cells.append(cell)
+    out = Path(out)
+    if (out / RESULTS).exists():
+        raise UsageError(f"--out: {out} already holds a run; choose a new directory")
+    manifest = {**first, "config": {**first.get("config", {}), "shard": None},
+                "merged_from": [str(d) for d, _, _ in loaded], "merge_notes": notes,
+                "merged": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    with files.staged_dir(out) as stage:
+        files.write_text(stage / RESULTS, "".join(json.dumps(c, sort_keys=True) + "\n" for c in cells))
+        files.write_json(stage / MANIFEST, manifest)
+    return cells
