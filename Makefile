@@ -14,10 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The default matrix (every recipe x every named scenario, model `default`), report included.
 bench: $(STAMP)
 	$(BIN)/ffnbench doctor
-	$(BIN)/ffnbench export --design A --out runs/export/A
-	$(BIN)/ffnbench export --design B --out runs/export/B
+	$(BIN)/ffnbench run --preset default --out runs/default-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

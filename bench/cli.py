@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="versions, CPU ISA, runtimes, devices")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--threads", type=int, default=2, help="threads for the peak measurements (default 2)")
+    doctor.add_argument("--remeasure", action="store_true", help="re-measure the cached bandwidth and GEMM peaks")
 
     export = sub.add_parser("export", help="export one FFN sublayer to ONNX with its manifest")
     _add_model_args(export)
@@ -84,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_doctor(args) -> int:
     from ffnbench.bench import doctor
 
-    report = doctor.collect()
+    if args.threads <= 0:
+        raise UsageError(f"--threads: must be positive, got {args.threads}")
+    report = doctor.collect(threads=args.threads, remeasure=args.remeasure)
     print(json.dumps(report, indent=2) if args.json else doctor.format_text(report))
     return 0
 

@@ -42,7 +42,10 @@ def cuda_info() -> dict:
     }
 
 
-def collect() -> dict:
+def collect(threads: int = 2, remeasure: bool = False) -> dict:
+    """Everything below, with the memory-bandwidth and GEMM peaks measured at `threads` (cached)."""
+    from ffnbench.bench.peaks import peaks
+
     cpu = cpu_info()
     saturates = u8s8_saturates()
     report = {
@@ -58,6 +61,7 @@ def collect() -> dict:
         "onnxruntime_providers": ort.get_available_providers(),
         "bitsandbytes": bitsandbytes_info(),
         "cuda": cuda_info(),
+        "peaks": peaks(threads, remeasure=remeasure),
     }
     report["warnings"] = warnings_for(report)
     return report
@@ -84,6 +88,7 @@ def format_text(report: dict) -> str:
     off = [f for f, v in isa.items() if v is False]
     bnb = report["bitsandbytes"]
     cuda = report["cuda"]
+    peaks = report["peaks"]
     lines = [
         "stack     " + "  ".join(f"{k} {v}" for k, v in report["versions"].items() if v),
         f"cpu       {cpu['model']} ({cpu['arch']}, {cpu['cores']} cores), class {report['machine_class']}",
@@ -94,6 +99,8 @@ def format_text(report: dict) -> str:
         f"ort       providers: {', '.join(report['onnxruntime_providers'])}",
         "bnb       " + (f"{bnb['version']}, native backend {bnb['native_backend']}, devices "
                         f"{', '.join(bnb['devices'])}" if bnb["installed"] else bnb["reason"]),
+        f"peaks     {peaks['memory_gbps']} GB/s memory, {peaks['fp32_gemm_gflops']} GFLOP/s fp32 GEMM at "
+        f"{peaks['threads']} threads ({'cached' if peaks['cached'] else 'measured now'})",
         "cuda      " + (", ".join(f"{d['name']} sm_{d['capability'][0]}{d['capability'][1]}"
                                   for d in cuda["devices"]) if cuda["available"] else "not available"),
     ]

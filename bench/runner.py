@@ -74,8 +74,8 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
     """
     config.check()
     _check_inputs(config)  # a bad scenario or trace fails here, before anything is written
-    peaks = machine_peaks(config) if config.latency else None
-    machine = doctor.collect() | {"peaks": peaks}
+    machine = doctor.collect(threads=config.threads)
+    peaks = machine["peaks"]
     store = RunStore(out, config.to_dict() | {"shard": list(shard_spec) if shard_spec else None}, resume, machine)
     cells = plan(config) if shard_spec is None else shard(plan(config), *shard_spec)
     finished = store.finished()
@@ -98,12 +98,6 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
                     store.append(record)
                     bar.update()
     return store.results()
-
-
-def machine_peaks(config: RunConfig) -> dict:
-    from ffnbench.bench.peaks import peaks
-
-    return peaks(config.threads)
 
 
 def _check_inputs(config: RunConfig) -> None:
