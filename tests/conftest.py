@@ -24,6 +24,14 @@ def hidden():
     return torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(7))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """The peaks cache goes to a temporary folder, not the user's ~/.cache; measured once a session."""
+    import os
+
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def ffnbench_exe() -> str:
     exe = Path(sys.executable).parent / "ffnbench"

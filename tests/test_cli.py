@@ -164,6 +164,8 @@ def test_run_records_every_metric_per_cell(ffnbench_exe, tmp_path):
     (["--preset", "huge"], "--preset: unknown 'huge'"),
     (["--recipes", "int3"], "recipes: unknown 'int3'"),
     (["--config", "absent.toml"], "--config: no file at absent.toml"),
+    (["--shard", "3/2"], "--shard: '3/2' is not K/N with 1 <= K <= N"),
+    (["--shard", "two"], "--shard: 'two' is not K/N"),
 ])
 def test_run_bad_input(ffnbench_exe, tmp_path, args, needle):
     r = run(ffnbench_exe, "run", "--models", "tiny", *args, "--out", tmp_path / "run")
@@ -173,10 +175,26 @@ def test_run_bad_input(ffnbench_exe, tmp_path, args, needle):
 
 
 def test_run_into_an_existing_run_needs_resume(ffnbench_exe, tmp_path):
-    args = ["run", "--models", "tiny", "--designs", "A", "--recipes", "fp32", "--scenarios", "clean",
-            "--out", tmp_path / "run"]
+    (tmp_path / "acc.toml").write_text("latency = false\n")
+    args = ["run", "--config", tmp_path / "acc.toml", "--models", "tiny", "--designs", "A", "--recipes", "fp32",
+            "--scenarios", "clean", "--no-report", "--out", tmp_path / "run"]
     assert run(ffnbench_exe, *args).returncode == 0
     again = run(ffnbench_exe, *args)
     assert again.returncode == 2 and "pass --resume" in again.stderr
     assert run(ffnbench_exe, *args, "--resume").returncode == 0
     assert len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 1
+
+
+def test_shards_merge_and_report_from_the_command_line(ffnbench_exe, tmp_path):
+    (tmp_path / "acc.toml").write_text("latency = false\n")
+    common = ["run", "--config", tmp_path / "acc.toml", "--models", "tiny", "--recipes", "fp32,ort-int8-dynamic",
+              "--scenarios", "clean,production", "--no-report"]
+    for k in (1, 2):
+        r = run(ffnbench_exe, *common, "--shard", f"{k}/2", "--out", tmp_path / f"s{k}")
+        assert r.returncode == 0, r.stderr
+    r = run(ffnbench_exe, "merge", tmp_path / "s1", tmp_path / "s2", "--out", tmp_path / "merged")
+    assert r.returncode == 0, r.stderr
+    assert "8 cells from 2 runs" in r.stdout and (tmp_path / "merged" / "report.md").exists()
+    (tmp_path / "s2" / "results.jsonl").write_text("{not json\n")
+    r = run(ffnbench_exe, "merge", tmp_path / "s1", tmp_path / "s2", "--out", tmp_path / "again")
+    assert r.returncode == 2 and "line 1 is corrupt" in r.stderr and not (tmp_path / "again").exists()
