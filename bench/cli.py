@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from ffnbench.errors import UsageError
 
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.add_argument("--threads", type=int, default=2, help="threads for the peak measurements (default 2)")
     doctor.add_argument("--remeasure", action="store_true", help="re-measure the cached bandwidth and GEMM peaks")
+    doctor.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                        help="cuda: fail (exit 2) unless a CUDA device is usable")
 
     export = sub.add_parser("export", help="export one FFN sublayer to ONNX with its manifest")
     _add_model_args(export)
@@ -55,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="scenario whose hidden states calibrate static (QDQ) recipes (default: clean)")
     quantize.add_argument("--calibration-requests", type=int, default=16, dest="calibration_requests")
     quantize.add_argument("--calibration-seq", type=int, default=64, dest="calibration_seq")
+    quantize.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                          help="where bitsandbytes and torch recipes place the module")
     quantize.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="params",
                           help="override a recipe parameter, e.g. --set accuracy_level=0 (repeatable)")
 
@@ -78,6 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--allow-mismatch", action="store_true",
                        help="merge runs from different stacks or configs (recorded in the manifest)")
 
+    gate = sub.add_parser("gate", help="judge a run against a baseline: exit 0 pass, 1 regression, 2 bad input")
+    gate.add_argument("run_dir")
+    gate.add_argument("--baseline", required=True, help="baseline JSON (baselines/<machine class>.json)")
+    gate.add_argument("--tolerance", action="append", default=[], metavar="METRIC:[+-]N[dB|pp|%%]",
+                      help="override or add a check, e.g. p50_ms:+20%% (repeatable)")
+    gate.add_argument("--tolerances", help="a TOML file with tolerances = [\"p50_ms:+20%%\", ...]")
+    gate.add_argument("--only", choices=("all", "accuracy", "latency"), default="all")
+    gate.add_argument("--as", action="append", default=[], dest="aliases", metavar="OLD=NEW",
+                      help="judge the run's recipe NEW against the baseline's OLD (e.g. a recipe swap)")
+    gate.add_argument("--remeasure", metavar="BASELINE_RUN",
+                      help="re-time the baseline run's artifacts beside this run's and gate latency on that ratio")
+    gate.add_argument("--allow-stack-change", action="store_true")
+    gate.add_argument("--strict-recorded-latency", action="store_true",
+                      help="fail on latency recorded in separate runs too (noisy on shared machines)")
+    gate.add_argument("--update-baseline", action="store_true", help="write the baseline from RUN_DIR instead")
+
+    compare = sub.add_parser("compare", help="latency of two runs' artifacts, re-timed side by side")
+    compare.add_argument("old_run")
+    compare.add_argument("new_run")
+    compare.add_argument("--remeasure", action="store_true", required=True,
+                         help="re-time both runs' artifacts interleaved in this process (the only mode)")
+
     report = sub.add_parser("report", help="write report.md and plots/*.png for a run directory")
     report.add_argument("run_dir")
     return parser
@@ -88,6 +115,7 @@ def cmd_doctor(args) -> int:
 
     if args.threads <= 0:
         raise UsageError(f"--threads: must be positive, got {args.threads}")
+    _device(args.device)
     report = doctor.collect(threads=args.threads, remeasure=args.remeasure)
     print(json.dumps(report, indent=2) if args.json else doctor.format_text(report))
     return 0
@@ -121,12 +149,12 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _params(pairs: list[str]) -> dict[str, str]:
+def _pairs(pairs: list[str], flag: str, example: str) -> dict[str, str]:
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--set: expected KEY=VALUE, got '{pair}'; e.g. --set accuracy_level=0")
+        if not sep or not key.strip() or (flag == "--as" and not value.strip()):
+            raise UsageError(f"{flag}: expected KEY=VALUE, got '{pair}'; e.g. {flag} {example}")
         out[key.strip()] = value.strip()
     return out
 
@@ -136,7 +164,7 @@ def cmd_quantize(args) -> int:
     from ffnbench.export import load_onnx
     from ffnbench.quant import Calibration, Skipped, quantize, recipe_config
 
-    params = _params(args.params)
+    params = _pairs(args.params, "--set", "accuracy_level=0")
     cfg = recipe_config(args.recipe, **params)  # unknown recipe or parameter: fail before any work
     model = load_onnx(args.model)
     calibration = None
@@ -146,7 +174,8 @@ def cmd_quantize(args) -> int:
         data = scenario(args.calibration).generate(args.calibration_requests, args.calibration_seq, width, seed=1)
         calibration = Calibration(args.calibration, data)
     try:
-        artifact = quantize(args.model, args.recipe, args.out, calibration=calibration, **params)
+        artifact = quantize(args.model, args.recipe, args.out, calibration=calibration, device=_device(args.device),
+                            **params)
     except Skipped as e:
         print(f"ffnbench quantize: skipped {args.recipe}: {e}", file=sys.stderr)
         return 2
@@ -177,9 +206,9 @@ def _device(requested: str) -> str:
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        # The CUDA matrix (bitsandbytes on GPU, half precision, ORT's CUDA provider) is not wired yet.
-        raise UsageError("--device cuda: GPU runs are not supported yet; use --device cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device here (torch.cuda.is_available() is False); "
+                         "use --device cpu or auto")
     return requested
 
 
@@ -216,6 +245,55 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def _tolerances(args) -> list[str]:
+    import tomllib
+
+    specs = []
+    if args.tolerances:
+        try:
+            data = tomllib.loads(Path(args.tolerances).read_text())
+        except FileNotFoundError:
+            raise UsageError(f"--tolerances: no file at {args.tolerances}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise UsageError(f"--tolerances: {args.tolerances} is not valid TOML ({e})") from e
+        extra = set(data) - {"tolerances"}
+        if extra or not isinstance(data.get("tolerances", []), list):
+            raise UsageError(f"--tolerances: {args.tolerances} takes one key, tolerances = [\"metric:+N%\", ...]")
+        specs += data.get("tolerances", [])
+    return specs + args.tolerance
+
+
+def cmd_gate(args) -> int:
+    from ffnbench.bench import gate, gate_report
+    from ffnbench.bench.checks import checks
+
+    if args.update_baseline:
+        baseline = gate.write_baseline(args.run_dir, args.baseline)
+        print(f"wrote {args.baseline}: {len(baseline['cells'])} cells, machine class {baseline['machine_class']}")
+        return 0
+    active = checks(_tolerances(args))
+    aliases = _pairs(args.aliases, "--as", "ort-int8-dynamic=ort-int4-rtn") or None
+    remeasured = None
+    if args.remeasure:
+        from ffnbench.bench.compare import remeasure
+
+        remeasured = remeasure(args.remeasure, args.run_dir)
+    result = gate.gate(args.baseline, args.run_dir, active, args.allow_stack_change, args.only, aliases, remeasured,
+                       args.strict_recorded_latency)
+    md, xml = gate_report.write(result, args.baseline, args.run_dir, active)
+    print(f"{'PASS' if result.passed else 'FAIL'}: {len(result.failures)} regressions, {len(result.missing)} missing "
+          f"cells; wrote {md} and {xml}")
+    return 0 if result.passed else 1
+
+
+def cmd_compare(args) -> int:
+    from ffnbench.bench.compare import remeasure, write
+
+    path = write(remeasure(args.old_run, args.new_run), args.new_run)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from ffnbench.bench.report import write
 
@@ -224,7 +302,7 @@ def cmd_report(args) -> int:
 
 
 COMMANDS = {"doctor": cmd_doctor, "export": cmd_export, "quantize": cmd_quantize, "run": cmd_run,
-            "report": cmd_report, "merge": cmd_merge}
+            "report": cmd_report, "merge": cmd_merge, "gate": cmd_gate, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

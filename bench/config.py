@@ -10,7 +10,7 @@ from ffnbench.bench.latency import LatencyConfig
 from ffnbench.bench.scenarios import NAMED, Replay, Scenario
 from ffnbench.errors import UsageError
 from ffnbench.models import DESIGNS, PRESETS
-from ffnbench.quant import RECIPES
+from ffnbench.quant import RECIPES, recipe_config
 
 QUICK_RECIPES = ("fp32", "ort-int8-dynamic", "ort-int4-rtn", "bnb-int8", "bnb-nf4")
 SHIFT_SWEEP = ("clean", "shift-0.5", "shift-1", "shift-2", "shift-4", "shift-8")
@@ -46,6 +46,15 @@ class RunConfig:
     prefill: list[int] = field(default_factory=lambda: [8, 128])
     device: str = "cpu"
     user_scenarios: dict[str, Scenario | Replay] = field(default_factory=dict)
+    # Recipe variants by name: {"torch-fp16-norm32": {"base": "torch-fp16", "norm_fp32": True}}
+    user_recipes: dict[str, dict] = field(default_factory=dict)
+
+    def recipe_spec(self, name: str) -> tuple[str, dict]:
+        """(base recipe, parameters) for a recipe or a user variant of one."""
+        if name in self.user_recipes:
+            spec = dict(self.user_recipes[name])
+            return spec.pop("base"), spec
+        return name, {}
 
     def latency_config(self) -> LatencyConfig:
         return LatencyConfig(warmup=self.warmup, min_iterations=self.min_iterations, min_seconds=self.min_seconds,
@@ -65,8 +74,14 @@ class RunConfig:
 
     def check(self) -> "RunConfig":
         known_scenarios = {**NAMED, **self.user_scenarios}
+        for name, spec in self.user_recipes.items():
+            if spec.get("base") not in RECIPES:
+                raise UsageError(f"recipe {name}: base must be one of {', '.join(RECIPES)}, got {spec.get('base')!r}")
+            recipe_config(spec["base"], **{k: v for k, v in spec.items() if k != "base"})
+        known_recipes = {**RECIPES, **self.user_recipes}
         for axis, values, known in (("designs", self.designs, DESIGNS), ("models", self.models, PRESETS),
-                                    ("recipes", self.recipes, RECIPES), ("scenarios", self.scenarios, known_scenarios),
+                                    ("recipes", self.recipes, known_recipes),
+                                    ("scenarios", self.scenarios, known_scenarios),
                                     ("calibration", self.calibration, known_scenarios)):
             if not values:
                 raise UsageError(f"{axis}: empty; name at least one of {', '.join(known)}")
@@ -122,6 +137,11 @@ def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
     for key, value in data.items():
         if key == "scenario":
             cfg.user_scenarios = _scenarios(path, value)
+        elif key == "recipe":
+            if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
+                raise UsageError(f"config {path}: 'recipe' must hold tables, "
+                                 "e.g. [recipe.mine] base = \"ort-int4-rtn\"")
+            cfg.user_recipes = {name: dict(table) for name, table in value.items()}
         elif key in LIST_KEYS:
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 raise UsageError(f"config {path}: '{key}' must be a list of strings, e.g. {key} = [\"A\", \"B\"]")
@@ -138,7 +158,7 @@ def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
                 raise UsageError(f"config {path}: '{key}' must be {kind.__name__}, got {type(value).__name__}")
             setattr(cfg, key, kind(value))
         else:
-            known = ", ".join([*LIST_KEYS, *SHAPE_KEYS, *SCALAR_KEYS, "scenario"])
+            known = ", ".join([*LIST_KEYS, *SHAPE_KEYS, *SCALAR_KEYS, "scenario", "recipe"])
             raise UsageError(f"config {path}: unknown key '{key}'; known keys: {known}")
     return cfg
 

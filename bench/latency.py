@@ -45,12 +45,30 @@ class LatencyConfig:
 
 
 class CpuTimer:
-    """Wall time around a synchronous call. A GPU timer (CUDA events, synchronised) fits the same shape."""
+    """Wall time around a synchronous call."""
 
     def time_ms(self, fn: Callable[[], object]) -> float:
         start = time.perf_counter_ns()
         fn()
         return (time.perf_counter_ns() - start) / 1e6
+
+
+class CudaTimer:
+    """CUDA events around a call: GPU time of the kernels it queued, waited for before reading."""
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+
+    def time_ms(self, fn: Callable[[], object]) -> float:
+        start = self.torch.cuda.Event(enable_timing=True)
+        end = self.torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
 
 
 def interleaved(fns: dict[str, Callable[[], object]], cfg: LatencyConfig,

@@ -5,7 +5,7 @@ from pathlib import Path
 import onnx
 
 from ffnbench.bench import latency
-from ffnbench.bench.runnables import OrtRunnable, Runnable, TorchRunnable
+from ffnbench.bench.runnables import OrtRunnable, Runnable, TorchRunnable, ort_has_cuda
 
 PROC_STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
@@ -25,6 +25,17 @@ def peak_rss_mb(fn, calls: int) -> float | None:
     return None
 
 
+def peak_gpu_mb(fn) -> float:
+    """Peak memory torch's CUDA allocator held during one call (ORT's allocator is not seen)."""
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
 def latency_model(path: Path) -> Path:
     """The artifact without its tap outputs: exposed intermediates block ORT's fusions, so they
     would slow the very model being timed."""
@@ -42,7 +53,7 @@ def latency_model(path: Path) -> Path:
 
 def timing_runnable(runnable: Runnable, threads: int, spinning: bool) -> Runnable:
     if isinstance(runnable, OrtRunnable):
-        return OrtRunnable(latency_model(runnable.path), threads=threads, spinning=spinning)
+        return OrtRunnable(latency_model(runnable.path), threads=threads, spinning=spinning, device=runnable.device)
     return runnable
 
 
@@ -54,37 +65,44 @@ def work(block_cfg, tokens: int, model_bytes: int) -> tuple[float, float]:
     return 2.0 * weights * tokens, float(model_bytes + 2 * tokens * d * 4)
 
 
-def time_group(entries: dict[str, dict], shape: tuple[int, int], cfg: latency.LatencyConfig, peaks: dict,
+def time_group(entries: dict[str, dict], shape: tuple[int, int], cfg: latency.LatencyConfig, peaks: dict | None,
                threads: int) -> dict[str, dict]:
-    """entries: key -> {runnable, x, block_cfg, model_bytes, fp32_ort, fp32_torch}; the fp32 keys
-    name the reference entries of the same design. Returns key -> latency metrics."""
+    """entries: key -> {runnable, x, block_cfg, model_bytes[, ratios: {name: other key}]}. Each
+    named ratio is this entry's time over the other's, paired by round. Returns key -> metrics."""
     tokens = shape[0] * shape[1]
-    fns = {key: (lambda r=e["runnable"], x=e["x"]: r.run(x)) for key, e in entries.items()}
+    fns = {key: e["runnable"].timed_call(e["x"]) for key, e in entries.items()}
+    on_gpu = any(getattr(e["runnable"], "device", "cpu") == "cuda" for e in entries.values())
     rss = {key: peak_rss_mb(fn, max(cfg.warmup, 1)) for key, fn in fns.items()}
-    samples = latency.interleaved(fns, cfg)
+    gpu = {key: peak_gpu_mb(fn) for key, fn in fns.items()} if on_gpu else {}
+    samples = latency.interleaved(fns, cfg, latency.CudaTimer() if on_gpu else None)
     out = {}
     for key, e in entries.items():
         stats = latency.summarize(samples[key], tokens)
         flops, moved = work(e["block_cfg"], tokens, e["model_bytes"])
         seconds = stats["p50_ms"] / 1e3
-        ideal = max(flops / (peaks["fp32_gemm_gflops"] * 1e9), moved / (peaks["memory_gbps"] * 1e9))
+        ideal = max(flops / (peaks["fp32_gemm_gflops"] * 1e9), moved / (peaks["memory_gbps"] * 1e9)) if peaks else None
         stats |= {
             "model_bytes": e["model_bytes"],
             "peak_rss_mb": rss[key],
             "threads": threads,
             "achieved_gflops": flops / seconds / 1e9,
             "achieved_gbps": moved / seconds / 1e9,
-            "roofline_fraction": ideal / seconds,
+            "roofline_fraction": ideal / seconds if ideal else None,
             "samples_ms": [round(float(v), 4) for v in samples[key]],
         }
-        for ref in ("fp32_ort", "fp32_torch"):
-            if e.get(ref) in samples:
-                stats[f"vs_{ref}"] = latency.ratio(samples[key], samples[e[ref]])
+        if on_gpu:
+            stats["peak_gpu_mb"] = gpu[key]
+        for name, other in e.get("ratios", {}).items():
+            stats[name] = latency.ratio(samples[key], samples[other])
         out[key] = stats
     return out
 
 
 def reference_runnables(subject, threads: int, spinning: bool) -> dict[str, Runnable]:
     """fp32 in ORT (plain export, no taps) and in torch: what every recipe's speed is compared with."""
-    return {"fp32_ort": OrtRunnable(latency_model(subject.export.path), threads=threads, spinning=spinning),
-            "fp32_torch": TorchRunnable(subject.block, threads=threads)}
+    device = subject.config.device
+    refs = {"fp32_torch": TorchRunnable(subject.block, threads=threads, device=device)}
+    if device == "cpu" or ort_has_cuda():
+        refs["fp32_ort"] = OrtRunnable(latency_model(subject.export.path), threads=threads, spinning=spinning,
+                                       device=device)
+    return refs

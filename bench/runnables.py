@@ -2,6 +2,7 @@
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -21,11 +22,20 @@ OPT_LEVELS = {
 }
 
 
+def ort_has_cuda() -> bool:
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 class Runnable(Protocol):
     runtime: str
+    device: str
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Block output for hidden states x (batch, seq, d_model), float32 in and out."""
+
+    def timed_call(self, x: np.ndarray) -> Callable[[], object]:
+        """A call on x with its input already where the compute is: what latency times. On a GPU
+        it neither copies from nor waits for the host, so the timer must synchronise."""
 
     def taps(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Intermediate tensors (norm_out, act_in, act_out[, up]) for x."""
@@ -45,6 +55,8 @@ class TorchRunnable:
         self.threads = torch.get_num_threads()
 
     def _call(self, x: np.ndarray, taps: dict | None):
+        if torch.get_num_threads() != self.threads:  # the pool is global; runnables may differ
+            torch.set_num_threads(self.threads)
         h = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device, self.dtype)
         # bitsandbytes warns on every int8 call that it casts fp32 activations to fp16; the
         # artifact's manifest records that once.
@@ -58,6 +70,18 @@ class TorchRunnable:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self._call(x, None).float().cpu().numpy()
+
+    def timed_call(self, x: np.ndarray) -> Callable[[], object]:
+        h = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device, self.dtype)
+
+        def call():
+            if torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return self.module(h)
+
+        return call
 
     def taps(self, x: np.ndarray) -> dict[str, np.ndarray]:
         taps: dict = {}
@@ -74,7 +98,8 @@ class OrtRunnable:
 
     runtime = "ort"
 
-    def __init__(self, path: Path, threads: int = 1, optimization: str = "all", spinning: bool = True):
+    def __init__(self, path: Path, threads: int = 1, optimization: str = "all", spinning: bool = True,
+                 device: str = "cpu"):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         # ORT's workers spin after each call to catch the next one quickly. Timed round-robin
@@ -83,13 +108,26 @@ class OrtRunnable:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = OPT_LEVELS[optimization]
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.device = device
+        self.provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+        self.session = ort.InferenceSession(str(path), opts, providers=[self.provider])
         self.input_name = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.threads, self.optimization, self.path, self.spinning = threads, optimization, Path(path), spinning
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(self.outputs[:1], {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+
+    def timed_call(self, x: np.ndarray) -> Callable[[], object]:
+        x = np.ascontiguousarray(x, np.float32)
+        if self.device != "cuda":
+            feeds, names = {self.input_name: x}, self.outputs[:1]
+            return lambda: self.session.run(names, feeds)
+        # I/O binding keeps input and output on the GPU, so the time excludes host copies.
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        binding.bind_output(self.outputs[0], "cuda")
+        return lambda: self.session.run_with_iobinding(binding)
 
     def taps(self, x: np.ndarray) -> dict[str, np.ndarray]:
         names = self.outputs[1:]
@@ -99,16 +137,16 @@ class OrtRunnable:
         return dict(zip(names, got, strict=True))
 
     def describe(self) -> dict:
-        return {"runtime": "ort", "device": "cpu", "provider": "CPUExecutionProvider", "threads": self.threads,
+        return {"runtime": "ort", "device": self.device, "provider": self.provider, "threads": self.threads,
                 "graph_optimization": self.optimization, "spinning": self.spinning}
 
 
-def runnable_for(artifact: Artifact, prefer: str = "ort", threads: int = 1) -> Runnable:
+def runnable_for(artifact: Artifact, prefer: str = "ort", threads: int = 1, device: str = "cpu") -> Runnable:
     """The runnable an artifact runs in: its ONNX file in ORT, or its module in torch/bitsandbytes.
 
     The fp32 artifact has both; `prefer` picks ("ort" or "torch").
     """
     if artifact.runtime == "ort" and not (prefer == "torch" and artifact.module is not None):
-        return OrtRunnable(artifact.path, threads=threads)
+        return OrtRunnable(artifact.path, threads=threads, device=device if ort_has_cuda() else "cpu")
     return TorchRunnable(artifact.module, runtime=artifact.runtime if artifact.runtime != "ort" else "torch",
-                         threads=threads)
+                         threads=threads, device=device)

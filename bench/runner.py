@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ffnbench.bench import doctor, latency_cells, metrics
 from ffnbench.bench.config import RunConfig
-from ffnbench.bench.runnables import Runnable, TorchRunnable, runnable_for
+from ffnbench.bench.runnables import Runnable, TorchRunnable, ort_has_cuda, runnable_for
 from ffnbench.bench.store import RunStore
 from ffnbench.errors import UsageError
 from ffnbench.export import NATIVE_OPSET, ExportedModel, export_onnx
@@ -46,14 +46,18 @@ def plan(config: RunConfig) -> list[Cell]:
     cells = []
     for model in config.models:
         for design, recipe in itertools.product(config.designs, config.recipes):
-            calibrations = config.calibration if getattr(RECIPES[recipe], "needs_calibration", False) else [None]
-            for cal in calibrations:
+            for cal in _calibrations(config, recipe):
                 cells += [Cell(design, model, recipe, s, cal) for s in config.scenarios]
         if config.latency:
             for shape, design, recipe in itertools.product(("decode", "prefill"), config.designs, config.recipes):
-                calibrations = config.calibration if getattr(RECIPES[recipe], "needs_calibration", False) else [None]
-                cells += [Cell(design, model, recipe, shape, cal, kind="latency") for cal in calibrations]
+                cells += [Cell(design, model, recipe, shape, cal, kind="latency")
+                          for cal in _calibrations(config, recipe)]
     return cells
+
+
+def _calibrations(config: RunConfig, recipe: str) -> list[str | None]:
+    base, _ = config.recipe_spec(recipe)
+    return config.calibration if getattr(RECIPES[base], "needs_calibration", False) else [None]
 
 
 def shard(cells: list[Cell], k: int, n: int) -> list[Cell]:
@@ -112,10 +116,10 @@ class Subject:
 
     def __init__(self, config: RunConfig, design: str, model: str, artifacts: Path):
         self.config, self.artifacts = config, artifacts
-        self.block = build_model(preset(model, design, residual=config.residual))
+        self.block = build_model(preset(model, design, residual=config.residual)).to(config.device)
         self.export = self._export()
         self.head = metrics.readout_head(self.block.cfg.d_model, seed=config.seed)
-        self.reference_runnable = TorchRunnable(self.block, threads=config.threads)
+        self.reference_runnable = TorchRunnable(self.block, threads=config.threads, device=config.device)
         self._inputs: dict[str, np.ndarray] = {}
         self._references: dict[str, tuple] = {}
         self._runnables: dict[tuple, tuple] = {}
@@ -167,18 +171,23 @@ class Subject:
     def runnable(self, recipe: str, calibration: str | None) -> tuple[Runnable, dict]:
         key = (recipe, calibration)
         if key not in self._runnables:
+            base, params = self.config.recipe_spec(recipe)
+            if self.config.device == "cuda" and RECIPES[base].runtime == "ort" and not ort_has_cuda():
+                raise Skipped("ONNX Runtime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
             cal = self.calibration(calibration) if calibration else None
-            identity = {"export": self.export.manifest["sha256"], "recipe": recipe,
-                        "calibration": cal.describe() if cal else None}
+            identity = {"export": self.export.manifest["sha256"], "recipe": base, "params": params,
+                        "device": self.config.device, "calibration": cal.describe() if cal else None}
             out = self.artifacts / f"{recipe}-{self.block.cfg.design}-{_digest(identity)}"
             if (out / "manifest.json").exists():
                 artifact = load_artifact(out, self.block, device=self.config.device)
             else:
-                source = self.export.path if RECIPES[recipe].runtime in ("ort", "fp32") else self.block
-                artifact = quantize(source, recipe, out, calibration=cal, device=self.config.device)
-                artifact.module = self.block if recipe == "fp32" else artifact.module
-            self._runnables[key] = (runnable_for(artifact, prefer="ort", threads=self.config.threads),
-                                    artifact.manifest)
+                source = self.export.path if RECIPES[base].runtime in ("ort", "fp32") else self.block
+                artifact = quantize(source, base, out, calibration=cal, device=self.config.device, **params)
+                artifact.module = self.block if base == "fp32" else artifact.module
+            manifest = {**artifact.manifest, "dir": out.relative_to(self.artifacts.parent).as_posix()}
+            prefer = "torch" if self.config.device == "cuda" and not ort_has_cuda() else "ort"
+            self._runnables[key] = (runnable_for(artifact, prefer=prefer, threads=self.config.threads,
+                                                 device=self.config.device), manifest)
         return self._runnables[key]
 
 
@@ -208,7 +217,7 @@ def measure(subject: Subject, cell: Cell) -> dict:
         else:
             values |= metrics.tap_metrics(ref_taps, taps, subject.config.delta)
         record |= {"status": "ok", "metrics": values, "runtime": runnable.describe(),
-                   "artifact": {"sha256": manifest["sha256"], "bytes": manifest["bytes"],
+                   "artifact": {"sha256": manifest["sha256"], "bytes": manifest["bytes"], "dir": manifest["dir"],
                                 "params": manifest.get("params", {})}}
     except Skipped as e:
         record |= {"status": "skipped", "reason": str(e)}
@@ -234,11 +243,12 @@ def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks:
         try:
             runnable, manifest = subject.runnable(cell.recipe, cell.calibration)
             timed = latency_cells.timing_runnable(runnable, config.threads, config.ort_spinning)
-            x = entries[f"{cell.design}/fp32_ort"]["x"]
+            x = entries[f"{cell.design}/fp32_torch"]["x"]
+            refs = {f"vs_{name}": f"{cell.design}/{name}" for name in ("fp32_ort", "fp32_torch")
+                    if f"{cell.design}/{name}" in entries}
             entries[cell.key] = {"runnable": timed, "x": x, "block_cfg": subject.block.cfg,
-                                 "model_bytes": manifest["bytes"], "fp32_ort": f"{cell.design}/fp32_ort",
-                                 "fp32_torch": f"{cell.design}/fp32_torch"}
-            record |= {"runtime": timed.describe(), "artifact": {"sha256": manifest["sha256"],
+                                 "model_bytes": manifest["bytes"], "ratios": refs}
+            record |= {"runtime": timed.describe(), "artifact": {"sha256": manifest["sha256"], "dir": manifest["dir"],
                                                                  "bytes": manifest["bytes"]}}
         except Skipped as e:
             record |= {"status": "skipped", "reason": str(e)}

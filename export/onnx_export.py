@@ -49,7 +49,8 @@ def export_onnx(block: FFNBlock, out_dir: Path, *, decomposed: bool = False,
         raise UsageError(f"--out: {out_dir} is an existing file; give a directory path")
     cfg = block.cfg
     opset = DECOMPOSED_OPSET if decomposed else NATIVE_OPSET
-    module = copy.deepcopy(block).set_primitive_norm(decomposed).eval()
+    module = copy.deepcopy(block).cpu().set_primitive_norm(decomposed).eval()  # export and parity run on CPU
+    reference = copy.deepcopy(block).cpu().eval()
     output_names = [OUTPUT_NAME, *(block.tap_names if taps else ())]
     started = time.perf_counter()
     with files.staged_dir(out_dir) as stage:
@@ -59,7 +60,7 @@ def export_onnx(block: FFNBlock, out_dir: Path, *, decomposed: bool = False,
         if decomposed and FUSED_OPS & ops.keys():
             raise RuntimeError(f"decomposed export still holds fused ops {sorted(FUSED_OPS & ops.keys())}")
         onnx.save(model, str(stage / "model.onnx"))
-        parity = parity_vs_torch(stage / "model.onnx", block, output_names)
+        parity = parity_vs_torch(stage / "model.onnx", reference, output_names)
         if parity["max_abs_err"] > PARITY_TOL:
             raise RuntimeError(f"export parity: ORT differs from torch by {parity['max_abs_err']:.3g} "
                                f"(> {PARITY_TOL}); the exporter or runtime mistranslated the graph")

@@ -23,12 +23,15 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d))
         self.eps = eps
         self.primitive = False  # True: spell the op out so the export has no LayerNormalization
+        self.upcast = False  # True: compute in fp32 whatever the input's dtype, then cast back
 
     def forward(self, h):
+        if self.upcast and h.dtype != torch.float32:
+            return _upcast(self, h)
         if not self.primitive:
             return F.layer_norm(h, h.shape[-1:], self.weight, self.bias, self.eps)
         mu = h.mean(-1, keepdim=True)
-        var = (h - mu).pow(2).mean(-1, keepdim=True)
+        var = (h - mu).pow(2).mean(-1, keepdim=True)  # in fp16, squares above 65504 overflow
         return (h - mu) / torch.sqrt(var + self.eps) * self.weight + self.bias
 
 
@@ -40,11 +43,25 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
         self.eps = eps
         self.primitive = False
+        self.upcast = False
 
     def forward(self, h):
+        if self.upcast and h.dtype != torch.float32:
+            return _upcast(self, h)
         if not self.primitive:
             return F.rms_norm(h, h.shape[-1:], self.weight, self.eps)
+        # In fp16 the squares overflow once |h| > 256: inf, then a zero or NaN output.
         return h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def _upcast(norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """The norm computed in fp32 on an fp32 copy of its parameters, the result cast back to h's dtype."""
+    weight = norm.weight.float()
+    if isinstance(norm, LayerNorm):
+        out = F.layer_norm(h.float(), h.shape[-1:], weight, norm.bias.float(), norm.eps)
+    else:
+        out = F.rms_norm(h.float(), h.shape[-1:], weight, norm.eps)
+    return out.to(h.dtype)
 
 
 class GeluMLP(nn.Module):

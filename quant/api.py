@@ -104,7 +104,7 @@ def load_artifact(out_dir: Path, block: FFNBlock | None = None, device: str = "c
         cfg = recipe_config(manifest["recipe"], **params)
         source = block if block is not None else rebuild(FFNConfig.from_dict(manifest["config"]), manifest["source"])
         if isinstance(cfg, TorchHalf):
-            module = copy.deepcopy(source).to(device=device, dtype=getattr(torch, cfg.dtype))
+            module = half_block(source, cfg, device)
         else:
             module = bnb_recipes.quantize_block(source, cfg, device)
     elif manifest["recipe"] == "fp32":
@@ -184,9 +184,14 @@ def _bnb(source, cfg, stage: Path, calibration, device: str) -> Artifact:
     return _save_module(block, "bnb", stage, {"extra_params": bnb_recipes.recorded_params(cfg)})
 
 
+def half_block(block: FFNBlock, cfg: TorchHalf, device: str) -> FFNBlock:
+    half = copy.deepcopy(block).to(device=device, dtype=getattr(torch, cfg.dtype)).set_primitive_norm(True)
+    half.norm.upcast = cfg.norm_fp32
+    return half
+
+
 def _torch_half(source, cfg: TorchHalf, stage: Path, calibration, device: str) -> Artifact:
-    block = copy.deepcopy(_source_block(source)).to(device=device, dtype=getattr(torch, cfg.dtype))
-    return _save_module(block, "torch", stage, {})
+    return _save_module(half_block(_source_block(source), cfg, device), "torch", stage, {})
 
 
 def _fp32(source, cfg: Fp32, stage: Path, calibration, device: str) -> Artifact:

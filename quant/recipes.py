@@ -85,10 +85,16 @@ class Bnb4bit:
 
 @dataclass(frozen=True)
 class TorchHalf:
-    """The torch module cast to half precision: weights and compute in `dtype`."""
+    """The torch module cast to half precision: weights and compute in `dtype`.
+
+    The norm is spelled out in `dtype` (pow, mean, sqrt), as a naive or decomposed graph computes
+    it, so a sum of squares past fp16's 65504 shows as non-finite output; norm_fp32 computes the
+    norm in fp32 instead, as Llama-style implementations do.
+    """
 
     runtime: ClassVar[str] = "torch"
     dtype: str = "float16"
+    norm_fp32: bool = False
 
 
 RECIPES = {

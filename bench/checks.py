@@ -1,0 +1,63 @@
+"""Tolerances as data: `Check(metric, limit, unit)` parsed from strings like `p50_ms:+15%`.
+
+A leading '-' allows a drop (the metric is better high), '+' a rise (better low). Units: `dB`
+and no unit are absolute, `pp` is percentage points of a 0-1 fraction, `%` is relative.
+"""
+
+import re
+from dataclasses import dataclass
+
+from ffnbench.bench.metrics import ALL_METRICS
+from ffnbench.errors import UsageError
+
+LATENCY_METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "tokens_per_s", "peak_rss_mb", "model_bytes")
+HIGHER_IS_BETTER = {"sqnr_db", "centered_sqnr_db", "cosine", "top1_agreement", "fp32_drift_db", "tokens_per_s"}
+GATEABLE = (*ALL_METRICS, *LATENCY_METRICS)
+DEFAULTS = ("sqnr_db:-1dB", "centered_sqnr_db:-1dB", "top1_agreement:-0.5pp", "nonfinite_rate:+0",
+            "p50_ms:+15%")
+FORM = re.compile(r"^(?P<metric>[a-z0-9_]+):(?P<sign>[+-])(?P<value>\d+(\.\d+)?)(?P<unit>dB|pp|%)?$")
+
+
+@dataclass(frozen=True)
+class Check:
+    metric: str
+    limit: float  # in the metric's own units after conversion (pp -> fraction; % stays relative)
+    relative: bool
+    spec: str
+
+    @property
+    def latency(self) -> bool:
+        return self.metric in LATENCY_METRICS
+
+    def allowed(self, base: float) -> float:
+        """The worst value that still passes, given the baseline's value."""
+        margin = abs(base) * self.limit if self.relative else self.limit
+        return base - margin if self.metric in HIGHER_IS_BETTER else base + margin
+
+    def passes(self, base: float, new: float) -> bool:
+        bound = self.allowed(base)
+        return new >= bound if self.metric in HIGHER_IS_BETTER else new <= bound
+
+
+def parse(spec: str) -> Check:
+    match = FORM.match(spec.strip())
+    if not match:
+        raise UsageError(f"tolerance '{spec}' does not parse; the form is METRIC:[+-]NUMBER[dB|pp|%], "
+                         "e.g. centered_sqnr_db:-1dB, top1_agreement:-0.5pp, p50_ms:+15%")
+    metric, sign, value, unit = match["metric"], match["sign"], float(match["value"]), match["unit"]
+    if metric not in GATEABLE:
+        raise UsageError(f"tolerance '{spec}': unknown metric '{metric}'; gateable: {', '.join(GATEABLE)}")
+    better_high = metric in HIGHER_IS_BETTER
+    if (sign == "-") != better_high:
+        direction = "a drop, '-'" if better_high else "a rise, '+'"
+        raise UsageError(f"tolerance '{spec}': {metric} regresses by {direction}; write e.g. "
+                         f"{metric}:{'-' if better_high else '+'}{match['value']}{unit or ''}")
+    limit = value / 100 if unit in ("pp", "%") else value
+    return Check(metric, limit, unit == "%", spec.strip())
+
+
+def checks(overrides: list[str] = ()) -> dict[str, Check]:
+    """The defaults, each replaced by an override for the same metric; overrides may add metrics."""
+    out = {c.metric: c for c in map(parse, DEFAULTS)}
+    out.update({c.metric: c for c in map(parse, overrides)})
+    return out

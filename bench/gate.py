@@ -1,0 +1,204 @@
+"""`ffnbench gate`: a run judged against a committed baseline, cell by cell and metric by metric.
+
+Accuracy is deterministic for a fixed stack and seed, so it is judged by absolute change.
+Latency fails only when the slowdown exceeds its tolerance *and* is significant. Judged by
+re-measurement (`--remeasure BASELINE_RUN`: both runs' artifacts re-timed round-robin in this
+process), significant means the 95 % interval of the new/old ratio lies wholly above 1. Times
+recorded in two separate runs are only advisory unless asked for (`strict_recorded_latency`):
+on a shared machine their level moves between runs (measured: 6 false alarms in 10 same-build
+pairs at +15 %), which no test on the within-run samples can see. There a one-sided Mann-Whitney U
+test at alpha = 0.01 stands in for significance.
+"""
+
+import datetime
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ffnbench import files
+from ffnbench.bench.checks import Check
+from ffnbench.bench.report import label
+from ffnbench.bench.stats import mann_whitney_greater
+from ffnbench.bench.store import MANIFEST, RESULTS, read_results
+from ffnbench.errors import UsageError
+
+BASELINE_KIND, BASELINE_FORMAT = "ffnbench.baseline", 1
+ALPHA = 0.01
+
+
+def where(cell: dict) -> str:
+    return cell["scenario"] if cell.get("kind", "accuracy") == "accuracy" else f"latency:{cell['shape']['name']}"
+
+
+def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    run_dir = Path(run_dir)
+    if not (run_dir / MANIFEST).is_file() or not (run_dir / RESULTS).is_file():
+        raise UsageError(f"gate: {run_dir} is not a run directory (no {MANIFEST} or {RESULTS})")
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    return manifest, list({c["key"]: c for c in read_results(run_dir / RESULTS)}.values())
+
+
+def write_baseline(run_dir: Path, path: Path) -> dict:
+    """A baseline from a run: its stack, machine class, config and every cell's record."""
+    manifest, cells = load_run(run_dir)
+    baseline = {
+        "kind": BASELINE_KIND, "format": BASELINE_FORMAT,
+        "machine_class": (manifest.get("machine") or {}).get("machine_class"),
+        "versions": manifest.get("versions"), "config": manifest.get("config"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "source_run": {"git_revision": manifest.get("git_revision"), "started": manifest.get("started")},
+        "cells": {c["key"]: {k: v for k, v in c.items() if k not in ("seconds", "runtime")} for c in cells},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_json(path, baseline)
+    return baseline
+
+
+def load_baseline(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--baseline: no file at {path}; write one with `ffnbench gate --update-baseline`")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"--baseline: {path} is not valid JSON ({e}); restore it or write a new one") from e
+    if not isinstance(data, dict) or data.get("kind") != BASELINE_KIND or "cells" not in data:
+        kind = data.get("kind") if isinstance(data, dict) else None
+        raise UsageError(f"--baseline: {path} is not an ffnbench baseline (kind {kind!r}); "
+                         "write one with `ffnbench gate --update-baseline`")
+    if data.get("format") != BASELINE_FORMAT:
+        raise UsageError(f"--baseline: {path} has format {data.get('format')}, this ffnbench reads "
+                         f"{BASELINE_FORMAT}; re-create it with --update-baseline")
+    return data
+
+
+@dataclass
+class Finding:
+    cell: str
+    metric: str
+    baseline: float | None
+    new: float | None
+    allowed: float | None
+    passed: bool
+    note: str = ""
+    advisory: bool = False  # reported, never failing: latency recorded in separate runs
+
+
+@dataclass
+class GateResult:
+    findings: list[Finding] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the baseline, not in the run
+    new: list[str] = field(default_factory=list)  # in the run, not in the baseline
+    not_measured: list[tuple[str, str]] = field(default_factory=list)  # (cell, why) skipped/failed
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[Finding]:
+        return [f for f in self.findings if not f.passed and not f.advisory]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if not f.passed and f.advisory]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and not self.missing
+
+
+def _index(cells, aliases: dict[str, str] | None = None):
+    """(design, model, label, where) -> cell. An alias OLD -> NEW also files each NEW cell under
+    OLD, so the baseline's OLD cells are judged against the run's NEW ones (NEW still meets NEW)."""
+    index = {(c["design"], c["model"], label(c), where(c)): c for c in cells}
+    for old, new in (aliases or {}).items():
+        index.update({(d, m, old, w): c for (d, m, lab, w), c in list(index.items()) if lab == new})
+    return index
+
+
+def gate(baseline_path: Path, run_dir: Path, checks: dict[str, Check], allow_stack_change: bool = False,
+         only: str = "all", aliases: dict[str, str] | None = None, remeasured: dict | None = None,
+         strict_recorded_latency: bool = False) -> GateResult:
+    """Judge run_dir against the baseline. aliases maps a baseline label to the run's (e.g.
+    "ort-int8-dynamic" -> "ort-int4-rtn" asks whether swapping the recipe would pass)."""
+    baseline = load_baseline(baseline_path)
+    manifest, cells = load_run(run_dir)
+    result = GateResult()
+    _check_stack(baseline, manifest, allow_stack_change, result)
+    keep = {"all": ("accuracy", "latency"), "accuracy": ("accuracy",), "latency": ("latency",)}[only]
+    base_cells = [c for c in baseline["cells"].values() if c.get("kind", "accuracy") in keep]
+    base = _index(base_cells)
+    run = _index([c for c in cells if c.get("kind", "accuracy") in keep], aliases)
+    matched = {id(run[k]) for k in base if k in run}
+    result.new = sorted({c["key"] for c in run.values() if id(c) not in matched})
+    for k, old in base.items():
+        new = run.get(k)
+        if new is None:
+            result.missing.append(old["key"])
+        elif old["status"] != "ok":
+            why = old.get("reason") or old.get("error")
+            result.not_measured.append((old["key"], f"not measured in the baseline: {why}"))
+        elif new["status"] != "ok":
+            why = f"was measured, now {new['status']}: {new.get('reason') or new.get('error')}"
+            result.findings.append(Finding(new["key"], "status", None, None, None, False, why))
+        else:
+            before = len(result.findings)
+            _compare(old, new, checks, result, (remeasured or {}).get(new["key"]))
+            if old.get("kind") == "latency" and remeasured is None and not strict_recorded_latency:
+                for finding in result.findings[before:]:
+                    finding.advisory = True
+            if old["key"] != new["key"]:
+                for finding in result.findings[before:]:
+                    finding.note = f"vs baseline {old['key']}; {finding.note}".rstrip("; ")
+    return result
+
+
+def _check_stack(baseline: dict, manifest: dict, allow: bool, result: GateResult) -> None:
+    old, new = baseline.get("versions") or {}, manifest.get("versions") or {}
+    changed = [f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    old_class, new_class = baseline.get("machine_class"), (manifest.get("machine") or {}).get("machine_class")
+    if old_class != new_class:
+        changed.append(f"machine class {old_class} -> {new_class}")
+    if changed and not allow:
+        raise UsageError(f"gate: the run's stack differs from the baseline's ({'; '.join(changed)}); results compare "
+                         "only on one stack: re-baseline, or pass --allow-stack-change")
+    if changed:
+        result.notes.append(f"Stack changed and allowed: {'; '.join(changed)}.")
+
+
+def _compare(old: dict, new: dict, checks: dict[str, Check], result: GateResult, remeasured: dict | None) -> None:
+    is_latency = old.get("kind") == "latency"
+    for metric, check in checks.items():
+        if check.latency != is_latency:
+            continue
+        b, n = old["metrics"].get(metric), new["metrics"].get(metric)
+        if b is None and n is None:
+            continue
+        if n is None or b is None:
+            result.findings.append(Finding(new["key"], metric, b, n, None, n is not None or b is None,
+                                           "no value now" if n is None else "no baseline value"))
+            continue
+        if not is_latency:
+            result.findings.append(Finding(new["key"], metric, b, n, check.allowed(b), check.passes(b, n)))
+            continue
+        result.findings.append(_latency_finding(old, new, metric, check, remeasured))
+
+
+def _latency_finding(old: dict, new: dict, metric: str, check: Check, remeasured: dict | None) -> Finding:
+    b, n = old["metrics"][metric], new["metrics"][metric]
+    allowed = check.allowed(b)
+    if remeasured is not None and metric == "p50_ms":
+        ratio = remeasured["ratio"]
+        slower = ratio > 1 + check.limit if check.relative else ratio * b > allowed
+        significant = remeasured["ci_low"] > 1
+        note = (f"re-measured side by side: new/old {ratio:.3f} "
+                f"[{remeasured['ci_low']:.3f}, {remeasured['ci_high']:.3f}]")
+        return Finding(new["key"], metric, b, ratio * b, allowed, not (slower and significant), note)
+    beyond = not check.passes(b, n)
+    samples_old, samples_new = old["metrics"].get("samples_ms"), new["metrics"].get("samples_ms")
+    if metric.endswith("_ms") and samples_old and samples_new:
+        p = mann_whitney_greater(np.asarray(samples_new), np.asarray(samples_old))
+        note = f"Mann-Whitney p = {p:.2g}"
+        return Finding(new["key"], metric, b, n, allowed, not (beyond and p < ALPHA), note)
+    return Finding(new["key"], metric, b, n, allowed, not beyond, "no samples: threshold only")

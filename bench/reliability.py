@@ -1,0 +1,79 @@
+"""Measured reliability of the gate, by running it as CI would:
+
+    python -m ffnbench.bench.reliability [--pairs 10] [--out runs/reliability]
+
+False alarms: the quick preset run pairs+1 times on the same build; each later run is gated
+against the first three ways: as `gate` does by default (latency re-measured side by side with
+--remeasure), with recorded latency made strict, and with recorded latency advisory (no --remeasure).
+Detection: regressions injected by configuration, each of which the gate must catch:
+1 thread instead of 2 (latency), a 4-bit recipe in place of the int8 one (accuracy), and QDQ
+calibrated on the wrong scenario (accuracy).
+"""
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+EXE = str(Path(sys.executable).parent / "ffnbench")
+
+
+def ffnbench(*args) -> int:
+    return subprocess.run([EXE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True).returncode
+
+
+def quick(out: Path, *extra) -> Path:
+    if ffnbench("run", "--preset", "quick", "--no-report", "--out", out, *extra) != 0:
+        raise SystemExit(f"run into {out} failed")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=10)
+    parser.add_argument("--out", default="runs/reliability")
+    args = parser.parse_args()
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=False)
+    base = quick(root / "base")
+    baseline = root / "baseline.json"
+    ffnbench("gate", "--update-baseline", "--baseline", baseline, base)
+
+    alarms = {"remeasured": 0, "recorded, strict": 0, "recorded, advisory": 0}
+    for i in range(1, args.pairs + 1):
+        run = quick(root / f"same-{i}")
+        alarms["recorded, strict"] += ffnbench("gate", "--baseline", baseline, run, "--strict-recorded-latency") != 0
+        alarms["recorded, advisory"] += ffnbench("gate", "--baseline", baseline, run) != 0
+        alarms["remeasured"] += ffnbench("gate", "--baseline", baseline, run, "--remeasure", base) != 0
+        print(f"pair {i}: false alarms so far {alarms}", flush=True)
+
+    (root / "threads1.toml").write_text("threads = 1\n")
+    slow = quick(root / "threads-1", "--config", root / "threads1.toml")
+    (root / "qdq.toml").write_text('recipes = ["ort-int8-qdq-minmax"]\nlatency = false\n')
+    qdq_clean = quick(root / "qdq-clean", "--config", root / "qdq.toml", "--calibration", "clean")
+    qdq_prod = quick(root / "qdq-production", "--config", root / "qdq.toml", "--calibration", "production")
+    ffnbench("gate", "--update-baseline", "--baseline", root / "qdq-baseline.json", qdq_clean)
+    detections = {
+        "1 thread instead of 2 (re-measured)": ffnbench("gate", "--baseline", baseline, slow, "--only", "latency",
+                                                        "--remeasure", base),
+        "1 thread instead of 2 (recorded, strict)": ffnbench("gate", "--baseline", baseline, slow, "--only",
+                                                             "latency", "--strict-recorded-latency"),
+        "ort-int4-rtn in place of ort-int8-dynamic": ffnbench("gate", "--baseline", baseline, base, "--only",
+                                                              "accuracy", "--as", "ort-int8-dynamic=ort-int4-rtn"),
+        "bnb-nf4 in place of bnb-int8": ffnbench("gate", "--baseline", baseline, base, "--only", "accuracy",
+                                                 "--as", "bnb-int8=bnb-nf4"),
+        "QDQ calibrated on production instead of clean": ffnbench(
+            "gate", "--baseline", root / "qdq-baseline.json", qdq_prod, "--only", "accuracy",
+            "--as", "ort-int8-qdq-minmax@clean=ort-int8-qdq-minmax@production"),
+    }
+    print(f"false alarms over {args.pairs} same-build pairs: " + ", ".join(f"{k} {v}" for k, v in alarms.items()))
+    for name, code in detections.items():
+        print(f"injected: {name}: {'caught (exit 1)' if code == 1 else f'MISSED (exit {code})'}")
+    # The targets: the default gate (re-measured) never alarms on the same build and catches all.
+    missed = sum(code != 1 for name, code in detections.items() if "strict" not in name)
+    return 1 if missed or alarms["remeasured"] or alarms["recorded, advisory"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,28 @@
+"""The committed baseline for this machine class gates a fresh quick run's accuracy (latency is
+left to `make bench`-style runs: tests never judge speed)."""
+
+from pathlib import Path
+
+import pytest
+
+from ffnbench.bench import preset_config, run
+from ffnbench.bench.checks import checks
+from ffnbench.bench.gate import gate, load_baseline
+from ffnbench.bench.isa import cpu_info, machine_class
+
+BASELINES = Path(__file__).resolve().parents[1] / "baselines"
+
+
+def test_a_fresh_quick_run_passes_the_committed_baseline(tmp_path):
+    name = machine_class(cpu_info()["isa"])
+    path = BASELINES / f"{name}.json"
+    if not path.exists():
+        pytest.skip(f"no committed baseline for machine class {name} (have: "
+                    f"{', '.join(p.stem for p in BASELINES.glob('*.json')) or 'none'})")
+    assert load_baseline(path)["config"]["preset"] == "quick"
+    config = preset_config("quick")
+    config.latency = False
+    run(config, tmp_path / "run", progress=False)
+    result = gate(path, tmp_path / "run", checks(), only="accuracy")
+    assert result.passed, [(f.cell, f.metric, f.baseline, f.new) for f in result.failures] + result.missing
+    assert len(result.findings) == 20 * 4

@@ -1,0 +1,127 @@
+"""The CI gate: tolerance specs, pass against itself, fail on injected regressions, exit 2 on bad input."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from ffnbench.bench import RunConfig, run
+from ffnbench.bench.checks import checks, parse
+from ffnbench.bench.gate import gate, load_baseline, write_baseline
+from ffnbench.bench.gate_report import write
+from ffnbench.errors import UsageError
+
+
+def config(**kw) -> RunConfig:
+    base = dict(models=["tiny"], n_requests=2, seq_len=8, calibration_requests=2, warmup=0, min_iterations=5,
+                min_seconds=0.001, prefill=[2, 4], recipes=["fp32", "ort-int8-dynamic", "ort-int4-rtn"],
+                scenarios=["clean", "production"])
+    return RunConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gate")
+    run(config(), root / "base", progress=False)
+    run(config(), root / "same", progress=False)
+    write_baseline(root / "base", root / "baseline.json")
+    return root
+
+
+def test_tolerance_specs_parse():
+    c = parse("centered_sqnr_db:-1dB")
+    assert c.passes(30.0, 29.1) and not c.passes(30.0, 28.9)
+    c = parse("top1_agreement:-0.5pp")
+    assert c.allowed(0.95) == pytest.approx(0.945)
+    c = parse("p50_ms:+15%")
+    assert c.relative and c.allowed(10.0) == pytest.approx(11.5)
+    assert parse("nonfinite_rate:+0").passes(0.0, 0.0) and not parse("nonfinite_rate:+0").passes(0.0, 0.01)
+    assert checks(["p50_ms:+30%"])["p50_ms"].limit == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(("spec", "needle"), [
+    ("p50:+15%", "unknown metric 'p50'"),
+    ("p50_ms+15%", "does not parse; the form is METRIC:[+-]NUMBER[dB|pp|%]"),
+    ("p50_ms:+15ms", "does not parse"),
+    ("centered_sqnr_db:+1dB", "regresses by a drop, '-'"),
+])
+def test_bad_tolerances(spec, needle):
+    with pytest.raises(UsageError) as e:
+        parse(spec)
+    assert needle in str(e.value)
+
+
+def test_a_run_passes_against_its_own_build(runs):
+    result = gate(runs / "baseline.json", runs / "same", checks(), only="accuracy")
+    assert result.passed and not result.missing and not result.new
+    assert len(result.findings) == 2 * 3 * 2 * 4  # cells x gated accuracy metrics
+
+
+def test_a_recipe_swap_is_caught_and_reported(runs):
+    result = gate(runs / "baseline.json", runs / "same", checks(), only="accuracy",
+                  aliases={"ort-int8-dynamic": "ort-int4-rtn"})
+    assert not result.passed and not result.missing
+    assert {f.metric for f in result.failures} >= {"centered_sqnr_db", "sqnr_db"}
+    assert all("vs baseline" in f.note and "ort-int8-dynamic" in f.note for f in result.failures)
+    md, xml = write(result, runs / "baseline.json", runs / "same", checks())
+    text = md.read_text()
+    assert text.startswith("# ffnbench gate: FAIL") and "## Regressions" in text
+    suite = ET.parse(xml).getroot()
+    assert int(suite.get("failures")) == len(result.failures) == len(suite.findall(".//failure"))
+
+
+def test_missing_new_and_skipped_cells_are_listed(runs, tmp_path):
+    run(config(recipes=["fp32", "ort-int8-dynamic"], scenarios=["clean", "shift-1"], latency=False),
+        tmp_path / "other", progress=False)
+    result = gate(runs / "baseline.json", tmp_path / "other", checks(), only="accuracy")
+    assert not result.passed
+    assert any("ort-int4-rtn" in k for k in result.missing) and any("production" in k for k in result.missing)
+    assert any("shift-1" in k for k in result.new)
+
+
+def test_latency_needs_both_size_and_significance(runs, tmp_path):
+    baseline = json.loads((runs / "baseline.json").read_text())
+    key = next(k for k, c in baseline["cells"].items() if c["kind"] == "latency")
+    cell = baseline["cells"][key]
+    samples = np.asarray(cell["metrics"]["samples_ms"])
+    # A run 3x slower in every round: far beyond +15 % and significant.
+    slow = {**cell, "metrics": {**cell["metrics"], "p50_ms": cell["metrics"]["p50_ms"] * 3,
+                                "samples_ms": list(samples * 3)}}
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "manifest.json").write_text((runs / "base" / "manifest.json").read_text())
+    (fake / "results.jsonl").write_text(json.dumps(slow) + "\n")
+    result = gate(runs / "baseline.json", fake, checks(), only="latency", strict_recorded_latency=True)
+    assert [f.cell for f in result.failures] == [key]
+    # By default, times recorded in two separate runs only warn: their level moves between runs.
+    advisory = gate(runs / "baseline.json", fake, checks(), only="latency")
+    assert not advisory.failures and [f.cell for f in advisory.warnings] == [key]
+    # Two baseline samples alone: beyond the threshold but too few to be significant.
+    thin = {**slow, "metrics": {**slow["metrics"], "samples_ms": list(samples[:2] * 3)}}
+    (fake / "results.jsonl").write_text(json.dumps(thin) + "\n")
+    base_thin = {**baseline, "cells": {key: {**cell, "metrics": {**cell["metrics"], "samples_ms": list(samples[:2])}}}}
+    (tmp_path / "thin.json").write_text(json.dumps(base_thin))
+    assert not gate(tmp_path / "thin.json", fake, checks(), only="latency", strict_recorded_latency=True).failures
+
+
+def test_stack_change_is_refused_unless_allowed(runs, tmp_path):
+    baseline = json.loads((runs / "baseline.json").read_text())
+    baseline["versions"]["onnxruntime"] = "0.0.1"
+    (tmp_path / "old.json").write_text(json.dumps(baseline))
+    with pytest.raises(UsageError, match="onnxruntime 0.0.1 -> .*--allow-stack-change"):
+        gate(tmp_path / "old.json", runs / "same", checks(), only="accuracy")
+    result = gate(tmp_path / "old.json", runs / "same", checks(), allow_stack_change=True, only="accuracy")
+    assert result.passed and "onnxruntime 0.0.1" in result.notes[0]
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    ("{not json", "is not valid JSON"),
+    ('{"kind": "pytest-benchmark", "benchmarks": []}', "is not an ffnbench baseline (kind 'pytest-benchmark')"),
+    ("[1, 2]", "is not an ffnbench baseline"),
+])
+def test_unusable_baselines(tmp_path, content, needle):
+    (tmp_path / "b.json").write_text(content)
+    with pytest.raises(UsageError) as e:
+        load_baseline(tmp_path / "b.json")
+    assert needle in str(e.value)
