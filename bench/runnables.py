@@ -49,6 +49,9 @@ class TorchRunnable:
 
     def __init__(self, module: FFNBlock, runtime: str = "torch", device: str = "cpu", threads: int | None = None):
         self.module, self.runtime, self.device = module.eval(), runtime, device
+        # bitsandbytes logs on every int8 call that it casts fp32 activations to fp16; the
+        # artifact's manifest records that once, and the log line would cost time in the timed call.
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
         self.dtype = next(module.parameters()).dtype if runtime == "torch" else torch.float32
         if threads is not None:
             torch.set_num_threads(threads)
@@ -58,15 +61,9 @@ class TorchRunnable:
         if torch.get_num_threads() != self.threads:  # the pool is global; runnables may differ
             torch.set_num_threads(self.threads)
         h = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device, self.dtype)
-        # bitsandbytes warns on every int8 call that it casts fp32 activations to fp16; the
-        # artifact's manifest records that once.
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            logging.disable(logging.WARNING)
-            try:
-                return self.module.forward_with_taps(h, taps)
-            finally:
-                logging.disable(logging.NOTSET)
+            return self.module.forward_with_taps(h, taps)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self._call(x, None).float().cpu().numpy()
