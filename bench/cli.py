@@ -259,6 +259,8 @@ def _tolerances(args) -> list[str]:
         extra = set(data) - {"tolerances"}
         if extra or not isinstance(data.get("tolerances", []), list):
             raise UsageError(f"--tolerances: {args.tolerances} takes one key, tolerances = [\"metric:+N%\", ...]")
+        if not all(isinstance(spec, str) for spec in data.get("tolerances", [])):
+            raise UsageError("--tolerances: every tolerance is a string, e.g. \"p50_ms:+15%\"")
         specs += data.get("tolerances", [])
     return specs + args.tolerance
 
@@ -273,6 +275,8 @@ def cmd_gate(args) -> int:
         return 0
     active = checks(_tolerances(args))
     aliases = _pairs(args.aliases, "--as", "ort-int8-dynamic=ort-int4-rtn") or None
+    gate.load_baseline(args.baseline)  # an unusable baseline fails before minutes of re-timing
+    gate.load_run(args.run_dir)
     remeasured = None
     if args.remeasure:
         from ffnbench.bench.compare import remeasure

@@ -11,7 +11,7 @@ from ffnbench import files
 from ffnbench.bench import latency_cells
 from ffnbench.bench.config import RunConfig
 from ffnbench.bench.gate import load_run
-from ffnbench.bench.runnables import OrtRunnable, TorchRunnable
+from ffnbench.bench.runnables import OrtRunnable, TorchRunnable, ort_has_cuda
 from ffnbench.bench.scenarios import Replay, Scenario
 from ffnbench.errors import UsageError
 from ffnbench.models import preset
@@ -26,14 +26,15 @@ def _config(manifest: dict) -> RunConfig:
     return RunConfig(**data, user_scenarios=scenarios)
 
 
-def _runnable(run_dir: Path, cell: dict, threads: int):
+def _runnable(run_dir: Path, cell: dict, threads: int, config: RunConfig):
     artifact_dir = cell.get("artifact", {}).get("dir")
     if not artifact_dir or not (run_dir / artifact_dir / "manifest.json").is_file():
         raise UsageError(f"compare: {run_dir} has no artifact for {cell['key']}; re-run it with this ffnbench")
-    artifact = load_artifact(run_dir / artifact_dir)
+    artifact = load_artifact(run_dir / artifact_dir, device=config.device)
     if artifact.runtime == "ort":
-        return OrtRunnable(latency_cells.latency_model(artifact.path), threads=threads, spinning=False)
-    return TorchRunnable(artifact.module, runtime=artifact.runtime, threads=threads)
+        return OrtRunnable(latency_cells.latency_model(artifact.path), threads=threads, spinning=config.ort_spinning,
+                           device=config.device if ort_has_cuda() else "cpu")
+    return TorchRunnable(artifact.module, runtime=artifact.runtime, threads=threads, device=config.device)
 
 
 def remeasure(old_run: Path, new_run: Path) -> dict[str, dict]:
@@ -58,7 +59,7 @@ def remeasure(old_run: Path, new_run: Path) -> dict[str, dict]:
             block_cfg = preset(cell["model"], cell["design"])
             for side, run_dir, record in (("old", old_run, old[cell["key"]]), ("new", new_run, cell)):
                 entries[f"{side}:{cell['key']}"] = {
-                    "runnable": _runnable(run_dir, record, threads[side]), "x": x, "block_cfg": block_cfg,
+                    "runnable": _runnable(run_dir, record, threads[side], config), "x": x, "block_cfg": block_cfg,
                     "model_bytes": record["metrics"]["model_bytes"]}
             entries[f"new:{cell['key']}"]["ratios"] = {"vs_old": f"old:{cell['key']}"}
         shape_dims = (cells[0]["shape"]["batch"], cells[0]["shape"]["seq"])

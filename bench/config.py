@@ -13,7 +13,6 @@ from ffnbench.models import DESIGNS, PRESETS
 from ffnbench.quant import RECIPES, recipe_config
 
 QUICK_RECIPES = ("fp32", "ort-int8-dynamic", "ort-int4-rtn", "bnb-int8", "bnb-nf4")
-SHIFT_SWEEP = ("clean", "shift-0.5", "shift-1", "shift-2", "shift-4", "shift-8")
 
 
 @dataclass
@@ -93,6 +92,15 @@ class RunConfig:
                 raise UsageError(f"{name}: must be positive, got {getattr(self, name)}")
         if not self.delta > 0:
             raise UsageError(f"delta: must be positive, got {self.delta}")
+        if self.seed < 0:
+            raise UsageError(f"seed: must be >= 0, got {self.seed}")
+        if self.device not in ("cpu", "cuda"):
+            raise UsageError(f"device: '{self.device}' is not cpu or cuda (the CLI's --device auto resolves to one)")
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UsageError("device: cuda, but no CUDA device is usable here; use cpu")
         self.latency_config()  # validates the timing settings
         return self
 

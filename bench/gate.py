@@ -36,7 +36,10 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
     run_dir = Path(run_dir)
     if not (run_dir / MANIFEST).is_file() or not (run_dir / RESULTS).is_file():
         raise UsageError(f"gate: {run_dir} is not a run directory (no {MANIFEST} or {RESULTS})")
-    manifest = json.loads((run_dir / MANIFEST).read_text())
+    try:
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"gate: {run_dir / MANIFEST} is not valid JSON ({e}); re-run or restore it") from e
     return manifest, list({c["key"]: c for c in read_results(run_dir / RESULTS)}.values())
 
 
@@ -129,7 +132,13 @@ def gate(baseline_path: Path, run_dir: Path, checks: dict[str, Check], allow_sta
     keep = {"all": ("accuracy", "latency"), "accuracy": ("accuracy",), "latency": ("latency",)}[only]
     base_cells = [c for c in baseline["cells"].values() if c.get("kind", "accuracy") in keep]
     base = _index(base_cells)
-    run = _index([c for c in cells if c.get("kind", "accuracy") in keep], aliases)
+    run_cells = [c for c in cells if c.get("kind", "accuracy") in keep]
+    for old, new in (aliases or {}).items():
+        if not any(label(c) == new for c in run_cells):
+            raise UsageError(f"--as {old}={new}: the run has no cells of recipe '{new}'; check the name")
+        if not any(label(c) == old for c in base_cells):
+            raise UsageError(f"--as {old}={new}: the baseline has no cells of recipe '{old}'; check the name")
+    run = _index(run_cells, aliases)
     matched = {id(run[k]) for k in base if k in run}
     result.new = sorted({c["key"] for c in run.values() if id(c) not in matched})
     for k, old in base.items():
@@ -144,10 +153,13 @@ def gate(baseline_path: Path, run_dir: Path, checks: dict[str, Check], allow_sta
             result.findings.append(Finding(new["key"], "status", None, None, None, False, why))
         else:
             before = len(result.findings)
-            _compare(old, new, checks, result, (remeasured or {}).get(new["key"]))
-            if old.get("kind") == "latency" and remeasured is None and not strict_recorded_latency:
-                for finding in result.findings[before:]:
-                    finding.advisory = True
+            # A re-measured ratio compares an artifact with its own earlier build, so it applies
+            # only where the baseline and run cells are the same cell.
+            ratio = (remeasured or {}).get(new["key"]) if old["key"] == new["key"] else None
+            _compare(old, new, checks, result, ratio)
+            for finding in result.findings[before:]:
+                recorded_only = old.get("kind") == "latency" and "re-measured" not in finding.note
+                finding.advisory = recorded_only and not strict_recorded_latency
             if old["key"] != new["key"]:
                 for finding in result.findings[before:]:
                     finding.note = f"vs baseline {old['key']}; {finding.note}".rstrip("; ")

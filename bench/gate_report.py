@@ -54,11 +54,14 @@ def markdown(result: GateResult, baseline: Path, run_dir: Path, checks: dict) ->
 
 
 def junit(result: GateResult) -> str:
-    suite = ET.Element("testsuite", name="ffnbench-gate", tests=str(len(result.findings) + len(result.missing)),
+    suite = ET.Element("testsuite", name="ffnbench-gate",
+                       tests=str(len(result.findings) + len(result.missing) + len(result.not_measured)),
                        failures=str(len(result.failures) + len(result.missing)), skipped=str(len(result.not_measured)))
     for f in result.findings:
         case = ET.SubElement(suite, "testcase", classname=f.cell, name=f.metric)
-        if not f.passed:
+        if f.advisory and not f.passed:
+            ET.SubElement(case, "system-out").text = f"advisory: {f.metric} {_v(f.baseline)} -> {_v(f.new)} {f.note}"
+        elif not f.passed:
             ET.SubElement(case, "failure", message=f"{f.metric}: {_v(f.baseline)} -> {_v(f.new)} "
                                                    f"(allowed {_v(f.allowed)}) {f.note}".strip())
     for key in result.missing:

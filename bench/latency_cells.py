@@ -1,5 +1,7 @@
 """Latency cells: every runnable of one model size timed round-robin at decode and prefill shapes."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import onnx
@@ -45,9 +47,10 @@ def latency_model(path: Path) -> Path:
         keep = model.graph.output[0]
         del model.graph.output[:]
         model.graph.output.append(keep)
-        tmp = out.with_suffix(".tmp")
-        onnx.save(model, str(tmp))
-        tmp.replace(out)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".model.latency.", suffix=".tmp")
+        os.close(fd)
+        onnx.save(model, tmp)
+        os.replace(tmp, out)  # concurrent writers each rename a whole file; the last one wins
     return out
 
 

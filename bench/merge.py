@@ -15,7 +15,10 @@ def _load(run_dir: Path) -> tuple[dict, list[dict]]:
         raise UsageError(f"merge: {run_dir} has no {MANIFEST}; give run directories written by `ffnbench run`")
     if not (run_dir / RESULTS).is_file():
         raise UsageError(f"merge: {run_dir} has no {RESULTS}; the run recorded no cell")
-    manifest = json.loads((run_dir / MANIFEST).read_text())
+    try:
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"merge: {run_dir / MANIFEST} is not valid JSON ({e})") from e
     return manifest, read_results(run_dir / RESULTS)  # a corrupt line is named by its number
 
 
@@ -32,7 +35,10 @@ def merge(run_dirs: list[Path], out: Path, allow_mismatch: bool = False) -> list
     first_dir, first, _ = loaded[0]
     notes = []
     for run_dir, manifest, _ in loaded[1:]:
+        classes = ({"machine_class": (first.get("machine") or {}).get("machine_class")},
+                   {"machine_class": (manifest.get("machine") or {}).get("machine_class")})
         for part, a, b in (("stack", first.get("versions"), manifest.get("versions")),
+                           ("machine", *classes),
                            ("config", _comparable(first.get("config", {})), _comparable(manifest.get("config", {})))):
             if a != b:
                 diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

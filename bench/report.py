@@ -28,7 +28,10 @@ class Run:
         if not (self.dir / RESULTS).is_file() or not (self.dir / MANIFEST).is_file():
             raise UsageError(f"report: {self.dir} is not a run directory (no {RESULTS} or {MANIFEST}); "
                              "give the --out of `ffnbench run`")
-        self.manifest = json.loads((self.dir / MANIFEST).read_text())
+        try:
+            self.manifest = json.loads((self.dir / MANIFEST).read_text())
+        except json.JSONDecodeError as e:
+            raise UsageError(f"report: {self.dir / MANIFEST} is not valid JSON ({e})") from e
         cells = list({c["key"]: c for c in read_results(self.dir / RESULTS)}.values())
         self.ok = [c for c in cells if c["status"] == "ok"]
         self.not_ok = [c for c in cells if c["status"] != "ok"]
@@ -103,7 +106,8 @@ def verdict(run: Run, model: str, scenario: str, facts: dict) -> list[str]:
         cost = {d: [run.acc[(d, model, r, "clean")]["centered_sqnr_db"] - run.acc[(d, model, r, scenario)]
                     ["centered_sqnr_db"] for r in deltas
                     if (d, model, r, "clean") in run.acc and (d, model, r, scenario) in run.acc
-                    and run.acc[(d, model, r, scenario)]["centered_sqnr_db"] is not None]
+                    and run.acc[(d, model, r, scenario)]["centered_sqnr_db"] is not None
+                    and run.acc[(d, model, r, "clean")]["centered_sqnr_db"] is not None]
                 for d in ("A", "B")}
         if cost["A"] and cost["B"]:
             lines.append(f"Going from `clean` to `{scenario}` costs A a median {statistics.median(cost['A']):.1f} dB "

@@ -3,6 +3,7 @@
 import hashlib
 import itertools
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -216,6 +217,8 @@ def measure(subject: Subject, cell: Cell) -> dict:
             record["taps_unavailable"] = taps
         else:
             values |= metrics.tap_metrics(ref_taps, taps, subject.config.delta)
+        # JSON has no NaN: a metric that came out non-finite (an fp16 overflow, say) is recorded as absent.
+        values = {k: (v if v is None or math.isfinite(v) else None) for k, v in values.items()}
         record |= {"status": "ok", "metrics": values, "runtime": runnable.describe(),
                    "artifact": {"sha256": manifest["sha256"], "bytes": manifest["bytes"], "dir": manifest["dir"],
                                 "params": manifest.get("params", {})}}
@@ -256,7 +259,13 @@ def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks:
             record |= {"status": "error", "error": f"{type(e).__name__}: {e}"}
         records[cell.key] = record
     started = time.perf_counter()
-    timings = latency_cells.time_group(entries, shape, config.latency_config(), peaks, config.threads)
+    try:
+        timings = latency_cells.time_group(entries, shape, config.latency_config(), peaks, config.threads)
+    except Exception as e:  # one runnable failing mid-timing fails this group's cells, not the run
+        timings = {}
+        for record in records.values():
+            record.setdefault("status", "error")
+            record.setdefault("error", f"{type(e).__name__} while timing the group: {e}")
     seconds = round(time.perf_counter() - started, 3)
     for key, record in records.items():
         if "status" not in record:

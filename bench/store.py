@@ -71,9 +71,15 @@ class RunStore:
             raise UsageError(f"--out: cannot write to {self.out}; choose a writable directory")
         manifest_path = self.out / MANIFEST
         if resume and manifest_path.exists():
-            previous = json.loads(manifest_path.read_text())
+            try:
+                previous = json.loads(manifest_path.read_text())
+            except json.JSONDecodeError as e:
+                raise UsageError(f"--resume: {manifest_path} is not valid JSON ({e}); use a new --out") from e
             if previous.get("config") != config:
                 raise UsageError(f"--resume: the run in {self.out} used another configuration; use a new --out")
+            if previous.get("versions") != stack_versions():
+                raise UsageError(f"--resume: the run in {self.out} was made on another stack; results would mix "
+                                 "two stacks: use a new --out")
             self._drop_torn_tail(results)
         else:
             files.write_json(manifest_path, {
@@ -86,6 +92,7 @@ class RunStore:
                 "command": sys.argv,
                 "environment": {k: os.environ.get(k) for k in TIMING_ENV},
             })
+        results.touch()  # an empty shard is still a run, with no cells
         self.results_path = results
 
     @staticmethod

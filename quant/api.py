@@ -178,7 +178,7 @@ def _ort_from_file(src: Path, src_manifest: dict, cfg, stage: Path, calibration:
 
 def _bnb(source, cfg, stage: Path, calibration, device: str) -> Artifact:
     try:
-        block = bnb_recipes.quantize_block(copy.deepcopy(_source_block(source)), cfg, device)
+        block = bnb_recipes.quantize_block(_source_block(source), cfg, device)  # it copies the block
     except bnb_recipes.BackendMissing as e:
         raise Skipped(str(e)) from e
     return _save_module(block, "bnb", stage, {"extra_params": bnb_recipes.recorded_params(cfg)})

@@ -55,6 +55,8 @@ def test_toml_errors_name_the_key(tmp_path, text, needle):
     ("scenarios", ["clean", "nowhere"], "scenarios: unknown 'nowhere'"),
     ("recipes", ["int3"], "recipes: unknown 'int3'"),
     ("designs", [], "designs: empty"),
+    ("seed", -1, "seed: must be >= 0"),
+    ("device", "gpu", "device: 'gpu' is not cpu or cuda"),
 ])
 def test_check_rejects_unknown_names(axis, value, needle):
     cfg = preset_config("quick")

@@ -97,6 +97,9 @@ def test_latency_needs_both_size_and_significance(runs, tmp_path):
     # By default, times recorded in two separate runs only warn: their level moves between runs.
     advisory = gate(runs / "baseline.json", fake, checks(), only="latency")
     assert not advisory.failures and [f.cell for f in advisory.warnings] == [key]
+    _, xml = write(advisory, runs / "baseline.json", fake, checks())
+    failed = {case.get("classname") for case in ET.parse(xml).getroot() if case.find("failure") is not None}
+    assert key not in failed  # advisory findings never show red in CI
     # Two baseline samples alone: beyond the threshold but too few to be significant.
     thin = {**slow, "metrics": {**slow["metrics"], "samples_ms": list(samples[:2] * 3)}}
     (fake / "results.jsonl").write_text(json.dumps(thin) + "\n")
@@ -125,3 +128,8 @@ def test_unusable_baselines(tmp_path, content, needle):
     with pytest.raises(UsageError) as e:
         load_baseline(tmp_path / "b.json")
     assert needle in str(e.value)
+
+
+def test_an_alias_to_a_recipe_the_run_lacks_is_refused(runs):
+    with pytest.raises(UsageError, match="the run has no cells of recipe 'ort-int4-rnt'"):
+        gate(runs / "baseline.json", runs / "same", checks(), aliases={"ort-int8-dynamic": "ort-int4-rnt"})

@@ -73,3 +73,10 @@ def test_a_missing_results_file(two_runs):
     (two_runs / "b" / "results.jsonl").unlink()
     with pytest.raises(UsageError, match="has no results.jsonl"):
         merge([two_runs / "a", two_runs / "b"], two_runs / "m")
+
+
+def test_an_empty_shard_is_a_run_with_no_cells(tmp_path):
+    cfg = config(designs=["A"], recipes=["fp32"], scenarios=["clean"], latency=False)
+    assert run(cfg, tmp_path / "s2", progress=False, shard_spec=(2, 2)) == []
+    run(cfg, tmp_path / "s1", progress=False, shard_spec=(1, 2))
+    assert len(merge([tmp_path / "s1", tmp_path / "s2"], tmp_path / "m")) == 1

@@ -133,3 +133,15 @@ def test_a_bad_trace_fails_before_anything_is_written(tmp_path, make, needle):
         run(config, tmp_path / "run", progress=False)
     assert needle in str(e.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_fp16_overflow_is_recorded_not_fatal(tmp_path):
+    """Features of 1e5 overflow fp16 (max 65504): metrics that come out non-finite are recorded as
+    absent, nonfinite_rate says why, and the run goes on."""
+    from ffnbench.bench.scenarios import Scenario
+
+    loud = Scenario("loud", outlier_channels=4, outlier_scale=1e5)
+    results = run(tiny_config(recipes=["torch-fp16"], scenarios=["loud"], user_scenarios={"loud": loud}),
+                  tmp_path / "run", progress=False)
+    assert all(r["status"] == "ok" for r in results)
+    assert any(r["metrics"]["nonfinite_rate"] > 0 for r in results)

@@ -72,3 +72,12 @@ def test_out_below_a_file_cannot_be_created(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UsageError, match="cannot write to .*choose a writable directory"):
         RunStore(tmp_path / "file" / "run", {}, resume=False, machine={})
+
+
+def test_resume_on_another_stack_is_refused(tmp_path, monkeypatch):
+    from ffnbench.bench import store
+
+    RunStore(tmp_path / "run", {}, resume=False, machine={}).append(cell("x"))
+    monkeypatch.setattr(store, "stack_versions", lambda: {"torch": "9.9"})
+    with pytest.raises(UsageError, match="made on another stack"):
+        RunStore(tmp_path / "run", {}, resume=True, machine={})
