@@ -143,7 +143,8 @@ def caveats(run: Run) -> list[str]:
                  and m["centered_sqnr_db"] is not None and run.acc[(d, mo, r, "clean")]["centered_sqnr_db"] is not None]
         if diffs:
             out.append(f"Request magnitude alone (`magnitude-2`) moves centered SQNR by at most {max(diffs):.1f} dB: "
-                       "both norms remove scale before anything is quantized (fp16 overflow is a GPU question).")
+                       "both norms remove scale before anything is quantized (in half precision the norm's squares can "
+                       "overflow instead: examples/fp16-stability.toml).")
     wide = [k for k, m in run.lat.items()
             if m["p50_ms"] and (m["p50_ci_high_ms"] - m["p50_ci_low_ms"]) > 0.2 * m["p50_ms"]]
     if wide:

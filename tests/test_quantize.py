@@ -21,7 +21,7 @@ from ffnbench.quant import RECIPES, Calibration, quantize
 # onnxruntime 1.31.1, bitsandbytes 0.50.2), lower of A and B, minus about 2 dB of margin:
 #   int8 dynamic 35.8/29.3, qdq minmax 30.7/26.1, percentile 30.7/26.2, entropy 29.8/23.7,
 #   bnb-int8 36.4/34.1, outlier 36.4/34.3; int4 rtn 18.2/16.6, hqq 19.9/17.4, nf4 17.5/16.0,
-#   fp4 15.3/13.5 (ORT and bitsandbytes alike); fp16 64.5/62.2, bf16 46.2/43.6.
+#   fp4 15.3/13.5 (ORT and bitsandbytes alike); fp16 62.3/60.4, bf16 44.2/41.9 (norm in half precision).
 MIN_SQNR_DB = {
     "fp32": 100, "ort-int8-dynamic": 25, "ort-int8-dynamic-fullrange": 25,
     "ort-int8-qdq-minmax": 24, "ort-int8-qdq-percentile": 24, "ort-int8-qdq-entropy": 21,
