@@ -128,10 +128,12 @@ def model_from_args(args):
                  ("d_model", "d_ff", "swiglu_hidden", "bias", "residual", "gelu", "eps", "seed")
                  if getattr(args, k) is not None}
     if args.weights:
-        sizes = {k for k in ("d_model", "d_ff", "swiglu_hidden", "bias") if k in overrides}
-        if args.preset or sizes:
-            raise UsageError(f"--weights: sizes come from the file; drop --preset/{'/'.join(sorted(sizes))}"
-                             .rstrip("/"))
+        given = ["--preset"] * bool(args.preset) + [f"--{k.replace('_', '-')}" for k in
+                                                    ("d_model", "d_ff", "swiglu_hidden") if k in overrides]
+        if "bias" in overrides:
+            given.append("--no-bias")
+        if given:
+            raise UsageError(f"--weights: sizes come from the file; drop {', '.join(given)}")
         return load_safetensors(args.weights, args.design, args.prefix, **overrides)
     cfg = preset(args.preset, args.design, **overrides) if args.preset else \
         FFNConfig(design=args.design, **overrides)

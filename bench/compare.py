@@ -10,20 +10,11 @@ from pathlib import Path
 from ffnbench import files
 from ffnbench.bench import latency_cells
 from ffnbench.bench.config import RunConfig
-from ffnbench.bench.gate import load_run
 from ffnbench.bench.runnables import OrtRunnable, TorchRunnable, ort_has_cuda
-from ffnbench.bench.scenarios import Replay, Scenario
+from ffnbench.bench.store import load_run
 from ffnbench.errors import UsageError
 from ffnbench.models import preset
 from ffnbench.quant import load_artifact
-
-
-def _config(manifest: dict) -> RunConfig:
-    data = dict(manifest["config"])
-    data.pop("shard", None)
-    scenarios = {name: (Replay(name, Path(d["replay"]), d.get("tensor")) if "replay" in d else Scenario(**d))
-                 for name, d in data.pop("user_scenarios", {}).items()}
-    return RunConfig(**data, user_scenarios=scenarios)
 
 
 def _runnable(run_dir: Path, cell: dict, threads: int, config: RunConfig):
@@ -40,10 +31,10 @@ def _runnable(run_dir: Path, cell: dict, threads: int, config: RunConfig):
 def remeasure(old_run: Path, new_run: Path) -> dict[str, dict]:
     """new/old p50 ratio with a paired 95 % interval, per latency cell present in both runs."""
     old_run, new_run = Path(old_run), Path(new_run)
-    (old_manifest, old_cells), (new_manifest, new_cells) = load_run(old_run), load_run(new_run)
-    config = _config(new_manifest)
+    (old_manifest, old_cells), (new_manifest, new_cells) = load_run(old_run, "compare"), load_run(new_run, "compare")
+    config = RunConfig.from_dict(new_manifest["config"])
     # Each side runs as its run did: a thread-count change is a change to measure, not to erase.
-    threads = {"old": _config(old_manifest).threads, "new": config.threads}
+    threads = {"old": RunConfig.from_dict(old_manifest["config"]).threads, "new": config.threads}
     old = {c["key"]: c for c in old_cells if c.get("kind") == "latency" and c["status"] == "ok"}
     common = [c for c in new_cells if c.get("kind") == "latency" and c["status"] == "ok" and c["key"] in old]
     if not common:

@@ -39,7 +39,7 @@ class RunConfig:
     min_seconds: float = 0.3  # timed work per runnable, at least,
     max_iterations: int = 200  # unless this many rounds are done
     # ORT workers spin after a call; off by default so they do not take the cores from the torch and
-    # bitsandbytes calls timed beside them (measured: bnb-nf4 decode 3.4 ms with it, see README).
+    # bitsandbytes calls timed beside them (measured: bnb-nf4 decode 2.8 ms with it, 0.81 without; README).
     ort_spinning: bool = False
     decode: list[int] = field(default_factory=lambda: [1, 1])  # (batch, seq)
     prefill: list[int] = field(default_factory=lambda: [8, 128])
@@ -108,6 +108,14 @@ class RunConfig:
         out = dataclasses.asdict(self)
         out["user_scenarios"] = {k: v.describe() for k, v in self.user_scenarios.items()}
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        """The inverse of to_dict, as a run's manifest records it (its shard spec aside)."""
+        data = {k: v for k, v in data.items() if k != "shard"}
+        scenarios = {name: Replay(name, Path(d["replay"]), d.get("tensor")) if "replay" in d else Scenario(**d)
+                     for name, d in data.pop("user_scenarios", {}).items()}
+        return cls(**data, user_scenarios=scenarios)
 
 
 PRESETS_RUN = {

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from ffnbench import files
+from ffnbench.bench import store
 from ffnbench.bench.checks import Check
 from ffnbench.bench.report import label
 from ffnbench.bench.stats import mann_whitney_greater
-from ffnbench.bench.store import MANIFEST, RESULTS, read_results
 from ffnbench.errors import UsageError
 
 BASELINE_KIND, BASELINE_FORMAT = "ffnbench.baseline", 1
@@ -33,14 +33,7 @@ def where(cell: dict) -> str:
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
-    run_dir = Path(run_dir)
-    if not (run_dir / MANIFEST).is_file() or not (run_dir / RESULTS).is_file():
-        raise UsageError(f"gate: {run_dir} is not a run directory (no {MANIFEST} or {RESULTS})")
-    try:
-        manifest = json.loads((run_dir / MANIFEST).read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"gate: {run_dir / MANIFEST} is not valid JSON ({e}); re-run or restore it") from e
-    return manifest, list({c["key"]: c for c in read_results(run_dir / RESULTS)}.values())
+    return store.load_run(run_dir, "gate")
 
 
 def write_baseline(run_dir: Path, path: Path) -> dict:

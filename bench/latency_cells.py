@@ -1,5 +1,6 @@
 """Latency cells: every runnable of one model size timed round-robin at decode and prefill shapes."""
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -75,9 +76,10 @@ def time_group(entries: dict[str, dict], shape: tuple[int, int], cfg: latency.La
     tokens = shape[0] * shape[1]
     fns = {key: e["runnable"].timed_call(e["x"]) for key, e in entries.items()}
     on_gpu = any(getattr(e["runnable"], "device", "cpu") == "cuda" for e in entries.values())
+    # The memory pass calls each runnable `warmup` times, so it is the warm-up too.
     rss = {key: peak_rss_mb(fn, max(cfg.warmup, 1)) for key, fn in fns.items()}
     gpu = {key: peak_gpu_mb(fn) for key, fn in fns.items()} if on_gpu else {}
-    samples = latency.interleaved(fns, cfg, latency.CudaTimer() if on_gpu else None)
+    samples = latency.interleaved(fns, dataclasses.replace(cfg, warmup=0), latency.CudaTimer() if on_gpu else None)
     out = {}
     for key, e in entries.items():
         stats = latency.summarize(samples[key], tokens)

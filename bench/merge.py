@@ -5,21 +5,8 @@ import json
 from pathlib import Path
 
 from ffnbench import files
-from ffnbench.bench.store import MANIFEST, RESULTS, read_results
+from ffnbench.bench.store import MANIFEST, RESULTS, load_run
 from ffnbench.errors import UsageError
-
-
-def _load(run_dir: Path) -> tuple[dict, list[dict]]:
-    run_dir = Path(run_dir)
-    if not (run_dir / MANIFEST).is_file():
-        raise UsageError(f"merge: {run_dir} has no {MANIFEST}; give run directories written by `ffnbench run`")
-    if not (run_dir / RESULTS).is_file():
-        raise UsageError(f"merge: {run_dir} has no {RESULTS}; the run recorded no cell")
-    try:
-        manifest = json.loads((run_dir / MANIFEST).read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"merge: {run_dir / MANIFEST} is not valid JSON ({e})") from e
-    return manifest, read_results(run_dir / RESULTS)  # a corrupt line is named by its number
 
 
 def _comparable(config: dict) -> dict:
@@ -31,7 +18,7 @@ def merge(run_dirs: list[Path], out: Path, allow_mismatch: bool = False) -> list
     unless allow_mismatch; a cell measured in two runs is an error, never silently chosen."""
     if not run_dirs:
         raise UsageError("merge: name at least one run directory")
-    loaded = [(Path(d), *_load(d)) for d in run_dirs]
+    loaded = [(Path(d), *load_run(d, "merge")) for d in run_dirs]
     first_dir, first, _ = loaded[0]
     notes = []
     for run_dir, manifest, _ in loaded[1:]:
@@ -49,7 +36,7 @@ def merge(run_dirs: list[Path], out: Path, allow_mismatch: bool = False) -> list
                 notes.append(message)
     cells, owner = [], {}
     for run_dir, _, results in loaded:
-        for cell in {c["key"]: c for c in results}.values():
+        for cell in results:
             if cell["key"] in owner:
                 raise UsageError(f"merge: cell {cell['key']} is in both {owner[cell['key']]} and {run_dir}; "
                                  "merge runs that split the matrix, such as --shard K/N")

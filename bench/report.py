@@ -1,6 +1,5 @@
 """`ffnbench report RUN_DIR`: report.md and plots/*.png, from a run directory's records alone."""
 
-import json
 import statistics
 from pathlib import Path
 
@@ -9,8 +8,7 @@ import numpy as np
 from ffnbench import files
 from ffnbench.bench import latency, plots
 from ffnbench.bench.scenarios import NAMED
-from ffnbench.bench.store import MANIFEST, RESULTS, read_results
-from ffnbench.errors import UsageError
+from ffnbench.bench.store import load_run
 
 SHIFTS = {name: s.mean_shift for name, s in NAMED.items() if name == "clean" or name.startswith("shift-")}
 MAGNITUDES = {"clean": 0.0, "magnitude-1": 1.0, "magnitude-2": 2.0}
@@ -25,14 +23,7 @@ class Run:
 
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir)
-        if not (self.dir / RESULTS).is_file() or not (self.dir / MANIFEST).is_file():
-            raise UsageError(f"report: {self.dir} is not a run directory (no {RESULTS} or {MANIFEST}); "
-                             "give the --out of `ffnbench run`")
-        try:
-            self.manifest = json.loads((self.dir / MANIFEST).read_text())
-        except json.JSONDecodeError as e:
-            raise UsageError(f"report: {self.dir / MANIFEST} is not valid JSON ({e})") from e
-        cells = list({c["key"]: c for c in read_results(self.dir / RESULTS)}.values())
+        self.manifest, cells = load_run(self.dir, "report")
         self.ok = [c for c in cells if c["status"] == "ok"]
         self.not_ok = [c for c in cells if c["status"] != "ok"]
         self.acc = {(c["design"], c["model"], label(c), c["scenario"]): c["metrics"]

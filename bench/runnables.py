@@ -57,32 +57,26 @@ class TorchRunnable:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
 
-    def _call(self, x: np.ndarray, taps: dict | None):
+    def _input(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device, self.dtype)
+
+    def _forward(self, h: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
         if torch.get_num_threads() != self.threads:  # the pool is global; runnables may differ
             torch.set_num_threads(self.threads)
-        h = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device, self.dtype)
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return self.module.forward_with_taps(h, taps)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self._call(x, None).float().cpu().numpy()
+        return self._forward(self._input(x)).float().cpu().numpy()
 
     def timed_call(self, x: np.ndarray) -> Callable[[], object]:
-        h = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device, self.dtype)
-
-        def call():
-            if torch.get_num_threads() != self.threads:
-                torch.set_num_threads(self.threads)
-            with torch.inference_mode(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return self.module(h)
-
-        return call
+        h = self._input(x)
+        return lambda: self._forward(h)
 
     def taps(self, x: np.ndarray) -> dict[str, np.ndarray]:
         taps: dict = {}
-        self._call(x, taps)
+        self._forward(self._input(x), taps)
         return {k: v.float().cpu().numpy() for k, v in taps.items()}
 
     def describe(self) -> dict:

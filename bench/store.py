@@ -53,6 +53,25 @@ def read_results(path: Path, tolerate_torn_tail: bool = False) -> list[dict]:
     return cells
 
 
+def latest(cells: list[dict]) -> list[dict]:
+    """One record per cell: a retried cell's latest line replaces its earlier error."""
+    return list({c["key"]: c for c in cells}.values())
+
+
+def load_run(run_dir: Path, command: str) -> tuple[dict, list[dict]]:
+    """A run directory's manifest and one record per cell; anything unusable is a UsageError."""
+    run_dir = Path(run_dir)
+    for name in (MANIFEST, RESULTS):
+        if not (run_dir / name).is_file():
+            raise UsageError(f"{command}: {run_dir} is not a run directory: it has no {name}; "
+                             "give the --out of `ffnbench run`")
+    try:
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{command}: {run_dir / MANIFEST} is not valid JSON ({e}); re-run or restore it") from e
+    return manifest, latest(read_results(run_dir / RESULTS))
+
+
 class RunStore:
     """Owns one run directory. Cells are appended and flushed as they finish."""
 
@@ -113,6 +132,4 @@ class RunStore:
             os.fsync(f.fileno())
 
     def results(self) -> list[dict]:
-        """One record per cell: a retried cell's latest line replaces its earlier error."""
-        latest = {c["key"]: c for c in read_results(self.results_path)}
-        return list(latest.values())
+        return latest(read_results(self.results_path))

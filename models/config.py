@@ -75,9 +75,6 @@ class FFNConfig:
             "swiglu_mlp": 3 * d * h + b * (2 * h + d),
         }
 
-    def replace(self, **changes) -> "FFNConfig":
-        return dataclasses.replace(self, **changes)
-
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out.update(norm=self.norm, activation=self.activation, hidden=self.hidden,
