@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ffnbench.bench import stats
 from ffnbench.errors import UsageError
-
-BOOTSTRAP_RESAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -30,6 +29,9 @@ class LatencyConfig:
         for name in ("min_iterations", "min_seconds", "max_seconds", "max_iterations"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"latency {name}: must be positive, got {getattr(self, name)}")
+        if self.min_iterations < 2:
+            raise UsageError(f"latency min_iterations: a confidence interval needs at least 2 rounds, "
+                             f"got {self.min_iterations}; set 2 or more")
         if self.max_iterations < self.min_iterations:
             raise UsageError(f"latency max_iterations ({self.max_iterations}) is below min_iterations "
                              f"({self.min_iterations}); raise it")
@@ -97,18 +99,10 @@ def interleaved(fns: dict[str, Callable[[], object]], cfg: LatencyConfig,
     return {name: np.asarray(s) for name, s in samples.items()}
 
 
-def bootstrap_ci(values: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], seed: int = 0) -> tuple[float, float]:
-    """95 % percentile-bootstrap interval: stat maps resamples (R, n, ...) to R statistics."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(BOOTSTRAP_RESAMPLES, len(values)))
-    low, high = np.percentile(stat(values[idx]), [2.5, 97.5])
-    return float(low), float(high)
-
-
 def summarize(samples_ms: np.ndarray, tokens: int) -> dict[str, float | int]:
     """p50/p90/p99/mean in ms, the bootstrap interval of p50, tokens per second at p50."""
     p50 = float(np.median(samples_ms))
-    low, high = bootstrap_ci(samples_ms, lambda r: np.median(r, axis=1))
+    low, high = stats.bootstrap_ci((samples_ms,), np.median)
     return {
         "p50_ms": p50,
         "p90_ms": float(np.percentile(samples_ms, 90)),
@@ -125,6 +119,5 @@ def ratio(a_ms: np.ndarray, b_ms: np.ndarray, seed: int = 0) -> dict[str, float]
     """median(a)/median(b) with a 95 % bootstrap interval over paired rounds (same index, same round)."""
     if len(a_ms) != len(b_ms):
         raise ValueError("ratio needs samples from the same rounds")
-    pairs = np.stack([a_ms, b_ms], axis=1)
-    low, high = bootstrap_ci(pairs, lambda r: np.median(r[..., 0], axis=1) / np.median(r[..., 1], axis=1), seed)
+    low, high = stats.bootstrap_ci((a_ms, b_ms), lambda a, b, axis: np.median(a, axis) / np.median(b, axis), seed)
     return {"ratio": float(np.median(a_ms) / np.median(b_ms)), "ci_low": low, "ci_high": high}

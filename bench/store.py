@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ffnbench import files
 from ffnbench.errors import UsageError
-from ffnbench.versions import stack_versions
+from ffnbench.versions import analysis_versions, stack_versions
 
 RESULTS = "results.jsonl"
 # Variables that change how threads wait or how many there are, and so every timing.
@@ -105,6 +105,7 @@ class RunStore:
                 "kind": "ffnbench.run",
                 "config": config,
                 "versions": stack_versions(),
+                "analysis_versions": analysis_versions(),
                 "machine": machine,
                 "git_revision": git_revision(),
                 "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -1,5 +1,6 @@
 """Ship a bitsandbytes 4-bit block as ONNX: its packed NF4/FP4 weights become MatMulBnb4 inputs."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +66,20 @@ def _bnb4_state(state: dict, name: str) -> tuple[np.ndarray, np.ndarray, str, in
         raise UsageError(f"{name}: not a bitsandbytes 4-bit layer; quantize with bnb-nf4 or bnb-fp4 first")
     if f"{name}.weight.nested_absmax" in state:
         raise UsageError(f"{name}: double-quantized scales (bnb-nf4-dq) have no MatMulBnb4 form; use bnb-nf4")
-    absmax = state[f"{name}.weight.absmax"]
-    if absmax.dtype != torch.float32 or absmax.ndim != 1:
-        # bitsandbytes' CPU kernel repacks a layer on its first forward and keeps bf16 scales.
+    quant_type = quant_keys[0].rsplit("__", 1)[1]
+    layout = json.loads(bytes(state[quant_keys[0]].cpu().numpy()))  # bitsandbytes' packed QuantState
+    (n, k), block = layout["shape"], layout["blocksize"]
+    absmax, packed = state[f"{name}.weight.absmax"], state[f"{name}.weight"]
+    if cpu_repacked(absmax, packed, n * k, block):
+        # bitsandbytes' CPU kernel repacks a layer on its first forward where the CPU has AVX512-BF16
+        # (elsewhere it never does): bf16 scales, transposed to (k/block, n), no longer MatMulBnb4's.
         raise UsageError(f"{name}: scales were repacked by a forward pass ({absmax.dtype}, {tuple(absmax.shape)});"
                          " convert the artifact's model.pt, saved before any forward")
-    packed = state[f"{name}.weight"].cpu().numpy().reshape(-1)
-    block = 2 * packed.size // absmax.numel()
-    return packed, absmax.cpu().numpy(), quant_keys[0].rsplit("__", 1)[1], block
+    return packed.cpu().numpy().reshape(-1), absmax.cpu().numpy(), quant_type, block
+
+
+def cpu_repacked(absmax: torch.Tensor, packed: torch.Tensor, weights: int, block: int) -> bool:
+    """Whether a 4-bit layer's state is in bitsandbytes' CPU-repacked form, judged by what it holds
+    (MatMulBnb4's layout: one fp32 scale per block, flat; two codes a byte), whatever this CPU does."""
+    flat_fp32_scales = absmax.dtype == torch.float32 and absmax.ndim == 1 and absmax.numel() * block == weights
+    return not (flat_fp32_scales and packed.dtype == torch.uint8 and packed.numel() * 2 == weights)

@@ -36,3 +36,27 @@ def private_cache(tmp_path_factory):
 def ffnbench_exe() -> str:
     exe = Path(sys.executable).parent / "ffnbench"
     return str(exe) if exe.exists() else shutil.which("ffnbench")
+
+
+@pytest.fixture(scope="session")
+def seed_exports(tmp_path_factory):
+    """seed_exports(run_dir) puts the tiny preset's fp32 exports (A and B, as `ffnbench run` writes
+    them) into run_dir/artifacts, where a run finds them by content instead of exporting again.
+
+    Exporting is most of a tiny run's time; tests of run logic need not repeat it (export itself is
+    tested in test_export.py, and each test module still has runs that export for real).
+    """
+    from ffnbench.bench import RunConfig, run
+
+    source = tmp_path_factory.mktemp("tiny-exports") / "run"
+    run(RunConfig(models=["tiny"], recipes=["fp32"], scenarios=["clean"], n_requests=1, seq_len=4, latency=False),
+        source, progress=False)
+    exports = sorted((source / "artifacts").glob("export-*"))
+    assert len(exports) == 2
+
+    def seed(run_dir: Path) -> Path:
+        for export in exports:
+            shutil.copytree(export, Path(run_dir) / "artifacts" / export.name)
+        return Path(run_dir)
+
+    return seed

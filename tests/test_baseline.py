@@ -13,12 +13,25 @@ from ffnbench.bench.isa import cpu_info, machine_class
 BASELINES = Path(__file__).resolve().parents[1] / "baselines"
 
 
+# The classes this project's machines and CI come in; each must have its baseline.
+FLEET = ("cpu-avx2", "cpu-avx512-vnni")
+
+
+@pytest.mark.parametrize("name", FLEET)
+def test_every_fleet_class_has_a_quick_baseline_of_its_own(name):
+    baseline = load_baseline(BASELINES / f"{name}.json")
+    assert baseline["machine_class"] == name and baseline["config"]["preset"] == "quick"
+    assert all(cell["status"] == "ok" for cell in baseline["cells"].values())
+
+
 def test_a_fresh_quick_run_passes_the_committed_baseline(tmp_path):
     name = machine_class(cpu_info()["isa"])
     path = BASELINES / f"{name}.json"
     if not path.exists():
+        assert name not in FLEET
         pytest.skip(f"no committed baseline for machine class {name} (have: "
-                    f"{', '.join(p.stem for p in BASELINES.glob('*.json')) or 'none'})")
+                    f"{', '.join(p.stem for p in BASELINES.glob('*.json')) or 'none'}); "
+                    "README, 'A baseline for a new machine class'")
     assert load_baseline(path)["config"]["preset"] == "quick"
     config = preset_config("quick")
     config.latency = False

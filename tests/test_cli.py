@@ -1,16 +1,46 @@
-"""The console script in a subprocess: doctor, export, and one-line errors with exit code 2."""
+"""The command line: the console script in a subprocess for each command's main path and its exit
+codes; the many bad-input cases through the same `main()` in this process (a subprocess per case
+would spend its time importing torch), each one line on stderr, exit code 2, nothing written."""
 
 import json
 import subprocess
+from types import SimpleNamespace
 
 import onnx
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from ffnbench.bench.cli import main
+
 
 def run(exe, *args):
     return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def cli(capsys):
+    """cli(*args) runs `ffnbench ARGS` in this process: returncode, stdout and stderr, as run() gives."""
+    def call(*args):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's own errors exit from inside parse_args
+            code = e.code
+        captured = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+    return call
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["export", "--design", "C"], "design: unknown 'C'"),
+    (["export", "--design", "A", "--d-model", "x"], "invalid int value"),
+    (["run", "--models", "tiny", "--recipes", "int3"], "recipes: unknown 'int3'"),
+])
+def test_the_console_script_exits_2_with_one_line(ffnbench_exe, tmp_path, args, needle):
+    r = run(ffnbench_exe, *args, "--out", tmp_path / "out")
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_doctor_json_reports_isa_and_int8_probe(ffnbench_exe):
@@ -24,8 +54,8 @@ def test_doctor_json_reports_isa_and_int8_probe(ffnbench_exe):
     assert report["versions"]["onnxruntime"]
 
 
-def test_doctor_text_names_the_machine_class(ffnbench_exe):
-    r = run(ffnbench_exe, "doctor")
+def test_doctor_text_names_the_machine_class(cli):
+    r = cli("doctor")
     assert r.returncode == 0, r.stderr
     assert "class cpu-" in r.stdout and "U8S8 saturates" in r.stdout
 
@@ -38,7 +68,7 @@ def test_export_writes_model_and_manifest(ffnbench_exe, tmp_path):
     onnx.checker.check_model(str(tmp_path / "b" / "model.onnx"))
 
 
-def test_export_from_weights(ffnbench_exe, tmp_path):
+def test_export_from_weights(cli, tmp_path):
     g = torch.Generator().manual_seed(0)
     p = "model.layers.0."
     # Trained scale: 1/sqrt(fan_in), so outputs are O(1) and the 1e-4 parity bound is meaningful.
@@ -47,7 +77,7 @@ def test_export_from_weights(ffnbench_exe, tmp_path):
                f"{p}mlp.up_proj.weight": torch.randn(128, 64, generator=g) / 8,
                f"{p}mlp.down_proj.weight": torch.randn(64, 128, generator=g) / 128**0.5},
               tmp_path / "w.safetensors")
-    r = run(ffnbench_exe, "export", "--design", "B", "--weights", tmp_path / "w.safetensors",
+    r = cli("export", "--design", "B", "--weights", tmp_path / "w.safetensors",
             "--prefix", p, "--out", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["config"]["hidden"] == 128
@@ -61,39 +91,38 @@ def test_export_from_weights(ffnbench_exe, tmp_path):
     (["--design", "B", "--weights", "missing.safetensors"], "no file at"),
     (["--design", "A", "--d-model", "x"], "invalid int value"),
 ])
-def test_export_bad_input_is_one_line_exit_2_and_writes_nothing(ffnbench_exe, tmp_path, args, needle):
-    r = run(ffnbench_exe, "export", *args, "--out", tmp_path / "out")
+def test_export_bad_input_is_one_line_exit_2_and_writes_nothing(cli, tmp_path, args, needle):
+    r = cli("export", *args, "--out", tmp_path / "out")
     assert r.returncode == 2
     assert needle in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_export_to_an_existing_file_is_refused(ffnbench_exe, tmp_path):
+def test_export_to_an_existing_file_is_refused(cli, tmp_path):
     (tmp_path / "file").write_text("keep me")
-    r = run(ffnbench_exe, "export", "--design", "A", "--preset", "tiny", "--out", tmp_path / "file")
+    r = cli("export", "--design", "A", "--preset", "tiny", "--out", tmp_path / "file")
     assert r.returncode == 2 and "is an existing file" in r.stderr
     assert (tmp_path / "file").read_text() == "keep me"
 
 
-def test_weights_with_a_missing_tensor_name_it(ffnbench_exe, tmp_path):
+def test_weights_with_a_missing_tensor_name_it(cli, tmp_path):
     save_file({"mlp.gate_proj.weight": torch.zeros(128, 64)}, tmp_path / "w.safetensors")
-    r = run(ffnbench_exe, "export", "--design", "B", "--weights", tmp_path / "w.safetensors",
+    r = cli("export", "--design", "B", "--weights", tmp_path / "w.safetensors",
             "--out", tmp_path / "out")
     assert r.returncode == 2 and "'post_attention_layernorm.weight' is missing" in r.stderr
     assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")
-def exported_b(ffnbench_exe, tmp_path_factory):
+def exported_b(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "b"
-    r = run(ffnbench_exe, "export", "--design", "B", "--preset", "tiny", "--out", out)
-    assert r.returncode == 0, r.stderr
+    assert main(["export", "--design", "B", "--preset", "tiny", "--out", str(out)]) == 0
     return out / "model.onnx"
 
 
-def test_quantize_writes_an_artifact_with_its_manifest(ffnbench_exe, exported_b, tmp_path):
-    r = run(ffnbench_exe, "quantize", "--recipe", "ort-int8-qdq-percentile", "--calibration", "production",
+def test_quantize_writes_an_artifact_with_its_manifest(cli, exported_b, tmp_path):
+    r = cli("quantize", "--recipe", "ort-int8-qdq-percentile", "--calibration", "production",
             "--model", exported_b, "--out", tmp_path / "q")
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
@@ -102,8 +131,8 @@ def test_quantize_writes_an_artifact_with_its_manifest(ffnbench_exe, exported_b,
     onnx.checker.check_model(str(tmp_path / "q" / "model.onnx"))
 
 
-def test_quantize_a_bnb_recipe_rebuilds_the_module_from_the_export(ffnbench_exe, exported_b, tmp_path):
-    r = run(ffnbench_exe, "quantize", "--recipe", "bnb-nf4", "--model", exported_b, "--out", tmp_path / "q")
+def test_quantize_a_bnb_recipe_rebuilds_the_module_from_the_export(cli, exported_b, tmp_path):
+    r = cli("quantize", "--recipe", "bnb-nf4", "--model", exported_b, "--out", tmp_path / "q")
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
     assert manifest["runtime"] == "bnb" and (tmp_path / "q" / "model.pt").stat().st_size == manifest["bytes"]
@@ -115,19 +144,19 @@ def test_quantize_a_bnb_recipe_rebuilds_the_module_from_the_export(ffnbench_exe,
     (["--recipe", "ort-int4-rtn", "--set", "accuracy_level"], "--set: expected KEY=VALUE"),
     (["--recipe", "ort-int8-qdq-minmax", "--calibration", "tuesday"], "scenario: unknown 'tuesday'"),
 ])
-def test_quantize_bad_input(ffnbench_exe, exported_b, tmp_path, args, needle):
-    r = run(ffnbench_exe, "quantize", *args, "--model", exported_b, "--out", tmp_path / "q")
+def test_quantize_bad_input(cli, exported_b, tmp_path, args, needle):
+    r = cli("quantize", *args, "--model", exported_b, "--out", tmp_path / "q")
     assert r.returncode == 2 and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "q").exists()
 
 
 @pytest.mark.parametrize("damage", ["foreign", "truncated"])
-def test_quantize_rejects_a_damaged_model(ffnbench_exe, exported_b, tmp_path, damage):
+def test_quantize_rejects_a_damaged_model(cli, exported_b, tmp_path, damage):
     bad = tmp_path / "model.onnx"
     data = exported_b.read_bytes()
     bad.write_bytes(b"PK\x03\x04 a zip, not a model" if damage == "foreign" else data[: len(data) // 3])
-    r = run(ffnbench_exe, "quantize", "--recipe", "ort-int8-dynamic", "--model", bad, "--out", tmp_path / "q")
+    r = cli("quantize", "--recipe", "ort-int8-dynamic", "--model", bad, "--out", tmp_path / "q")
     assert r.returncode == 2 and "is not a valid ONNX model" in r.stderr, r.stderr
     assert not (tmp_path / "q").exists()
 
@@ -167,34 +196,34 @@ def test_run_records_every_metric_per_cell(ffnbench_exe, tmp_path):
     (["--shard", "3/2"], "--shard: '3/2' is not K/N with 1 <= K <= N"),
     (["--shard", "two"], "--shard: 'two' is not K/N"),
 ])
-def test_run_bad_input(ffnbench_exe, tmp_path, args, needle):
-    r = run(ffnbench_exe, "run", "--models", "tiny", *args, "--out", tmp_path / "run")
+def test_run_bad_input(cli, tmp_path, args, needle):
+    r = cli("run", "--models", "tiny", *args, "--out", tmp_path / "run")
     assert r.returncode == 2 and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
 
-def test_run_into_an_existing_run_needs_resume(ffnbench_exe, tmp_path):
+def test_run_into_an_existing_run_needs_resume(cli, tmp_path, seed_exports):
     (tmp_path / "acc.toml").write_text("latency = false\n")
     args = ["run", "--config", tmp_path / "acc.toml", "--models", "tiny", "--designs", "A", "--recipes", "fp32",
-            "--scenarios", "clean", "--no-report", "--out", tmp_path / "run"]
-    assert run(ffnbench_exe, *args).returncode == 0
-    again = run(ffnbench_exe, *args)
+            "--scenarios", "clean", "--no-report", "--out", seed_exports(tmp_path / "run")]
+    assert cli(*args).returncode == 0
+    again = cli(*args)
     assert again.returncode == 2 and "pass --resume" in again.stderr
-    assert run(ffnbench_exe, *args, "--resume").returncode == 0
+    assert cli(*args, "--resume").returncode == 0
     assert len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 1
 
 
-def test_shards_merge_and_report_from_the_command_line(ffnbench_exe, tmp_path):
+def test_shards_merge_and_report_from_the_command_line(cli, tmp_path, seed_exports):
     (tmp_path / "acc.toml").write_text("latency = false\n")
     common = ["run", "--config", tmp_path / "acc.toml", "--models", "tiny", "--recipes", "fp32,ort-int8-dynamic",
               "--scenarios", "clean,production", "--no-report"]
     for k in (1, 2):
-        r = run(ffnbench_exe, *common, "--shard", f"{k}/2", "--out", tmp_path / f"s{k}")
+        r = cli(*common, "--shard", f"{k}/2", "--out", seed_exports(tmp_path / f"s{k}"))
         assert r.returncode == 0, r.stderr
-    r = run(ffnbench_exe, "merge", tmp_path / "s1", tmp_path / "s2", "--out", tmp_path / "merged")
+    r = cli("merge", tmp_path / "s1", tmp_path / "s2", "--out", tmp_path / "merged")
     assert r.returncode == 0, r.stderr
     assert "8 cells from 2 runs" in r.stdout and (tmp_path / "merged" / "report.md").exists()
     (tmp_path / "s2" / "results.jsonl").write_text("{not json\n")
-    r = run(ffnbench_exe, "merge", tmp_path / "s1", tmp_path / "s2", "--out", tmp_path / "again")
+    r = cli("merge", tmp_path / "s1", tmp_path / "s2", "--out", tmp_path / "again")
     assert r.returncode == 2 and "line 1 is corrupt" in r.stderr and not (tmp_path / "again").exists()

@@ -2,11 +2,14 @@
 
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from ffnbench.bench import RunConfig, run
+from ffnbench.bench import gate as gate_module
 from ffnbench.bench.checks import checks, parse
 from ffnbench.bench.gate import gate, load_baseline, write_baseline
 from ffnbench.bench.gate_report import write
@@ -21,10 +24,10 @@ def config(**kw) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, seed_exports):
     root = tmp_path_factory.mktemp("gate")
     run(config(), root / "base", progress=False)
-    run(config(), root / "same", progress=False)
+    run(config(), seed_exports(root / "same"), progress=False)
     write_baseline(root / "base", root / "baseline.json")
     return root
 
@@ -71,9 +74,9 @@ def test_a_recipe_swap_is_caught_and_reported(runs):
     assert int(suite.get("failures")) == len(result.failures) == len(suite.findall(".//failure"))
 
 
-def test_missing_new_and_skipped_cells_are_listed(runs, tmp_path):
+def test_missing_new_and_skipped_cells_are_listed(runs, tmp_path, seed_exports):
     run(config(recipes=["fp32", "ort-int8-dynamic"], scenarios=["clean", "shift-1"], latency=False),
-        tmp_path / "other", progress=False)
+        seed_exports(tmp_path / "other"), progress=False)
     result = gate(runs / "baseline.json", tmp_path / "other", checks(), only="accuracy")
     assert not result.passed
     assert any("ort-int4-rtn" in k for k in result.missing) and any("production" in k for k in result.missing)
@@ -133,3 +136,38 @@ def test_unusable_baselines(tmp_path, content, needle):
 def test_an_alias_to_a_recipe_the_run_lacks_is_refused(runs):
     with pytest.raises(UsageError, match="the run has no cells of recipe 'ort-int4-rnt'"):
         gate(runs / "baseline.json", runs / "same", checks(), aliases={"ort-int8-dynamic": "ort-int4-rnt"})
+
+
+BASELINES = sorted((Path(__file__).resolve().parents[1] / "baselines").glob("*.json"))
+
+
+def run_of(baseline: Path, out: Path) -> Path:
+    """The run a baseline was made from, as the gate reads it: its stack, machine class, config and cells."""
+    data = json.loads(baseline.read_text())
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({
+        "kind": "ffnbench.run", "versions": data["versions"], "config": data["config"],
+        "machine": {"machine_class": data["machine_class"]}}))
+    (out / "results.jsonl").write_text("".join(json.dumps(c) + "\n" for c in data["cells"].values()))
+    return out
+
+
+@pytest.mark.parametrize("new", BASELINES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("old", BASELINES, ids=lambda p: p.stem)
+def test_latency_verdicts_on_the_committed_baselines_match_the_normal_approximation(tmp_path, monkeypatch, old, new):
+    """scipy's Mann-Whitney is exact where samples have no ties; the hand-written test it replaced was
+    the tie-corrected normal approximation (scipy's 'asymptotic'). Every committed baseline's run,
+    judged against every baseline on recorded times, gets the same verdicts from both."""
+    run_dir = run_of(new, tmp_path / "run")
+
+    def verdicts():
+        result = gate(old, run_dir, checks(), allow_stack_change=True, only="latency", strict_recorded_latency=True)
+        return [(f.cell, f.metric, f.passed) for f in result.findings if "Mann-Whitney" in f.note]
+
+    exact = verdicts()
+    monkeypatch.setattr(gate_module, "mann_whitney_greater", lambda a, b: float(
+        stats.mannwhitneyu(a, b, alternative="greater", method="asymptotic").pvalue))
+    assert verdicts() == exact
+    assert len(exact) == 20  # every latency cell, judged on its samples
+    if old == new:
+        assert all(passed for *_, passed in exact)  # a run never regresses against itself

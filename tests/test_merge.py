@@ -1,6 +1,7 @@
 """Shards and merge: --shard 1/2 + 2/2 + merge equals the unsharded cell set; mismatches are refused."""
 
 import json
+import shutil
 
 import pytest
 
@@ -27,10 +28,10 @@ def test_shards_partition_the_plan_by_artifact():
     assert [c.key for c in shard(cells, 2, 3)] == [c.key for c in shard(plan(config()), 2, 3)]
 
 
-def test_two_shards_merged_equal_the_whole_run(tmp_path):
+def test_two_shards_merged_equal_the_whole_run(tmp_path, seed_exports):
     whole = run(config(), tmp_path / "whole", progress=False)
-    run(config(), tmp_path / "s1", progress=False, shard_spec=(1, 2))
-    run(config(), tmp_path / "s2", progress=False, shard_spec=(2, 2))
+    run(config(), seed_exports(tmp_path / "s1"), progress=False, shard_spec=(1, 2))
+    run(config(), seed_exports(tmp_path / "s2"), progress=False, shard_spec=(2, 2))
     merged = merge([tmp_path / "s1", tmp_path / "s2"], tmp_path / "merged")
     assert sorted(c["key"] for c in merged) == sorted(c["key"] for c in whole)
     accuracy = {c["key"]: c["metrics"] for c in whole if c["kind"] == "accuracy"}
@@ -39,10 +40,19 @@ def test_two_shards_merged_equal_the_whole_run(tmp_path):
     assert manifest["config"]["shard"] is None and len(manifest["merged_from"]) == 2
 
 
+@pytest.fixture(scope="module")
+def pristine_runs(tmp_path_factory, seed_exports):
+    root = tmp_path_factory.mktemp("two-runs")
+    run(config(latency=False, recipes=["fp32"], scenarios=["clean"]), seed_exports(root / "a"), progress=False)
+    run(config(latency=False, recipes=["fp32"], scenarios=["production"]), seed_exports(root / "b"), progress=False)
+    return root
+
+
 @pytest.fixture
-def two_runs(tmp_path):
-    run(config(latency=False, recipes=["fp32"], scenarios=["clean"]), tmp_path / "a", progress=False)
-    run(config(latency=False, recipes=["fp32"], scenarios=["production"]), tmp_path / "b", progress=False)
+def two_runs(pristine_runs, tmp_path):
+    """Two runs differing in scenarios, a fresh copy per test: tests damage them."""
+    for name in ("a", "b"):
+        shutil.copytree(pristine_runs / name, tmp_path / name)
     return tmp_path
 
 
@@ -75,8 +85,8 @@ def test_a_missing_results_file(two_runs):
         merge([two_runs / "a", two_runs / "b"], two_runs / "m")
 
 
-def test_an_empty_shard_is_a_run_with_no_cells(tmp_path):
+def test_an_empty_shard_is_a_run_with_no_cells(tmp_path, seed_exports):
     cfg = config(designs=["A"], recipes=["fp32"], scenarios=["clean"], latency=False)
     assert run(cfg, tmp_path / "s2", progress=False, shard_spec=(2, 2)) == []
-    run(cfg, tmp_path / "s1", progress=False, shard_spec=(1, 2))
+    run(cfg, seed_exports(tmp_path / "s1"), progress=False, shard_spec=(1, 2))
     assert len(merge([tmp_path / "s1", tmp_path / "s2"], tmp_path / "m")) == 1

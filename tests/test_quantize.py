@@ -29,6 +29,9 @@ MIN_SQNR_DB = {
     "bnb-int8": 31, "bnb-int8-outlier": 31, "bnb-nf4": 14, "bnb-fp4": 11, "bnb-nf4-dq": 14,
     "torch-fp16": 55, "torch-bf16": 40,
 }
+# Where U8S8 saturates, full-range int8 loses its pair sums' top: measured on an AVX2 machine
+# (no VNNI), fullrange 28.5/23.4 dB vs reduce_range 33.0/28.2 (A/B); bound with about 2 dB of margin.
+SATURATED_FULLRANGE_MIN_SQNR_DB = 21
 INT8 = [r for r in RECIPES if "int8" in r and r != "ort-int8-dynamic-fullrange"]
 FOUR_BIT = [r for r in RECIPES if any(k in r for k in ("int4", "nf4", "fp4"))]
 SATURATES = u8s8_saturates()
@@ -68,10 +71,10 @@ def measured(setup):
 @pytest.mark.parametrize("design", ["A", "B"])
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_recipe_sqnr_bound(measured, design, recipe):
-    if recipe == "ort-int8-dynamic-fullrange" and SATURATES:
-        pytest.skip("U8S8 saturates on this CPU: fullrange is bounded by the saturation test instead")
     sqnr, _ = measured[design, recipe]
-    assert sqnr >= MIN_SQNR_DB[recipe], f"{recipe} on {design}: {sqnr:.1f} dB"
+    bound = SATURATED_FULLRANGE_MIN_SQNR_DB if recipe == "ort-int8-dynamic-fullrange" and SATURATES \
+        else MIN_SQNR_DB[recipe]
+    assert sqnr >= bound, f"{recipe} on {design}: {sqnr:.1f} dB"
     if recipe in FOUR_BIT:
         assert sqnr < 25, f"{recipe} is not behaving like a 4-bit format ({sqnr:.1f} dB)"
     elif recipe in INT8:
@@ -91,16 +94,15 @@ def test_ort_and_bnb_4bit_formats_match_in_accuracy(measured):
             assert measured[design, f"ort-{fmt}"][0] == pytest.approx(measured[design, f"bnb-{fmt}"][0], abs=0.5)
 
 
-@pytest.mark.skipif(not SATURATES, reason="the U8S8 probe is exact on this CPU (VNNI/AMX): nothing saturates")
-def test_fullrange_int8_saturates_without_vnni(measured):
+def test_fullrange_int8_loses_exactly_where_u8s8_saturates(measured):
+    """Where the probe saturates (x86 without VNNI), full-range int8 clips its int16 pair sums and
+    falls clearly below reduce_range; where it is exact, full range is at least as good."""
     for design in ("A", "B"):
-        assert measured[design, "ort-int8-dynamic-fullrange"][0] <= measured[design, "ort-int8-dynamic"][0] - 3
-
-
-@pytest.mark.skipif(SATURATES, reason="this CPU's U8S8 path saturates; the saturation test covers it")
-def test_fullrange_is_not_worse_where_int8_does_not_saturate(measured):
-    for design in ("A", "B"):
-        assert measured[design, "ort-int8-dynamic-fullrange"][0] >= measured[design, "ort-int8-dynamic"][0] - 0.5
+        full, reduced = measured[design, "ort-int8-dynamic-fullrange"][0], measured[design, "ort-int8-dynamic"][0]
+        if SATURATES:
+            assert full <= reduced - 3, (design, full, reduced)
+        else:
+            assert full >= reduced - 0.5, (design, full, reduced)
 
 
 def test_manifest_records_size_ops_params_and_calibration(measured, setup):

@@ -10,8 +10,8 @@ from ffnbench.errors import UsageError
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("report") / "run"
+def run_dir(tmp_path_factory, seed_exports):
+    out = seed_exports(tmp_path_factory.mktemp("report") / "run")
     cfg = RunConfig(models=["tiny"], n_requests=2, seq_len=8, calibration_requests=2, warmup=0, min_iterations=3,
                     min_seconds=0.001, prefill=[2, 4], recipes=["fp32", "ort-int8-dynamic", "bnb-nf4"],
                     scenarios=["clean", "shift-1", "shift-4", "production"])

@@ -1,6 +1,7 @@
 """The benchmark run: every metric per cell, the seed's prediction, resume, caching, failures, replay."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -23,22 +24,30 @@ def lines(out):
     return (out / "results.jsonl").read_text().splitlines()
 
 
-def test_every_cell_records_every_metric(tmp_path):
-    results = run(tiny_config(), tmp_path / "run", progress=False)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny matrix run once for the module: (its records, its run directory). Copy before changing."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    return run(tiny_config(), out, progress=False), out
+
+
+def test_every_cell_records_every_metric(tiny_run):
+    results, out = tiny_run
     assert len(results) == 2 * 3 * 2 and all(r["status"] == "ok" for r in results)
     for r in results:
         assert set(r["metrics"]) == set(ALL_METRICS)
         assert (r["metrics"]["fp32_drift_db"] is not None) == (r["recipe"] == "fp32")
         assert r["runtime"]["threads"] == 2
-    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["versions"]["onnxruntime"] and manifest["machine"]["machine_class"]
+    assert manifest["analysis_versions"]["scipy"]
     assert manifest["config"]["recipes"] == ["fp32", "ort-int8-dynamic", "bnb-nf4"]
 
 
-def test_norm_positive_fraction_follows_the_seed_prediction(tmp_path):
+def test_norm_positive_fraction_follows_the_seed_prediction(tmp_path, seed_exports):
     """RMSNorm keeps the offset: B's norm output turns positive as the shift grows; A's stays centred."""
     shifts = ["clean", "shift-0.5", "shift-1", "shift-2", "shift-4", "shift-8"]
-    results = run(tiny_config(recipes=["fp32"], scenarios=shifts), tmp_path / "run", progress=False)
+    results = run(tiny_config(recipes=["fp32"], scenarios=shifts), seed_exports(tmp_path / "run"), progress=False)
     frac = {(r["design"], r["scenario"]): r["metrics"]["norm_positive_fraction"] for r in results}
     b = [frac["B", s] for s in shifts]
     assert all(later > earlier for earlier, later in zip(b, b[1:], strict=False)), b
@@ -46,9 +55,8 @@ def test_norm_positive_fraction_follows_the_seed_prediction(tmp_path):
     assert all(abs(frac["A", s] - 0.5) < 0.1 for s in shifts), [frac["A", s] for s in shifts]
 
 
-def test_resume_skips_finished_cells(tmp_path, monkeypatch):
-    out = tmp_path / "run"
-    first = run(tiny_config(), out, progress=False)
+def test_resume_skips_finished_cells(tiny_run, tmp_path, monkeypatch):
+    first, out = tiny_run[0], shutil.copytree(tiny_run[1], tmp_path / "run")
     before = lines(out)
     calls = []
     monkeypatch.setattr(runner_module, "export_onnx", lambda *a, **k: calls.append("export"))
@@ -57,9 +65,8 @@ def test_resume_skips_finished_cells(tmp_path, monkeypatch):
     assert lines(out) == before and calls == []
 
 
-def test_a_new_run_reuses_exports_and_artifacts_cached_by_content(tmp_path, monkeypatch):
-    out = tmp_path / "run"
-    first = run(tiny_config(), out, progress=False)
+def test_a_new_run_reuses_exports_and_artifacts_cached_by_content(tiny_run, tmp_path, monkeypatch):
+    first, out = tiny_run[0], shutil.copytree(tiny_run[1], tmp_path / "run")
     (out / "results.jsonl").unlink()
     (out / "manifest.json").unlink()
     calls = []
@@ -71,7 +78,7 @@ def test_a_new_run_reuses_exports_and_artifacts_cached_by_content(tmp_path, monk
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in again] == strip
 
 
-def test_a_failing_cell_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+def test_a_failing_cell_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, seed_exports):
     real = runner_module.quantize
 
     def broken(source, recipe, *a, **k):
@@ -80,30 +87,30 @@ def test_a_failing_cell_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
         return real(source, recipe, *a, **k)
 
     monkeypatch.setattr(runner_module, "quantize", broken)
-    results = run(tiny_config(designs=["A"]), tmp_path / "run", progress=False)
+    results = run(tiny_config(designs=["A"]), seed_exports(tmp_path / "run"), progress=False)
     status = {(r["recipe"], r["scenario"]): r["status"] for r in results}
     assert status["ort-int8-dynamic", "clean"] == "error" and status["bnb-nf4", "clean"] == "ok"
     failed = next(r for r in results if r["status"] == "error")
     assert failed["error"] == "RuntimeError: injected"
 
 
-def test_a_missing_backend_is_a_skipped_cell_with_its_reason(tmp_path, monkeypatch):
+def test_a_missing_backend_is_a_skipped_cell_with_its_reason(tmp_path, monkeypatch, seed_exports):
     def missing():
         raise bnb_recipes.BackendMissing("bitsandbytes does not import here: test")
 
     monkeypatch.setattr(bnb_recipes, "import_bnb", missing)
-    results = run(tiny_config(designs=["B"], scenarios=["clean"]), tmp_path / "run", progress=False)
+    results = run(tiny_config(designs=["B"], scenarios=["clean"]), seed_exports(tmp_path / "run"), progress=False)
     skipped = [r for r in results if r["status"] == "skipped"]
     assert [r["recipe"] for r in skipped] == ["bnb-nf4"]
     assert skipped[0]["reason"] == "bitsandbytes does not import here: test"
 
 
-def test_calibration_mismatch_is_one_run(tmp_path):
+def test_calibration_mismatch_is_one_run(tmp_path, seed_exports):
     """QDQ calibrated on clean vs on production, both served production. B's RMSNorm passes the
     shift on, so clean ranges misfit; A's LayerNorm removes it, so calibration hardly matters."""
     config = tiny_config(recipes=["ort-int8-qdq-minmax"], scenarios=["production"],
                          calibration=["clean", "production"])
-    results = run(config, tmp_path / "run", progress=False)
+    results = run(config, seed_exports(tmp_path / "run"), progress=False)
     by = {(r["design"], r["calibration"]): r["metrics"]["centered_sqnr_db"] for r in results}
     assert len(results) == 4
     gain = {d: by[d, "production"] - by[d, "clean"] for d in ("A", "B")}
@@ -111,12 +118,12 @@ def test_calibration_mismatch_is_one_run(tmp_path):
     assert gain["B"] > 2 and gain["B"] > gain["A"] + 3, by
 
 
-def test_replayed_hidden_states(tmp_path):
+def test_replayed_hidden_states(tmp_path, seed_exports):
     states = np.random.default_rng(0).standard_normal((12, 64)).astype(np.float32) + 2
     np.save(tmp_path / "h.npy", states)
     config = tiny_config(recipes=["fp32"], scenarios=["captured"],
                          user_scenarios={"captured": Replay("captured", tmp_path / "h.npy")})
-    results = run(config, tmp_path / "run", progress=False)
+    results = run(config, seed_exports(tmp_path / "run"), progress=False)
     assert all(r["status"] == "ok" for r in results)
     assert all(r["metrics"]["fp32_drift_db"] is None for r in results)  # a capture has no unshifted twin
 
@@ -135,13 +142,13 @@ def test_a_bad_trace_fails_before_anything_is_written(tmp_path, make, needle):
     assert not (tmp_path / "run").exists()
 
 
-def test_an_fp16_overflow_is_recorded_not_fatal(tmp_path):
+def test_an_fp16_overflow_is_recorded_not_fatal(tmp_path, seed_exports):
     """Features of 1e5 overflow fp16 (max 65504): metrics that come out non-finite are recorded as
     absent, nonfinite_rate says why, and the run goes on."""
     from ffnbench.bench.scenarios import Scenario
 
     loud = Scenario("loud", outlier_channels=4, outlier_scale=1e5)
     results = run(tiny_config(recipes=["torch-fp16"], scenarios=["loud"], user_scenarios={"loud": loud}),
-                  tmp_path / "run", progress=False)
+                  seed_exports(tmp_path / "run"), progress=False)
     assert all(r["status"] == "ok" for r in results)
     assert any(r["metrics"]["nonfinite_rate"] > 0 for r in results)

@@ -1,22 +1,26 @@
-"""Mann-Whitney U against values worked out by hand and against its known behaviour."""
+"""Mann-Whitney U and bootstrap intervals (scipy.stats) against values worked out by hand and their
+known behaviour."""
 
 import math
 
 import numpy as np
 import pytest
 
-from ffnbench.bench.stats import _ranks, mann_whitney_greater
+from ffnbench.bench.stats import bootstrap_ci, mann_whitney_greater
 
 
-def test_ranks_average_ties():
-    assert list(_ranks(np.array([3.0, 1.0, 3.0, 2.0]))) == [3.5, 1.0, 3.5, 2.0]
+def test_complete_separation_without_ties_is_exact():
+    # Every new above every old, 5 and 5: only 1 of the C(10, 5) = 252 equally likely rank splits
+    # is this extreme, so the exact one-sided p is 1/252.
+    assert mann_whitney_greater(np.arange(6.0, 11.0), np.arange(1.0, 6.0)) == pytest.approx(1 / 252)
 
 
-def test_complete_separation_is_significant():
-    # U = 25 (every new above every old): z = (25 - 12.5 - 0.5) / sqrt(5*5*11/12) = 2.507
-    p = mann_whitney_greater(np.arange(6.0, 11.0), np.arange(1.0, 6.0))
-    assert p == pytest.approx(0.5 * math.erfc(12 / math.sqrt(25 * 11 / 12) / math.sqrt(2)))
-    assert p == pytest.approx(0.00609, abs=1e-5)
+def test_ties_take_the_tie_corrected_normal_approximation():
+    # new = [2, 2, 3], old = [1, 1, 2]: U = 2.5 + 2.5 + 3 = 8 of 9; tie groups of sizes 2 and 3 give
+    # var = 3*3/12 * (7 - (6 + 24) / 30) = 4.5; continuity-corrected z = (8 - 4.5 - 0.5) / sqrt(4.5).
+    z = 3 / math.sqrt(4.5)
+    p = mann_whitney_greater(np.array([2.0, 2.0, 3.0]), np.array([1.0, 1.0, 2.0]))
+    assert p == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)))
 
 
 def test_same_distribution_is_not_significant():
@@ -27,3 +31,24 @@ def test_same_distribution_is_not_significant():
 
 def test_a_faster_new_is_never_a_slowdown():
     assert mann_whitney_greater(np.arange(1.0, 11.0), np.arange(11.0, 21.0)) > 0.99
+
+
+def test_an_empty_sample_is_never_significant():
+    assert mann_whitney_greater(np.array([]), np.arange(3.0)) == 1.0
+
+
+def test_bootstrap_interval_covers_the_median_at_the_nominal_rate():
+    rng = np.random.default_rng(1)
+    hits = []
+    for seed in range(100):
+        low, high = bootstrap_ci((rng.lognormal(0.0, 0.3, 60),), np.median, seed=seed)
+        hits.append(low <= 1.0 <= high)  # the median of lognormal(0, s) is exactly 1
+    assert 0.85 <= np.mean(hits) <= 1.0
+
+
+def test_paired_bootstrap_keeps_rounds_together():
+    """A shared per-round drift cancels in a paired ratio: the interval stays tight around 2."""
+    rng = np.random.default_rng(2)
+    drift = rng.lognormal(0.0, 0.5, 100)  # the machine's noise, shared by both in each round
+    low, high = bootstrap_ci((2 * drift, drift), lambda a, b, axis: np.median(a, axis) / np.median(b, axis))
+    assert low == pytest.approx(2.0) and high == pytest.approx(2.0)
