@@ -1,7 +1,9 @@
 """Tolerances as data: `Check(metric, limit, unit)` parsed from strings like `p50_ms:+15%`.
 
 A leading '-' allows a drop (the metric is better high), '+' a rise (better low). Units: `dB`
-and no unit are absolute, `pp` is percentage points of a 0-1 fraction, `%` is relative.
+and no unit are absolute, `pp` is percentage points of a 0-1 fraction, `%` is relative. A unit
+must fit its metric: dB only for a metric in decibels, pp only for a fraction, % for anything not
+already on a log scale; no unit means the metric's own unit.
 """
 
 import re
@@ -11,6 +13,7 @@ from ffnbench.bench.metrics import ALL_METRICS
 from ffnbench.errors import UsageError
 
 LATENCY_METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "tokens_per_s", "peak_rss_mb", "model_bytes")
+FRACTIONS = {"cosine", "top1_agreement", "nonfinite_rate", "norm_positive_fraction", "preact_sign_flip_rate"}
 HIGHER_IS_BETTER = {"sqnr_db", "centered_sqnr_db", "cosine", "top1_agreement", "fp32_drift_db", "tokens_per_s"}
 GATEABLE = (*ALL_METRICS, *LATENCY_METRICS)
 DEFAULTS = ("sqnr_db:-1dB", "centered_sqnr_db:-1dB", "top1_agreement:-0.5pp", "nonfinite_rate:+0",
@@ -52,8 +55,19 @@ def parse(spec: str) -> Check:
         direction = "a drop, '-'" if better_high else "a rise, '+'"
         raise UsageError(f"tolerance '{spec}': {metric} regresses by {direction}; write e.g. "
                          f"{metric}:{'-' if better_high else '+'}{match['value']}{unit or ''}")
+    _check_unit(spec, metric, unit)
     limit = value / 100 if unit in ("pp", "%") else value
     return Check(metric, limit, unit == "%", spec.strip())
+
+
+def _check_unit(spec: str, metric: str, unit: str | None) -> None:
+    in_db = metric.endswith("_db")
+    fits = {"dB": in_db, "pp": metric in FRACTIONS, "%": not in_db, None: True}[unit]
+    if not fits:
+        allowed = "dB or no unit (dB)" if in_db else ("pp, % or no unit" if metric in FRACTIONS else "% or no unit")
+        example = "1dB" if in_db else ("0.5pp" if metric in FRACTIONS else "15%")
+        raise UsageError(f"tolerance '{spec}': {unit} does not fit {metric}; it takes {allowed}, "
+                         f"e.g. {metric}:{spec.split(':', 1)[1][0]}{example}")
 
 
 def checks(overrides: list[str] = ()) -> dict[str, Check]:

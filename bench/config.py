@@ -25,7 +25,7 @@ class RunConfig:
     calibration: list[str] = field(default_factory=lambda: ["clean"])  # an axis for QDQ recipes only
     n_requests: int = 8  # evaluation requests per scenario
     seq_len: int = 64  # tokens per request
-    seed: int = 0  # evaluation data; calibration data uses seed + 1, so the two never coincide
+    seed: int = 0  # evaluation data; calibration data uses seed + 1 (a replay: its own part), never the same
     calibration_requests: int = 16
     delta: float = 0.1  # band around zero for act_err_small_*: see README, "The seed's prediction"
     threads: int = 2  # intra-op threads for ORT and torch; this machine has 2 cores
@@ -37,7 +37,8 @@ class RunConfig:
     warmup: int = 2  # untimed rounds
     min_iterations: int = 10  # timed rounds, at least
     min_seconds: float = 0.3  # timed work per runnable, at least,
-    max_iterations: int = 200  # unless this many rounds are done
+    max_iterations: int = 200  # unless this many rounds are done,
+    max_seconds: float = 60.0  # or a round-robin group has been timed this long (never below min_iterations)
     # ORT workers spin after a call; off by default so they do not take the cores from the torch and
     # bitsandbytes calls timed beside them (measured: bnb-nf4 decode 2.8 ms with it, 0.81 without; README).
     ort_spinning: bool = False
@@ -57,7 +58,8 @@ class RunConfig:
 
     def latency_config(self) -> LatencyConfig:
         return LatencyConfig(warmup=self.warmup, min_iterations=self.min_iterations, min_seconds=self.min_seconds,
-                             max_iterations=self.max_iterations, decode=tuple(self.decode),
+                             max_iterations=self.max_iterations, max_seconds=self.max_seconds,
+                             decode=tuple(self.decode),
                              prefill=tuple(self.prefill))
 
     def latency_shapes(self) -> dict[str, tuple[int, int]]:
@@ -113,8 +115,9 @@ class RunConfig:
     def from_dict(cls, data: dict) -> "RunConfig":
         """The inverse of to_dict, as a run's manifest records it (its shard spec aside)."""
         data = {k: v for k, v in data.items() if k != "shard"}
-        scenarios = {name: Replay(name, Path(d["replay"]), d.get("tensor")) if "replay" in d else Scenario(**d)
-                     for name, d in data.pop("user_scenarios", {}).items()}
+        replay_keys = ("tensor", "calibration_share")
+        scenarios = {name: Replay(name, Path(d["replay"]), **{k: d[k] for k in replay_keys if k in d})
+                     if "replay" in d else Scenario(**d) for name, d in data.pop("user_scenarios", {}).items()}
         return cls(**data, user_scenarios=scenarios)
 
 
@@ -129,7 +132,8 @@ LIST_KEYS = ("designs", "models", "recipes", "scenarios", "calibration")
 SHAPE_KEYS = ("decode", "prefill")
 SCALAR_KEYS = {"preset": str, "n_requests": int, "seq_len": int, "seed": int, "calibration_requests": int,
                "delta": float, "threads": int, "device": str, "residual": bool, "latency": bool, "warmup": int,
-               "min_iterations": int, "min_seconds": float, "max_iterations": int, "ort_spinning": bool}
+               "min_iterations": int, "min_seconds": float, "max_iterations": int, "max_seconds": float,
+               "ort_spinning": bool}
 
 
 def preset_config(name: str) -> RunConfig:
@@ -188,11 +192,15 @@ def _scenarios(path: Path, tables) -> dict:
         if not isinstance(table, dict):
             raise UsageError(f"config {path}: [scenario.{name}] must be a table")
         if "replay" in table:
-            extra = set(table) - {"replay", "tensor"}
+            extra = set(table) - {"replay", "tensor", "calibration_share"}
             if extra:
                 raise UsageError(f"config {path}: [scenario.{name}] replays a file; unknown key '{sorted(extra)[0]}'")
             replay = Path(table["replay"])
-            out[name] = Replay(name, replay if replay.is_absolute() else path.parent / replay, table.get("tensor"))
+            share = table.get("calibration_share", 0.25)
+            if isinstance(share, bool) or not isinstance(share, int | float):
+                raise UsageError(f"config {path}: [scenario.{name}] 'calibration_share' must be a number, e.g. 0.25")
+            out[name] = Replay(name, replay if replay.is_absolute() else path.parent / replay, table.get("tensor"),
+                               calibration_share=float(share))
             continue
         for key, value in table.items():
             if key not in fields:

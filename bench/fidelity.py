@@ -49,7 +49,7 @@ def main() -> None:
             bare, harness = [], []
             for _ in range(args.blocks):
                 bare += bare_ms(runnable.session, feeds, per_block)
-                harness += list(interleaved({"h": runnable.timed_call(x)}, cfg)["h"])
+                harness += list(interleaved({"h": runnable.timed_call(x)}, cfg)[0]["h"])
             ratio = np.median(harness) / np.median(bare)
             print(f"{args.model} {args.design} {shape}: bare p50 {np.median(bare):.4f} ms, harness p50 "
                   f"{np.median(harness):.4f} ms, ratio {ratio:.3f} ({len(bare)} + {len(harness)} calls)")

@@ -3,11 +3,12 @@
 Accuracy is deterministic for a fixed stack and seed, so it is judged by absolute change.
 Latency fails only when the slowdown exceeds its tolerance *and* is significant. Judged by
 re-measurement (`--remeasure BASELINE_RUN`: both runs' artifacts re-timed round-robin in this
-process), significant means the 95 % interval of the new/old ratio lies wholly above 1. Times
-recorded in two separate runs are only advisory unless asked for (`strict_recorded_latency`):
-on a shared machine their level moves between runs (measured: 6 false alarms in 10 same-build
-pairs at +15 %), which no test on the within-run samples can see. There a one-sided Mann-Whitney U
-test at alpha = 0.01 stands in for significance.
+process), the test is a one-sided Wilcoxon signed-rank test on the paired rounds. Times recorded in
+two separate runs are only advisory unless asked for (`strict_recorded_latency`): on a shared
+machine their level moves between runs (measured: 6 false alarms in 10 same-build pairs at +15 %),
+which no test on the within-run samples can see; there a one-sided Mann-Whitney U test stands in.
+Every latency cell is one test of a family: significant means a Holm-adjusted p below ALPHA, so
+the chance of any false alarm in one gate stays at most ALPHA however many cells it judges.
 """
 
 import datetime
@@ -20,12 +21,13 @@ import numpy as np
 from ffnbench import files
 from ffnbench.bench import store
 from ffnbench.bench.checks import Check
+from ffnbench.bench.latency import LatencyConfig
 from ffnbench.bench.report import label
-from ffnbench.bench.stats import mann_whitney_greater
+from ffnbench.bench.stats import holm, mann_whitney_greater
 from ffnbench.errors import UsageError
 
 BASELINE_KIND, BASELINE_FORMAT = "ffnbench.baseline", 1
-ALPHA = 0.01
+ALPHA = 0.05  # family-wise, over all latency cells of one gate
 
 
 def where(cell: dict) -> str:
@@ -81,6 +83,8 @@ class Finding:
     passed: bool
     note: str = ""
     advisory: bool = False  # reported, never failing: latency recorded in separate runs
+    p: float | None = None  # latency: the cell's one-sided p-value of a slowdown, before adjustment
+    beyond: bool = False  # latency: the slowdown exceeds its tolerance
 
 
 @dataclass
@@ -149,14 +153,29 @@ def gate(baseline_path: Path, run_dir: Path, checks: dict[str, Check], allow_sta
             # A re-measured ratio compares an artifact with its own earlier build, so it applies
             # only where the baseline and run cells are the same cell.
             ratio = (remeasured or {}).get(new["key"]) if old["key"] == new["key"] else None
-            _compare(old, new, checks, result, ratio)
+            _compare(old, new, checks, result, ratio, min_rounds(baseline))
             for finding in result.findings[before:]:
-                recorded_only = old.get("kind") == "latency" and "re-measured" not in finding.note
+                recorded_only = old.get("kind") == "latency" and not finding.note.startswith("re-measured")
                 finding.advisory = recorded_only and not strict_recorded_latency
             if old["key"] != new["key"]:
                 for finding in result.findings[before:]:
                     finding.note = f"vs baseline {old['key']}; {finding.note}".rstrip("; ")
+    _judge_latency_as_a_family(result)
     return result
+
+
+def min_rounds(baseline: dict) -> int:
+    """The baseline run's min_iterations: no slowdown is significant on fewer rounds than that."""
+    return (baseline.get("config") or {}).get("min_iterations", LatencyConfig().min_iterations)
+
+
+def _judge_latency_as_a_family(result: GateResult) -> None:
+    """Holm-Bonferroni over every latency finding that has a p-value; each fails only if beyond its
+    tolerance and significant after the adjustment."""
+    tested = [f for f in result.findings if f.p is not None]
+    for finding, adjusted in zip(tested, holm([f.p for f in tested]), strict=True):
+        finding.passed = not (finding.beyond and adjusted < ALPHA)
+        finding.note += f", Holm-adjusted p = {adjusted:.2g} over {len(tested)} latency cells"
 
 
 def _check_stack(baseline: dict, manifest: dict, allow: bool, result: GateResult) -> None:
@@ -172,7 +191,8 @@ def _check_stack(baseline: dict, manifest: dict, allow: bool, result: GateResult
         result.notes.append(f"Stack changed and allowed: {'; '.join(changed)}.")
 
 
-def _compare(old: dict, new: dict, checks: dict[str, Check], result: GateResult, remeasured: dict | None) -> None:
+def _compare(old: dict, new: dict, checks: dict[str, Check], result: GateResult, remeasured: dict | None,
+             rounds: int) -> None:
     is_latency = old.get("kind") == "latency"
     for metric, check in checks.items():
         if check.latency != is_latency:
@@ -187,23 +207,35 @@ def _compare(old: dict, new: dict, checks: dict[str, Check], result: GateResult,
         if not is_latency:
             result.findings.append(Finding(new["key"], metric, b, n, check.allowed(b), check.passes(b, n)))
             continue
-        result.findings.append(_latency_finding(old, new, metric, check, remeasured))
+        result.findings.append(_latency_finding(old, new, metric, check, remeasured, rounds))
 
 
-def _latency_finding(old: dict, new: dict, metric: str, check: Check, remeasured: dict | None) -> Finding:
+def _latency_finding(old: dict, new: dict, metric: str, check: Check, remeasured: dict | None,
+                     rounds: int) -> Finding:
+    """A latency finding with its p-value (judged later, as one of a family), or a threshold-only
+    one where there is nothing to test."""
     b, n = old["metrics"][metric], new["metrics"][metric]
     allowed = check.allowed(b)
-    if remeasured is not None and metric == "p50_ms":
+    prefix = ""
+    if remeasured is not None and metric == "p50_ms" and "not_remeasured" in remeasured:
+        prefix = f"not re-measured ({remeasured['not_remeasured']}); judged as recorded: "
+    elif remeasured is not None and metric == "p50_ms":
         ratio = remeasured["ratio"]
-        slower = ratio > 1 + check.limit if check.relative else ratio * b > allowed
-        significant = remeasured["ci_low"] > 1
+        beyond = ratio > 1 + check.limit if check.relative else ratio * b > allowed
         note = (f"re-measured side by side: new/old {ratio:.3f} "
-                f"[{remeasured['ci_low']:.3f}, {remeasured['ci_high']:.3f}]")
-        return Finding(new["key"], metric, b, ratio * b, allowed, not (slower and significant), note)
+                f"[{remeasured['ci_low']:.3f}, {remeasured['ci_high']:.3f}] over {remeasured['iterations']} rounds")
+        if remeasured["iterations"] < rounds:
+            return Finding(new["key"], metric, b, ratio * b, allowed, True, f"{note}; fewer than the minimum {rounds} "
+                           "rounds: not judged significant")
+        return Finding(new["key"], metric, b, ratio * b, allowed, not beyond, f"{note}; Wilcoxon p = "
+                       f"{remeasured['p_slower']:.2g}", p=remeasured["p_slower"], beyond=beyond)
     beyond = not check.passes(b, n)
     samples_old, samples_new = old["metrics"].get("samples_ms"), new["metrics"].get("samples_ms")
     if metric.endswith("_ms") and samples_old and samples_new:
+        if min(len(samples_old), len(samples_new)) < rounds:
+            return Finding(new["key"], metric, b, n, allowed, True, f"{prefix}fewer than the minimum {rounds} rounds "
+                           "recorded: not judged significant")
         p = mann_whitney_greater(np.asarray(samples_new), np.asarray(samples_old))
-        note = f"Mann-Whitney p = {p:.2g}"
-        return Finding(new["key"], metric, b, n, allowed, not (beyond and p < ALPHA), note)
-    return Finding(new["key"], metric, b, n, allowed, not beyond, "no samples: threshold only")
+        return Finding(new["key"], metric, b, n, allowed, not beyond, f"{prefix}Mann-Whitney p = {p:.2g}", p=p,
+                       beyond=beyond)
+    return Finding(new["key"], metric, b, n, allowed, not beyond, f"{prefix}no samples: threshold only")

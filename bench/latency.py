@@ -21,7 +21,9 @@ class LatencyConfig:
     min_iterations: int = 10  # timed rounds, at least
     min_seconds: float = 0.3  # and at least this much timed work per runnable,
     max_iterations: int = 200  # unless this many rounds are done: fast calls need no more
-    max_seconds: float = 60.0  # stop a round-robin group after this long, whatever the counts
+    # or the group has been timed this long; never before min_iterations rounds (a cell that
+    # stopped at a cap records which: `stopped_by`)
+    max_seconds: float = 60.0
     decode: tuple[int, int] = (1, 1)  # (batch, seq): one new token
     prefill: tuple[int, int] = (8, 128)  # (batch, seq): a prompt batch
 
@@ -74,10 +76,13 @@ class CudaTimer:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], cfg: LatencyConfig,
-                timer: CpuTimer | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+                timer: CpuTimer | None = None, seed: int = 0) -> tuple[dict[str, np.ndarray], str]:
     """Time each fn once per round, in a fresh random order each round (so no fn always follows the
-    same neighbour), until every fn has min_iterations rounds and min_seconds of timed work, or
-    max_iterations rounds are done. Returns ms per fn, sample i of each from round i.
+    same neighbour), until every fn has min_iterations rounds and min_seconds of timed work; past
+    min_iterations rounds, max_iterations rounds or max_seconds of timing also end it.
+
+    Returns (ms per fn, sample i of each from round i; what stopped it: "minimums", "max_iterations"
+    or "max_seconds").
     """
     timer = timer or CpuTimer()
     names = list(fns)
@@ -87,16 +92,21 @@ def interleaved(fns: dict[str, Callable[[], object]], cfg: LatencyConfig,
             fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
     totals = dict.fromkeys(fns, 0.0)
-    started = time.perf_counter()
+    started, stopped_by = time.perf_counter(), "max_iterations"
     for rounds in range(1, cfg.max_iterations + 1):
         for i in order.permutation(len(names)):
             ms = timer.time_ms(fns[names[i]])
             samples[names[i]].append(ms)
             totals[names[i]] += ms
-        long_enough = min(totals.values()) >= cfg.min_seconds * 1e3
-        if (rounds >= cfg.min_iterations and long_enough) or time.perf_counter() - started > cfg.max_seconds:
+        if rounds < cfg.min_iterations:
+            continue  # no cap ends timing below its minimum
+        if min(totals.values()) >= cfg.min_seconds * 1e3:
+            stopped_by = "minimums"
             break
-    return {name: np.asarray(s) for name, s in samples.items()}
+        if time.perf_counter() - started > cfg.max_seconds:
+            stopped_by = "max_seconds"
+            break
+    return {name: np.asarray(s) for name, s in samples.items()}, stopped_by
 
 
 def summarize(samples_ms: np.ndarray, tokens: int) -> dict[str, float | int]:

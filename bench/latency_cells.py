@@ -14,14 +14,18 @@ PROC_STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs
 
 
 def peak_rss_mb(fn, calls: int) -> float | None:
-    """Process peak RSS (MB) while `fn` runs `calls` times, after resetting the kernel's high-water
-    mark; None where the kernel offers no reset (the lifetime peak would say nothing per cell)."""
+    """Run `fn` `calls` times (always: this is the timing's warm-up) and return the process peak RSS
+    (MB) meanwhile, from the kernel's high-water mark reset first; None where the kernel offers no
+    reset (containers, non-Linux), since the lifetime peak would say nothing per cell."""
     try:
         CLEAR_REFS.write_text("5")
+        resettable = True
     except OSError:
-        return None
+        resettable = False
     for _ in range(calls):
         fn()
+    if not resettable:
+        return None
     for line in PROC_STATUS.read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
@@ -79,7 +83,8 @@ def time_group(entries: dict[str, dict], shape: tuple[int, int], cfg: latency.La
     # The memory pass calls each runnable `warmup` times, so it is the warm-up too.
     rss = {key: peak_rss_mb(fn, max(cfg.warmup, 1)) for key, fn in fns.items()}
     gpu = {key: peak_gpu_mb(fn) for key, fn in fns.items()} if on_gpu else {}
-    samples = latency.interleaved(fns, dataclasses.replace(cfg, warmup=0), latency.CudaTimer() if on_gpu else None)
+    samples, stopped_by = latency.interleaved(fns, dataclasses.replace(cfg, warmup=0),
+                                              latency.CudaTimer() if on_gpu else None)
     out = {}
     for key, e in entries.items():
         stats = latency.summarize(samples[key], tokens)
@@ -90,6 +95,7 @@ def time_group(entries: dict[str, dict], shape: tuple[int, int], cfg: latency.La
             "model_bytes": e["model_bytes"],
             "peak_rss_mb": rss[key],
             "threads": threads,
+            "stopped_by": stopped_by,
             "achieved_gflops": flops / seconds / 1e9,
             "achieved_gbps": moved / seconds / 1e9,
             "roofline_fraction": ideal / seconds if ideal else None,

@@ -12,7 +12,10 @@ MAX_DB = 200.0
 READOUT_VOCAB = 512
 
 
-def _db(signal: float, noise: float) -> float:
+def _db(signal: float, noise: float) -> float | None:
+    """None when both are zero (0/0: nothing to compare, not a perfect score)."""
+    if signal <= 0 and noise <= 0:
+        return None
     if noise <= 0:
         return MAX_DB
     if signal <= 0:
@@ -20,8 +23,8 @@ def _db(signal: float, noise: float) -> float:
     return float(min(MAX_DB, 10 * np.log10(signal / noise)))
 
 
-def sqnr_db(ref: np.ndarray, y: np.ndarray) -> float:
-    """10·log10(Σ ref² / Σ (ref − y)²), capped at ±200 dB."""
+def sqnr_db(ref: np.ndarray, y: np.ndarray) -> float | None:
+    """10·log10(Σ ref² / Σ (ref − y)²), capped at ±200 dB; None for 0/0."""
     ref, y = ref.astype(np.float64), y.astype(np.float64)
     return _db(np.sum(ref**2), np.sum((ref - y) ** 2))
 
@@ -31,17 +34,23 @@ def centered(x: np.ndarray) -> np.ndarray:
     return x - x.mean(axis=-2, keepdims=True)
 
 
-def centered_sqnr_db(ref: np.ndarray, y: np.ndarray) -> float:
-    """sqnr_db of the token-varying parts: what the next layer can use once a shared offset is gone."""
+def centered_sqnr_db(ref: np.ndarray, y: np.ndarray) -> float | None:
+    """sqnr_db of the token-varying parts: what the next layer can use once a shared offset is gone.
+    None with fewer than 2 tokens a request: one token has no part that varies."""
+    if ref.shape[-2] < 2:
+        return None
     return sqnr_db(centered(ref.astype(np.float64)), centered(y.astype(np.float64)))
 
 
 def cosine(ref: np.ndarray, y: np.ndarray) -> float:
-    """Mean over tokens of ⟨ref_t, y_t⟩ / (‖ref_t‖·‖y_t‖), t indexing the last-axis vectors."""
+    """Mean over tokens of ⟨ref_t, y_t⟩ / (‖ref_t‖·‖y_t‖), t indexing the last-axis vectors. A zero
+    vector agrees only with a zero vector: 1 when both are zero, 0 when one of them is."""
     ref, y = ref.astype(np.float64), y.astype(np.float64)
     num = np.sum(ref * y, axis=-1)
-    den = np.linalg.norm(ref, axis=-1) * np.linalg.norm(y, axis=-1)
-    return float(np.mean(np.where(den > 0, num / np.where(den > 0, den, 1), 1.0)))
+    ref_norm, y_norm = np.linalg.norm(ref, axis=-1), np.linalg.norm(y, axis=-1)
+    den = ref_norm * y_norm
+    both_zero = (ref_norm == 0) & (y_norm == 0)
+    return float(np.mean(np.where(den > 0, num / np.where(den > 0, den, 1), np.where(both_zero, 1.0, 0.0))))
 
 
 def rel_l2(ref: np.ndarray, y: np.ndarray) -> float:

@@ -165,8 +165,8 @@ class Subject:
 
     def calibration(self, name: str) -> Calibration:
         cfg = self.config
-        data = cfg.scenario(name).generate(cfg.calibration_requests, cfg.seq_len, self.block.cfg.d_model,
-                                           seed=cfg.seed + 1)
+        data = cfg.scenario(name).calibration_data(cfg.calibration_requests, cfg.seq_len, self.block.cfg.d_model,
+                                                   seed=cfg.seed)
         return Calibration(name, data)
 
     def runnable(self, recipe: str, calibration: str | None) -> tuple[Runnable, dict]:

@@ -54,6 +54,11 @@ class Scenario:
             h = h * scale[:, None, None]
         return h.astype(np.float32)
 
+    def calibration_data(self, n_requests: int, seq_len: int, d_model: int, seed: int = 0) -> np.ndarray:
+        """Hidden states that calibrate static quantization: the next seed's draws, so calibration
+        never sees the states a run evaluates on (those of `seed`)."""
+        return self.generate(n_requests, seq_len, d_model, seed=seed + 1)
+
     def replace(self, **changes) -> "Scenario":
         return dataclasses.replace(self, **changes)
 
@@ -67,15 +72,43 @@ class Scenario:
 
 @dataclass(frozen=True)
 class Replay:
-    """Captured hidden states from a .npy or .safetensors file, (n, d) or (b, s, d)."""
+    """Captured hidden states from a .npy or .safetensors file, (n, d) or (b, s, d), replayed as
+    captured (their own sizes; a run's n_requests, seq_len and seed do not apply).
+
+    A capture serves both roles of a scenario without overlap: its first `calibration_share` of
+    requests calibrates static quantization and the rest is evaluated; one request (an (n, d)
+    capture) is split along its tokens instead.
+    """
 
     name: str
     path: Path
     tensor: str | None = None  # which tensor of a .safetensors file; default: its only one
     mixed_batch: bool = True  # replayed as captured: one batch
+    calibration_share: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not 0 < self.calibration_share < 1:
+            raise UsageError(f"scenario {self.name}: calibration_share must lie strictly between 0 and 1, "
+                             f"got {self.calibration_share}")
 
     def generate(self, n_requests: int, seq_len: int, d_model: int, seed: int = 0) -> np.ndarray:
-        """The captured states as (requests, seq, d_model) float32; the sizes and seed do not apply."""
+        """The evaluation part of the capture, (requests, seq, d_model) float32."""
+        return self._split(self._checked(d_model))[1]
+
+    def calibration_data(self, n_requests: int, seq_len: int, d_model: int, seed: int = 0) -> np.ndarray:
+        """The calibration part of the capture, disjoint from what generate() returns."""
+        return self._split(self._checked(d_model))[0]
+
+    def _split(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        axis = 0 if data.shape[0] >= 2 else 1  # whole requests where there are several
+        size = data.shape[axis]
+        if size < 2:
+            raise UsageError(f"scenario {self.name}: {self.path} holds one token; a capture needs at least 2 "
+                             "requests or tokens, split between calibration and evaluation")
+        k = min(size - 1, max(1, round(size * self.calibration_share)))
+        return (data[:k], data[k:]) if axis == 0 else (data[:, :k], data[:, k:])
+
+    def _checked(self, d_model: int) -> np.ndarray:
         data = self._load()
         if data.ndim == 2:
             data = data[None]  # (n, d): one request of n tokens
@@ -111,7 +144,8 @@ class Replay:
         return None  # a capture has no unshifted twin
 
     def describe(self) -> dict:
-        return {"name": self.name, "replay": str(self.path), "tensor": self.tensor}
+        return {"name": self.name, "replay": str(self.path), "tensor": self.tensor,
+                "calibration_share": self.calibration_share}
 
 
 def _rng(seed: int, stream: str) -> np.random.Generator:

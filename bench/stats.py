@@ -32,3 +32,23 @@ def bootstrap_ci(samples: tuple[np.ndarray, ...], statistic: Callable[..., np.nd
                              n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=0.95, method="percentile",
                              rng=np.random.default_rng(seed))
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def wilcoxon_greater(new: np.ndarray, old: np.ndarray) -> float:
+    """p-value of H1 'new is slower than old' from paired rounds (new[i] and old[i] timed in round i):
+    a one-sided Wilcoxon signed-rank test on log(new/old), so the round's shared load cancels."""
+    diff = np.log(np.asarray(new, float)) - np.log(np.asarray(old, float))
+    if len(diff) == 0 or not np.any(diff):
+        return 1.0
+    return float(stats.wilcoxon(diff, alternative="greater").pvalue)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values: rejecting where adjusted < alpha keeps the chance of any
+    false rejection in the whole family at most alpha (here: all latency cells of one gate)."""
+    order = np.argsort(pvalues, kind="stable")
+    adjusted, running, m = [0.0] * len(pvalues), 0.0, len(pvalues)
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted

@@ -48,11 +48,14 @@ def histogram_options(cfg: OrtStaticQdq) -> dict:
     """Calibrator settings, recorded in the manifest.
 
     quantize_static does not pass histogram sizes through, and ORT's entropy default (128 bins
-    into 128 quantized bins) leaves KL nothing to choose, which reproduces min-max exactly. We use
-    the TensorRT setting the method comes from: a 2048-bin histogram searched down to 128 levels.
+    into 128 quantized bins) leaves KL nothing to choose, which reproduces min-max exactly. ORT
+    histograms signed x over [-T, T] and counts bins across both sides (TensorRT, where the method
+    comes from, histograms |x|), so int8's 128 levels a side are 256 quantized bins here; 2048/128
+    searched a 7-bit quantizer. 2048 bins (1024 a side) rather than TensorRT's 2048 a side: 4096/256
+    measured within 0.3 dB of it at twice the calibration time (README, "Entropy calibration").
     """
     if cfg.method == "entropy":
-        return {"num_bins": 2048, "num_quantized_bins": 128}
+        return {"num_bins": 2048, "num_quantized_bins": 256}
     if cfg.method == "percentile":
         return {"num_bins": 2048, "percentile": cfg.percentile, "symmetric": True}
     return {}

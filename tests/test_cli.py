@@ -166,13 +166,13 @@ LATENCY_METRICS = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "p50_ci_low_ms", "p5
                    "roofline_fraction"}
 
 
-def test_run_records_every_metric_per_cell(ffnbench_exe, tmp_path):
+def test_run_records_every_metric_per_cell(ffnbench_exe, tmp_path, seed_exports):
     from ffnbench.bench.metrics import ALL_METRICS
 
     # Short timing settings: the test checks what is recorded, not how fast anything is.
     (tmp_path / "fast.toml").write_text("warmup = 0\nmin_iterations = 3\nmin_seconds = 0.001\nprefill = [2, 8]\n")
     r = run(ffnbench_exe, "run", "--config", tmp_path / "fast.toml", "--models", "tiny", "--designs", "A,B",
-            "--scenarios", "clean,shift-4,production", "--out", tmp_path / "run")
+            "--scenarios", "clean,shift-4,production", "--out", seed_exports(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
     cells = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     accuracy = [c for c in cells if c["kind"] == "accuracy"]
@@ -227,3 +227,10 @@ def test_shards_merge_and_report_from_the_command_line(cli, tmp_path, seed_expor
     (tmp_path / "s2" / "results.jsonl").write_text("{not json\n")
     r = cli("merge", tmp_path / "s1", tmp_path / "s2", "--out", tmp_path / "again")
     assert r.returncode == 2 and "line 1 is corrupt" in r.stderr and not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize("spec", ["p50_ms:+15pp", "p50_ms:+2dB"])
+def test_gate_refuses_a_tolerance_unit_that_does_not_fit_its_metric(cli, tmp_path, spec):
+    r = cli("gate", "--baseline", tmp_path / "b.json", tmp_path / "run", "--tolerance", spec)
+    assert r.returncode == 2 and "does not fit p50_ms" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -48,6 +48,10 @@ def test_tolerance_specs_parse():
     ("p50_ms+15%", "does not parse; the form is METRIC:[+-]NUMBER[dB|pp|%]"),
     ("p50_ms:+15ms", "does not parse"),
     ("centered_sqnr_db:+1dB", "regresses by a drop, '-'"),
+    ("p50_ms:+15pp", "pp does not fit p50_ms; it takes % or no unit"),
+    ("p50_ms:+2dB", "dB does not fit p50_ms"),
+    ("centered_sqnr_db:-5%", "% does not fit centered_sqnr_db; it takes dB"),
+    ("top1_agreement:-1dB", "dB does not fit top1_agreement; it takes pp, % or no unit, e.g. top1_agreement:-0.5pp"),
 ])
 def test_bad_tolerances(spec, needle):
     with pytest.raises(UsageError) as e:

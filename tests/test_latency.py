@@ -23,16 +23,24 @@ class FakeTimer:
 def test_round_robin_stops_at_min_iterations_once_time_is_met():
     timer = FakeTimer({"a": 100.0, "b": 100.0})
     cfg = LatencyConfig(warmup=0, min_iterations=5, min_seconds=0.1, max_iterations=50)
-    out = latency.interleaved({"a": lambda: "a", "b": lambda: "b"}, cfg, timer)
-    assert len(out["a"]) == len(out["b"]) == 5
+    out, stopped_by = latency.interleaved({"a": lambda: "a", "b": lambda: "b"}, cfg, timer)
+    assert len(out["a"]) == len(out["b"]) == 5 and stopped_by == "minimums"
     assert sorted(timer.calls[:2]) == ["a", "b"]  # each round calls each fn once
 
 
 def test_a_fast_fn_runs_until_min_seconds_or_max_iterations():
     timer = FakeTimer({"fast": 0.001, "slow": 50.0})
     cfg = LatencyConfig(warmup=0, min_iterations=2, min_seconds=0.2, max_iterations=30)
-    out = latency.interleaved({"fast": lambda: "fast", "slow": lambda: "slow"}, cfg, timer)
+    out, stopped_by = latency.interleaved({"fast": lambda: "fast", "slow": lambda: "slow"}, cfg, timer)
     assert len(out["fast"]) == 30  # 0.2 s of 1 µs calls would take 200,000 rounds; capped
+    assert stopped_by == "max_iterations"
+
+
+def test_the_time_cap_never_ends_timing_below_min_iterations():
+    timer = FakeTimer({"a": 0.001})
+    cfg = LatencyConfig(warmup=0, min_iterations=7, min_seconds=100.0, max_iterations=50, max_seconds=1e-9)
+    out, stopped_by = latency.interleaved({"a": lambda: "a"}, cfg, timer)
+    assert len(out["a"]) == 7 and stopped_by == "max_seconds"
 
 
 def test_round_order_varies_between_rounds():
@@ -63,6 +71,8 @@ def test_ratio_is_paired_and_its_interval_holds_it():
 
 @pytest.mark.parametrize(("kwargs", "needle"), [
     ({"min_iterations": 0}, "min_iterations: must be positive"),
+    ({"min_iterations": 1}, "min_iterations: a confidence interval needs at least 2 rounds"),
+    ({"max_seconds": 0.0}, "max_seconds: must be positive"),
     ({"min_seconds": -1.0}, "min_seconds: must be positive"),
     ({"warmup": -1}, "warmup: must be >= 0"),
     ({"prefill": (8, 0)}, "prefill: must be two positive sizes"),

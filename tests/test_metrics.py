@@ -78,3 +78,24 @@ def test_small_negative_and_positive_bands():
     assert m.act_err_small_neg(ref_in, ref_out, got, delta=0.1) == pytest.approx(1.0)
     assert m.act_err_small_pos(ref_in, ref_out, got, delta=0.1) == pytest.approx(3.0)
     assert m.act_err_small_neg(np.array([1.0]), np.zeros(1), np.zeros(1), delta=0.1) is None
+
+
+def test_centered_sqnr_is_absent_for_a_single_token():
+    """One token has no token-varying part: 0/0 is undefined, never the 200 dB of a perfect match."""
+    one_token = REF[:, :1]
+    assert m.centered_sqnr_db(one_token, one_token * 0.5) is None
+    assert m.output_metrics(one_token, one_token * 0.5, np.eye(2))["centered_sqnr_db"] is None
+    assert m.output_metrics(one_token, one_token * 0.5, np.eye(2))["sqnr_db"] == pytest.approx(10 * np.log10(4))
+
+
+def test_sqnr_of_nothing_against_nothing_is_absent():
+    zeros = np.zeros_like(REF)
+    assert m.sqnr_db(zeros, zeros) is None
+    assert m.sqnr_db(zeros, Y) == -m.MAX_DB
+
+
+def test_cosine_of_a_zero_output_is_zero_unless_both_are_zero():
+    zeros = np.zeros_like(REF)
+    assert m.cosine(REF, zeros) == 0.0
+    assert m.cosine(zeros, REF) == 0.0
+    assert m.cosine(zeros, zeros) == 1.0

@@ -11,7 +11,7 @@ from ffnbench.bench import runner as runner_module
 from ffnbench.bench.metrics import ALL_METRICS
 from ffnbench.bench.scenarios import Replay
 from ffnbench.errors import UsageError
-from ffnbench.quant import bnb_recipes
+from ffnbench.quant import Calibration, bnb_recipes
 
 
 def tiny_config(**kw) -> RunConfig:
@@ -152,3 +152,18 @@ def test_an_fp16_overflow_is_recorded_not_fatal(tmp_path, seed_exports):
                   seed_exports(tmp_path / "run"), progress=False)
     assert all(r["status"] == "ok" for r in results)
     assert any(r["metrics"]["nonfinite_rate"] > 0 for r in results)
+
+
+def test_a_replay_that_calibrates_and_is_evaluated_uses_disjoint_parts(tmp_path, seed_exports):
+    states = np.random.default_rng(1).standard_normal((8, 16, 64)).astype(np.float32) + 1
+    np.save(tmp_path / "h.npy", states)
+    replay = Replay("cap", tmp_path / "h.npy")
+    config = tiny_config(designs=["B"], recipes=["ort-int8-qdq-minmax"], scenarios=["cap"], calibration=["cap"],
+                         user_scenarios={"cap": replay})
+    (record,) = run(config, seed_exports(tmp_path / "run"), progress=False)
+    assert record["status"] == "ok"
+    manifest = json.loads((tmp_path / "run" / record["artifact"]["dir"] / "manifest.json").read_text())
+    evaluated = replay.generate(4, 16, 64)
+    assert manifest["calibration"]["shape"] == [2, 16, 64] and len(evaluated) == 6
+    assert manifest["calibration"]["sha256"] == Calibration("cap", states[:2]).sha256
+    assert manifest["calibration"]["sha256"] != Calibration("cap", evaluated).sha256

@@ -1,9 +1,9 @@
-"""Scenarios: seeded generation, the drift each parameter adds, and validation."""
+"""Scenarios: seeded generation, the drift each parameter adds, replays split for calibration, validation."""
 
 import numpy as np
 import pytest
 
-from ffnbench.bench.scenarios import NAMED, Scenario, scenario
+from ffnbench.bench.scenarios import NAMED, Replay, Scenario, scenario
 from ffnbench.errors import UsageError
 
 DESIGN_MD_NAMES = {"clean", "shift-0.5", "shift-1", "shift-2", "shift-4", "shift-8", "magnitude-1", "magnitude-2",
@@ -59,3 +59,31 @@ def test_bad_parameters(kwargs, needle):
 def test_unknown_scenario_lists_the_known_ones():
     with pytest.raises(UsageError, match="scenario: unknown 'drift'; choose one of clean, "):
         scenario("drift")
+
+
+def test_a_replay_calibrates_on_a_part_it_never_evaluates(tmp_path):
+    states = np.random.default_rng(0).standard_normal((8, 4, 16)).astype(np.float32)
+    np.save(tmp_path / "h.npy", states)
+    replay = Replay("cap", tmp_path / "h.npy")
+    calibration, evaluation = replay.calibration_data(99, 99, 16, seed=5), replay.generate(99, 99, 16, seed=5)
+    assert calibration.shape == (2, 4, 16) and evaluation.shape == (6, 4, 16)  # a quarter of the requests
+    assert np.array_equal(np.concatenate([calibration, evaluation]), states)  # disjoint and complete
+
+
+def test_one_captured_request_is_split_along_its_tokens(tmp_path):
+    np.save(tmp_path / "h.npy", np.arange(8 * 16, dtype=np.float32).reshape(8, 16))  # (n, d): one request
+    replay = Replay("cap", tmp_path / "h.npy", calibration_share=0.5)
+    assert replay.calibration_data(1, 1, 16).shape == replay.generate(1, 1, 16).shape == (1, 4, 16)
+    assert not set(replay.calibration_data(1, 1, 16).ravel()) & set(replay.generate(1, 1, 16).ravel())
+
+
+def test_a_single_token_capture_cannot_be_split(tmp_path):
+    np.save(tmp_path / "h.npy", np.zeros((1, 16), np.float32))
+    with pytest.raises(UsageError, match="holds one token; a capture needs at least 2"):
+        Replay("cap", tmp_path / "h.npy").generate(1, 1, 16)
+
+
+def test_synthetic_calibration_data_is_the_next_seed():
+    s = scenario("production")
+    assert np.array_equal(s.calibration_data(2, 4, 8, seed=3), s.generate(2, 4, 8, seed=4))
+    assert not np.array_equal(s.calibration_data(2, 4, 8, seed=3), s.generate(2, 4, 8, seed=3))

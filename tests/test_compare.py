@@ -1,0 +1,45 @@
+"""`compare --remeasure`: both runs' artifacts re-timed side by side, and what it will not pretend to
+re-measure."""
+
+import pytest
+
+from ffnbench.bench import RunConfig, run
+from ffnbench.bench.checks import checks
+from ffnbench.bench.compare import remeasure, write
+from ffnbench.bench.gate import gate, write_baseline
+
+
+@pytest.fixture(scope="module")
+def default_size_run(tmp_path_factory):
+    """A `default`-size run whose timing cap (max_seconds) is far below what min_iterations needs,
+    and its self-comparison: (run directory, re-measured ratios)."""
+    out = tmp_path_factory.mktemp("compare") / "run"
+    config = RunConfig(models=["default"], designs=["A"], recipes=["fp32", "ort-int8-dynamic", "bnb-int8"],
+                       scenarios=["clean"], n_requests=1, seq_len=2, warmup=1, min_iterations=10, min_seconds=0.1,
+                       max_seconds=0.001, prefill=[1, 16])
+    run(config, out, progress=False)
+    write_baseline(out, out.parent / "baseline.json")
+    return out, remeasure(out, out)
+
+
+def test_a_self_comparison_at_the_default_size_passes_on_full_rounds(default_size_run):
+    default_size_run, ratios = default_size_run
+    ort = {k: r for k, r in ratios.items() if "not_remeasured" not in r}
+    assert len(ort) == 4  # fp32 and int8 at decode and prefill
+    for r in ort.values():
+        assert r["iterations"] >= 10 and r["stopped_by"] == "max_seconds"  # the cap never cuts below the minimum
+    result = gate(default_size_run.parent / "baseline.json", default_size_run, checks(), only="latency",
+                  remeasured=ratios)
+    assert result.passed, [(f.cell, f.note) for f in result.failures]
+    assert "p (slower)" in write(ratios, default_size_run).read_text()
+
+
+def test_bitsandbytes_cells_are_not_re_measured_by_this_process(default_size_run):
+    """Rebuilding the old bitsandbytes module with the current code would time the new code twice."""
+    default_size_run, ratios = default_size_run
+    bnb = {k: r for k, r in ratios.items() if "bnb-int8" in k}
+    assert len(bnb) == 2 and all("runs this process's code on both sides" in r["not_remeasured"] for r in bnb.values())
+    result = gate(default_size_run.parent / "baseline.json", default_size_run, checks(), only="latency",
+                  remeasured=ratios)
+    judged = [f for f in result.findings if "bnb-int8" in f.cell and f.metric == "p50_ms"]
+    assert len(judged) == 2 and all(f.advisory and f.note.startswith("not re-measured") for f in judged)
