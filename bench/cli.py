@@ -32,6 +32,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix", default="", help="name prefix of the layer in --weights, e.g. model.layers.0.")
 
 
+def _add_environment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--old-python", help="the old revision's interpreter (its .venv/bin/python): re-time every cell, "
+                   "each side by its own code in a worker (without: ONNX Runtime cells only, in this process)")
+    p.add_argument("--new-python", help="the new side's interpreter, if not this one")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ffnbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -94,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="judge the run's recipe NEW against the baseline's OLD (e.g. a recipe swap)")
     gate.add_argument("--remeasure", metavar="BASELINE_RUN",
                       help="re-time the baseline run's artifacts beside this run's and gate latency on that ratio")
+    _add_environment_args(gate)
     gate.add_argument("--allow-stack-change", action="store_true")
     gate.add_argument("--strict-recorded-latency", action="store_true",
                       help="fail on latency recorded in separate runs too (noisy on shared machines)")
@@ -103,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("old_run")
     compare.add_argument("new_run")
     compare.add_argument("--remeasure", action="store_true", required=True,
-                         help="re-time both runs' artifacts interleaved in this process (the only mode)")
+                         help="re-time both runs' artifacts interleaved (the only mode)")
+    _add_environment_args(compare)
 
     report = sub.add_parser("report", help="write report.md and plots/*.png for a run directory")
     report.add_argument("run_dir")
@@ -283,7 +291,7 @@ def cmd_gate(args) -> int:
     if args.remeasure:
         from ffnbench.bench.compare import remeasure
 
-        remeasured = remeasure(args.remeasure, args.run_dir)
+        remeasured = remeasure(args.remeasure, args.run_dir, args.old_python, args.new_python)
     result = gate.gate(args.baseline, args.run_dir, active, args.allow_stack_change, args.only, aliases, remeasured,
                        args.strict_recorded_latency)
     md, xml = gate_report.write(result, args.baseline, args.run_dir, active)
@@ -295,7 +303,7 @@ def cmd_gate(args) -> int:
 def cmd_compare(args) -> int:
     from ffnbench.bench.compare import remeasure, write
 
-    path = write(remeasure(args.old_run, args.new_run), args.new_run)
+    path = write(remeasure(args.old_run, args.new_run, args.old_python, args.new_python), args.new_run)
     print(f"wrote {path}")
     return 0
 

@@ -4,18 +4,27 @@ Latency recorded in two runs differs by whatever else the machine did during eac
 old and the new artifact round-robin in one process cancels that, which is how latency should be
 gated on shared CI runners.
 
-Only ONNX Runtime cells are re-measured: the old side is the old run's own model.onnx, run by the
-same ONNX Runtime (the gate refuses a stack change unless told). A bitsandbytes or torch artifact is
-a module rebuilt by this process's code, so both sides would run the new code and a regression in
-it could never show: those cells are reported "not re-measured" and judged as recorded.
+In this process only ONNX Runtime cells are re-measured: the old side is the old run's own
+model.onnx, run by the same ONNX Runtime (the gate refuses a stack change unless told). A
+bitsandbytes or torch artifact is a module rebuilt by this process's code, so both sides would run
+the new code and a regression in it could never show: those cells are reported "not re-measured"
+and judged as recorded. Given the old revision's environment (`--old-python`), every cell is
+re-measured by two workers, each side loading and calling its artifacts with its own code.
 """
 
+import contextlib
+import functools
+import json
+import re
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ffnbench import files
-from ffnbench.bench import latency_cells, stats
+from ffnbench.bench import latency, latency_cells, stats, worker
 from ffnbench.bench.config import RunConfig
 from ffnbench.bench.runnables import OrtRunnable, ort_has_cuda
 from ffnbench.bench.store import load_run
@@ -34,8 +43,12 @@ def _runnable(run_dir: Path, cell: dict, threads: int, config: RunConfig):
                        device=config.device if ort_has_cuda() else "cpu")
 
 
-def remeasure(old_run: Path, new_run: Path) -> dict[str, dict]:
-    """new/old p50 ratio with a paired 95 % interval, per latency cell present in both runs."""
+def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,
+              new_python: str | None = None) -> dict[str, dict]:
+    """new/old p50 ratio with a paired 95 % interval and a one-sided p of a slowdown, per latency cell
+    present in both runs. With old_python or new_python, every cell is re-timed by two workers, each
+    side's in its own interpreter (the other side's defaults to this one); without, ONNX Runtime
+    cells only, in this process."""
     old_run, new_run = Path(old_run), Path(new_run)
     (old_manifest, old_cells), (new_manifest, new_cells) = load_run(old_run, "compare"), load_run(new_run, "compare")
     config = RunConfig.from_dict(new_manifest["config"])
@@ -45,31 +58,149 @@ def remeasure(old_run: Path, new_run: Path) -> dict[str, dict]:
     shared = [c for c in new_cells if c.get("kind") == "latency" and c["status"] == "ok" and c["key"] in old]
     if not shared:
         raise UsageError(f"compare: {old_run} and {new_run} share no measured latency cell")
-    out = {c["key"]: {"not_remeasured": f"a {c['runtime']['runtime']} artifact runs this process's code on both "
-                                        "sides"} for c in shared if c["runtime"]["runtime"] != "ort"}
+    in_workers = old_python is not None or new_python is not None
+    out = {} if in_workers else {
+        c["key"]: {"not_remeasured": f"a {c['runtime']['runtime']} artifact runs this process's code on both sides; "
+                                    "--old-python re-times it in the old environment"}
+        for c in shared if c["runtime"]["runtime"] != "ort"}
     common = [c for c in shared if c["key"] not in out]
-    for shape in dict.fromkeys(c["shape"]["name"] for c in common):
-        cells = [c for c in common if c["shape"]["name"] == shape]
-        entries = {}
-        for cell in cells:
-            d_model = preset(cell["model"]).d_model
-            x = config.scenario(cell["inputs"]).generate(cell["shape"]["batch"], cell["shape"]["seq"], d_model,
-                                                         seed=config.seed)
-            block_cfg = preset(cell["model"], cell["design"])
-            for side, run_dir, record in (("old", old_run, old[cell["key"]]), ("new", new_run, cell)):
-                entries[f"{side}:{cell['key']}"] = {
-                    "runnable": _runnable(run_dir, record, threads[side], config), "x": x, "block_cfg": block_cfg,
-                    "model_bytes": record["metrics"]["model_bytes"]}
-            entries[f"new:{cell['key']}"]["ratios"] = {"vs_old": f"old:{cell['key']}"}
-        shape_dims = (cells[0]["shape"]["batch"], cells[0]["shape"]["seq"])
-        timed = latency_cells.time_group(entries, shape_dims, config.latency_config(), None, config.threads)
-        for cell in cells:
-            new_stats, old_stats = timed[f"new:{cell['key']}"], timed[f"old:{cell['key']}"]
-            p = stats.wilcoxon_greater(np.asarray(new_stats["samples_ms"]), np.asarray(old_stats["samples_ms"]))
-            out[cell["key"]] = {**new_stats["vs_old"], "p_slower": p, "old_p50_ms": old_stats["p50_ms"],
-                                "new_p50_ms": new_stats["p50_ms"], "iterations": new_stats["iterations"],
-                                "stopped_by": new_stats["stopped_by"]}
+    with contextlib.ExitStack() as stack:
+        if in_workers:
+            workers = {"old": stack.enter_context(Worker(old_python or sys.executable, "old")),
+                       "new": stack.enter_context(Worker(new_python or sys.executable, "new"))}
+            for w in workers.values():
+                w.greeted()
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ffnbench-compare-")))
+        for shape in dict.fromkeys(c["shape"]["name"] for c in common):
+            cells = [c for c in common if c["shape"]["name"] == shape]
+            inputs = {c["key"]: _inputs(config, c) for c in cells}
+            sides = {c["key"]: {"old": (old_run, old[c["key"]]), "new": (new_run, c)} for c in cells}
+            if in_workers:
+                samples, stopped_by = _time_in_workers(workers, sides, inputs, threads, config, scratch)
+            else:
+                samples, stopped_by = _time_here(sides, inputs, threads, config)
+            for cell in cells:
+                new_ms, old_ms = samples[f"new:{cell['key']}"], samples[f"old:{cell['key']}"]
+                out[cell["key"]] = {**latency.ratio(new_ms, old_ms), "p_slower": stats.wilcoxon_greater(new_ms, old_ms),
+                                    "old_p50_ms": float(np.median(old_ms)), "new_p50_ms": float(np.median(new_ms)),
+                                    "iterations": len(new_ms), "stopped_by": stopped_by,
+                                    "code": "each side's own" if in_workers else "this process's"}
     return out
+
+
+def _inputs(config: RunConfig, cell: dict) -> np.ndarray:
+    return config.scenario(cell["inputs"]).generate(cell["shape"]["batch"], cell["shape"]["seq"],
+                                                    preset(cell["model"]).d_model, seed=config.seed)
+
+
+def _time_here(sides: dict, inputs: dict, threads: dict, config: RunConfig) -> tuple[dict, str]:
+    """ONNX Runtime cells, both sides in this process: the old side is the old run's own graph."""
+    entries = {}
+    for key, by_side in sides.items():
+        for side, (run_dir, record) in by_side.items():
+            entries[f"{side}:{key}"] = {"runnable": _runnable(run_dir, record, threads[side], config), "x": inputs[key],
+                                        "block_cfg": preset(record["model"], record["design"]),
+                                        "model_bytes": record["metrics"]["model_bytes"]}
+    shape = next(iter(inputs.values())).shape[:2]
+    timed = latency_cells.time_group(entries, shape, config.latency_config(), None, config.threads)
+    stopped_by = next(iter(timed.values()))["stopped_by"]
+    return {k: np.asarray(t["samples_ms"]) for k, t in timed.items()}, stopped_by
+
+
+def _time_in_workers(workers: dict, sides: dict, inputs: dict, threads: dict, config: RunConfig,
+                     scratch: Path) -> tuple[dict, str]:
+    """Every cell, each side loaded and called by its own worker; the calls interleaved round-robin."""
+    fns = {}
+    for key, by_side in sides.items():
+        path = scratch / (re.sub(r"[^\w.=-]", "_", key) + ".npy")
+        np.save(path, inputs[key])
+        for side, (run_dir, record) in by_side.items():
+            artifact_dir = record.get("artifact", {}).get("dir")
+            if not artifact_dir or not (run_dir / artifact_dir / "manifest.json").is_file():
+                raise UsageError(f"compare: {run_dir} has no artifact for {key}; re-run it with this ffnbench")
+            workers[side].send(op="load", key=key, artifact_dir=str(run_dir / artifact_dir), inputs=str(path),
+                               threads=threads[side], spinning=config.ort_spinning, device=config.device)
+            fns[f"{side}:{key}"] = functools.partial(workers[side].call, key)
+        for side in by_side:  # both sides load at once; loading is not timed
+            workers[side].receive(key)
+    return latency.interleaved(fns, config.latency_config(), ReportedTimer())
+
+
+class ReportedTimer:
+    """The time a worker measured around its own call: the request and reply are not in it."""
+
+    def time_ms(self, fn) -> float:
+        return fn()
+
+
+class Worker:
+    """A `python -m ffnbench.bench.worker` process in a given environment, driven request by reply."""
+
+    def __init__(self, python: str, side: str):
+        self.python, self.side = python, side
+        try:
+            # -P: the working directory is not on sys.path, so a checkout there cannot shadow the
+            # environment's own ffnbench.
+            self.proc = subprocess.Popen([python, "-P", "-m", "ffnbench.bench.worker"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        except OSError as e:
+            raise UsageError(f"--{side}-python: cannot start {python} ({e.strerror}); give the interpreter of "
+                             f"the {side} revision's environment, e.g. ../main/.venv/bin/python") from e
+
+    def greeted(self) -> "Worker":
+        """Wait for the worker's greeting (separate from starting it, so two workers load at once)."""
+        hello = self._read()
+        if hello.get("protocol") != worker.PROTOCOL:
+            self.close()
+            raise UsageError(f"--{self.side}-python: {self.python} speaks worker protocol "
+                             f"{hello.get('protocol')}, this ffnbench {worker.PROTOCOL}; re-measure with matching "
+                             "revisions")
+        self.versions = hello["versions"]
+        return self
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            why = self.proc.stderr.read().strip().splitlines()[-1:] or ["no output"]
+            raise UsageError(f"--{self.side}-python: {self.python} has no usable ffnbench timing worker "
+                             f"({why[0]}); give an environment with ffnbench >= this protocol, or drop the flag "
+                             "to re-measure ONNX Runtime cells only")
+        return json.loads(line)
+
+    def send(self, **request) -> None:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+
+    def receive(self, key: str) -> dict:
+        answer = self._read()
+        if "error" in answer:
+            raise RuntimeError(f"{self.side} side, {key}: {answer['error']}")
+        return answer
+
+    def ask(self, **request) -> dict:
+        self.send(**request)
+        return self.receive(request.get("key"))
+
+    def call(self, key: str) -> float:
+        return self.ask(op="call", key=key)["ms"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
+                self.proc.stdin.flush()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None and self.proc.poll() is None:
+            self.proc.kill()  # the re-measurement failed: nothing to wait for
+        self.close()
 
 
 def write(ratios: dict[str, dict], new_run: Path) -> Path:

@@ -222,7 +222,7 @@ def _latency_finding(old: dict, new: dict, metric: str, check: Check, remeasured
     elif remeasured is not None and metric == "p50_ms":
         ratio = remeasured["ratio"]
         beyond = ratio > 1 + check.limit if check.relative else ratio * b > allowed
-        note = (f"re-measured side by side: new/old {ratio:.3f} "
+        note = (f"re-measured side by side by {remeasured.get('code', 'this process')} code: new/old {ratio:.3f} "
                 f"[{remeasured['ci_low']:.3f}, {remeasured['ci_high']:.3f}] over {remeasured['iterations']} rounds")
         if remeasured["iterations"] < rounds:
             return Finding(new["key"], metric, b, ratio * b, allowed, True, f"{note}; fewer than the minimum {rounds} "

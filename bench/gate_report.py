@@ -4,7 +4,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from ffnbench import files
-from ffnbench.bench.gate import GateResult
+from ffnbench.bench.gate import ALPHA, GateResult
 
 
 def _v(value) -> str:
@@ -20,8 +20,9 @@ def markdown(result: GateResult, baseline: Path, run_dir: Path, checks: dict) ->
              f"{len(result.missing)} cells missing, {len(result.new)} new, {len(result.not_measured)} not measured "
              "in the baseline.", "",
              "Tolerances: " + ", ".join(f"`{c.spec}`" for c in checks.values()) + ". Latency fails only when beyond "
-             "its tolerance and significant (one-sided Mann-Whitney U, alpha 0.01, or a re-measured ratio whose "
-             "95 % interval lies above 1).", ""]
+             "its tolerance and significant: a one-sided test per cell (Wilcoxon signed-rank on re-measured paired "
+             "rounds, Mann-Whitney U on recorded samples), Holm-adjusted over all latency cells, family-wise "
+             f"alpha {ALPHA}.", ""]
     lines += [f"> {n}" for n in result.notes]
     if result.failures:
         lines += ["## Regressions", "", "| cell | metric | baseline | now | allowed | note |",

@@ -3,19 +3,43 @@
     python -m ffnbench.bench.reliability [--pairs 10] [--out runs/reliability]
 
 False alarms: the quick preset run pairs+1 times on the same build; each later run is gated
-against the first three ways: as `gate` does by default (latency re-measured side by side with
---remeasure), with recorded latency made strict, and with recorded latency advisory (no --remeasure).
-Detection: regressions injected by configuration, each of which the gate must catch:
-1 thread instead of 2 (latency), a 4-bit recipe in place of the int8 one (accuracy), and QDQ
-calibrated on the wrong scenario (accuracy).
+against the first four ways: latency re-measured side by side in this process (--remeasure), and
+by two workers, each side in its own environment (--old-python, here this same one), with recorded
+latency made strict, and with recorded latency advisory (no --remeasure).
+Detection: regressions injected, each of which the gate must catch: 1 thread instead of 2
+(latency), a bitsandbytes forward run twice in the new side's code (latency, re-measured by
+workers), a 4-bit recipe in place of the int8 one (accuracy), and QDQ calibrated on the wrong
+scenario (accuracy).
 """
 
 import argparse
+import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
 
 EXE = str(Path(sys.executable).parent / "ffnbench")
+CHECKOUT = Path(__file__).resolve().parents[1]  # a source checkout: this tool is for developers
+
+
+def doubled_forward_environment(root: Path) -> Path:
+    """Another revision's environment: this checkout's code with TorchRunnable's timed call running
+    the forward twice, over this environment's packages. Returns its interpreter."""
+    package = root / "src" / "ffnbench"
+    shutil.copytree(CHECKOUT / "ffnbench", package)
+    for sub in ("models", "export", "quant", "bench"):  # the installed layout (pyproject's package-dir)
+        shutil.copytree(CHECKOUT / sub, package / sub)
+    runnables = package / "bench" / "runnables.py"
+    once = "        return lambda: self._forward(h)\n"
+    twice = "        return lambda: (self._forward(h), self._forward(h))\n"
+    if runnables.read_text().count(once) != 1:
+        raise RuntimeError(f"{runnables}: TorchRunnable.timed_call changed; update the injected regression")
+    runnables.write_text(runnables.read_text().replace(once, twice))
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    site_packages = next((root / "venv" / "lib").glob("python3*/site-packages"))
+    (site_packages / "other_revision.pth").write_text(f"{root / 'src'}\n{site.getsitepackages()[0]}\n")
+    return root / "venv" / "bin" / "python"
 
 
 def ffnbench(*args) -> int:
@@ -40,12 +64,14 @@ def main() -> int:
     baseline = root / "baseline.json"
     ffnbench("gate", "--update-baseline", "--baseline", baseline, base)
 
-    alarms = {"remeasured": 0, "recorded, strict": 0, "recorded, advisory": 0}
+    alarms = {"remeasured": 0, "remeasured by workers": 0, "recorded, strict": 0, "recorded, advisory": 0}
     for i in range(1, args.pairs + 1):
         run = quick(root / f"same-{i}")
         alarms["recorded, strict"] += ffnbench("gate", "--baseline", baseline, run, "--strict-recorded-latency") != 0
         alarms["recorded, advisory"] += ffnbench("gate", "--baseline", baseline, run) != 0
         alarms["remeasured"] += ffnbench("gate", "--baseline", baseline, run, "--remeasure", base) != 0
+        alarms["remeasured by workers"] += ffnbench("gate", "--baseline", baseline, run, "--remeasure", base,
+                                                    "--old-python", sys.executable) != 0
         print(f"pair {i}: false alarms so far {alarms}", flush=True)
 
     (root / "threads1.toml").write_text("threads = 1\n")
@@ -59,6 +85,9 @@ def main() -> int:
                                                         "--remeasure", base),
         "1 thread instead of 2 (recorded, strict)": ffnbench("gate", "--baseline", baseline, slow, "--only",
                                                              "latency", "--strict-recorded-latency"),
+        "bitsandbytes forward run twice (re-measured by workers)": ffnbench(
+            "gate", "--baseline", baseline, base, "--only", "latency", "--remeasure", base,
+            "--old-python", sys.executable, "--new-python", doubled_forward_environment(root / "doubled")),
         "ort-int4-rtn in place of ort-int8-dynamic": ffnbench("gate", "--baseline", baseline, base, "--only",
                                                               "accuracy", "--as", "ort-int8-dynamic=ort-int4-rtn"),
         "bnb-nf4 in place of bnb-int8": ffnbench("gate", "--baseline", baseline, base, "--only", "accuracy",
@@ -72,7 +101,8 @@ def main() -> int:
         print(f"injected: {name}: {'caught (exit 1)' if code == 1 else f'MISSED (exit {code})'}")
     # The targets: the default gate (re-measured) never alarms on the same build and catches all.
     missed = sum(code != 1 for name, code in detections.items() if "strict" not in name)
-    return 1 if missed or alarms["remeasured"] or alarms["recorded, advisory"] else 0
+    return 1 if missed or alarms["remeasured"] or alarms["remeasured by workers"] or alarms["recorded, advisory"] \
+        else 0
 
 
 if __name__ == "__main__":

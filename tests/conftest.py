@@ -44,7 +44,8 @@ def seed_exports(tmp_path_factory):
     them) into run_dir/artifacts, where a run finds them by content instead of exporting again.
 
     Exporting is most of a tiny run's time; tests of run logic need not repeat it (export itself is
-    tested in test_export.py, and each test module still has runs that export for real).
+    tested in test_export.py, and this fixture's own run, test_merge's whole run, test_compare's
+    runs and the console-script run export for real).
     """
     from ffnbench.bench import RunConfig, run
 

@@ -1,5 +1,7 @@
-"""`compare --remeasure`: both runs' artifacts re-timed side by side, and what it will not pretend to
-re-measure."""
+"""`compare --remeasure`: both runs' artifacts re-timed side by side, in this process or each side in
+its own environment, and what it will not pretend to re-measure."""
+import subprocess
+import sys
 
 import pytest
 
@@ -7,6 +9,7 @@ from ffnbench.bench import RunConfig, run
 from ffnbench.bench.checks import checks
 from ffnbench.bench.compare import remeasure, write
 from ffnbench.bench.gate import gate, write_baseline
+from ffnbench.bench.reliability import doubled_forward_environment
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +46,28 @@ def test_bitsandbytes_cells_are_not_re_measured_by_this_process(default_size_run
                   remeasured=ratios)
     judged = [f for f in result.findings if "bnb-int8" in f.cell and f.metric == "p50_ms"]
     assert len(judged) == 2 and all(f.advisory and f.note.startswith("not re-measured") for f in judged)
+
+
+def test_a_doubled_bitsandbytes_forward_in_the_new_code_is_caught(tmp_path, seed_exports):
+    """Each side loads and calls its artifacts with its own code, in its own worker: the new side's
+    doubled forward shows, though both sides time the same artifact files."""
+    run_dir = seed_exports(tmp_path / "run")
+    run(RunConfig(models=["tiny"], designs=["A", "B"], recipes=["fp32", "bnb-int8"], scenarios=["clean"], n_requests=1,
+                  seq_len=2, warmup=2, min_iterations=20, min_seconds=0.001, prefill=[2, 16]), run_dir, progress=False)
+    write_baseline(run_dir, tmp_path / "baseline.json")
+    doubled = doubled_forward_environment(tmp_path)
+    ratios = remeasure(run_dir, run_dir, old_python=sys.executable, new_python=str(doubled))
+    assert len(ratios) == 8 and all(r["code"] == "each side's own" for r in ratios.values())
+    result = gate(tmp_path / "baseline.json", run_dir, checks(), only="latency", remeasured=ratios)
+    failed = {f.cell for f in result.failures}
+    assert {k for k in ratios if "bnb-int8" in k} <= failed, [(k, r["ratio"]) for k, r in ratios.items()]
+    assert all(ratios[k]["ratio"] > 1.3 for k in ratios if "bnb-int8" in k)  # measured 1.6-1.8
+
+
+def test_an_environment_without_the_worker_is_a_usage_error(default_size_run, tmp_path):
+    from ffnbench.errors import UsageError
+
+    run_dir, _ = default_size_run
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    with pytest.raises(UsageError, match="--old-python: .* has no usable ffnbench timing worker"):
+        remeasure(run_dir, run_dir, old_python=str(tmp_path / "bare" / "bin" / "python"))

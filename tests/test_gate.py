@@ -26,7 +26,7 @@ def config(**kw) -> RunConfig:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, seed_exports):
     root = tmp_path_factory.mktemp("gate")
-    run(config(), root / "base", progress=False)
+    run(config(), seed_exports(root / "base"), progress=False)
     run(config(), seed_exports(root / "same"), progress=False)
     write_baseline(root / "base", root / "baseline.json")
     return root

@@ -25,9 +25,9 @@ def lines(out):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, seed_exports):
     """The tiny matrix run once for the module: (its records, its run directory). Copy before changing."""
-    out = tmp_path_factory.mktemp("tiny") / "run"
+    out = seed_exports(tmp_path_factory.mktemp("tiny") / "run")
     return run(tiny_config(), out, progress=False), out
 
 
