@@ -287,6 +287,9 @@ def cmd_gate(args) -> int:
     aliases = _pairs(args.aliases, "--as", "ort-int8-dynamic=ort-int4-rtn") or None
     gate.load_baseline(args.baseline)  # an unusable baseline fails before minutes of re-timing
     gate.load_run(args.run_dir)
+    if (args.old_python or args.new_python) and not args.remeasure:
+        raise UsageError("--old-python/--new-python choose the environments of a re-measurement; add "
+                         "--remeasure BASELINE_RUN")
     remeasured = None
     if args.remeasure:
         from ffnbench.bench.compare import remeasure

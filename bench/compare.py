@@ -121,8 +121,11 @@ def _time_in_workers(workers: dict, sides: dict, inputs: dict, threads: dict, co
             workers[side].send(op="load", key=key, artifact_dir=str(run_dir / artifact_dir), inputs=str(path),
                                threads=threads[side], spinning=config.ort_spinning, device=config.device)
             fns[f"{side}:{key}"] = functools.partial(workers[side].call, key)
-        for side in by_side:  # both sides load at once; loading is not timed
-            workers[side].receive(key)
+        for side, (_, record) in by_side.items():  # both sides load at once; loading is not timed
+            runtime = workers[side].receive(key)["runtime"]["runtime"]
+            if runtime != record["runtime"]["runtime"]:
+                raise UsageError(f"compare: the {side} side would time {key} in {runtime}, its run timed it in "
+                                 f"{record['runtime']['runtime']}; re-measure on the device the runs used")
     return latency.interleaved(fns, config.latency_config(), ReportedTimer())
 
 
@@ -138,12 +141,15 @@ class Worker:
 
     def __init__(self, python: str, side: str):
         self.python, self.side = python, side
+        # The worker's stderr: a file, not a pipe, so a chatty library cannot block it; closed in close().
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115
         try:
             # -P: the working directory is not on sys.path, so a checkout there cannot shadow the
             # environment's own ffnbench.
             self.proc = subprocess.Popen([python, "-P", "-m", "ffnbench.bench.worker"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                         stdout=subprocess.PIPE, stderr=self.log, text=True)
         except OSError as e:
+            self.log.close()
             raise UsageError(f"--{side}-python: cannot start {python} ({e.strerror}); give the interpreter of "
                              f"the {side} revision's environment, e.g. ../main/.venv/bin/python") from e
 
@@ -160,12 +166,17 @@ class Worker:
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
-        if not line:
-            why = self.proc.stderr.read().strip().splitlines()[-1:] or ["no output"]
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            if self.proc.poll() is None:
+                self.proc.kill()  # alive but off the protocol
+            self.proc.wait()
+            self.log.seek(0)
+            why = (self.log.read().strip().splitlines() or ["no output"])[-1]
             raise UsageError(f"--{self.side}-python: {self.python} has no usable ffnbench timing worker "
-                             f"({why[0]}); give an environment with ffnbench >= this protocol, or drop the flag "
-                             "to re-measure ONNX Runtime cells only")
-        return json.loads(line)
+                             f"({why}); give an environment with ffnbench >= this protocol, or drop the flag "
+                             "to re-measure ONNX Runtime cells only") from None
 
     def send(self, **request) -> None:
         self.proc.stdin.write(json.dumps(request) + "\n")
@@ -174,7 +185,7 @@ class Worker:
     def receive(self, key: str) -> dict:
         answer = self._read()
         if "error" in answer:
-            raise RuntimeError(f"{self.side} side, {key}: {answer['error']}")
+            raise UsageError(f"compare: the {self.side} side ({self.python}) cannot run {key}: {answer['error']}")
         return answer
 
     def ask(self, **request) -> dict:
@@ -193,6 +204,7 @@ class Worker:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        self.log.close()
 
     def __enter__(self) -> "Worker":
         return self

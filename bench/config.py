@@ -144,7 +144,8 @@ def preset_config(name: str) -> RunConfig:
 
 def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
     """A RunConfig from TOML: top-level keys are RunConfig fields; [scenario.NAME] tables define
-    scenarios (Scenario fields, or `replay = "file.npy"` with an optional `tensor` name)."""
+    scenarios (Scenario fields, or `replay = "file.npy"` with an optional `tensor` name and
+    `calibration_share`)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())

@@ -40,8 +40,9 @@ def markdown(result: GateResult, baseline: Path, run_dir: Path, checks: dict) ->
                   f"{_v(f.new / f.baseline if f.new is not None else None)} | {verdict[f.passed, f.advisory]} | "
                   f"{f.note} |" for f in timing]
         if any(f.advisory for f in timing):
-            lines += ["", "Latency above was recorded in two separate runs, so it is advisory: pass "
-                      "`--remeasure BASELINE_RUN` to judge it side by side."]
+            lines += ["", "Advisory latency above was recorded in two separate runs: `--remeasure BASELINE_RUN` "
+                      "judges ONNX Runtime cells side by side, and adding `--old-python` (the baseline revision's "
+                      "interpreter) every cell, each side by its own code."]
         lines.append("")
     if result.missing:
         lines += ["## Missing cells (in the baseline, not in this run): fail", "",

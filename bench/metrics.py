@@ -81,7 +81,7 @@ def top1_agreement(ref: np.ndarray, y: np.ndarray, head: np.ndarray) -> float:
     return float(np.mean(a == b))
 
 
-def fp32_drift_db(branch_base: np.ndarray, branch_shifted: np.ndarray) -> float:
+def fp32_drift_db(branch_base: np.ndarray, branch_shifted: np.ndarray) -> float | None:
     """sqnr_db of the fp32 FFN branch (output minus residual) on shifted vs unshifted input.
 
     High means the design's output ignores the drift; a norm that removes a uniform per-token

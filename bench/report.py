@@ -46,8 +46,8 @@ def _f(value, digits=1, suffix="") -> str:
 
 
 def _paired_ratio(a: dict | None, b: dict | None) -> dict | None:
-    if not a or not b or len(a.get("samples_ms", [])) != len(b.get("samples_ms", [])):
-        return None
+    if not a or not b or len(a.get("samples_ms", [])) != len(b.get("samples_ms", [])) or len(a["samples_ms"]) < 2:
+        return None  # unpaired, or one round (older runs could stop there): no interval to give
     return latency.ratio(np.asarray(a["samples_ms"]), np.asarray(b["samples_ms"]))
 
 

@@ -77,7 +77,9 @@ class Replay:
 
     A capture serves both roles of a scenario without overlap: its first `calibration_share` of
     requests calibrates static quantization and the rest is evaluated; one request (an (n, d)
-    capture) is split along its tokens instead.
+    capture) is split along its tokens instead. The split holds whether or not a run calibrates on
+    it, so its evaluation data do not depend on the run; `calibration_share = 0` evaluates the whole
+    capture and cannot calibrate.
     """
 
     name: str
@@ -87,9 +89,9 @@ class Replay:
     calibration_share: float = 0.25
 
     def __post_init__(self) -> None:
-        if not 0 < self.calibration_share < 1:
-            raise UsageError(f"scenario {self.name}: calibration_share must lie strictly between 0 and 1, "
-                             f"got {self.calibration_share}")
+        if not 0 <= self.calibration_share < 1:
+            raise UsageError(f"scenario {self.name}: calibration_share must lie in [0, 1), got "
+                             f"{self.calibration_share}")
 
     def generate(self, n_requests: int, seq_len: int, d_model: int, seed: int = 0) -> np.ndarray:
         """The evaluation part of the capture, (requests, seq, d_model) float32."""
@@ -97,9 +99,14 @@ class Replay:
 
     def calibration_data(self, n_requests: int, seq_len: int, d_model: int, seed: int = 0) -> np.ndarray:
         """The calibration part of the capture, disjoint from what generate() returns."""
+        if self.calibration_share == 0:
+            raise UsageError(f"scenario {self.name}: calibration_share = 0 keeps the whole capture for evaluation; "
+                             "set a share (e.g. 0.25) to calibrate on it")
         return self._split(self._checked(d_model))[0]
 
     def _split(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.calibration_share == 0:
+            return data[:0], data
         axis = 0 if data.shape[0] >= 2 else 1  # whole requests where there are several
         size = data.shape[axis]
         if size < 2:

@@ -25,24 +25,32 @@ def _load(request: dict):
     import numpy as np
 
     from ffnbench.bench import latency_cells
-    from ffnbench.bench.runnables import runnable_for
+    from ffnbench.bench.latency import CpuTimer, CudaTimer
+    from ffnbench.bench.runnables import ort_has_cuda, runnable_for
     from ffnbench.quant import load_artifact
 
-    artifact = load_artifact(Path(request["artifact_dir"]), device=request["device"])
-    runnable = runnable_for(artifact, threads=request["threads"], device=request["device"])
+    device = request["device"]
+    artifact = load_artifact(Path(request["artifact_dir"]), device=device)
+    # As runs choose: ONNX Runtime unless the device is a GPU its build cannot use.
+    prefer = "torch" if device == "cuda" and not ort_has_cuda() else "ort"
+    runnable = runnable_for(artifact, prefer=prefer, threads=request["threads"], device=device)
     timed = latency_cells.timing_runnable(runnable, request["threads"], request["spinning"])
-    return timed.timed_call(np.load(request["inputs"])), timed.describe()
+    timer = CudaTimer() if getattr(timed, "device", "cpu") == "cuda" else CpuTimer()
+    return timed.timed_call(np.load(request["inputs"])), timer, timed.describe()
 
 
 def main() -> int:
     # As the CLI does, before torch loads: spinning OpenMP threads would take the cores from the
     # other worker's call.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    replies, sys.stdout = sys.stdout, sys.stderr  # a library's print must not corrupt the protocol
+    # Replies go to a private copy of fd 1; fd 1 itself (what C code and print() write to) is sent
+    # to stderr, so nothing a library prints can corrupt the protocol.
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     # Imported before the greeting, which the coordinator awaits only once both workers are started,
     # so the two sides' seconds of imports overlap.
     from ffnbench.bench import latency_cells, runnables  # noqa: F401
-    from ffnbench.bench.latency import CpuTimer
     from ffnbench.quant import load_artifact  # noqa: F401
     from ffnbench.versions import stack_versions
 
@@ -51,15 +59,17 @@ def main() -> int:
         replies.flush()
 
     reply({"protocol": PROTOCOL, "versions": stack_versions()})
-    calls, timer = {}, CpuTimer()
+    calls = {}
     for line in sys.stdin:
         request = json.loads(line)
         try:
             if request["op"] == "load":
-                calls[request["key"]], runtime = _load(request)
+                fn, timer, runtime = _load(request)
+                calls[request["key"]] = fn, timer
                 reply({"runtime": runtime})
             elif request["op"] == "call":
-                reply({"ms": timer.time_ms(calls[request["key"]])})
+                fn, timer = calls[request["key"]]
+                reply({"ms": timer.time_ms(fn)})
             elif request["op"] == "exit":
                 return 0
             else:

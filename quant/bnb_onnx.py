@@ -81,5 +81,5 @@ def _bnb4_state(state: dict, name: str) -> tuple[np.ndarray, np.ndarray, str, in
 def cpu_repacked(absmax: torch.Tensor, packed: torch.Tensor, weights: int, block: int) -> bool:
     """Whether a 4-bit layer's state is in bitsandbytes' CPU-repacked form, judged by what it holds
     (MatMulBnb4's layout: one fp32 scale per block, flat; two codes a byte), whatever this CPU does."""
-    flat_fp32_scales = absmax.dtype == torch.float32 and absmax.ndim == 1 and absmax.numel() * block == weights
-    return not (flat_fp32_scales and packed.dtype == torch.uint8 and packed.numel() * 2 == weights)
+    flat_fp32_scales = absmax.dtype == torch.float32 and absmax.ndim == 1 and absmax.numel() == -(-weights // block)
+    return not (flat_fp32_scales and packed.dtype == torch.uint8 and packed.numel() == -(-weights // 2))

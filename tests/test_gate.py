@@ -175,3 +175,21 @@ def test_latency_verdicts_on_the_committed_baselines_match_the_normal_approximat
     assert len(exact) == 20  # every latency cell, judged on its samples
     if old == new:
         assert all(passed for *_, passed in exact)  # a run never regresses against itself
+
+
+def test_latency_cells_are_judged_as_one_family_and_advisory_ones_apart():
+    """Three slowdowns beyond tolerance at p = 0.02, 0.03, 0.04 would each fail alone at 0.05, but not
+    as a family of three (Holm: 0.06 each); one at p = 0.001 still fails. Advisory findings never
+    enlarge the family that gates."""
+    def finding(p, advisory=False):
+        return gate_module.Finding("c", "p50_ms", 1.0, 1.3, 1.15, True, "", advisory=advisory, p=p, beyond=True)
+
+    result = gate_module.GateResult(findings=[finding(0.02), finding(0.03), finding(0.04)])
+    gate_module._judge_latency_as_a_family(result)
+    assert result.passed and all("over 3 gating latency findings" in f.note for f in result.findings)
+    strong = gate_module.GateResult(findings=[finding(0.001), finding(0.04), finding(0.04)])
+    gate_module._judge_latency_as_a_family(strong)
+    assert [f.p for f in strong.failures] == [0.001]  # adjusted 0.003; the others 0.08
+    alone = gate_module.GateResult(findings=[finding(0.02), *[finding(0.9, advisory=True) for _ in range(10)]])
+    gate_module._judge_latency_as_a_family(alone)
+    assert [f.p for f in alone.failures] == [0.02]  # in a family of 11 it would be 0.22

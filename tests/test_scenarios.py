@@ -87,3 +87,12 @@ def test_synthetic_calibration_data_is_the_next_seed():
     s = scenario("production")
     assert np.array_equal(s.calibration_data(2, 4, 8, seed=3), s.generate(2, 4, 8, seed=4))
     assert not np.array_equal(s.calibration_data(2, 4, 8, seed=3), s.generate(2, 4, 8, seed=3))
+
+
+def test_a_replay_without_a_calibration_share_evaluates_all_of_it(tmp_path):
+    states = np.ones((4, 2, 16), np.float32)
+    np.save(tmp_path / "h.npy", states)
+    replay = Replay("cap", tmp_path / "h.npy", calibration_share=0)
+    assert np.array_equal(replay.generate(1, 1, 16), states)
+    with pytest.raises(UsageError, match="calibration_share = 0 keeps the whole capture"):
+        replay.calibration_data(1, 1, 16)
