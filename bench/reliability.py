@@ -26,6 +26,7 @@ CHECKOUT = Path(__file__).resolve().parents[1]  # a source checkout: this tool i
 def doubled_forward_environment(root: Path) -> Path:
     """Another revision's environment: this checkout's code with TorchRunnable's timed call running
     the forward twice, over this environment's packages. Returns its interpreter."""
+    root = Path(root).resolve()  # .pth lines are read relative to site-packages, so absolute
     package = root / "src" / "ffnbench"
     shutil.copytree(CHECKOUT / "ffnbench", package)
     for sub in ("models", "export", "quant", "bench"):  # the installed layout (pyproject's package-dir)
