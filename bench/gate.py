@@ -6,8 +6,9 @@ re-measurement (`--remeasure BASELINE_RUN`: both runs' artifacts re-timed round-
 process or by one worker per side's environment; see compare.py), the test is a one-sided Wilcoxon
 signed-rank test on the paired rounds. Times recorded in
 two separate runs are only advisory unless asked for (`strict_recorded_latency`): on a shared
-machine their level moves between runs (measured: 6 false alarms in 10 same-build pairs at +15 %),
-which no test on the within-run samples can see; there a one-sided Mann-Whitney U test stands in.
+machine their level moves between runs (measured: 7 false alarms in 10 same-build pairs at +15 %,
+README), which no test on the within-run samples can see; there a one-sided Mann-Whitney U test
+stands in.
 Every latency cell is one test of a family: significant means a Holm-adjusted p below ALPHA, so
 the chance of any false alarm in one gate stays at most ALPHA however many cells it judges.
 """
