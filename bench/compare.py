@@ -161,7 +161,6 @@ class Worker:
             raise UsageError(f"--{self.side}-python: {self.python} speaks worker protocol "
                              f"{hello.get('protocol')}, this ffnbench {worker.PROTOCOL}; re-measure with matching "
                              "revisions")
-        self.versions = hello["versions"]
         return self
 
     def _read(self) -> dict:

@@ -4,11 +4,10 @@ Accuracy is deterministic for a fixed stack and seed, so it is judged by absolut
 Latency fails only when the slowdown exceeds its tolerance *and* is significant. Judged by
 re-measurement (`--remeasure BASELINE_RUN`: both runs' artifacts re-timed round-robin, in this
 process or by one worker per side's environment; see compare.py), the test is a one-sided Wilcoxon
-signed-rank test on the paired rounds. Times recorded in
-two separate runs are only advisory unless asked for (`strict_recorded_latency`): on a shared
-machine their level moves between runs (measured: 7 false alarms in 10 same-build pairs at +15 %,
-README), which no test on the within-run samples can see; there a one-sided Mann-Whitney U test
-stands in.
+signed-rank test on the paired rounds. Times recorded in two separate runs are only advisory
+unless asked for (`strict_recorded_latency`): on a shared machine their level moves between runs
+(measured: 7 false alarms in 10 same-build pairs at +15 %, README), which no test on the
+within-run samples can see; there a one-sided Mann-Whitney U test stands in.
 Every latency cell is one test of a family: significant means a Holm-adjusted p below ALPHA, so
 the chance of any false alarm in one gate stays at most ALPHA however many cells it judges.
 """
@@ -29,7 +28,7 @@ from ffnbench.bench.stats import holm, mann_whitney_greater
 from ffnbench.errors import UsageError
 
 BASELINE_KIND, BASELINE_FORMAT = "ffnbench.baseline", 1
-ALPHA = 0.05  # family-wise, over all latency cells of one gate
+ALPHA = 0.05  # family-wise, over the latency findings of one gate that can fail it
 
 
 def where(cell: dict) -> str:
@@ -227,7 +226,7 @@ def _latency_finding(old: dict, new: dict, metric: str, check: Check, remeasured
     elif remeasured is not None and metric == "p50_ms":
         ratio = remeasured["ratio"]
         beyond = ratio > 1 + check.limit if check.relative else ratio * b > allowed
-        note = (f"re-measured side by side by {remeasured.get('code', 'this process')} code: new/old {ratio:.3f} "
+        note = (f"re-measured side by side by {remeasured['code']} code: new/old {ratio:.3f} "
                 f"[{remeasured['ci_low']:.3f}, {remeasured['ci_high']:.3f}] over {remeasured['iterations']} rounds")
         if remeasured["iterations"] < rounds:
             return Finding(new["key"], metric, b, ratio * b, allowed, True, f"{note}; fewer than the minimum {rounds} "
