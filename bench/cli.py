@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="re-time both runs' artifacts interleaved (the only mode)")
     _add_environment_args(compare)
 
+    train = sub.add_parser("train", help="train a byte-level causal LM whose FFN sublayers are one design")
+    train.add_argument("--design", required=True, help="A, B, ln-swiglu or rms-gelu")
+    train.add_argument("--out", required=True, help="a new directory for model.safetensors and manifest.json")
+    train.add_argument("--steps", type=int, help="optimiser steps (default: TrainConfig's)")
+    train.add_argument("--batch", type=int, help="sequences a step (default: TrainConfig's)")
+    train.add_argument("--seed", type=int, help="initialisation and data order (default 0)")
+
     report = sub.add_parser("report", help="write report.md and plots/*.png for a run directory")
     report.add_argument("run_dir")
     return parser
@@ -318,8 +325,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from ffnbench.models.lm import LMConfig
+    from ffnbench.models.train import TrainConfig, train
+
+    seed = {} if args.seed is None else {"seed": args.seed}
+    lm_cfg = LMConfig(design=args.design, **seed)
+    cfg = TrainConfig(**{k: getattr(args, k) for k in ("steps", "batch") if getattr(args, k) is not None}, **seed)
+    m = train(lm_cfg, cfg, args.out)
+    print(f"wrote {args.out}: design {args.design}, {m['parameters']:,} parameters, {m['steps']} steps, "
+          f"final loss {m['losses'][-1]:.3f} nats, held-out {m['held_out_bits_per_byte']:.3f} bits per byte "
+          f"({m['corpus']['source']}, sha256 {m['corpus']['sha256'][:12]})")
+    return 0
+
+
 COMMANDS = {"doctor": cmd_doctor, "export": cmd_export, "quantize": cmd_quantize, "run": cmd_run,
-            "report": cmd_report, "merge": cmd_merge, "gate": cmd_gate, "compare": cmd_compare}
+            "report": cmd_report, "merge": cmd_merge, "gate": cmd_gate, "compare": cmd_compare, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

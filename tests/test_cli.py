@@ -233,3 +233,19 @@ def test_gate_refuses_a_tolerance_unit_that_does_not_fit_its_metric(cli, tmp_pat
     r = cli("gate", "--baseline", tmp_path / "b.json", tmp_path / "run", "--tolerance", spec)
     assert r.returncode == 2 and "does not fit p50_ms" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--design", "C"], "design: unknown 'C'"),
+    (["--design", "A", "--steps", "0"], "steps: must be a positive integer"),
+])
+def test_train_bad_input_is_one_line_exit_2_and_writes_nothing(cli, tmp_path, args, needle):
+    r = cli("train", *args, "--out", tmp_path / "lm")
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "lm").exists()
+
+
+def test_train_refuses_an_existing_output(cli, tmp_path):
+    (tmp_path / "lm").mkdir()
+    r = cli("train", "--design", "B", "--steps", "1", "--out", tmp_path / "lm")
+    assert r.returncode == 2 and "already exists; choose a new directory" in r.stderr

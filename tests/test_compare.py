@@ -53,7 +53,7 @@ def test_a_doubled_bitsandbytes_forward_in_the_new_code_is_caught(tmp_path, seed
     doubled forward shows, though both sides time the same artifact files."""
     run_dir = seed_exports(tmp_path / "run")
     run(RunConfig(models=["tiny"], designs=["A", "B"], recipes=["fp32", "bnb-int8"], scenarios=["clean"], n_requests=1,
-                  seq_len=2, warmup=2, min_iterations=20, min_seconds=0.001, prefill=[2, 16]), run_dir, progress=False)
+                  seq_len=2, warmup=2, min_iterations=30, min_seconds=0.001, prefill=[2, 16]), run_dir, progress=False)
     write_baseline(run_dir, tmp_path / "baseline.json")
     doubled = doubled_forward_environment(tmp_path)
     ratios = remeasure(run_dir, run_dir, old_python=sys.executable, new_python=str(doubled))

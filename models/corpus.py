@@ -1,0 +1,62 @@
+"""Real text this machine already ships, read at run time and hashed: prose to train on, code as a
+second domain (a natural drift). Nothing is downloaded or generated."""
+
+import hashlib
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ffnbench.errors import UsageError
+
+HELD_OUT = 0.1  # the last tenth of each domain is never trained on
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    source: str  # where the text came from, for the manifest
+    data: np.ndarray  # uint8 bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data.tobytes()).hexdigest()
+
+    def split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(train, held-out): the held-out part is the last HELD_OUT of the bytes."""
+        cut = int(len(self.data) * (1 - HELD_OUT))
+        return self.data[:cut], self.data[cut:]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "source": self.source, "bytes": int(len(self.data)), "sha256": self.sha256,
+                "held_out": HELD_OUT}
+
+
+def prose() -> Corpus:
+    """The standard library's documentation topics (`pydoc_data.topics`), in key order."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as e:
+        raise UsageError(f"corpus prose: this Python ships no pydoc_data ({e}); use a full CPython install") from e
+    text = "".join(topics[key] for key in sorted(topics))
+    return Corpus("prose", "pydoc_data.topics", np.frombuffer(text.encode("utf-8"), np.uint8))
+
+
+def code(limit: int = 500_000) -> Corpus:
+    """The standard library's own top-level Python sources, in name order, up to `limit` bytes."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    sources = sorted(stdlib.glob("*.py"))
+    if not sources:
+        raise UsageError(f"corpus code: no standard-library sources under {stdlib}; use a full CPython install")
+    blob = b"".join(path.read_bytes() for path in sources)[:limit]
+    return Corpus("code", f"stdlib *.py under {stdlib.name}", np.frombuffer(blob, np.uint8))
+
+
+DOMAINS = {"prose": prose, "code": code}
+
+
+def load(name: str) -> Corpus:
+    if name not in DOMAINS:
+        raise UsageError(f"corpus: unknown '{name}'; choose one of {', '.join(DOMAINS)}")
+    return DOMAINS[name]()

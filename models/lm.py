@@ -1,0 +1,111 @@
+"""CausalLM: a small byte-level decoder whose FFN sublayers are one design, everything else shared.
+
+A matched pair differs only in the FFN sublayers (the existing FFNBlocks, norm included): the
+embeddings, positions, attention, the attention's norm, the final norm, the head and their
+initialisation are the same code and the same seeded draws for every design.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ffnbench.errors import UsageError
+from ffnbench.models.config import DESIGNS, FFNConfig
+from ffnbench.models.layers import FFNBlock, build_model
+
+VOCAB = 256  # bytes: no tokenizer to ship or download
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    design: str = "A"
+    d_model: int = 192  # small enough to train on 2 cores in minutes
+    n_layers: int = 4
+    n_heads: int = 4  # head width 48
+    d_ff: int = 768  # GELU width 4 × d_model; SwiGLU gets the parameter-matched width
+    context: int = 128  # bytes a sequence
+    seed: int = 0  # initialisation; the same seed gives the same shared weights for every design
+
+    def __post_init__(self) -> None:
+        if self.design not in DESIGNS:
+            raise UsageError(f"design: unknown '{self.design}'; choose one of {', '.join(DESIGNS)}")
+        for name in ("d_model", "n_layers", "n_heads", "d_ff", "context"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise UsageError(f"{name}: must be a positive integer, got {getattr(self, name)!r}")
+        if self.d_model % self.n_heads:
+            raise UsageError(f"n_heads: {self.n_heads} does not divide d_model {self.d_model}; pick a divisor")
+
+    def ffn(self, layer: int) -> FFNConfig:
+        return FFNConfig(design=self.design, d_model=self.d_model, d_ff=self.d_ff, residual=True,
+                         seed=self.seed * 1000 + layer)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Attention(nn.Module):
+    """Pre-norm causal self-attention: h + proj(attend(LayerNorm(h)))."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, t, c = h.shape
+        q, k, v = self.qkv(self.norm(h)).split(c, dim=-1)
+        q, k, v = (x.view(b, t, self.n_heads, c // self.n_heads).transpose(1, 2) for x in (q, k, v))  # (B, H, T, c/H)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return h + self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class Block(nn.Module):
+    """Attention, then the design's FFN sublayer (its own norm and residual)."""
+
+    def __init__(self, cfg: LMConfig, layer: int):
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.ffn: FFNBlock = build_model(cfg.ffn(layer))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.ffn(self.attn(h))
+
+
+class CausalLM(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.cfg = cfg
+        generator = torch.Generator().manual_seed(cfg.seed)
+        self.embed = nn.Embedding(VOCAB, cfg.d_model)
+        self.pos = nn.Embedding(cfg.context, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, VOCAB, bias=False)
+        # Shared parts drawn from one generator in a fixed order, so both designs get the same ones;
+        # the FFN blocks keep the initialisation build_model gave them.
+        shared = [self.embed.weight, self.pos.weight, self.head.weight]
+        shared += [p for b in self.blocks for p in (b.attn.qkv.weight, b.attn.proj.weight)]
+        with torch.no_grad():
+            for weight in shared:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.02)
+            for b in self.blocks:
+                b.attn.qkv.bias.zero_()
+                b.attn.proj.bias.zero_()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Next-byte logits (B, T, 256) for byte ids (B, T), T <= context."""
+        t = tokens.shape[1]
+        h = self.embed(tokens) + self.pos(torch.arange(t, device=tokens.device))  # (B, T, C)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h))
+
+    def loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean next-byte cross-entropy (nats) over a batch of sequences (B, T+1)."""
+        logits = self(tokens[:, :-1])
+        return F.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))

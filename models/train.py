@@ -1,0 +1,115 @@
+"""`ffnbench train`: one CausalLM trained on real prose, deterministic for a seed and machine.
+
+Every design trains with the same data order, seeds, optimiser (AdamW) and schedule, so a pair
+differs only in its FFN sublayers. The checkpoint directory holds model.safetensors and
+manifest.json (corpus hash, configs, steps, loss curve, held-out bits per byte).
+"""
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from ffnbench import files
+from ffnbench.errors import UsageError
+from ffnbench.models import corpus
+from ffnbench.models.lm import CausalLM, LMConfig
+from ffnbench.versions import stack_versions
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1200  # about 15 minutes on 2 cores at the default sizes (issue 11: 0.7 s a step)
+    batch: int = 32  # sequences of context + 1 bytes
+    lr: float = 3e-3  # peak; linear warm-up, then cosine decay to a tenth
+    warmup: int = 50
+    weight_decay: float = 0.1
+    seed: int = 0  # data order
+    eval_batch: int = 64  # held-out windows scored at once
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "eval_batch"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise UsageError(f"{name}: must be a positive integer, got {getattr(self, name)!r}")
+        if not self.lr > 0 or self.warmup < 0 or self.weight_decay < 0:
+            raise UsageError("lr must be positive, warmup and weight_decay >= 0")
+
+
+def schedule(step: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine from 1 to 0.1 at the last step."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def batches(data: np.ndarray, context: int, cfg: TrainConfig):
+    """Random windows of context + 1 bytes, (batch, context + 1) int64, a pure function of the seed."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    tokens = torch.from_numpy(data.astype(np.int64))
+    offsets = torch.arange(context + 1)
+    for _ in range(cfg.steps):
+        starts = torch.randint(0, len(tokens) - context - 1, (cfg.batch,), generator=generator)
+        yield tokens[starts[:, None] + offsets]
+
+
+@torch.no_grad()
+def bits_per_byte(model: CausalLM, data: np.ndarray, batch: int) -> float:
+    """Mean next-byte cross-entropy in bits over non-overlapping windows covering `data`."""
+    context = model.cfg.context
+    n = (len(data) - 1) // context
+    if n == 0:
+        raise UsageError(f"text of {len(data)} bytes is shorter than one context of {context + 1} bytes; "
+                         "give more text or a shorter context")
+    tokens = torch.from_numpy(data[: n * context + 1].astype(np.int64))
+    windows = torch.stack([tokens[i * context: (i + 1) * context + 1] for i in range(n)])  # (n, context + 1)
+    model.eval()
+    nats = sum(model.loss(windows[i:i + batch]).item() * len(windows[i:i + batch]) for i in range(0, n, batch))
+    return nats / n / math.log(2)
+
+
+def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress: bool | None = None) -> dict:
+    """Train one CausalLM on the prose corpus; write it to `out` (nothing half-written) and return its
+    manifest (the losses of every step among it)."""
+    text = corpus.prose()
+    train_bytes, held_out = text.split()
+    if len(held_out) <= lm_cfg.context + 1:
+        raise UsageError(f"corpus {text.name}: its held-out part ({len(held_out)} bytes) is shorter than one "
+                         f"context ({lm_cfg.context + 1} bytes); use a shorter context")
+    if out is not None and Path(out).exists():
+        raise UsageError(f"--out: {out} already exists; choose a new directory")
+    torch.manual_seed(lm_cfg.seed)  # nothing should draw from it; pinned anyway for determinism
+    model = CausalLM(lm_cfg)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: schedule(step, cfg))
+    losses, started = [], time.perf_counter()
+    model.train()
+    for tokens in tqdm(batches(train_bytes, lm_cfg.context, cfg), total=cfg.steps, unit="step", file=sys.stderr,
+                       disable=None if progress is None else not progress, desc=f"train {lm_cfg.design}"):
+        loss = model.loss(tokens)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        scheduler.step()
+        losses.append(round(loss.item(), 5))
+    manifest = {
+        "kind": "ffnbench.lm", "config": lm_cfg.to_dict(), "train": dataclasses.asdict(cfg),
+        "corpus": text.describe(), "steps": cfg.steps, "losses": losses,
+        "held_out_bits_per_byte": bits_per_byte(model, held_out, cfg.eval_batch),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(time.perf_counter() - started, 1), "versions": stack_versions(),
+    }
+    if out is not None:
+        with files.staged_dir(Path(out)) as stage:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(stage / "model.safetensors"))
+            manifest["sha256"] = files.sha256_file(stage / "model.safetensors")
+            files.write_json(stage / "manifest.json", manifest)
+    return manifest
