@@ -33,11 +33,15 @@ from ffnbench.models import preset
 from ffnbench.quant import load_artifact
 
 
-def _runnable(run_dir: Path, cell: dict, threads: int, config: RunConfig):
+def _artifact_dir(run_dir: Path, cell: dict) -> Path:
     artifact_dir = cell.get("artifact", {}).get("dir")
     if not artifact_dir or not (run_dir / artifact_dir / "manifest.json").is_file():
         raise UsageError(f"compare: {run_dir} has no artifact for {cell['key']}; re-run it with this ffnbench")
-    artifact = load_artifact(run_dir / artifact_dir, device=config.device)
+    return run_dir / artifact_dir
+
+
+def _runnable(run_dir: Path, cell: dict, threads: int, config: RunConfig):
+    artifact = load_artifact(_artifact_dir(run_dir, cell), device=config.device)
     assert artifact.runtime == "ort", "only ONNX Runtime cells are re-measured"
     return OrtRunnable(latency_cells.latency_model(artifact.path), threads=threads, spinning=config.ort_spinning,
                        device=config.device if ort_has_cuda() else "cpu")
@@ -115,10 +119,7 @@ def _time_in_workers(workers: dict, sides: dict, inputs: dict, threads: dict, co
         path = scratch / (re.sub(r"[^\w.=-]", "_", key) + ".npy")
         np.save(path, inputs[key])
         for side, (run_dir, record) in by_side.items():
-            artifact_dir = record.get("artifact", {}).get("dir")
-            if not artifact_dir or not (run_dir / artifact_dir / "manifest.json").is_file():
-                raise UsageError(f"compare: {run_dir} has no artifact for {key}; re-run it with this ffnbench")
-            workers[side].send(op="load", key=key, artifact_dir=str(run_dir / artifact_dir), inputs=str(path),
+            workers[side].send(op="load", key=key, artifact_dir=str(_artifact_dir(run_dir, record)), inputs=str(path),
                                threads=threads[side], spinning=config.ort_spinning, device=config.device)
             fns[f"{side}:{key}"] = functools.partial(workers[side].call, key)
         for side, (_, record) in by_side.items():  # both sides load at once; loading is not timed
