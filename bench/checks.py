@@ -9,15 +9,18 @@ already on a log scale; no unit means the metric's own unit.
 import re
 from dataclasses import dataclass
 
+from ffnbench.bench.lm_metrics import LM_METRICS
 from ffnbench.bench.metrics import ALL_METRICS
 from ffnbench.errors import UsageError
 
 LATENCY_METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "tokens_per_s", "peak_rss_mb", "model_bytes")
-FRACTIONS = {"cosine", "top1_agreement", "nonfinite_rate", "norm_positive_fraction", "preact_sign_flip_rate"}
+FRACTIONS = {"cosine", "top1_agreement", "nonfinite_rate", "norm_positive_fraction", "preact_sign_flip_rate",
+             "spike_token_share"}
 HIGHER_IS_BETTER = {"sqnr_db", "centered_sqnr_db", "cosine", "top1_agreement", "fp32_drift_db", "tokens_per_s"}
-GATEABLE = (*ALL_METRICS, *LATENCY_METRICS)
+GATEABLE = tuple(dict.fromkeys((*ALL_METRICS, *LM_METRICS, *LATENCY_METRICS)))
+# delta_bpb (lm cells): 0.01 bits per byte is about 0.6 % of the trained pair's held-out 1.72-1.74.
 DEFAULTS = ("sqnr_db:-1dB", "centered_sqnr_db:-1dB", "top1_agreement:-0.5pp", "nonfinite_rate:+0",
-            "p50_ms:+15%")
+            "delta_bpb:+0.01", "p50_ms:+15%")
 FORM = re.compile(r"^(?P<metric>[a-z0-9_]+):(?P<sign>[+-])(?P<value>\d+(\.\d+)?)(?P<unit>dB|pp|%)?$")
 
 

@@ -246,11 +246,23 @@ def cmd_run(args) -> int:
     counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "skipped", "error")}
     print(f"{args.out}: {counts['ok']} cells measured, {counts['skipped']} skipped, {counts['error']} failed "
           f"(see {args.out}/results.jsonl)")
+    _print_drift(results)
     if not args.no_report:
         from ffnbench.bench.report import write
 
         print(f"wrote {write(args.out)}")
     return 0
+
+
+def _print_drift(results: list[dict]) -> None:
+    """The measured drift at the trained pair's FFN inputs: printed, not assumed."""
+    from ffnbench.bench.drift_stats import per_layer
+
+    measured = [r for r in results if r.get("drift_stats")]
+    if measured:
+        print("drift at the FFN inputs, fp32 (per layer: positive-mean share/mean shift in std/rms spread):")
+    for r in measured:
+        print(f"  {r['design']} {r['scenario']:<12} {per_layer(r['drift_stats'])}")
 
 
 def cmd_merge(args) -> int:

@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ffnbench.bench.latency import LatencyConfig
-from ffnbench.bench.scenarios import NAMED, Replay, Scenario
+from ffnbench.bench.scenarios import NAMED, TEXT_DOMAINS, Replay, Scenario
 from ffnbench.errors import UsageError
 from ffnbench.models import DESIGNS, PRESETS
+from ffnbench.models.lm import INJECT
 from ffnbench.quant import RECIPES, recipe_config
 
 QUICK_RECIPES = ("fp32", "ort-int8-dynamic", "ort-int4-rtn", "bnb-int8", "bnb-nf4")
+QUICK_LM_RECIPES = ("fp32", "ort-int8-dynamic", "bnb-nf4")
 
 
 @dataclass
@@ -45,6 +47,13 @@ class RunConfig:
     decode: list[int] = field(default_factory=lambda: [1, 1])  # (batch, seq)
     prefill: list[int] = field(default_factory=lambda: [8, 128])
     device: str = "cpu"
+    # Whole-model (lm) cells on the committed trained pair, for the run's designs among A and B and
+    # its recipes among lm_recipes ([] for none; the presets name some); scenarios synthetic or a
+    # text domain (domain-code).
+    lm_recipes: list[str] = field(default_factory=list)
+    lm_scenarios: list[str] = field(default_factory=lambda: ["clean", "production", "domain-code"])
+    lm_windows: int = 16  # held-out windows of 128 bytes a scenario
+    lm_inject: str = "ffn-input"  # where a synthetic drift enters: each FFN's input, or "residual"
     user_scenarios: dict[str, Scenario | Replay] = field(default_factory=dict)
     # Recipe variants by name: {"torch-fp16-norm32": {"base": "torch-fp16", "norm_fp32": True}}
     user_recipes: dict[str, dict] = field(default_factory=dict)
@@ -89,7 +98,8 @@ class RunConfig:
             for value in values:
                 if value not in known:
                     raise UsageError(f"{axis}: unknown '{value}'; choose from {', '.join(known)}")
-        for name in ("n_requests", "seq_len", "calibration_requests", "threads"):
+        self._check_lm(known_recipes, known_scenarios)
+        for name in ("n_requests", "seq_len", "calibration_requests", "threads", "lm_windows"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name}: must be positive, got {getattr(self, name)}")
         if not self.delta > 0:
@@ -105,6 +115,22 @@ class RunConfig:
                 raise UsageError("device: cuda, but no CUDA device is usable here; use cpu")
         self.latency_config()  # validates the timing settings
         return self
+
+    def _check_lm(self, known_recipes: dict, known_scenarios: dict) -> None:
+        for recipe in self.lm_recipes:
+            if recipe not in known_recipes:
+                raise UsageError(f"lm_recipes: unknown '{recipe}'; choose from {', '.join(known_recipes)}")
+        for name in self.lm_scenarios:
+            if name not in {**known_scenarios, **TEXT_DOMAINS}:
+                raise UsageError(f"lm_scenarios: unknown '{name}'; choose from "
+                                 f"{', '.join([*known_scenarios, *TEXT_DOMAINS])}")
+            if isinstance(self.user_scenarios.get(name), Replay):
+                raise UsageError(f"lm_scenarios: '{name}' replays hidden states, and a whole model reads text; "
+                                 "use a synthetic scenario or a text domain (domain-code)")
+        if self.lm_recipes and not self.lm_scenarios:
+            raise UsageError("lm_scenarios: empty; name at least one (e.g. clean) or set lm_recipes = []")
+        if self.lm_inject not in INJECT:
+            raise UsageError(f"lm_inject: unknown '{self.lm_inject}'; choose one of {', '.join(INJECT)}")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -122,18 +148,19 @@ class RunConfig:
 
 
 PRESETS_RUN = {
-    "quick": RunConfig(preset="quick"),
-    "default": RunConfig(preset="default", models=["default"], recipes=list(RECIPES), scenarios=list(NAMED)),
+    "quick": RunConfig(preset="quick", lm_recipes=list(QUICK_LM_RECIPES), lm_windows=8),
+    "default": RunConfig(preset="default", models=["default"], recipes=list(RECIPES), scenarios=list(NAMED),
+                         lm_recipes=list(RECIPES), lm_scenarios=[*NAMED, *TEXT_DOMAINS]),
     "full": RunConfig(preset="full", designs=list(DESIGNS), models=["small", "default"], recipes=list(RECIPES),
-                      scenarios=list(NAMED)),
+                      scenarios=list(NAMED), lm_recipes=list(RECIPES), lm_scenarios=[*NAMED, *TEXT_DOMAINS]),
 }
 
-LIST_KEYS = ("designs", "models", "recipes", "scenarios", "calibration")
+LIST_KEYS = ("designs", "models", "recipes", "scenarios", "calibration", "lm_recipes", "lm_scenarios")
 SHAPE_KEYS = ("decode", "prefill")
 SCALAR_KEYS = {"preset": str, "n_requests": int, "seq_len": int, "seed": int, "calibration_requests": int,
                "delta": float, "threads": int, "device": str, "residual": bool, "latency": bool, "warmup": int,
                "min_iterations": int, "min_seconds": float, "max_iterations": int, "max_seconds": float,
-               "ort_spinning": bool}
+               "ort_spinning": bool, "lm_windows": int, "lm_inject": str}
 
 
 def preset_config(name: str) -> RunConfig:

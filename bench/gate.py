@@ -32,7 +32,10 @@ ALPHA = 0.05  # family-wise, over the latency findings of one gate that can fail
 
 
 def where(cell: dict) -> str:
-    return cell["scenario"] if cell.get("kind", "accuracy") == "accuracy" else f"latency:{cell['shape']['name']}"
+    kind = cell.get("kind", "accuracy")
+    if kind == "latency":
+        return f"latency:{cell['shape']['name']}"
+    return cell["scenario"] if kind == "accuracy" else f"{kind}:{cell['scenario']}"
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
@@ -127,7 +130,8 @@ def gate(baseline_path: Path, run_dir: Path, checks: dict[str, Check], allow_sta
     manifest, cells = load_run(run_dir)
     result = GateResult()
     _check_stack(baseline, manifest, allow_stack_change, result)
-    keep = {"all": ("accuracy", "latency"), "accuracy": ("accuracy",), "latency": ("latency",)}[only]
+    # lm cells are accuracy too: deterministic for a stack, judged by absolute change.
+    keep = {"all": ("accuracy", "lm", "latency"), "accuracy": ("accuracy", "lm"), "latency": ("latency",)}[only]
     base_cells = [c for c in baseline["cells"].values() if c.get("kind", "accuracy") in keep]
     base = _index(base_cells)
     run_cells = [c for c in cells if c.get("kind", "accuracy") in keep]

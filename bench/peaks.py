@@ -7,16 +7,11 @@ import hashlib
 import json
 import os
 import time
-from pathlib import Path
 
 import torch
 
 from ffnbench import files
 from ffnbench.bench.isa import cpu_info
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ffnbench"
 
 
 def _best_seconds(fn, repeats: int) -> float:
@@ -57,7 +52,7 @@ def peaks(threads: int, remeasure: bool = False) -> dict:
     """Cached `measure(threads)` for this CPU and torch build."""
     cpu = cpu_info()
     identity = json.dumps([cpu["model"], cpu["isa"], os.cpu_count(), threads, torch.__version__], sort_keys=True)
-    path = cache_dir() / f"peaks-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.json"
+    path = files.cache_dir() / f"peaks-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.json"
     if path.exists() and not remeasure:
         return {**json.loads(path.read_text()), "cached": True}
     result = measure(threads)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ffnbench import files
-from ffnbench.bench import latency, plots
+from ffnbench.bench import latency, plots, report_downstream
 from ffnbench.bench.scenarios import NAMED
 from ffnbench.bench.store import load_run
 
@@ -30,8 +30,9 @@ class Run:
                     for c in self.ok if c.get("kind", "accuracy") == "accuracy"}
         self.lat = {(c["design"], c["model"], label(c), c["shape"]["name"]): c["metrics"]
                     for c in self.ok if c.get("kind") == "latency"}
+        self.lm = {(c["design"], label(c), c["scenario"]): c for c in self.ok if c.get("kind") == "lm"}
         self.designs = list(dict.fromkeys(c["design"] for c in cells))
-        self.models = list(dict.fromkeys(c["model"] for c in cells))
+        self.models = list(dict.fromkeys(c["model"] for c in cells if c.get("kind") != "lm"))
         self.recipes = list(dict.fromkeys(label(c) for c in cells))
         self.scenarios = list(dict.fromkeys(c["scenario"] for c in cells if c.get("kind", "accuracy") == "accuracy"))
 
@@ -126,8 +127,9 @@ def caveats(run: Run) -> list[str]:
     config = run.manifest.get("config", {})
     if not config.get("residual", True):
         out.append("Metrics judge the FFN branch (residual off); with it, the exact input dominates the output.")
-    out.append("Weights are seeded and synthetic (1/sqrt(fan_in) scale), not trained; real activations have "
-               "outlier structure these do not. Load a checkpoint with `ffnbench export --weights` to check.")
+    if not run.lm:
+        out.append("Sublayer weights are seeded and synthetic (1/sqrt(fan_in) scale), not trained; real activations "
+                   "have outlier structure these do not. The lm cells (Downstream) measure the trained pair.")
     if "magnitude-2" in run.scenarios and "clean" in run.scenarios:
         diffs = [abs(m["centered_sqnr_db"] - run.acc[(d, mo, r, "clean")]["centered_sqnr_db"])
                  for (d, mo, r, s), m in run.acc.items() if s == "magnitude-2" and (d, mo, r, "clean") in run.acc
@@ -170,10 +172,13 @@ def write(run_dir: Path) -> Path:
              f"Preset `{m.get('config', {}).get('preset')}`, models {', '.join(run.models)}, designs "
              f"{', '.join(run.designs)}, {len(run.ok)} cells measured. Started {m.get('started')}, "
              f"ffnbench revision `{m.get('git_revision')}`.", ""]
+    sublayer_delta = None  # the first model's median A − B, for the downstream verdict to set beside
     for model in run.models:
         scenario = run.headline_scenario()
         if scenario and {"A", "B"} <= set(run.designs):
             rows, facts = headline(run, model, scenario)
+            if sublayer_delta is None and facts["delta"]:
+                sublayer_delta = statistics.median(facts["delta"].values())
             lines += [f"## Decision: A vs B under `{scenario}` (model `{model}`)", "",
                       *verdict(run, model, scenario, facts), "", *rows, ""]
         lines += _robustness(run, model, plot_dir)
@@ -183,6 +188,7 @@ def write(run_dir: Path) -> Path:
                       f"(δ = {m.get('config', {}).get('delta')}), the share of pre-activations whose sign flips, "
                       "and the share of positive norm outputs.", "", *seed_tables(run, model, scenario), ""]
         lines += _latency(run, model, plot_dir)
+    lines += report_downstream.section(run, plot_dir, sublayer_delta)
     lines += ["## Caveats", "", *[f"- {c}" for c in caveats(run)], ""]
     lines += _machine(m)
     if run.not_ok:

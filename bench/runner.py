@@ -1,6 +1,5 @@
 """`run(config, out) -> results`: build -> export -> quantize -> measure -> record, cell by cell."""
 
-import hashlib
 import itertools
 import json
 import math
@@ -12,8 +11,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ffnbench.bench import doctor, latency_cells, metrics
+from ffnbench import files
+from ffnbench.bench import doctor, latency_cells, lm_cells, metrics
 from ffnbench.bench.config import RunConfig
+from ffnbench.bench.lm_cells import LM_DESIGNS, LM_MODEL, LMSubject, measure_lm
 from ffnbench.bench.runnables import Runnable, TorchRunnable, ort_has_cuda, runnable_for
 from ffnbench.bench.store import RunStore
 from ffnbench.errors import UsageError
@@ -30,11 +31,11 @@ class Cell:
     recipe: str
     scenario: str  # a scenario name, or the latency shape ("decode", "prefill") for latency cells
     calibration: str | None  # QDQ recipes only
-    kind: str = "accuracy"  # or "latency"
+    kind: str = "accuracy"  # or "latency", or "lm" (a whole trained model)
 
     @property
     def key(self) -> str:
-        where = self.scenario if self.kind == "accuracy" else f"latency:{self.scenario}"
+        where = self.scenario if self.kind == "accuracy" else f"{self.kind}:{self.scenario}"
         return f"{self.design}/{self.model}/{self.recipe}/{where}/cal={self.calibration or '-'}"
 
     @property
@@ -43,7 +44,8 @@ class Cell:
 
 
 def plan(config: RunConfig) -> list[Cell]:
-    """Every cell of the matrix, ordered by model size, then accuracy before latency."""
+    """Every cell of the matrix, ordered by model size, then accuracy before latency; the trained
+    pair's lm cells last, for the run's designs among the pair's and its recipes among lm_recipes."""
     cells = []
     for model in config.models:
         for design, recipe in itertools.product(config.designs, config.recipes):
@@ -53,6 +55,11 @@ def plan(config: RunConfig) -> list[Cell]:
             for shape, design, recipe in itertools.product(("decode", "prefill"), config.designs, config.recipes):
                 cells += [Cell(design, model, recipe, shape, cal, kind="latency")
                           for cal in _calibrations(config, recipe)]
+    lm_designs = [d for d in config.designs if d in LM_DESIGNS]
+    lm_recipes = [r for r in config.recipes if r in config.lm_recipes]
+    for design, recipe in itertools.product(lm_designs, lm_recipes):
+        for cal in _calibrations(config, recipe):
+            cells += [Cell(design, LM_MODEL, recipe, s, cal, kind="lm") for s in config.lm_scenarios]
     return cells
 
 
@@ -87,8 +94,11 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
     todo = [cell for cell in cells if cell.key not in finished]
     with tqdm(total=len(todo), disable=None if progress is None else not progress, unit="cell",
               file=sys.stderr, dynamic_ncols=True) as bar:
-        for model, group in itertools.groupby(todo, key=lambda c: c.model):
+        for (lm, model), group in itertools.groupby(todo, key=lambda c: (c.kind == "lm", c.model)):
             group = list(group)
+            if lm:
+                run_lm(group, config, store, bar)
+                continue
             subjects = {d: Subject(config, d, model, store.out / "artifacts")
                         for d in dict.fromkeys(c.design for c in group)}
             for cell in (c for c in group if c.kind == "accuracy"):
@@ -105,7 +115,20 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
     return store.results()
 
 
+def run_lm(cells: list[Cell], config: RunConfig, store: RunStore, bar) -> None:
+    subjects = {}
+    for cell in cells:
+        if cell.design not in subjects:
+            bar.set_description(f"trained {cell.design}: export (whole model)")
+            subjects[cell.design] = LMSubject(config, cell.design, store.out / "artifacts")
+        bar.set_description(cell.key)
+        store.append(measure_lm(subjects[cell.design], cell))
+        bar.update()
+
+
 def _check_inputs(config: RunConfig) -> None:
+    if any(c.kind == "lm" for c in plan(config)):
+        lm_cells.check(config)
     for model in config.models:
         d_model = preset(model).d_model
         for name in {*config.scenarios, *config.calibration}:
@@ -129,7 +152,7 @@ class Subject:
         cfg = self.block.cfg
         identity = {"config": cfg.to_dict(), "source": self.block.source, "opset": NATIVE_OPSET, "taps": True,
                     "ffnbench": stack_versions()["ffnbench"]}
-        out = self.artifacts / f"export-{cfg.design}-{_digest(identity)}"
+        out = self.artifacts / f"export-{cfg.design}-{files.digest(identity)}"
         if (out / "manifest.json").exists():  # cached by content: a re-run does not re-export
             return ExportedModel(out / "model.onnx", json.loads((out / "manifest.json").read_text()))
         return export_onnx(self.block, out, taps=True)
@@ -178,7 +201,7 @@ class Subject:
             cal = self.calibration(calibration) if calibration else None
             identity = {"export": self.export.manifest["sha256"], "recipe": base, "params": params,
                         "device": self.config.device, "calibration": cal.describe() if cal else None}
-            out = self.artifacts / f"{recipe}-{self.block.cfg.design}-{_digest(identity)}"
+            out = self.artifacts / f"{recipe}-{self.block.cfg.design}-{files.digest(identity)}"
             if (out / "manifest.json").exists():
                 artifact = load_artifact(out, self.block, device=self.config.device)
             else:
@@ -273,6 +296,3 @@ def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks:
         record.setdefault("seconds", 0.0)
     return list(records.values())
 
-
-def _digest(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -37,22 +37,27 @@ class Scenario:
         for field, value in (("n_requests", n_requests), ("seq_len", seq_len), ("d_model", d_model)):
             if value <= 0:
                 raise UsageError(f"scenario {self.name}: {field} must be positive, got {value}")
-        # Separate streams per ingredient, so turning one knob leaves the others' draws unchanged.
         base = _rng(seed, "base").standard_normal((n_requests, seq_len, d_model))
-        h = base
+        gain, offset, scale = self.affine(n_requests, d_model, seed)
+        return ((base * gain + offset) * scale[:, None, None]).astype(np.float32)
+
+    def affine(self, n_requests: int, d_model: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The drift as (h·gain + offset)·scale on unit-std states: gain and offset per feature
+        (d_model,), scale per request (n_requests,). A whole model applies it to its own hidden
+        states, the offset in units of each feature's std there."""
+        # Separate streams per ingredient, so turning one knob leaves the others' draws unchanged.
+        gain, offset, scale = np.ones(d_model), np.zeros(d_model), np.ones(n_requests)
         if self.outlier_channels:
             channels = _rng(seed, "outliers").choice(d_model, min(self.outlier_channels, d_model), replace=False)
-            h[..., channels] *= self.outlier_scale
+            gain[channels] = self.outlier_scale
         if self.mean_shift and self.shift_fraction:
             rng = _rng(seed, "shift")
             shifted = rng.random(d_model) < self.shift_fraction
             # Each biased feature by a different positive amount, mean `mean_shift`.
-            amount = self.mean_shift * rng.uniform(0.5, 1.5, d_model)
-            h = h + np.where(shifted, amount, 0.0)
+            offset = np.where(shifted, self.mean_shift * rng.uniform(0.5, 1.5, d_model), 0.0)
         if self.magnitude_sigma:
             scale = np.exp(self.magnitude_sigma * _rng(seed, "magnitude").standard_normal(n_requests))
-            h = h * scale[:, None, None]
-        return h.astype(np.float32)
+        return gain, offset, scale
 
     def calibration_data(self, n_requests: int, seq_len: int, d_model: int, seed: int = 0) -> np.ndarray:
         """Hidden states that calibrate static quantization: the next seed's draws, so calibration
@@ -169,6 +174,11 @@ NAMED = {
     "production": Scenario("production", mean_shift=4.0, shift_fraction=0.9, magnitude_sigma=1.5,
                            mixed_batch=True),
 }
+
+
+# Real drift for whole-model (lm) cells: held-out text of a domain the trained pair never saw,
+# through the model unchanged, scenario name -> corpus name (models/corpus.py).
+TEXT_DOMAINS = {"domain-code": "code"}
 
 
 def scenario(name: str) -> Scenario:

@@ -85,16 +85,22 @@ def export_onnx(block: FFNBlock, out_dir: Path, *, decomposed: bool = False,
 
 
 def _torch_export(module: torch.nn.Module, d_model: int, opset: int, output_names: list[str]):
-    example = torch.zeros(2, 4, d_model)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    return torch_to_onnx(module, (torch.zeros(2, 4, d_model),), opset, [INPUT_NAME], output_names,
+                         ({0: batch, 1: seq},))
+
+
+def torch_to_onnx(module: torch.nn.Module, example: tuple, opset: int, input_names: list[str],
+                  output_names: list[str], dynamic_shapes: tuple) -> onnx.ModelProto:
+    """torch.onnx's dynamo exporter, quietly, the weights inside the file."""
     # The dynamo exporter narrates each step on stdout and warns about optional torchvision ops;
     # neither helps a user of this tool, and real failures still raise.
     with warnings.catch_warnings(), _quiet_logging(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            module, (example,), dynamo=True, opset_version=opset, verbose=False,
-            input_names=[INPUT_NAME], output_names=output_names,
-            dynamic_shapes=({0: batch, 1: seq},), external_data=False,
+            module, example, dynamo=True, opset_version=opset, verbose=False,
+            input_names=input_names, output_names=output_names,
+            dynamic_shapes=dynamic_shapes, external_data=False,
         )
     return program.model_proto
 

@@ -54,3 +54,13 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def digest(obj: object) -> str:
+    """A short content key for a JSON-able identity (what an artifact was made from)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    """The user's cache for ffnbench (measured peaks, whole-model exports): $XDG_CACHE_HOME/ffnbench."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ffnbench"

@@ -120,11 +120,15 @@ class FFNBlock(nn.Module):
 
     def forward_with_taps(self, h, taps: dict | None = None):
         """Return the block output; when `taps` is a dict, fill it with the intermediate tensors."""
+        y = self.branch(h, taps)
+        return h + y if self.cfg.residual else y
+
+    def branch(self, h, taps: dict | None = None):
+        """MLP(Norm(h)), without the residual: what a whole model adds to its residual stream."""
         x = self.norm(h)  # (B, T, d_model)
         if taps is not None:
             taps["norm_out"] = x
-        y = self.mlp(x, taps)
-        return h + y if self.cfg.residual else y
+        return self.mlp(x, taps)
 
     def set_primitive_norm(self, primitive: bool) -> "FFNBlock":
         """Spell the norm out in primitive ops, for exports to runtimes without the fused op."""

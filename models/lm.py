@@ -17,6 +17,7 @@ from ffnbench.models.config import DESIGNS, FFNConfig
 from ffnbench.models.layers import FFNBlock, build_model
 
 VOCAB = 256  # bytes: no tokenizer to ship or download
+INJECT = ("ffn-input", "residual")  # where a scenario's drift enters a whole model
 
 
 @dataclass(frozen=True)
@@ -65,15 +66,44 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Attention, then the design's FFN sublayer (its own norm and residual)."""
+    """Attention, then the design's FFN sublayer (its own norm) added to the residual stream."""
 
     def __init__(self, cfg: LMConfig, layer: int):
         super().__init__()
+        self.layer = layer
         self.attn = Attention(cfg)
         self.ffn: FFNBlock = build_model(cfg.ffn(layer))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.ffn(self.attn(h))
+    def forward(self, h: torch.Tensor, drift: "Drift | None" = None, inject: str = "ffn-input",
+                taps: dict | None = None) -> torch.Tensor:
+        h = self.attn(h)
+        x = h if drift is None else drift.apply(self.layer, h)
+        if inject == "residual":  # the stream itself drifts; otherwise only what the FFN norm sees
+            h = x
+        ffn_taps = {} if taps is not None else None
+        # A half-precision recipe casts the FFN sublayers only; the stream stays fp32.
+        y = self.ffn.branch(x.to(self.ffn.norm.weight.dtype), ffn_taps).to(h.dtype)
+        if taps is not None:
+            taps |= {f"{name}.{self.layer}": t for name, t in (("resid", h), ("ffn_in", x), *ffn_taps.items())}
+        return h + y
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A per-request affine change of the hidden states entering every FFN: (h·gain + offset)·scale,
+    gain and offset (n_layers, d_model) per layer, scale (batch,) per request. The identity
+    (gain 1, offset 0, scale 1) leaves a forward bit for bit as without it."""
+
+    gain: torch.Tensor
+    offset: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def identity(cls, n_layers: int, d_model: int, batch: int) -> "Drift":
+        return cls(torch.ones(n_layers, d_model), torch.zeros(n_layers, d_model), torch.ones(batch))
+
+    def apply(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        return (h * self.gain[layer] + self.offset[layer]) * self.scale[:, None, None]
 
 
 class CausalLM(nn.Module):
@@ -97,12 +127,17 @@ class CausalLM(nn.Module):
                 b.attn.qkv.bias.zero_()
                 b.attn.proj.bias.zero_()
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Next-byte logits (B, T, 256) for byte ids (B, T), T <= context."""
+    def forward(self, tokens: torch.Tensor, drift: Drift | None = None, inject: str = "ffn-input",
+                taps: dict | None = None) -> torch.Tensor:
+        """Next-byte logits (B, T, 256) for byte ids (B, T), T <= context. With `drift`, every FFN sees
+        drifted states (`inject` "ffn-input"), or the residual stream carries them ("residual");
+        `taps` collects each layer's tensors as "NAME.LAYER" (resid, ffn_in, norm_out, act_in, ...)."""
+        if inject not in INJECT:
+            raise UsageError(f"inject: unknown '{inject}'; choose one of {', '.join(INJECT)}")
         t = tokens.shape[1]
         h = self.embed(tokens) + self.pos(torch.arange(t, device=tokens.device))  # (B, T, C)
         for block in self.blocks:
-            h = block(h)
+            h = block(h, drift, inject, taps)
         return self.head(self.norm(h))
 
     def loss(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,11 @@ import torch
 from ffnbench import files
 from ffnbench.errors import UsageError
 from ffnbench.export import export_onnx, load_onnx, op_histogram
+from ffnbench.export.lm_export import export_lm
 from ffnbench.models import FFNBlock, FFNConfig, rebuild
+from ffnbench.models.lm import CausalLM
 from ffnbench.quant import bnb_recipes, ort_recipes
-from ffnbench.quant.calibration import Calibration
+from ffnbench.quant.calibration import Calibration, Reader
 from ffnbench.quant.recipes import (
     Bnb4bit,
     BnbInt8,
@@ -44,7 +46,7 @@ class Artifact:
     runtime: str  # "ort" (an ONNX file) | "bnb" | "torch" (a module)
     path: Path  # model.onnx or model.pt
     manifest: dict
-    module: FFNBlock | None = field(default=None, repr=False)
+    module: FFNBlock | CausalLM | None = field(default=None, repr=False)
 
 
 @functools.cache
@@ -54,19 +56,21 @@ def _u8s8_saturates() -> bool:
     return u8s8_saturates()
 
 
-def quantize(source: FFNBlock | Path, recipe: str, out_dir: Path, calibration: Calibration | None = None,
+def quantize(source: FFNBlock | CausalLM | Path, recipe: str, out_dir: Path, calibration: Calibration | None = None,
              device: str = "cpu", **params) -> Artifact:
     """Quantize an fp32 block, or the model.onnx that `export` wrote, with the named recipe.
 
     ORT recipes write out_dir/model.onnx; bitsandbytes and torch recipes return the swapped module
     and save its state as out_dir/model.pt. Either way out_dir/manifest.json records the recipe's
-    parameters, the artifact's size and hash, and the calibration data's scenario and hash.
+    parameters, the artifact's size and hash, and the calibration data's scenario and hash. A whole
+    language model (a CausalLM, or its export from `export.lm_export`) gets the recipe on its FFN
+    sublayers only; attention and the head stay fp32.
     """
     cfg = recipe_config(recipe, **params)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out: {out_dir} is an existing file; give a directory path")
-    if not isinstance(source, FFNBlock) and out_dir.resolve() == Path(source).resolve().parent:
+    if not isinstance(source, torch.nn.Module) and out_dir.resolve() == Path(source).resolve().parent:
         raise UsageError(f"--out: {out_dir} holds the source model; write the artifact to another directory")
     resolved = {}
     if getattr(cfg, "reduce_range", False) is None:
@@ -92,7 +96,7 @@ def quantize(source: FFNBlock | Path, recipe: str, out_dir: Path, calibration: C
     return artifact
 
 
-def load_artifact(out_dir: Path, block: FFNBlock | None = None, device: str = "cpu") -> Artifact:
+def load_artifact(out_dir: Path, block: FFNBlock | CausalLM | None = None, device: str = "cpu") -> Artifact:
     """An artifact `quantize` wrote earlier. ORT artifacts are files; a module artifact is rebuilt
     in memory from `block` (or its export's source), since bitsandbytes layers quantize on creation."""
     out_dir = Path(out_dir)
@@ -103,25 +107,23 @@ def load_artifact(out_dir: Path, block: FFNBlock | None = None, device: str = "c
                   if k in {f.name for f in dataclasses.fields(recipe_config(manifest["recipe"]))}}
         cfg = recipe_config(manifest["recipe"], **params)
         source = block if block is not None else rebuild(FFNConfig.from_dict(manifest["config"]), manifest["source"])
-        if isinstance(cfg, TorchHalf):
-            module = half_block(source, cfg, device)
-        else:
-            module = bnb_recipes.quantize_block(source, cfg, device)
+        module = _module_recipe(source, cfg, device)
     elif manifest["recipe"] == "fp32":
         module = block
     return Artifact(manifest["recipe"], manifest["runtime"], out_dir / manifest["file"], manifest, module=module)
 
 
 @contextlib.contextmanager
-def _source_onnx(source: FFNBlock | Path) -> Iterator[tuple[Path, dict]]:
+def _source_onnx(source: FFNBlock | CausalLM | Path) -> Iterator[tuple[Path, dict]]:
     """An fp32 model.onnx and its export manifest ({} for a foreign file), exporting a block first.
 
     A block is exported with its taps as graph outputs; ORT's quantizers keep graph outputs, so the
     quantized model can report its intermediate tensors too.
     """
-    if isinstance(source, FFNBlock):
+    if isinstance(source, torch.nn.Module):
         with tempfile.TemporaryDirectory() as tmp:
-            exported = export_onnx(source, Path(tmp) / "fp32", taps=True)
+            exported = (export_lm(source, Path(tmp) / "fp32") if isinstance(source, CausalLM)
+                        else export_onnx(source, Path(tmp) / "fp32", taps=True))
             yield exported.path, exported.manifest
         return
     path = Path(source)
@@ -132,14 +134,17 @@ def _source_onnx(source: FFNBlock | Path) -> Iterator[tuple[Path, dict]]:
     yield path, json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
 
 
-def _source_block(source: FFNBlock | Path) -> FFNBlock:
-    if isinstance(source, FFNBlock):
+def _source_block(source: FFNBlock | CausalLM | Path) -> FFNBlock | CausalLM:
+    if isinstance(source, torch.nn.Module):
         return source
     manifest_path = Path(source).parent / "manifest.json"
     if not manifest_path.is_file():
         raise UsageError(f"model: no manifest.json beside {source}; bitsandbytes and torch recipes rebuild "
                          "the torch module from it, so give a model written by `ffnbench export`")
     manifest = json.loads(manifest_path.read_text())
+    if manifest.get("kind") == "ffnbench.lm-export":
+        raise UsageError(f"model: {source} is a whole language model; its bitsandbytes and torch recipes run "
+                         "from its checkpoint, in `ffnbench run` (lm cells)")
     return rebuild(FFNConfig.from_dict(manifest["config"]), manifest["source"])
 
 
@@ -156,21 +161,24 @@ def _ort(source, cfg, stage: Path, calibration: Calibration | None, device: str)
 def _ort_from_file(src: Path, src_manifest: dict, cfg, stage: Path, calibration: Calibration | None) -> Artifact:
     dst = stage / "model.onnx"
     extra = {}
+    # A whole language model quantizes its FFN sublayers only; attention and the head stay fp32.
+    nodes = src_manifest.get("ffn_matmuls")
+    if nodes:
+        extra["quantized_nodes"] = nodes
     if isinstance(cfg, OrtDynamicInt8):
-        ort_recipes.dynamic_int8(src, dst, cfg)
+        ort_recipes.dynamic_int8(src, dst, cfg, nodes)
     elif isinstance(cfg, OrtStaticQdq):
         if calibration is None:
             raise UsageError(f"calibration: {cfg.method} QDQ needs calibration data; pass --calibration SCENARIO")
         input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
         d_model = (src_manifest.get("config") or {}).get("d_model")
-        calibration.check(d_model or calibration.data.shape[-1])
-        ort_recipes.static_qdq(src, dst, cfg, calibration, input_name)
+        ort_recipes.static_qdq(src, dst, cfg, Reader(calibration.feeds(input_name, d_model)), nodes)
         extra["calibration"] = calibration.describe()
         extra["extra_params"] = {"histogram": ort_recipes.histogram_options(cfg)}
     elif isinstance(cfg, OrtInt4):
-        ort_recipes.int4(src, dst, cfg)
+        ort_recipes.int4(src, dst, cfg, nodes)
     else:
-        ort_recipes.bnb4(src, dst, cfg)
+        ort_recipes.bnb4(src, dst, cfg, nodes)
     extra["ops"] = op_histogram(onnx.load(str(dst)))
     extra["outputs"] = [o.name for o in onnx.load(str(dst), load_external_data=False).graph.output]
     return Artifact("", "ort", dst, {**_lineage(src, src_manifest), **extra})
@@ -178,10 +186,10 @@ def _ort_from_file(src: Path, src_manifest: dict, cfg, stage: Path, calibration:
 
 def _bnb(source, cfg, stage: Path, calibration, device: str) -> Artifact:
     try:
-        block = bnb_recipes.quantize_block(_source_block(source), cfg, device)  # it copies the block
+        module = _module_recipe(_source_block(source), cfg, device)
     except bnb_recipes.BackendMissing as e:
         raise Skipped(str(e)) from e
-    return _save_module(block, "bnb", stage, {"extra_params": bnb_recipes.recorded_params(cfg)})
+    return _save_module(module, "bnb", stage, {"extra_params": bnb_recipes.recorded_params(cfg)})
 
 
 def half_block(block: FFNBlock, cfg: TorchHalf, device: str) -> FFNBlock:
@@ -191,7 +199,21 @@ def half_block(block: FFNBlock, cfg: TorchHalf, device: str) -> FFNBlock:
 
 
 def _torch_half(source, cfg: TorchHalf, stage: Path, calibration, device: str) -> Artifact:
-    return _save_module(half_block(_source_block(source), cfg, device), "torch", stage, {})
+    return _save_module(_module_recipe(_source_block(source), cfg, device), "torch", stage, {})
+
+
+def _module_recipe(source: FFNBlock | CausalLM, cfg: BnbInt8 | Bnb4bit | TorchHalf, device: str):
+    """A copy with the recipe applied: to the block, or to every FFN sublayer of a language model."""
+    def apply(block: FFNBlock) -> FFNBlock:  # both copy the block
+        return half_block(block, cfg, device) if isinstance(cfg, TorchHalf) else \
+            bnb_recipes.quantize_block(block, cfg, device)
+
+    if not isinstance(source, CausalLM):
+        return apply(source)
+    model = copy.deepcopy(source).to(device)
+    for block in model.blocks:
+        block.ffn = apply(block.ffn)
+    return model.eval()
 
 
 def _fp32(source, cfg: Fp32, stage: Path, calibration, device: str) -> Artifact:
@@ -199,14 +221,16 @@ def _fp32(source, cfg: Fp32, stage: Path, calibration, device: str) -> Artifact:
     with _source_onnx(source) as (src, src_manifest):
         shutil.copyfile(src, dst)
         manifest = {**_lineage(src, src_manifest), "ops": op_histogram(onnx.load(str(dst)))}
-    block = source if isinstance(source, FFNBlock) else _source_block(source)
+    # A whole model's fp32 module comes from its checkpoint, which the caller holds.
+    block = source if isinstance(source, torch.nn.Module) else None if "ffn_matmuls" in src_manifest \
+        else _source_block(source)
     return Artifact("", "ort", dst, manifest, module=block)
 
 
-def _save_module(block: FFNBlock, runtime: str, stage: Path, manifest: dict) -> Artifact:
+def _save_module(block: FFNBlock | CausalLM, runtime: str, stage: Path, manifest: dict) -> Artifact:
     path = stage / "model.pt"
     torch.save(block.state_dict(), path)
-    manifest = {"config": block.cfg.to_dict(), "source": block.source, **manifest}
+    manifest = {"config": block.cfg.to_dict(), "source": getattr(block, "source", None), **manifest}
     return Artifact("", runtime, path, manifest, module=block)
 
 

@@ -1,4 +1,5 @@
-"""Calibration data for static quantization: a named scenario's hidden states, checked and hashed."""
+"""Calibration data for static quantization: a named scenario's hidden states (or, for a whole
+language model, its inputs), checked and hashed."""
 
 import hashlib
 from dataclasses import dataclass
@@ -32,14 +33,41 @@ class Calibration:
         if bad:
             raise UsageError(f"calibration {self.scenario}: {bad} NaN/Inf values; calibrate on finite data")
 
+    def feeds(self, input_name: str, d_model: int | None) -> list[dict[str, np.ndarray]]:
+        """One feed a request for the model's single input, once the data are checked."""
+        self.check(d_model or self.data.shape[-1])
+        return [{input_name: np.ascontiguousarray(self.data[i:i + 1], np.float32)} for i in range(len(self.data))]
+
+
+@dataclass(frozen=True)
+class LMCalibration:
+    """Calibration of a whole language model: the graph's inputs (byte ids and a scenario's drift),
+    one request a feed, as `export.lm_export.feeds` builds them."""
+
+    scenario: str
+    requests: tuple[dict[str, np.ndarray], ...]
+
+    @property
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for feed in self.requests:
+            for name in sorted(feed):
+                digest.update(name.encode() + np.ascontiguousarray(feed[name]).tobytes())
+        return digest.hexdigest()
+
+    def describe(self) -> dict:
+        return {"scenario": self.scenario, "sha256": self.sha256, "requests": len(self.requests),
+                "tokens": int(sum(f["tokens"].size for f in self.requests))}
+
+    def feeds(self, input_name: str, d_model: int | None) -> list[dict[str, np.ndarray]]:
+        return list(self.requests)
+
 
 class Reader(CalibrationDataReader):
     """Feeds ORT's calibrator one request at a time, as a served model would see them."""
 
-    def __init__(self, calibration: Calibration, input_name: str):
-        self._batches = iter(calibration.data[i:i + 1] for i in range(len(calibration.data)))
-        self._input_name = input_name
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._feeds = iter(feeds)
 
     def get_next(self):
-        batch = next(self._batches, None)
-        return None if batch is None else {self._input_name: np.ascontiguousarray(batch, np.float32)}
+        return next(self._feeds, None)

@@ -8,7 +8,14 @@ import warnings
 from pathlib import Path
 
 import onnx
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
 from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 from onnxruntime.quantization.matmul_bnb4_quantizer import MatMulBnb4Quantizer
 from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -17,7 +24,6 @@ from onnxruntime.quantization.matmul_nbits_quantizer import (
     MatMulNBitsQuantizer,
 )
 
-from ffnbench.quant.calibration import Calibration, Reader
 from ffnbench.quant.recipes import OrtBnb4, OrtDynamicInt8, OrtInt4, OrtStaticQdq
 
 CALIBRATION_METHODS = {
@@ -38,10 +44,13 @@ def _quiet():
         logging.disable(logging.NOTSET)
 
 
-def dynamic_int8(src: Path, dst: Path, cfg: OrtDynamicInt8) -> None:
+def dynamic_int8(src: Path, dst: Path, cfg: OrtDynamicInt8, nodes: list[str] | None = None) -> None:
+    """`nodes`: the MatMuls to quantize (None: every one). MatMul only either way: ORT's default
+    list would rewrite a whole model's opset-23 Attention into a QAttention that does not load."""
     with _quiet():
         quantize_dynamic(src, dst, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
-                         weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+                         weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+                         extra_options={"MatMulConstBOnly": True})
 
 
 def histogram_options(cfg: OrtStaticQdq) -> dict:
@@ -61,24 +70,26 @@ def histogram_options(cfg: OrtStaticQdq) -> dict:
     return {}
 
 
-def static_qdq(src: Path, dst: Path, cfg: OrtStaticQdq, calibration: Calibration, input_name: str) -> None:
+def static_qdq(src: Path, dst: Path, cfg: OrtStaticQdq, reader: CalibrationDataReader,
+               nodes: list[str] | None = None) -> None:
+    """Calibrate on what `reader` feeds, then quantize `nodes` (None: every node of cfg.op_types)."""
     method = CALIBRATION_METHODS[cfg.method]
     # The histogram calibrators print their progress; the manifest records what they were given.
     with _quiet(), contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory() as tmp:
         op_types = [op.strip() for op in cfg.op_types.split(",") if op.strip()]
         calibrator = create_calibrator(src, op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=method, extra_options=histogram_options(cfg))
-        calibrator.collect_data(Reader(calibration, input_name))
+        calibrator.collect_data(reader)
         ranges = Path(tmp) / "ranges.json"
         save_tensors_data(calibrator.compute_data(), ranges)
         quantize_static(src, dst, None, calibration_cache_path=ranges, quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=op_types,
+                        op_types_to_quantize=op_types, nodes_to_quantize=nodes,
                         per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=method, extra_options={"MatMulConstBOnly": True})
 
 
-def int4(src: Path, dst: Path, cfg: OrtInt4) -> None:
+def int4(src: Path, dst: Path, cfg: OrtInt4, nodes: list[str] | None = None) -> None:
     if cfg.algorithm == "hqq":
         algo = HQQWeightOnlyQuantConfig(block_size=cfg.block_size, bits=4)
     else:
@@ -87,7 +98,7 @@ def int4(src: Path, dst: Path, cfg: OrtInt4) -> None:
     # HQQ hands torch a read-only numpy view, which torch warns about once; the data is only read.
     with _quiet(), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=algo)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=algo, nodes_to_include=nodes)
         quantizer.process()
     model = quantizer.model.model
     # HQQ's config has no accuracy_level; set it on every node so both algorithms honour the recipe.
@@ -97,9 +108,11 @@ def int4(src: Path, dst: Path, cfg: OrtInt4) -> None:
     onnx.save(model, str(dst))
 
 
-def bnb4(src: Path, dst: Path, cfg: OrtBnb4) -> None:
+def bnb4(src: Path, dst: Path, cfg: OrtBnb4, nodes: list[str] | None = None) -> None:
+    model = onnx.load(str(src))
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in nodes] if nodes else []
     with _quiet():
-        quantizer = MatMulBnb4Quantizer(onnx.load(str(src)), BNB4_TYPES[cfg.quant_type], cfg.block_size)
+        quantizer = MatMulBnb4Quantizer(model, BNB4_TYPES[cfg.quant_type], cfg.block_size, nodes_to_exclude=others)
         quantizer.process()
     onnx.save(quantizer.model.model, str(dst))
 

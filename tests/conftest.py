@@ -1,5 +1,6 @@
 """Shared fixtures: tiny configs, seeded inputs, and the path of the installed console script."""
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -52,12 +53,14 @@ def seed_exports(tmp_path_factory):
     source = tmp_path_factory.mktemp("tiny-exports") / "run"
     run(RunConfig(models=["tiny"], recipes=["fp32"], scenarios=["clean"], n_requests=1, seq_len=4, latency=False),
         source, progress=False)
-    exports = sorted((source / "artifacts").glob("export-*"))
-    assert len(exports) == 2
 
     def seed(run_dir: Path) -> Path:
         for export in exports:
             shutil.copytree(export, Path(run_dir) / "artifacts" / export.name)
         return Path(run_dir)
 
+    exports = sorted((source / "artifacts").glob("export-*"))
+    assert len(exports) == 2
+    seed.exports = {json.loads((e / "manifest.json").read_text())["config"]["design"]: e / "model.onnx"
+                    for e in exports}  # design -> model.onnx, for tests that quantize them directly
     return seed

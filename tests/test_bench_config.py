@@ -2,7 +2,7 @@
 
 import pytest
 
-from ffnbench.bench.config import QUICK_RECIPES, Replay, load_toml, preset_config
+from ffnbench.bench.config import QUICK_LM_RECIPES, QUICK_RECIPES, Replay, load_toml, preset_config
 from ffnbench.bench.scenarios import Scenario
 from ffnbench.errors import UsageError
 from ffnbench.quant import RECIPES
@@ -15,6 +15,8 @@ def test_presets():
     default = preset_config("default")
     assert default.recipes == list(RECIPES) and default.models == ["default"] and "shift-8" in default.scenarios
     assert set(preset_config("full").designs) == {"A", "B", "ln-swiglu", "rms-gelu"}
+    assert quick.lm_recipes == list(QUICK_LM_RECIPES) and set(quick.lm_recipes) <= set(quick.recipes)
+    assert default.lm_recipes == list(RECIPES) and {"shift-8", "domain-code"} <= set(default.lm_scenarios)
     with pytest.raises(UsageError, match="--preset: unknown 'huge'"):
         preset_config("huge")
 
@@ -57,6 +59,11 @@ def test_toml_errors_name_the_key(tmp_path, text, needle):
     ("designs", [], "designs: empty"),
     ("seed", -1, "seed: must be >= 0"),
     ("device", "gpu", "device: 'gpu' is not cpu or cuda"),
+    ("lm_recipes", ["int3"], "lm_recipes: unknown 'int3'"),
+    ("lm_scenarios", ["nowhere"], "lm_scenarios: unknown 'nowhere'"),
+    ("lm_scenarios", [], "lm_scenarios: empty"),
+    ("lm_inject", "middle", "lm_inject: unknown 'middle'"),
+    ("lm_windows", 0, "lm_windows: must be positive"),
 ])
 def test_check_rejects_unknown_names(axis, value, needle):
     cfg = preset_config("quick")
@@ -68,3 +75,9 @@ def test_check_rejects_unknown_names(axis, value, needle):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UsageError, match="--config: no file at"):
         load_toml(tmp_path / "absent.toml")
+
+
+def test_a_replay_cannot_drive_a_whole_model(tmp_path):
+    (tmp_path / "run.toml").write_text('lm_scenarios = ["captured"]\n[scenario.captured]\nreplay = "h.npy"\n')
+    with pytest.raises(UsageError, match="lm_scenarios: 'captured' replays hidden states, and a whole model reads"):
+        load_toml(tmp_path / "run.toml").check()

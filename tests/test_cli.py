@@ -59,8 +59,8 @@ def test_doctor_text_names_the_machine_class(cli):
     assert "class cpu-" in r.stdout and "U8S8 saturates" in r.stdout
 
 
-def test_export_writes_model_and_manifest(ffnbench_exe, tmp_path):
-    r = run(ffnbench_exe, "export", "--design", "B", "--preset", "tiny", "--out", tmp_path / "b")
+def test_export_writes_model_and_manifest(cli, tmp_path):
+    r = cli("export", "--design", "B", "--preset", "tiny", "--out", tmp_path / "b")
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert "RMSNormalization" in manifest["ops"] and manifest["parity"]["max_abs_err"] <= 1e-4
@@ -169,7 +169,8 @@ def test_run_records_every_metric_per_cell(ffnbench_exe, tmp_path, seed_exports)
     from ffnbench.bench.metrics import ALL_METRICS
 
     # Short timing settings: the test checks what is recorded, not how fast anything is.
-    (tmp_path / "fast.toml").write_text("warmup = 0\nmin_iterations = 3\nmin_seconds = 0.001\nprefill = [2, 8]\n")
+    (tmp_path / "fast.toml").write_text("warmup = 0\nmin_iterations = 3\nmin_seconds = 0.001\nprefill = [2, 8]\n"
+                                        "lm_recipes = []\n")
     r = run(ffnbench_exe, "run", "--config", tmp_path / "fast.toml", "--models", "tiny", "--designs", "A,B",
             "--scenarios", "clean,shift-4,production", "--out", seed_exports(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
@@ -203,7 +204,7 @@ def test_run_bad_input(cli, tmp_path, args, needle):
 
 
 def test_run_into_an_existing_run_needs_resume(cli, tmp_path, seed_exports):
-    (tmp_path / "acc.toml").write_text("latency = false\n")
+    (tmp_path / "acc.toml").write_text("latency = false\nlm_recipes = []\n")
     args = ["run", "--config", tmp_path / "acc.toml", "--models", "tiny", "--designs", "A", "--recipes", "fp32",
             "--scenarios", "clean", "--no-report", "--out", seed_exports(tmp_path / "run")]
     assert cli(*args).returncode == 0
@@ -214,7 +215,7 @@ def test_run_into_an_existing_run_needs_resume(cli, tmp_path, seed_exports):
 
 
 def test_shards_merge_and_report_from_the_command_line(cli, tmp_path, seed_exports):
-    (tmp_path / "acc.toml").write_text("latency = false\n")
+    (tmp_path / "acc.toml").write_text("latency = false\nlm_recipes = []\n")
     common = ["run", "--config", tmp_path / "acc.toml", "--models", "tiny", "--recipes", "fp32,ort-int8-dynamic",
               "--scenarios", "clean,production", "--no-report"]
     for k in (1, 2):

@@ -5,7 +5,7 @@ import torch
 
 from ffnbench.errors import UsageError
 from ffnbench.models.config import DESIGNS
-from ffnbench.models.lm import CausalLM, LMConfig
+from ffnbench.models.lm import CausalLM, Drift, LMConfig
 
 
 def ffn_free(model: CausalLM) -> dict[str, torch.Tensor]:
@@ -37,3 +37,35 @@ def test_every_design_builds_and_is_causal(design):
 def test_heads_must_divide_the_width():
     with pytest.raises(UsageError, match="n_heads: 5 does not divide d_model 192"):
         LMConfig(n_heads=5)
+
+
+def _taps(model, tokens, drift=None, inject="ffn-input"):
+    taps: dict = {}
+    with torch.no_grad():
+        logits = model(tokens, drift, inject, taps)
+    return logits, taps
+
+
+def test_an_identity_drift_changes_nothing_and_a_drift_at_the_ffn_input_leaves_the_residual_untouched():
+    cfg = LMConfig(design="B", d_model=32, n_layers=2, n_heads=2, d_ff=64, context=16)
+    model = CausalLM(cfg).eval()
+    tokens = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
+    clean, clean_taps = _taps(model, tokens)
+    same, _ = _taps(model, tokens, Drift.identity(2, 32, 2))
+    assert torch.equal(clean, same)
+    gen = torch.Generator().manual_seed(2)
+    drift = Drift(1 + torch.rand(2, 32, generator=gen), torch.randn(2, 32, generator=gen), torch.tensor([0.5, 3.0]))
+    drifted, taps = _taps(model, tokens, drift)
+    assert not torch.allclose(drifted, clean)
+    # Layer 0: the stream the FFN adds to is the clean one; only what the FFN norm sees drifts.
+    assert torch.equal(taps["resid.0"], clean_taps["resid.0"])
+    assert torch.allclose(taps["ffn_in.0"], drift.apply(0, clean_taps["resid.0"]))
+    _, residual = _taps(model, tokens, drift, inject="residual")
+    assert torch.equal(residual["resid.0"], residual["ffn_in.0"])  # here the stream itself drifts
+    assert torch.allclose(residual["resid.0"], drift.apply(0, clean_taps["resid.0"]))
+
+
+def test_an_unknown_injection_point_is_refused():
+    with pytest.raises(UsageError, match="inject: unknown 'middle'"):
+        CausalLM(LMConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, context=16))(
+            torch.zeros(1, 4, dtype=torch.long), None, "middle")

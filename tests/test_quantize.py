@@ -11,7 +11,6 @@ from ffnbench.bench.isa import u8s8_saturates
 from ffnbench.bench.runnables import runnable_for
 from ffnbench.bench.scenarios import scenario
 from ffnbench.errors import UsageError
-from ffnbench.export import export_onnx
 from ffnbench.files import sha256_file
 from ffnbench.models import build_model, preset
 from ffnbench.quant import RECIPES, Calibration, quantize
@@ -42,17 +41,18 @@ def sqnr_db(ref, y):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Per design: the fp32 block, its export with taps, eval inputs and their fp32 output."""
+def setup(tmp_path_factory, seed_exports):
+    """Per design: the fp32 block, its export with taps (the session's), eval inputs and their fp32 output."""
     root = tmp_path_factory.mktemp("quant")
     x = scenario("clean").generate(4, 16, 64, seed=0)
     calibration = Calibration("clean", scenario("clean").generate(16, 64, 64, seed=1))
     out = {}
     for design in ("A", "B"):
         block = build_model(preset("tiny", design, residual=False))
-        exported = export_onnx(block, root / design / "export", taps=True)
+        exported = seed_exports.exports[design]
+        assert json.loads((exported.parent / "manifest.json").read_text())["config"] == block.cfg.to_dict()
         ref = block(torch.from_numpy(x)).detach().numpy()
-        out[design] = dict(block=block, onnx=exported.path, ref=ref, root=root / design)
+        out[design] = dict(block=block, onnx=exported, ref=ref, root=root / design)
     return out, x, calibration
 
 

@@ -1,0 +1,224 @@
+"""Whole-model (lm) cells: the committed trained pair under a recipe and a scenario, on held-out text.
+
+A recipe applies to the FFN sublayers of every block (attention and the head stay fp32). A
+synthetic scenario drifts the states entering every FFN norm (`lm_inject = "ffn-input"`) or the
+residual stream (`"residual"`), its mean shift in units of each feature's std at that layer (measured
+on clean text); a text domain (`domain-code`) is real drift: other text through the model unchanged.
+Every metric compares with fp32 torch of the same design on the same text and drift.
+"""
+
+import contextlib
+import functools
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ffnbench import files
+from ffnbench.bench import lm_metrics, metrics
+from ffnbench.bench.drift_stats import drift_stats
+from ffnbench.bench.lm_runnables import LMTorch, evaluate, lm_runnable_for
+from ffnbench.bench.scenarios import TEXT_DOMAINS
+from ffnbench.errors import UsageError
+from ffnbench.export import NATIVE_OPSET, ExportedModel
+from ffnbench.export.lm_export import export_lm, feeds
+from ffnbench.models import corpus
+from ffnbench.models.pair import load_lm, trained_dir
+from ffnbench.quant import RECIPES, Skipped, load_artifact, quantize
+from ffnbench.quant.calibration import LMCalibration
+from ffnbench.versions import stack_versions
+
+LM_MODEL = "trained"  # the model name of lm cells: the committed pair
+LM_DESIGNS = ("A", "B")  # the designs the pair was trained in
+
+
+def windows(data: np.ndarray, n: int, context: int, name: str) -> np.ndarray:
+    """n windows of context + 1 bytes (inputs and next-byte targets), evenly spread over `data`."""
+    if len(data) < context + 1:
+        raise UsageError(f"text {name}: {len(data)} bytes is shorter than one context of {context + 1} bytes; "
+                         "give more text")
+    starts = np.linspace(0, len(data) - context - 1, n).astype(np.int64)
+    return np.stack([data[s:s + context + 1] for s in starts]).astype(np.int64)
+
+
+@functools.cache
+def _corpus(name: str) -> corpus.Corpus:
+    return corpus.load(name)
+
+
+def check(config) -> None:
+    """Everything lm cells read, before a run writes anything: checkpoints by hash, texts by length."""
+    for design in (d for d in config.designs if d in LM_DESIGNS):
+        model, _ = load_lm(trained_dir(design), design)
+        for domain in {"prose", *(TEXT_DOMAINS[s] for s in config.lm_scenarios if s in TEXT_DOMAINS)}:
+            train, held_out = _corpus(domain).split()
+            windows(held_out, 1, model.cfg.context, f"{domain} (held out)")
+            windows(train, 1, model.cfg.context, f"{domain} (calibration)")
+
+
+class LMSubject:
+    """One design of the trained pair: its checkpoint and export, texts, drifts, references, artifacts."""
+
+    def __init__(self, config, design: str, artifacts: Path):
+        self.config, self.design, self.artifacts = config, design, artifacts
+        self.model, checkpoint = load_lm(trained_dir(design), design)
+        self.model.source = {"kind": "checkpoint", "name": f"trained/{design}", "sha256": checkpoint["sha256"]}
+        self.cfg = self.model.cfg
+        # The run keeps what it measured: the checkpoint's manifest (config, loss curve, held-out bpb).
+        record = artifacts / f"lm-checkpoint-{design}" / "manifest.json"
+        if not record.exists():
+            record.parent.mkdir(parents=True, exist_ok=True)
+            files.write_json(record, checkpoint)
+        self.reference_runnable = LMTorch(self.model, config.lm_inject, threads=config.threads)
+        self._references: dict[str, tuple] = {}
+        self._runnables: dict[tuple, tuple] = {}
+
+    @functools.cached_property
+    def export(self) -> ExportedModel:
+        """The whole model in ONNX, made when an ORT recipe first needs it. Exporting takes 6-8 s on 2
+        cores, so an export is also kept in the user's cache (by content: checkpoint, injection,
+        stack) and copied into the run from there, after its hash is checked."""
+        identity = {"checkpoint": self.model.source["sha256"], "inject": self.config.lm_inject,
+                    "opset": NATIVE_OPSET, "versions": stack_versions()}
+        name = f"lm-export-{self.design}-{files.digest(identity)}"
+        out, cached = self.artifacts / name, files.cache_dir() / name
+        if not (out / "manifest.json").exists() and _intact(cached):
+            shutil.copytree(cached, out)
+        if (out / "manifest.json").exists():  # a re-run does not re-export
+            return ExportedModel(out / "model.onnx", json.loads((out / "manifest.json").read_text()))
+        exported = export_lm(self.model, out, self.config.lm_inject, self.model.source)
+        with contextlib.suppress(OSError):  # a read-only cache costs time, not results
+            shutil.rmtree(cached, ignore_errors=True)
+            shutil.copytree(out, cached)
+        return exported
+
+    def text(self, scenario: str, part: str = "held_out", n: int | None = None) -> np.ndarray:
+        domain = TEXT_DOMAINS.get(scenario, "prose")
+        train, held_out = _corpus(domain).split()
+        data = held_out if part == "held_out" else train
+        return windows(data, n or self.config.lm_windows, self.cfg.context, domain)
+
+    @functools.cached_property
+    def feature_std(self) -> np.ndarray:
+        """(n_layers, d_model): each feature's std at each FFN input on clean held-out prose."""
+        _, taps = evaluate(self.reference_runnable, self._feeds("clean", self.text("clean")[:, :-1], self.config.seed))
+        return np.stack([taps[f"ffn_in.{i}"].reshape(-1, self.cfg.d_model).std(axis=0)
+                         for i in range(self.cfg.n_layers)])
+
+    def _feeds(self, scenario: str, tokens: np.ndarray, seed: int) -> list[dict]:
+        """The graph inputs for `tokens` under the scenario: one call for a mixed batch, else one a request."""
+        layers, width, n = self.cfg.n_layers, self.cfg.d_model, len(tokens)
+        if scenario in TEXT_DOMAINS or scenario == "clean":
+            gain, offset, scale, mixed = np.ones((layers, width)), np.zeros((layers, width)), np.ones(n), False
+        else:
+            spec = self.config.scenario(scenario)
+            g, o, scale = spec.affine(n, width, seed)
+            gain, offset, mixed = np.tile(g, (layers, 1)), o[None] * self.feature_std, spec.mixed_batch
+        if mixed:
+            return [feeds(tokens, gain, offset, scale)]
+        return [feeds(tokens[i:i + 1], gain, offset, scale[i:i + 1]) for i in range(n)]
+
+    def batches(self, scenario: str) -> list[dict]:
+        return self._feeds(scenario, self.text(scenario)[:, :-1], self.config.seed)
+
+    def reference(self, scenario: str) -> tuple[np.ndarray, dict]:
+        if scenario not in self._references:
+            self._references[scenario] = evaluate(self.reference_runnable, self.batches(scenario))
+        return self._references[scenario]
+
+    def undrifted_bpb(self, scenario: str) -> float:
+        """fp32 bits per byte on the same text without synthetic drift: what delta_bpb is measured from."""
+        base = scenario if scenario in TEXT_DOMAINS else "clean"
+        return lm_metrics.bits_per_byte(self.reference(base)[0], self.text(base)[:, 1:])
+
+    def calibration(self, name: str) -> LMCalibration:
+        """Training-split text (never the evaluated held-out part) under the scenario's drift, seed + 1."""
+        tokens = self.text(name, part="train", n=self.config.calibration_requests)[:, :-1]
+        one_each = [f for batch in self._feeds(name, tokens, self.config.seed + 1) for f in _split(batch)]
+        return LMCalibration(name, tuple(one_each))
+
+    def runnable(self, recipe: str, calibration: str | None):
+        key = (recipe, calibration)
+        if key not in self._runnables:
+            config = self.config
+            base, params = config.recipe_spec(recipe)
+            if config.device == "cuda" and RECIPES[base].runtime in ("ort", "fp32"):
+                raise Skipped("lm cells run ONNX Runtime on the CPU only")
+            cal = self.calibration(calibration) if calibration else None
+            on_onnx = RECIPES[base].runtime in ("ort", "fp32")  # module recipes need no export
+            identity = {"source": self.export.manifest["sha256"] if on_onnx else self.model.source["sha256"],
+                        "recipe": base, "params": params, "device": config.device,
+                        "calibration": cal.describe() if cal else None}
+            out = self.artifacts / f"lm-{recipe}-{self.design}-{files.digest(identity)}"
+            if (out / "manifest.json").exists():
+                artifact = load_artifact(out, self.model, device=config.device)
+            else:
+                source = self.export.path if on_onnx else self.model
+                artifact = quantize(source, base, out, calibration=cal, device=config.device, **params)
+            manifest = {**artifact.manifest, "dir": out.relative_to(self.artifacts.parent).as_posix()}
+            runnable = lm_runnable_for(artifact, config.lm_inject, config.threads, config.device)
+            self._runnables[key] = (runnable, manifest)
+        return self._runnables[key]
+
+
+def _intact(export_dir: Path) -> bool:
+    try:
+        manifest = json.loads((export_dir / "manifest.json").read_text())
+        return manifest["sha256"] == files.sha256_file(export_dir / manifest["file"])
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _split(batch: dict) -> list[dict]:
+    """A mixed batch's feeds, one request each (the calibrator reads requests one at a time)."""
+    n = len(batch["tokens"])
+    return [{**batch, "tokens": batch["tokens"][i:i + 1], "drift_scale": batch["drift_scale"][i:i + 1]}
+            for i in range(n)]
+
+
+def down_inputs(taps: dict, layers: int) -> list[np.ndarray]:
+    """Each layer's down-projection input: GELU's output (A), or the SwiGLU product swish(gate)·up (B)."""
+    return [taps[f"act_out.{i}"] * taps[f"up.{i}"] if f"up.{i}" in taps else taps[f"act_out.{i}"]
+            for i in range(layers)]
+
+
+def _pooled(taps: dict, layers: int) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([taps[f"{name}.{i}"].ravel() for i in range(layers)])
+            for name in ("norm_out", "act_in", "act_out")}
+
+
+def measure_lm(subject: LMSubject, cell) -> dict:
+    record = {"key": cell.key, "kind": "lm", "design": cell.design, "model": cell.model, "recipe": cell.recipe,
+              "scenario": cell.scenario, "calibration": cell.calibration, "inject": subject.config.lm_inject}
+    started = time.perf_counter()
+    layers = subject.cfg.n_layers
+    try:
+        runnable, manifest = subject.runnable(cell.recipe, cell.calibration)
+        ref_logits, ref_taps = subject.reference(cell.scenario)
+        logits, taps = evaluate(runnable, subject.batches(cell.scenario))
+        values = lm_metrics.prediction_metrics(ref_logits, logits, subject.text(cell.scenario)[:, 1:])
+        bpb = values["bits_per_byte"]
+        values["delta_bpb"] = None if bpb is None else bpb - subject.undrifted_bpb(cell.scenario)
+        spikes = [lm_metrics.spikes(x) for x in down_inputs(taps, layers)]
+        values["spike_ratio"] = max(s[0] for s in spikes)
+        values["spike_token_share"] = max(s[1] for s in spikes)
+        values |= metrics.tap_metrics(_pooled(ref_taps, layers), _pooled(taps, layers), subject.config.delta)
+        values = {k: (v if v is None or np.isfinite(v) else None) for k, v in values.items()}
+        record |= {"status": "ok", "metrics": values,
+                   "layers": {"spike_ratio": [s[0] for s in spikes], "spike_token_share": [s[1] for s in spikes],
+                              "norm_positive_fraction": [metrics.norm_positive_fraction(taps[f"norm_out.{i}"])
+                                                         for i in range(layers)]},
+                   "runtime": runnable.describe(),
+                   "artifact": {"sha256": manifest["sha256"], "bytes": manifest["bytes"], "dir": manifest["dir"],
+                                "params": manifest.get("params", {})}}
+        if cell.recipe == "fp32":  # what each FFN norm sees under this scenario, per layer
+            record["drift_stats"] = [drift_stats(ref_taps[f"ffn_in.{i}"]) for i in range(layers)]
+    except Skipped as e:
+        record |= {"status": "skipped", "reason": str(e)}
+    except Exception as e:  # one broken cell must not lose the rest of the matrix; it is recorded
+        record |= {"status": "error", "error": f"{type(e).__name__}: {e}"}
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record
+

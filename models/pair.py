@@ -1,0 +1,53 @@
+"""The committed trained pair (models/trained/A and B), and any checkpoint `ffnbench train` wrote,
+loaded only when its weights match the hash its manifest records."""
+
+import json
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ffnbench.errors import UsageError
+from ffnbench.files import sha256_file
+from ffnbench.models.lm import CausalLM, LMConfig
+
+TRAINED = Path(__file__).resolve().parent / "trained"
+CHECKPOINT_KIND = "ffnbench.lm"
+
+
+def trained_dir(design: str) -> Path:
+    return TRAINED / design
+
+
+def load_lm(path: Path, design: str | None = None) -> tuple[CausalLM, dict]:
+    """(model in eval mode, its manifest) from a checkpoint directory, or a UsageError naming the fix."""
+    path = Path(path)
+    manifest_path, weights = path / "manifest.json", path / "model.safetensors"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"checkpoint {path}: no manifest.json; train one with `ffnbench train --design A "
+                         "--out DIR` (or restore models/trained with git checkout)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"checkpoint {path}: manifest.json is not valid JSON ({e}); restore or retrain it") from e
+    if not isinstance(manifest, dict) or manifest.get("kind") != CHECKPOINT_KIND:
+        raise UsageError(f"checkpoint {path}: manifest.json is not an ffnbench language-model manifest; "
+                         "point at a directory `ffnbench train` wrote")
+    want = manifest.get("sha256")
+    if not weights.is_file():
+        raise UsageError(f"checkpoint {path}: no model.safetensors (want sha256 {want}); restore it or retrain")
+    got = sha256_file(weights)
+    if got != want:
+        raise UsageError(f"checkpoint {path}: model.safetensors has sha256 {got[:12]}…, its manifest wants "
+                         f"{want}; restore the file (git checkout) or retrain")
+    cfg = LMConfig(**manifest["config"])
+    if design is not None and cfg.design != design:
+        raise UsageError(f"checkpoint {path}: holds design {cfg.design}, not {design}; point at a design-{design} "
+                         "checkpoint")
+    model = CausalLM(cfg)
+    try:
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except (RuntimeError, SafetensorError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise UsageError(f"checkpoint {path}: its weights do not fit its config ({first}); retrain it") from e
+    return model.eval(), manifest

@@ -1,0 +1,116 @@
+"""Whole-model (lm) cells: the trained pair exported whole, its FFN sublayers quantized, measured
+under synthetic and real drift against fp32 torch on the same text."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from torch import nn
+
+from ffnbench.bench import RunConfig, report, run
+from ffnbench.bench.checks import checks
+from ffnbench.bench.gate import gate, write_baseline
+from ffnbench.bench.lm_cells import LMSubject, windows
+from ffnbench.bench.lm_metrics import LM_METRICS
+from ffnbench.bench.lm_runnables import LMOrt, evaluate
+from ffnbench.errors import UsageError
+from ffnbench.models.lm import CausalLM, LMConfig
+from ffnbench.quant import quantize
+
+LM_RECIPES = ["fp32", "ort-int8-dynamic", "bnb-nf4"]
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory, seed_exports):
+    """Design B (the one with three FFN MatMuls a layer): every quick lm recipe, clean, production
+    and the real second domain, 4 held-out windows each."""
+    out = seed_exports(tmp_path_factory.mktemp("lm") / "run")
+    config = RunConfig(models=["tiny"], designs=["B"], recipes=LM_RECIPES, scenarios=["clean"], n_requests=1,
+                       seq_len=4, latency=False, lm_recipes=LM_RECIPES,
+                       lm_scenarios=["clean", "production", "domain-code"], lm_windows=4)
+    cells = [c for c in run(config, out, progress=False) if c["kind"] == "lm"]
+    return config, out, {(c["recipe"], c["scenario"]): c for c in cells}
+
+
+def test_every_lm_cell_measures_every_metric(lm_run):
+    _, _, cells = lm_run
+    assert len(cells) == 3 * 3 and all(c["status"] == "ok" for c in cells.values()), cells
+    for cell in cells.values():
+        assert set(LM_METRICS) <= cell["metrics"].keys()
+        assert all(cell["metrics"][m] is not None for m in LM_METRICS), cell["metrics"]
+        assert len(cell["layers"]["spike_ratio"]) == 4 and cell["inject"] == "ffn-input"
+    assert cells[("fp32", "clean")]["metrics"]["delta_bpb"] == pytest.approx(0.0, abs=1e-5)  # ORT vs torch
+    for recipe in LM_RECIPES[1:]:  # quantization changes the predictions, measurably
+        assert cells[(recipe, "clean")]["metrics"]["kl_to_fp32"] > 1e-5
+
+
+def test_fp32_agrees_with_torch_in_every_runtime(lm_run):
+    config, out, cells = lm_run
+    for scenario in ("clean", "production", "domain-code"):  # the ORT export, drift fed as inputs
+        metrics = cells[("fp32", scenario)]["metrics"]
+        assert metrics["kl_to_fp32"] <= 1e-6 and metrics["top1_agreement"] >= 0.999
+    subject = LMSubject(config, "B", out / "artifacts")  # finds the run's export by content
+    ref_logits, _ = subject.reference("production")
+    for runnable in (subject.reference_runnable, LMOrt(subject.export.path)):
+        logits, _ = evaluate(runnable, subject.batches("production"))
+        assert np.max(np.abs(logits - ref_logits)) <= 1e-4
+
+
+def test_the_export_matches_torch_and_only_ffn_matmuls_quantize(lm_run):
+    _, out, cells = lm_run
+    export = json.loads(next((out / "artifacts").glob("lm-export-B-*/manifest.json")).read_text())
+    assert export["parity"]["max_abs_err"] <= 1e-4 and export["opset"] == 23
+    assert len(export["ffn_matmuls"]) == 3 * 4 and export["ops"]["Attention"] == 4
+    int8 = json.loads((out / cells[("ort-int8-dynamic", "clean")]["artifact"]["dir"] / "manifest.json").read_text())
+    assert int8["quantized_nodes"] == export["ffn_matmuls"]
+    assert int8["ops"]["MatMulInteger"] == 12 and int8["ops"]["Attention"] == 4
+    assert int8["ops"]["MatMul"] == export["ops"]["MatMul"] - 12  # attention and head stay fp32
+
+
+def test_drift_alone_is_measured_and_the_fp32_cells_carry_its_statistics(lm_run):
+    _, _, cells = lm_run
+    production, code = cells[("fp32", "production")], cells[("fp32", "domain-code")]
+    assert production["metrics"]["delta_bpb"] > 0.5  # the drift alone costs the trained model bits
+    assert all(layer["positive_mean_fraction"] > 0.8 for layer in production["drift_stats"])
+    assert len(code["drift_stats"]) == 4 and "drift_stats" not in cells[("bnb-nf4", "clean")]
+    assert code["metrics"]["bits_per_byte"] > cells[("fp32", "clean")]["metrics"]["bits_per_byte"]
+
+
+def test_module_recipes_swap_only_the_ffn_linears(tmp_path):
+    model = CausalLM(LMConfig(design="A", d_model=64, n_layers=1, n_heads=2, d_ff=128, context=16))
+    swapped = quantize(model, "bnb-int8", tmp_path / "q").module
+    assert type(swapped.blocks[0].attn.qkv) is nn.Linear and type(swapped.head) is nn.Linear
+    assert type(swapped.blocks[0].ffn.mlp.fc1).__name__ == "Linear8bitLt"
+    assert type(model.blocks[0].ffn.mlp.fc1) is nn.Linear  # the source is left as it was
+
+
+def test_text_shorter_than_a_context_is_refused():
+    with pytest.raises(UsageError, match="shorter than one context of 129 bytes"):
+        windows(np.zeros(100, np.uint8), 4, 128, "tiny text")
+
+
+def test_the_gate_judges_lm_cells_by_delta_bpb(lm_run, tmp_path):
+    _, out, _ = lm_run
+    write_baseline(out, tmp_path / "baseline.json")
+    assert gate(tmp_path / "baseline.json", out, checks()).passed
+    worse = tmp_path / "worse"
+    shutil.copytree(out, worse, ignore=shutil.ignore_patterns("artifacts"))
+    cells = [json.loads(line) for line in (worse / "results.jsonl").read_text().splitlines()]
+    for cell in cells:
+        if cell["key"] == "B/trained/bnb-nf4/lm:domain-code/cal=-":
+            cell["metrics"]["delta_bpb"] += 0.05
+    (worse / "results.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells))
+    failures = gate(tmp_path / "baseline.json", worse, checks()).failures
+    assert [(f.cell, f.metric) for f in failures] == [("B/trained/bnb-nf4/lm:domain-code/cal=-", "delta_bpb")]
+
+
+def test_the_report_has_a_downstream_section_with_the_training_curves(lm_run):
+    _, out, cells = lm_run
+    text = report.write(out).read_text()
+    downstream = text[text.index("## Downstream: the trained pair"):text.index("## Caveats")]
+    assert (out / "plots" / "training_curves.png").stat().st_size > 10_000
+    assert "### A vs B under `production`" in downstream and "### Drift at the FFN inputs, measured" in downstream
+    kl = cells[("bnb-nf4", "production")]["metrics"]["kl_to_fp32"]
+    assert f"{kl:.2e}" in downstream  # the table shows the cell's own number
+    assert "| B | domain-code | " in downstream

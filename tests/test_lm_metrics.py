@@ -1,0 +1,59 @@
+"""Whole-model metrics and drift statistics, against values known in closed form."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ffnbench.bench import lm_metrics
+from ffnbench.bench.drift_stats import drift_stats
+from ffnbench.bench.scenarios import NAMED, Scenario
+
+
+def test_uniform_predictions_cost_eight_bits_and_agreeing_ones_no_kl():
+    targets = np.random.default_rng(0).integers(0, 256, (2, 5))
+    assert lm_metrics.bits_per_byte(np.zeros((2, 5, 256)), targets) == pytest.approx(8.0)
+    logits = np.random.default_rng(1).standard_normal((2, 5, 256))
+    assert lm_metrics.kl_to_fp32(logits, logits) == pytest.approx(0.0, abs=1e-12)
+    assert lm_metrics.kl_to_fp32(logits, logits + 7.0) == pytest.approx(0.0, abs=1e-12)  # a shift is no change
+    assert lm_metrics.kl_to_fp32(logits, np.zeros_like(logits)) > 0.1
+    assert lm_metrics.top1_agreement(logits, logits) == 1.0
+
+
+def test_a_sure_right_guess_costs_nothing_and_kl_matches_its_formula():
+    targets = np.array([[3]])
+    sure = np.full((1, 1, 256), -1e4)
+    sure[0, 0, 3] = 0.0
+    assert lm_metrics.bits_per_byte(sure, targets) == pytest.approx(0.0, abs=1e-9)
+    p, q = np.zeros((1, 1, 256)), np.zeros((1, 1, 256))
+    p[..., 0] = math.log(3.0)  # p puts 3/(3+255) on byte 0; q is uniform
+    p0 = 3 / 258
+    expected = p0 * math.log(p0 * 256) + (1 - p0) * math.log((1 - p0) / 255 * 256)
+    assert lm_metrics.kl_to_fp32(p, q) == pytest.approx(expected, rel=1e-9)
+
+
+def test_non_finite_logits_leave_only_the_rate():
+    logits = np.zeros((1, 4, 256))
+    logits[0, 0, 0] = np.nan
+    values = lm_metrics.prediction_metrics(np.zeros_like(logits), logits, np.zeros((1, 4), np.int64))
+    assert values["nonfinite_rate"] == pytest.approx(1 / logits.size) and values["kl_to_fp32"] is None
+
+
+def test_spikes_are_the_worst_token_over_a_typical_one():
+    x = np.ones((1, 10, 8))
+    x[0, 3, 5] = -12.0  # one token carries a spike 12x the others' largest value
+    ratio, share = lm_metrics.spikes(x)
+    assert ratio == pytest.approx(12.0) and share == pytest.approx(0.1)
+    assert lm_metrics.spikes(np.ones((4, 8))) == (1.0, 0.0)
+
+
+def test_drift_stats_recover_what_a_scenario_sets():
+    clean = drift_stats(NAMED["clean"].generate(200, 8, 64))
+    assert 0.3 < clean["positive_mean_fraction"] < 0.7 and abs(clean["mean_shift_std"]) < 0.05
+    assert clean["rms_spread"] < 0.05
+    shifted = drift_stats(NAMED["shift-4"].generate(200, 8, 64))
+    # 90 % of features shifted by 4 std on average: about 3.6 std, nearly all features positive.
+    assert shifted["positive_mean_fraction"] > 0.8 and shifted["mean_shift_std"] == pytest.approx(3.6, abs=0.5)
+    spread = drift_stats(Scenario("m", magnitude_sigma=1.5).generate(400, 4, 32))
+    assert spread["rms_spread"] == pytest.approx(1.5, abs=0.15)
+    assert drift_stats(np.ones((1, 4, 8)))["rms_spread"] is None  # one request has no spread
