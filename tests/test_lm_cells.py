@@ -114,3 +114,16 @@ def test_the_report_has_a_downstream_section_with_the_training_curves(lm_run):
     kl = cells[("bnb-nf4", "production")]["metrics"]["kl_to_fp32"]
     assert f"{kl:.2e}" in downstream  # the table shows the cell's own number
     assert "| B | domain-code | " in downstream
+
+
+def test_a_changed_checkpoint_stops_a_run_before_anything_is_written(tmp_path, monkeypatch):
+    from ffnbench.models import pair
+
+    shutil.copytree(pair.TRAINED, tmp_path / "trained")
+    (tmp_path / "trained" / "A" / "model.safetensors").write_bytes(b"not the weights")
+    monkeypatch.setattr(pair, "TRAINED", tmp_path / "trained")
+    config = RunConfig(models=["tiny"], designs=["A"], recipes=["fp32"], scenarios=["clean"], latency=False,
+                       lm_recipes=["fp32"])
+    with pytest.raises(UsageError, match="model.safetensors has sha256 .* its manifest wants"):
+        run(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
