@@ -127,6 +127,12 @@ class RunConfig:
             if isinstance(self.user_scenarios.get(name), Replay):
                 raise UsageError(f"lm_scenarios: '{name}' replays hidden states, and a whole model reads text; "
                                  "use a synthetic scenario or a text domain (domain-code)")
+        calibrated = any(getattr(RECIPES.get(self.recipe_spec(r)[0]), "needs_calibration", False)
+                         for r in self.lm_recipes)
+        for name in self.calibration if calibrated else ():
+            if isinstance(self.user_scenarios.get(name), Replay):
+                raise UsageError(f"calibration: '{name}' replays hidden states, which cannot calibrate a whole model "
+                                 "(lm cells read text); calibrate on a synthetic scenario, or drop QDQ from lm_recipes")
         if self.lm_recipes and not self.lm_scenarios:
             raise UsageError("lm_scenarios: empty; name at least one (e.g. clean) or set lm_recipes = []")
         if self.lm_inject not in INJECT:

@@ -9,7 +9,9 @@ Every metric compares with fp32 torch of the same design on the same text and dr
 
 import contextlib
 import functools
+import hashlib
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -66,11 +68,7 @@ class LMSubject:
         self.model, checkpoint = load_lm(trained_dir(design), design)
         self.model.source = {"kind": "checkpoint", "name": f"trained/{design}", "sha256": checkpoint["sha256"]}
         self.cfg = self.model.cfg
-        # The run keeps what it measured: the checkpoint's manifest (config, loss curve, held-out bpb).
-        record = artifacts / f"lm-checkpoint-{design}" / "manifest.json"
-        if not record.exists():
-            record.parent.mkdir(parents=True, exist_ok=True)
-            files.write_json(record, checkpoint)
+        self.checkpoint = summary(checkpoint, f"trained/{design}") | {"corpus_read_sha256": _corpus("prose").sha256}
         self.reference_runnable = LMTorch(self.model, config.lm_inject, threads=config.threads)
         self._references: dict[str, tuple] = {}
         self._runnables: dict[tuple, tuple] = {}
@@ -81,17 +79,16 @@ class LMSubject:
         cores, so an export is also kept in the user's cache (by content: checkpoint, injection,
         stack) and copied into the run from there, after its hash is checked."""
         identity = {"checkpoint": self.model.source["sha256"], "inject": self.config.lm_inject,
-                    "opset": NATIVE_OPSET, "versions": stack_versions()}
+                    "opset": NATIVE_OPSET, "versions": stack_versions(), "code": _export_code_digest()}
         name = f"lm-export-{self.design}-{files.digest(identity)}"
         out, cached = self.artifacts / name, files.cache_dir() / name
-        if not (out / "manifest.json").exists() and _intact(cached):
-            shutil.copytree(cached, out)
-        if (out / "manifest.json").exists():  # a re-run does not re-export
+        if not _intact(out) and _intact(cached):
+            _copy_whole(cached, out)
+        if _intact(out):  # a re-run does not re-export
             return ExportedModel(out / "model.onnx", json.loads((out / "manifest.json").read_text()))
         exported = export_lm(self.model, out, self.config.lm_inject, self.model.source)
         with contextlib.suppress(OSError):  # a read-only cache costs time, not results
-            shutil.rmtree(cached, ignore_errors=True)
-            shutil.copytree(out, cached)
+            _copy_whole(out, cached)
         return exported
 
     def text(self, scenario: str, part: str = "held_out", n: int | None = None) -> np.ndarray:
@@ -163,6 +160,35 @@ class LMSubject:
         return self._runnables[key]
 
 
+def summary(checkpoint: dict, name: str) -> dict:
+    """What a run records of a checkpoint: identity, size, held-out bits per byte, corpus, and its
+    training curve in bits per byte averaged over 10-step bins (enough to draw, small to store)."""
+    losses = np.asarray(checkpoint["losses"]) / math.log(2)
+    bins = [round(float(losses[i:i + 10].mean()), 4) for i in range(0, len(losses), 10)]
+    keep = ("sha256", "parameters", "steps", "held_out_bits_per_byte", "corpus", "config")
+    return {"name": name, **{k: checkpoint.get(k) for k in keep}, "loss_curve": {"every": 10, "bits": bins}}
+
+
+def _export_code_digest() -> str:
+    """The code an export is made by: a change to it must not reuse an older cached export."""
+    from ffnbench.export import lm_export, onnx_export
+    from ffnbench.models import layers, lm
+
+    digest = hashlib.sha256()
+    for module in (lm, layers, lm_export, onnx_export):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _copy_whole(src: Path, dst: Path) -> None:
+    """Copy a directory's files so that `dst` appears complete or not at all."""
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with files.staged_dir(dst) as stage:
+        for path in src.iterdir():
+            shutil.copyfile(path, stage / path.name)
+
+
 def _intact(export_dir: Path) -> bool:
     try:
         manifest = json.loads((export_dir / "manifest.json").read_text())
@@ -176,6 +202,19 @@ def _split(batch: dict) -> list[dict]:
     n = len(batch["tokens"])
     return [{**batch, "tokens": batch["tokens"][i:i + 1], "drift_scale": batch["drift_scale"][i:i + 1]}
             for i in range(n)]
+
+
+def _finite(values):
+    """JSON has no NaN or infinity: a non-finite value (an fp16 overflow, say) is recorded as absent."""
+    def clean(v):
+        return v if v is None or math.isfinite(v) else None
+
+    return {k: clean(v) for k, v in values.items()} if isinstance(values, dict) else [clean(v) for v in values]
+
+
+def _max(values) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return max(finite) if finite else None
 
 
 def down_inputs(taps: dict, layers: int) -> list[np.ndarray]:
@@ -202,19 +241,21 @@ def measure_lm(subject: LMSubject, cell) -> dict:
         bpb = values["bits_per_byte"]
         values["delta_bpb"] = None if bpb is None else bpb - subject.undrifted_bpb(cell.scenario)
         spikes = [lm_metrics.spikes(x) for x in down_inputs(taps, layers)]
-        values["spike_ratio"] = max(s[0] for s in spikes)
-        values["spike_token_share"] = max(s[1] for s in spikes)
+        values["spike_ratio"] = _max(s[0] for s in spikes)
+        values["spike_token_share"] = _max(s[1] for s in spikes)
         values |= metrics.tap_metrics(_pooled(ref_taps, layers), _pooled(taps, layers), subject.config.delta)
-        values = {k: (v if v is None or np.isfinite(v) else None) for k, v in values.items()}
-        record |= {"status": "ok", "metrics": values,
-                   "layers": {"spike_ratio": [s[0] for s in spikes], "spike_token_share": [s[1] for s in spikes],
-                              "norm_positive_fraction": [metrics.norm_positive_fraction(taps[f"norm_out.{i}"])
-                                                         for i in range(layers)]},
+        record |= {"status": "ok", "metrics": _finite(values),
+                   "checkpoint": subject.checkpoint if cell.recipe == "fp32" else
+                   {k: subject.checkpoint[k] for k in ("name", "sha256")},
+                   "layers": {"spike_ratio": _finite([s[0] for s in spikes]),
+                              "spike_token_share": _finite([s[1] for s in spikes]),
+                              "norm_positive_fraction": _finite([metrics.norm_positive_fraction(taps[f"norm_out.{i}"])
+                                                                 for i in range(layers)])},
                    "runtime": runnable.describe(),
                    "artifact": {"sha256": manifest["sha256"], "bytes": manifest["bytes"], "dir": manifest["dir"],
                                 "params": manifest.get("params", {})}}
         if cell.recipe == "fp32":  # what each FFN norm sees under this scenario, per layer
-            record["drift_stats"] = [drift_stats(ref_taps[f"ffn_in.{i}"]) for i in range(layers)]
+            record["drift_stats"] = [_finite(drift_stats(ref_taps[f"ffn_in.{i}"])) for i in range(layers)]
     except Skipped as e:
         record |= {"status": "skipped", "reason": str(e)}
     except Exception as e:  # one broken cell must not lose the rest of the matrix; it is recorded

@@ -69,17 +69,15 @@ def bars(groups: list[str], values: dict[str, list[float | None]], errors: dict[
     return path
 
 
-def training_curves(losses: dict[str, list[float]], path: Path) -> Path:
-    """Training loss per step for each design, in bits per byte, smoothed over 25 steps."""
+def training_curves(curves: dict[str, dict], path: Path) -> Path:
+    """Training loss in bits per byte per design; each curve holds means over `every`-step bins."""
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for design, values in losses.items():
-        bits = np.asarray(values) / np.log(2)
-        window = min(25, len(bits))
-        smooth = np.convolve(bits, np.ones(window) / window, mode="valid")
-        ax.plot(np.arange(window, len(bits) + 1), smooth, label=design, color=STYLE.get(design, {}).get("color"),
+    for design, curve in curves.items():
+        steps = (np.arange(len(curve["bits"])) + 0.5) * curve["every"]
+        ax.plot(steps, curve["bits"], label=design, color=STYLE.get(design, {}).get("color"),
                 linestyle=STYLE.get(design, {}).get("linestyle"))
     ax.set_xlabel("step")
-    ax.set_ylabel(f"training loss (bits per byte, {window}-step mean)")
+    ax.set_ylabel("training loss (bits per byte)")
     ax.set_title("The trained pair")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -127,9 +127,11 @@ def caveats(run: Run) -> list[str]:
     config = run.manifest.get("config", {})
     if not config.get("residual", True):
         out.append("Metrics judge the FFN branch (residual off); with it, the exact input dominates the output.")
-    if not run.lm:
+    if run.acc:
         out.append("Sublayer weights are seeded and synthetic (1/sqrt(fan_in) scale), not trained; real activations "
-                   "have outlier structure these do not. The lm cells (Downstream) measure the trained pair.")
+                   "have outlier structure these do not. " + ("The Downstream section measures the trained pair."
+                                                               if run.lm else "Add lm cells (`lm_recipes`) to "
+                                                               "measure the trained pair."))
     if "magnitude-2" in run.scenarios and "clean" in run.scenarios:
         diffs = [abs(m["centered_sqnr_db"] - run.acc[(d, mo, r, "clean")]["centered_sqnr_db"])
                  for (d, mo, r, s), m in run.acc.items() if s == "magnitude-2" and (d, mo, r, "clean") in run.acc
@@ -143,6 +145,12 @@ def caveats(run: Run) -> list[str]:
     if wide:
         out.append(f"{len(wide)} latency cells have a p50 interval wider than ±10 %: treat their absolute times "
                    "as noisy; the paired ratios are steadier.")
+    for design, checkpoint in sorted(report_downstream.checkpoints(run).items()):
+        read = checkpoint.get("corpus_read_sha256")
+        if read and read != checkpoint["corpus"]["sha256"]:
+            out.append(f"The prose this Python ships (sha256 `{read[:12]}`) is not the text trained pair {design} "
+                       f"was trained on (`{checkpoint['corpus']['sha256'][:12]}`): its held-out part may overlap "
+                       "training text, so bits per byte there are optimistic.")
     if run.not_ok:
         out.append(f"{len(run.not_ok)} cells were skipped or failed (listed at the end).")
     return out
@@ -172,13 +180,13 @@ def write(run_dir: Path) -> Path:
              f"Preset `{m.get('config', {}).get('preset')}`, models {', '.join(run.models)}, designs "
              f"{', '.join(run.designs)}, {len(run.ok)} cells measured. Started {m.get('started')}, "
              f"ffnbench revision `{m.get('git_revision')}`.", ""]
-    sublayer_delta = None  # the first model's median A − B, for the downstream verdict to set beside
+    sublayer = None  # (model, scenario, median A − B) of the first sublayer verdict, for the downstream one
     for model in run.models:
         scenario = run.headline_scenario()
         if scenario and {"A", "B"} <= set(run.designs):
             rows, facts = headline(run, model, scenario)
-            if sublayer_delta is None and facts["delta"]:
-                sublayer_delta = statistics.median(facts["delta"].values())
+            if sublayer is None and facts["delta"]:
+                sublayer = (model, scenario, statistics.median(facts["delta"].values()))
             lines += [f"## Decision: A vs B under `{scenario}` (model `{model}`)", "",
                       *verdict(run, model, scenario, facts), "", *rows, ""]
         lines += _robustness(run, model, plot_dir)
@@ -188,7 +196,7 @@ def write(run_dir: Path) -> Path:
                       f"(δ = {m.get('config', {}).get('delta')}), the share of pre-activations whose sign flips, "
                       "and the share of positive norm outputs.", "", *seed_tables(run, model, scenario), ""]
         lines += _latency(run, model, plot_dir)
-    lines += report_downstream.section(run, plot_dir, sublayer_delta)
+    lines += report_downstream.section(run, plot_dir, sublayer)
     lines += ["## Caveats", "", *[f"- {c}" for c in caveats(run)], ""]
     lines += _machine(m)
     if run.not_ok:

@@ -5,7 +5,6 @@ under synthetic drift and the real second domain, what the drift alone costs in 
 drift statistics at each FFN input, and a verdict set beside the sublayer one.
 """
 
-import json
 import statistics
 from pathlib import Path
 
@@ -23,17 +22,18 @@ def _e(value) -> str:
     return "–" if value is None else f"{value:.2e}"
 
 
-def checkpoints(run_dir: Path) -> dict[str, dict]:
-    """design -> the checkpoint manifest a run copied into its artifacts (losses, held-out bpb, hash)."""
+def checkpoints(run) -> dict[str, dict]:
+    """design -> the checkpoint summary its fp32 lm cells record (identity, held-out bpb, loss curve)."""
     found = {}
-    for path in sorted(Path(run_dir, "artifacts").glob("lm-checkpoint-*/manifest.json")):
-        manifest = json.loads(path.read_text())
-        found[manifest["config"]["design"]] = manifest
+    for (design, recipe, _), cell in run.lm.items():
+        if recipe == "fp32" and "loss_curve" in (cell.get("checkpoint") or {}):
+            found.setdefault(design, cell["checkpoint"])
     return found
 
 
-def section(run, plot_dir: Path, sublayer_median_delta: float | None) -> list[str]:
-    """Markdown lines for the lm cells of `run` (a report.Run); [] when it has none."""
+def section(run, plot_dir: Path, sublayer: tuple[str, str, float] | None) -> list[str]:
+    """Markdown lines for the lm cells of `run` (a report.Run); [] when it has none. `sublayer`:
+    (model, scenario, median A − B centered SQNR) of the sublayer verdict, to set beside this one."""
     if not run.lm:
         return []
     designs = [d for d in ("A", "B") if any(k[0] == d for k in run.lm)]
@@ -47,32 +47,32 @@ def section(run, plot_dir: Path, sublayer_median_delta: float | None) -> list[st
              "of a domain the models never saw. Against fp32 of the same design on the same text and drift: "
              "`kl_to_fp32` (nats a byte) and `top1` isolate the quantization; `delta_bpb` is the change in bits "
              "per byte from fp32 on the same text without synthetic drift, so it includes the drift's own cost.", ""]
-    lines += _training(run, plot_dir, designs)
+    lines += _training(run, plot_dir)
     for scenario in (s for s in HEADLINE_SCENARIOS if s in scenarios):
-        lines += _ab_table(run, scenario, recipes, designs)
-    lines += _drift_damage(run, scenarios, designs)
+        lines += _ab_table(run, scenario, recipes)
+    lines += _drift_damage(run, scenarios)
     lines += _drift_statistics(run, scenarios, designs)
     lines += _spikes(run, scenarios, designs)
-    lines += ["### Downstream verdict", "", *verdict(run, recipes, scenarios, sublayer_median_delta), ""]
+    lines += ["### Downstream verdict", "", *verdict(run, recipes, scenarios, sublayer), ""]
     return lines
 
 
-def _training(run, plot_dir: Path, designs: list[str]) -> list[str]:
-    manifests = checkpoints(run.dir)
-    if not manifests:
+def _training(run, plot_dir: Path) -> list[str]:
+    found = checkpoints(run)
+    if not found:
         return []
     lines = ["| design | parameters | steps | held-out bits per byte | checkpoint sha256 |", "|---|---|---|---|---|"]
-    lines += [f"| {d} | {m['parameters']:,} | {m['steps']} | {m['held_out_bits_per_byte']:.3f} | "
-              f"`{m['sha256'][:12]}` |" for d, m in sorted(manifests.items())]
-    curves = {d: m["losses"] for d, m in sorted(manifests.items())}
+    lines += [f"| {d} | {c['parameters']:,} | {c['steps']} | {c['held_out_bits_per_byte']:.3f} | "
+              f"`{c['sha256'][:12]}` |" for d, c in sorted(found.items())]
+    curves = {d: c["loss_curve"] for d, c in sorted(found.items())}
     path = plots.training_curves(curves, plot_dir / "training_curves.png")
-    corpus = next(iter(manifests.values()))["corpus"]
+    corpus = next(iter(found.values()))["corpus"]
     return [*lines, "", f"Trained on `{corpus['source']}` ({corpus['bytes']:,} bytes, sha256 "
             f"`{corpus['sha256'][:12]}`), the last {corpus['held_out']:.0%} held out.", "",
             f"![training curves]({path.relative_to(run.dir)})", ""]
 
 
-def _ab_table(run, scenario: str, recipes: list[str], designs: list[str]) -> list[str]:
+def _ab_table(run, scenario: str, recipes: list[str]) -> list[str]:
     lines = [f"### A vs B under `{scenario}`", "",
              "| recipe | delta_bpb A | B | kl_to_fp32 A | B | top1 A | B | bits per byte A | B |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -88,7 +88,7 @@ def _ab_table(run, scenario: str, recipes: list[str], designs: list[str]) -> lis
     return [*lines, ""]
 
 
-def _drift_damage(run, scenarios: list[str], designs: list[str]) -> list[str]:
+def _drift_damage(run, scenarios: list[str]) -> list[str]:
     rows = [(s, [run.lm.get((d, "fp32", s)) for d in ("A", "B")]) for s in scenarios]
     rows = [(s, cells) for s, cells in rows if any(cells)]
     if not rows:
@@ -140,7 +140,7 @@ def _spikes(run, scenarios: list[str], designs: list[str]) -> list[str]:
     return [*lines, ""]
 
 
-def verdict(run, recipes: list[str], scenarios: list[str], sublayer_median_delta: float | None) -> list[str]:
+def verdict(run, recipes: list[str], scenarios: list[str], sublayer: tuple[str, str, float] | None) -> list[str]:
     """Which design loses less to quantization, and to the drift itself, from the lm cells' numbers."""
     lines = []
     quantized = [r for r in recipes if r != "fp32"]
@@ -162,13 +162,13 @@ def verdict(run, recipes: list[str], scenarios: list[str], sublayer_median_delta
         a, b = (run.lm[(d, "fp32", s)]["metrics"]["bits_per_byte"] for d in ("A", "B"))
         lines.append(f"Real drift (`{s}`): fp32 A {a:.3f} vs B {b:.3f} bits per byte on text neither model saw.")
     lines += _real_vs_simulated(run, scenarios)
-    production = _kl_ratios(run, quantized, "production")
-    if sublayer_median_delta is not None and production:
-        sublayer, downstream = ("A" if sublayer_median_delta > 0 else "B"), \
-            ("A" if statistics.median(production) < 1 else "B")
-        lines.append(f"The sublayer verdict under `production` (median A − B {sublayer_median_delta:+.1f} dB centered "
-                     f"SQNR) favours {sublayer}; downstream favours {downstream}: they "
-                     f"**{'agree' if sublayer == downstream else 'disagree'}**.")
+    if sublayer is not None and _kl_ratios(run, quantized, sublayer[1]):
+        model, scenario, delta = sublayer
+        sublayer_pick = "A" if delta > 0 else "B"
+        downstream = "A" if statistics.median(_kl_ratios(run, quantized, scenario)) < 1 else "B"
+        lines.append(f"The sublayer verdict under `{scenario}` (model `{model}`, median A − B {delta:+.1f} dB centered "
+                     f"SQNR) favours {sublayer_pick}; downstream under `{scenario}` favours {downstream}: they "
+                     f"**{'agree' if sublayer_pick == downstream else 'disagree'}**.")
     return lines or ["Not enough lm cells with both designs to compare."]
 
 
@@ -187,12 +187,13 @@ def _real_vs_simulated(run, scenarios: list[str]) -> list[str]:
         simulated = extremes("production") if "production" in scenarios else None
         if real is None:
             continue
-        text = (f"Measured at the FFN inputs, `{domain}` shifts feature means by at most {real[0]:.2f} std, and at "
-                f"most {real[1]:.0%} of features have a positive mean")
+        text = (f"Measured at the FFN inputs, `{domain}` has an average feature mean of at most {real[0]:.2f} "
+                f"feature std (|mean_shift_std|, any layer, either design), and at most {real[1]:.0%} of features "
+                "with a positive mean")
         if clean:
             text += f" (clean prose: {clean[0]:.2f} std, {clean[1]:.0%})"
         if simulated:
-            text += f"; `production` injects {simulated[0]:.2f} std with {simulated[1]:.0%} positive"
+            text += f"; under `production` the same figures are {simulated[0]:.2f} std and {simulated[1]:.0%}"
         lines.append(text + ".")
     return lines
 

@@ -81,3 +81,10 @@ def test_a_replay_cannot_drive_a_whole_model(tmp_path):
     (tmp_path / "run.toml").write_text('lm_scenarios = ["captured"]\n[scenario.captured]\nreplay = "h.npy"\n')
     with pytest.raises(UsageError, match="lm_scenarios: 'captured' replays hidden states, and a whole model reads"):
         load_toml(tmp_path / "run.toml").check()
+
+
+def test_a_replay_cannot_calibrate_a_whole_model(tmp_path):
+    (tmp_path / "run.toml").write_text('lm_recipes = ["ort-int8-qdq-minmax"]\ncalibration = ["captured"]\n'
+                                       '[scenario.captured]\nreplay = "h.npy"\n')
+    with pytest.raises(UsageError, match="calibration: 'captured' replays hidden states, which cannot calibrate"):
+        load_toml(tmp_path / "run.toml").check()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from ffnbench.bench import RunConfig, report, run
+from ffnbench.bench import RunConfig, lm_cells, report, run
 from ffnbench.bench.checks import checks
 from ffnbench.bench.gate import gate, write_baseline
 from ffnbench.bench.lm_cells import LMSubject, windows
@@ -16,7 +16,7 @@ from ffnbench.bench.lm_metrics import LM_METRICS
 from ffnbench.bench.lm_runnables import LMOrt, evaluate
 from ffnbench.errors import UsageError
 from ffnbench.models.lm import CausalLM, LMConfig
-from ffnbench.quant import quantize
+from ffnbench.quant import Calibration, quantize
 
 LM_RECIPES = ["fp32", "ort-int8-dynamic", "bnb-nf4"]
 
@@ -113,7 +113,7 @@ def test_the_report_has_a_downstream_section_with_the_training_curves(lm_run):
     assert "### A vs B under `production`" in downstream and "### Drift at the FFN inputs, measured" in downstream
     kl = cells[("bnb-nf4", "production")]["metrics"]["kl_to_fp32"]
     assert f"{kl:.2e}" in downstream  # the table shows the cell's own number
-    assert "| B | domain-code | " in downstream
+    assert "| B | domain-code | " in downstream and "| B | 1,902,976 | 1200 |" in downstream
 
 
 def test_a_changed_checkpoint_stops_a_run_before_anything_is_written(tmp_path, monkeypatch):
@@ -127,3 +127,18 @@ def test_a_changed_checkpoint_stops_a_run_before_anything_is_written(tmp_path, m
     with pytest.raises(UsageError, match="model.safetensors has sha256 .* its manifest wants"):
         run(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_whole_model_export_refuses_hidden_state_calibration(lm_run, tmp_path):
+    _, out, _ = lm_run
+    export = next((out / "artifacts").glob("lm-export-B-*/model.onnx"))
+    hidden = Calibration("clean", np.zeros((2, 4, 192), np.float32))
+    with pytest.raises(UsageError, match="is a whole language model, which calibrates on text"):
+        quantize(export, "ort-int8-qdq-minmax", tmp_path / "q", calibration=hidden)
+    assert not (tmp_path / "q").exists()
+
+
+def test_non_finite_values_are_recorded_as_absent():
+    assert lm_cells._finite({"a": 1.0, "b": float("inf"), "c": None}) == {"a": 1.0, "b": None, "c": None}
+    assert lm_cells._finite([float("nan"), 2.0]) == [None, 2.0]
+    assert lm_cells._max([None, float("inf"), 3.0]) == 3.0 and lm_cells._max([None]) is None
