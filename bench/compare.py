@@ -29,7 +29,6 @@ from ffnbench.bench.config import RunConfig
 from ffnbench.bench.runnables import OrtRunnable, ort_has_cuda
 from ffnbench.bench.store import load_run
 from ffnbench.errors import UsageError
-from ffnbench.models import preset
 from ffnbench.quant import load_artifact
 
 
@@ -94,7 +93,8 @@ def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,
 
 def _inputs(config: RunConfig, cell: dict) -> np.ndarray:
     return config.scenario(cell["inputs"]).generate(cell["shape"]["batch"], cell["shape"]["seq"],
-                                                    preset(cell["model"]).d_model, seed=config.seed)
+                                                    config.model_config(cell["model"], cell["design"]).d_model,
+                                                    seed=config.seed)
 
 
 def _time_here(sides: dict, inputs: dict, threads: dict, config: RunConfig) -> tuple[dict, str]:
@@ -103,7 +103,7 @@ def _time_here(sides: dict, inputs: dict, threads: dict, config: RunConfig) -> t
     for key, by_side in sides.items():
         for side, (run_dir, record) in by_side.items():
             entries[f"{side}:{key}"] = {"runnable": _runnable(run_dir, record, threads[side], config), "x": inputs[key],
-                                        "block_cfg": preset(record["model"], record["design"]),
+                                        "block_cfg": config.model_config(record["model"], record["design"]),
                                         "model_bytes": record["metrics"]["model_bytes"]}
     shape = next(iter(inputs.values())).shape[:2]
     timed = latency_cells.time_group(entries, shape, config.latency_config(), None, config.threads)

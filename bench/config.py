@@ -6,10 +6,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ffnbench.bench import model_specs
 from ffnbench.bench.latency import LatencyConfig
+from ffnbench.bench.model_specs import ModelSpec
 from ffnbench.bench.scenarios import NAMED, TEXT_DOMAINS, Replay, Scenario
 from ffnbench.errors import UsageError
-from ffnbench.models import DESIGNS, PRESETS
+from ffnbench.models import DESIGNS, PRESETS, FFNBlock, FFNConfig, build_model, preset
 from ffnbench.models.lm import INJECT
 from ffnbench.quant import RECIPES, recipe_config
 
@@ -21,7 +23,7 @@ QUICK_LM_RECIPES = ("fp32", "ort-int8-dynamic", "bnb-nf4")
 class RunConfig:
     preset: str = "quick"
     designs: list[str] = field(default_factory=lambda: ["A", "B"])
-    models: list[str] = field(default_factory=lambda: ["small"])  # model size presets
+    models: list[str] = field(default_factory=lambda: ["small"])  # size presets or [model.NAME] tables
     recipes: list[str] = field(default_factory=lambda: list(QUICK_RECIPES))
     scenarios: list[str] = field(default_factory=lambda: ["clean", "production"])
     calibration: list[str] = field(default_factory=lambda: ["clean"])  # an axis for QDQ recipes only
@@ -55,6 +57,8 @@ class RunConfig:
     lm_windows: int = 16  # held-out windows of 128 bytes a scenario
     lm_inject: str = "ffn-input"  # where a synthetic drift enters: each FFN's input, or "residual"
     user_scenarios: dict[str, Scenario | Replay] = field(default_factory=dict)
+    # Real FFN layers by name ([model.NAME]), usable in `models` beside the size presets.
+    user_models: dict[str, ModelSpec] = field(default_factory=dict)
     # Recipe variants by name: {"torch-fp16-norm32": {"base": "torch-fp16", "norm_fp32": True}}
     user_recipes: dict[str, dict] = field(default_factory=dict)
 
@@ -79,6 +83,21 @@ class RunConfig:
         (bitsandbytes' outlier path), and production is what is served."""
         return "production" if "production" in self.scenarios else self.scenarios[0]
 
+    def model_designs(self, model: str) -> list[str]:
+        """The run's designs a model comes in: every one for a size preset, its own for a real layer."""
+        spec = self.user_models.get(model)
+        return [d for d in self.designs if spec is None or d == spec.design]
+
+    def build_block(self, model: str, design: str) -> FFNBlock:
+        spec = self.user_models.get(model)
+        if spec is not None:
+            return spec.build(residual=self.residual)
+        return build_model(preset(model, design, residual=self.residual))
+
+    def model_config(self, model: str, design: str) -> FFNConfig:
+        spec = self.user_models.get(model)
+        return spec.build(residual=self.residual).cfg if spec else preset(model, design, residual=self.residual)
+
     def scenario(self, name: str) -> Scenario | Replay:
         return self.user_scenarios.get(name) or NAMED[name]
 
@@ -89,7 +108,8 @@ class RunConfig:
                 raise UsageError(f"recipe {name}: base must be one of {', '.join(RECIPES)}, got {spec.get('base')!r}")
             recipe_config(spec["base"], **{k: v for k, v in spec.items() if k != "base"})
         known_recipes = {**RECIPES, **self.user_recipes}
-        for axis, values, known in (("designs", self.designs, DESIGNS), ("models", self.models, PRESETS),
+        for axis, values, known in (("designs", self.designs, DESIGNS),
+                                    ("models", self.models, {**PRESETS, **self.user_models}),
                                     ("recipes", self.recipes, known_recipes),
                                     ("scenarios", self.scenarios, known_scenarios),
                                     ("calibration", self.calibration, known_scenarios)):
@@ -98,6 +118,11 @@ class RunConfig:
             for value in values:
                 if value not in known:
                     raise UsageError(f"{axis}: unknown '{value}'; choose from {', '.join(known)}")
+        for model in self.models:
+            if not self.model_designs(model):
+                design = self.user_models[model].design
+                raise UsageError(f"models: '{model}' is a design-{design} layer and the run's designs are "
+                                 f"{', '.join(self.designs)}; add {design} to designs")
         self._check_lm(known_recipes, known_scenarios)
         for name in ("n_requests", "seq_len", "calibration_requests", "threads", "lm_windows"):
             if getattr(self, name) <= 0:
@@ -141,16 +166,18 @@ class RunConfig:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["user_scenarios"] = {k: v.describe() for k, v in self.user_scenarios.items()}
+        out["user_models"] = {k: v.describe() for k, v in self.user_models.items()}
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         """The inverse of to_dict, as a run's manifest records it (its shard spec aside)."""
         data = {k: v for k, v in data.items() if k != "shard"}
-        replay_keys = ("tensor", "calibration_share")
-        scenarios = {name: Replay(name, Path(d["replay"]), **{k: d[k] for k in replay_keys if k in d})
-                     if "replay" in d else Scenario(**d) for name, d in data.pop("user_scenarios", {}).items()}
-        return cls(**data, user_scenarios=scenarios)
+        scenarios = {name: _replay(name, Path(d["replay"]), d) if "replay" in d else Scenario(**d)
+                     for name, d in data.pop("user_scenarios", {}).items()}
+        models = {name: ModelSpec(name, **{k: v for k, v in d.items() if k in model_specs.KEYS})
+                  for name, d in data.pop("user_models", {}).items()}
+        return cls(**data, user_scenarios=scenarios, user_models=models)
 
 
 PRESETS_RUN = {
@@ -191,6 +218,8 @@ def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
     for key, value in data.items():
         if key == "scenario":
             cfg.user_scenarios = _scenarios(path, value)
+        elif key == "model":
+            cfg.user_models = model_specs.parse(path, value)
         elif key == "recipe":
             if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
                 raise UsageError(f"config {path}: 'recipe' must hold tables, "
@@ -212,7 +241,7 @@ def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
                 raise UsageError(f"config {path}: '{key}' must be {kind.__name__}, got {type(value).__name__}")
             setattr(cfg, key, kind(value))
         else:
-            known = ", ".join([*LIST_KEYS, *SHAPE_KEYS, *SCALAR_KEYS, "scenario", "recipe"])
+            known = ", ".join([*LIST_KEYS, *SHAPE_KEYS, *SCALAR_KEYS, "scenario", "recipe", "model"])
             raise UsageError(f"config {path}: unknown key '{key}'; known keys: {known}")
     return cfg
 
@@ -225,24 +254,38 @@ def _scenarios(path: Path, tables) -> dict:
     for name, table in tables.items():
         if not isinstance(table, dict):
             raise UsageError(f"config {path}: [scenario.{name}] must be a table")
-        if "replay" in table:
-            extra = set(table) - {"replay", "tensor", "calibration_share"}
-            if extra:
-                raise UsageError(f"config {path}: [scenario.{name}] replays a file; unknown key '{sorted(extra)[0]}'")
-            replay = Path(table["replay"])
-            share = table.get("calibration_share", 0.25)
-            if isinstance(share, bool) or not isinstance(share, int | float):
-                raise UsageError(f"config {path}: [scenario.{name}] 'calibration_share' must be a number, e.g. 0.25")
-            out[name] = Replay(name, replay if replay.is_absolute() else path.parent / replay, table.get("tensor"),
-                               calibration_share=float(share))
-            continue
+        replay = table.get("replay")
         for key, value in table.items():
+            if replay is not None and key in REPLAY_KEYS:
+                continue
             if key not in fields:
-                raise UsageError(f"config {path}: [scenario.{name}] unknown key '{key}'; known: {', '.join(fields)}")
+                known = ", ".join([*(REPLAY_KEYS if replay is not None else ()), *fields])
+                raise UsageError(f"config {path}: [scenario.{name}] unknown key '{key}'; known: {known}")
+            if replay is not None and key == "mixed_batch":
+                raise UsageError(f"config {path}: [scenario.{name}] replays a file, as captured (one batch); "
+                                 "drop mixed_batch")
             kind = fields[key]
             expected = (int, float) if kind is float else (kind,)
             if not isinstance(value, expected) or (kind is not bool and isinstance(value, bool)):
                 raise UsageError(f"config {path}: [scenario.{name}] '{key}' must be {kind.__name__}, "
                                  f"got {type(value).__name__}")
-        out[name] = Scenario(name, **table)
+        if replay is None:
+            out[name] = Scenario(name, **table)
+            continue
+        share = table.get("calibration_share", 0.25)
+        if isinstance(share, bool) or not isinstance(share, int | float):
+            raise UsageError(f"config {path}: [scenario.{name}] 'calibration_share' must be a number, e.g. 0.25")
+        replay = Path(replay)
+        out[name] = _replay(name, replay if replay.is_absolute() else path.parent / replay,
+                            {**table, "calibration_share": float(share)})
     return out
+
+
+REPLAY_KEYS = ("replay", "tensor", "calibration_share")
+
+
+def _replay(name: str, path: Path, table: dict) -> Replay:
+    """A replay with the synthetic drift its table adds on top, if any."""
+    drift = {k: v for k, v in table.items() if k not in (*REPLAY_KEYS, "name")}
+    return Replay(name, path, table.get("tensor"), calibration_share=table.get("calibration_share", 0.25),
+                  drift=Scenario(name, **drift) if drift else None)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ffnbench import files
-from ffnbench.bench import store
+from ffnbench.bench import model_specs, store
 from ffnbench.bench.checks import Check
 from ffnbench.bench.latency import LatencyConfig
 from ffnbench.bench.report import label
@@ -197,6 +197,12 @@ def _check_stack(baseline: dict, manifest: dict, allow: bool, result: GateResult
                          "only on one stack: re-baseline, or pass --allow-stack-change")
     if changed:
         result.notes.append(f"Stack changed and allowed: {'; '.join(changed)}.")
+    old_models = (baseline.get("config") or {}).get("user_models") or {}
+    new_models = (manifest.get("config") or {}).get("user_models") or {}
+    for name in sorted(old_models.keys() & new_models.keys()):
+        if old_models[name].get("sha256") != new_models[name].get("sha256"):
+            result.notes.append(f"Model {model_specs.source_line(name, new_models[name])} has other weights than the "
+                                f"baseline's (sha256 {str(old_models[name].get('sha256'))[:12]}…).")
 
 
 def _compare(old: dict, new: dict, checks: dict[str, Check], result: GateResult, remeasured: dict | None,

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ffnbench import files
-from ffnbench.bench import latency, plots, report_downstream
+from ffnbench.bench import latency, model_specs, plots, report_downstream
 from ffnbench.bench.scenarios import NAMED
 from ffnbench.bench.store import load_run
 
@@ -180,6 +180,9 @@ def write(run_dir: Path) -> Path:
              f"Preset `{m.get('config', {}).get('preset')}`, models {', '.join(run.models)}, designs "
              f"{', '.join(run.designs)}, {len(run.ok)} cells measured. Started {m.get('started')}, "
              f"ffnbench revision `{m.get('git_revision')}`.", ""]
+    user_models = (m.get("config") or {}).get("user_models") or {}
+    lines += [f"- Model {model_specs.source_line(name, d)}" for name, d in user_models.items()]
+    lines += [""] if user_models else []
     sublayer = None  # (model, scenario, median A − B) of the first sublayer verdict, for the downstream one
     for model in run.models:
         scenario = run.headline_scenario()
@@ -189,6 +192,9 @@ def write(run_dir: Path) -> Path:
                 sublayer = (model, scenario, statistics.median(facts["delta"].values()))
             lines += [f"## Decision: A vs B under `{scenario}` (model `{model}`)", "",
                       *verdict(run, model, scenario, facts), "", *rows, ""]
+        designs = [d for d in run.designs if any(k[0] == d and k[1] == model for k in run.acc)]
+        if len(designs) == 1:  # a real layer comes in its own design only: its table, without A vs B
+            lines += _one_design(run, model, designs[0])
         lines += _robustness(run, model, plot_dir)
         if scenario:
             lines += [f"## The seed's prediction under `{scenario}` (model `{model}`)", "",
@@ -205,6 +211,18 @@ def write(run_dir: Path) -> Path:
     path = run.dir / "report.md"
     files.write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _one_design(run: Run, model: str, design: str) -> list[str]:
+    lines = [f"## Accuracy of model `{model}` (design {design})", "",
+             "Centered SQNR (dB) / top-1 agreement against fp32, per scenario.", "",
+             "| recipe | " + " | ".join(run.scenarios) + " |", "|---|" + "---|" * len(run.scenarios)]
+    for recipe in run.recipes:
+        cells = [run.acc.get((design, model, recipe, s)) for s in run.scenarios]
+        if any(cells) and recipe != "fp32":
+            lines.append(f"| {recipe} | " + " | ".join(
+                f"{_f(m['centered_sqnr_db'])} / {_f(m['top1_agreement'], 3)}" if m else "–" for m in cells) + " |")
+    return [*lines, ""]
 
 
 def _robustness(run: Run, model: str, plot_dir: Path) -> list[str]:

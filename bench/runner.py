@@ -19,7 +19,6 @@ from ffnbench.bench.runnables import Runnable, TorchRunnable, ort_has_cuda, runn
 from ffnbench.bench.store import RunStore
 from ffnbench.errors import UsageError
 from ffnbench.export import NATIVE_OPSET, ExportedModel, export_onnx
-from ffnbench.models import build_model, preset
 from ffnbench.quant import RECIPES, Calibration, Skipped, load_artifact, quantize
 from ffnbench.versions import stack_versions
 
@@ -48,11 +47,12 @@ def plan(config: RunConfig) -> list[Cell]:
     pair's lm cells last, for the run's designs among the pair's and its recipes among lm_recipes."""
     cells = []
     for model in config.models:
-        for design, recipe in itertools.product(config.designs, config.recipes):
+        for design, recipe in itertools.product(config.model_designs(model), config.recipes):
             for cal in _calibrations(config, recipe):
                 cells += [Cell(design, model, recipe, s, cal) for s in config.scenarios]
         if config.latency:
-            for shape, design, recipe in itertools.product(("decode", "prefill"), config.designs, config.recipes):
+            for shape, design, recipe in itertools.product(("decode", "prefill"), config.model_designs(model),
+                                                           config.recipes):
                 cells += [Cell(design, model, recipe, shape, cal, kind="latency")
                           for cal in _calibrations(config, recipe)]
     lm_designs = [d for d in config.designs if d in LM_DESIGNS]
@@ -130,7 +130,7 @@ def _check_inputs(config: RunConfig) -> None:
     if any(c.kind == "lm" for c in plan(config)):
         lm_cells.check(config)
     for model in config.models:
-        d_model = preset(model).d_model
+        d_model = config.model_config(model, config.model_designs(model)[0]).d_model  # loads a real layer: checks it
         for name in {*config.scenarios, *config.calibration}:
             config.scenario(name).generate(1, 1, d_model)
 
@@ -140,7 +140,7 @@ class Subject:
 
     def __init__(self, config: RunConfig, design: str, model: str, artifacts: Path):
         self.config, self.artifacts = config, artifacts
-        self.block = build_model(preset(model, design, residual=config.residual)).to(config.device)
+        self.block = config.build_block(model, design).to(config.device)
         self.export = self._export()
         self.head = metrics.readout_head(self.block.cfg.d_model, seed=config.seed)
         self.reference_runnable = TorchRunnable(self.block, threads=config.threads, device=config.device)

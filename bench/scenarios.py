@@ -92,6 +92,9 @@ class Replay:
     tensor: str | None = None  # which tensor of a .safetensors file; default: its only one
     mixed_batch: bool = True  # replayed as captured: one batch
     calibration_share: float = 0.25
+    # Synthetic drift on top of the real traffic: the scenario's shift (in units of each feature's
+    # std in the capture), magnitude and outliers, applied after loading.
+    drift: Scenario | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.calibration_share < 1:
@@ -100,14 +103,23 @@ class Replay:
 
     def generate(self, n_requests: int, seq_len: int, d_model: int, seed: int = 0) -> np.ndarray:
         """The evaluation part of the capture, (requests, seq, d_model) float32."""
-        return self._split(self._checked(d_model))[1]
+        data = self._checked(d_model)
+        return self._drifted(self._split(data)[1], data, seed)
 
     def calibration_data(self, n_requests: int, seq_len: int, d_model: int, seed: int = 0) -> np.ndarray:
         """The calibration part of the capture, disjoint from what generate() returns."""
         if self.calibration_share == 0:
             raise UsageError(f"scenario {self.name}: calibration_share = 0 keeps the whole capture for evaluation; "
                              "set a share (e.g. 0.25) to calibrate on it")
-        return self._split(self._checked(d_model))[0]
+        data = self._checked(d_model)
+        return self._drifted(self._split(data)[0], data, seed + 1)
+
+    def _drifted(self, part: np.ndarray, whole: np.ndarray, seed: int) -> np.ndarray:
+        if self.drift is None:
+            return part
+        gain, offset, scale = self.drift.affine(part.shape[0], part.shape[-1], seed)
+        std = whole.reshape(-1, whole.shape[-1]).std(axis=0)  # the capture's own feature std, both parts alike
+        return ((part * gain + offset * std) * scale[:, None, None]).astype(np.float32)
 
     def _split(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.calibration_share == 0:
@@ -156,8 +168,10 @@ class Replay:
         return None  # a capture has no unshifted twin
 
     def describe(self) -> dict:
+        drift = {k: v for k, v in self.drift.describe().items() if k != "name" and v != getattr(Scenario(), k)} \
+            if self.drift else {}
         return {"name": self.name, "replay": str(self.path), "tensor": self.tensor,
-                "calibration_share": self.calibration_share}
+                "calibration_share": self.calibration_share, **drift}
 
 
 def _rng(seed: int, stream: str) -> np.random.Generator:

@@ -1,6 +1,7 @@
 """The committed trained pair (models/trained/A and B), and any checkpoint `ffnbench train` wrote,
 loaded only when its weights match the hash its manifest records."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from safetensors.torch import load_file
 
 from ffnbench.errors import UsageError
 from ffnbench.files import sha256_file
+from ffnbench.models.layers import FFNBlock
 from ffnbench.models.lm import CausalLM, LMConfig
 
 TRAINED = Path(__file__).resolve().parent / "trained"
@@ -51,3 +53,16 @@ def load_lm(path: Path, design: str | None = None) -> tuple[CausalLM, dict]:
         first = str(e).strip().splitlines()[0]
         raise UsageError(f"checkpoint {path}: its weights do not fit its config ({first}); retrain it") from e
     return model.eval(), manifest
+
+
+def trained_ffn(design: str, layer: int, residual: bool = True) -> FFNBlock:
+    """The FFN sublayer of layer `layer` of the committed trained pair's design-`design` model, as a
+    standalone FFNBlock (its own norm), with the residual as asked."""
+    model, manifest = load_lm(trained_dir(design), design)
+    if not isinstance(layer, int) or not 0 <= layer < model.cfg.n_layers:
+        raise UsageError(f"layer: the trained pair has layers 0-{model.cfg.n_layers - 1}, got {layer!r}")
+    ffn = model.blocks[layer].ffn
+    block = FFNBlock(dataclasses.replace(ffn.cfg, residual=residual))
+    block.load_state_dict(ffn.state_dict())
+    block.source = {"kind": "trained", "name": f"trained/{design}", "sha256": manifest["sha256"], "layer": layer}
+    return block.eval()

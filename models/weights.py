@@ -83,6 +83,10 @@ def rebuild(cfg: FFNConfig, source: dict) -> FFNBlock:
     """The block an export manifest describes: from its seed, or from its (unchanged) checkpoint."""
     if source["kind"] == "seed":
         return build_model(cfg)
+    if source["kind"] == "trained":
+        from ffnbench.models.pair import trained_ffn  # the pair loads CausalLM, which builds on this module
+
+        return trained_ffn(source["name"].removeprefix("trained/"), source["layer"], residual=cfg.residual)
     path = Path(source["path"])
     if not path.is_file() or sha256_file(path) != source["sha256"]:
         raise UsageError(f"weights: {path} is missing or changed since the export; re-export the model")

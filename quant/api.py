@@ -224,10 +224,8 @@ def _fp32(source, cfg: Fp32, stage: Path, calibration, device: str) -> Artifact:
     with _source_onnx(source) as (src, src_manifest):
         shutil.copyfile(src, dst)
         manifest = {**_lineage(src, src_manifest), "ops": op_histogram(onnx.load(str(dst)))}
-    # A whole model's fp32 module comes from its checkpoint, which the caller holds.
-    block = source if isinstance(source, torch.nn.Module) else None if "ffn_matmuls" in src_manifest \
-        else _source_block(source)
-    return Artifact("", "ort", dst, manifest, module=block)
+    # From a file, the fp32 artifact is the file: the torch module, where wanted, is the caller's.
+    return Artifact("", "ort", dst, manifest, module=source if isinstance(source, torch.nn.Module) else None)
 
 
 def _save_module(block: FFNBlock | CausalLM, runtime: str, stage: Path, manifest: dict) -> Artifact:
