@@ -11,7 +11,7 @@ venv: $(STAMP)
 # Rebuilt whenever the pins or the package metadata change.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,hf]'
 	touch $(STAMP)
 
 # The default matrix (every recipe x every named scenario, model `default`), report included.

@@ -36,6 +36,8 @@ def _add_environment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--old-python", help="the old revision's interpreter (its .venv/bin/python): re-time every cell, "
                    "each side by its own code in a worker (without: ONNX Runtime cells only, in this process)")
     p.add_argument("--new-python", help="the new side's interpreter, if not this one")
+    p.add_argument("--weights-dir", help="where a run's [model.NAME] and replay files are, if not where its paths "
+                   "point (a run directory copied to another machine); files are found by path, then by name")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="optimiser steps (default: TrainConfig's)")
     train.add_argument("--batch", type=int, help="sequences a step (default: TrainConfig's)")
     train.add_argument("--seed", type=int, help="initialisation and data order (default 0)")
+
+    capture = sub.add_parser("capture", help="hidden states entering chosen FFN norms of a real model, over a text")
+    capture.add_argument("--checkpoint", required=True,
+                         help="a directory `ffnbench train` wrote, or a local Hugging Face checkpoint (needs [hf])")
+    capture.add_argument("--text", required=True, help="a text file: the traffic to run through the model")
+    capture.add_argument("--layers", required=True, help="comma-separated layer numbers, e.g. 0,6,11")
+    capture.add_argument("--out", required=True, help="a new .safetensors file (a .json file beside it too)")
+    capture.add_argument("--max-windows", type=int, default=64, help="windows of 128 tokens at most (default 64)")
 
     report = sub.add_parser("report", help="write report.md and plots/*.png for a run directory")
     report.add_argument("run_dir")
@@ -313,7 +323,7 @@ def cmd_gate(args) -> int:
     if args.remeasure:
         from ffnbench.bench.compare import remeasure
 
-        remeasured = remeasure(args.remeasure, args.run_dir, args.old_python, args.new_python)
+        remeasured = remeasure(args.remeasure, args.run_dir, args.old_python, args.new_python, args.weights_dir)
     result = gate.gate(args.baseline, args.run_dir, active, args.allow_stack_change, args.only, aliases, remeasured,
                        args.strict_recorded_latency)
     md, xml = gate_report.write(result, args.baseline, args.run_dir, active)
@@ -325,7 +335,8 @@ def cmd_gate(args) -> int:
 def cmd_compare(args) -> int:
     from ffnbench.bench.compare import remeasure, write
 
-    path = write(remeasure(args.old_run, args.new_run, args.old_python, args.new_python), args.new_run)
+    path = write(remeasure(args.old_run, args.new_run, args.old_python, args.new_python, args.weights_dir),
+                 args.new_run)
     print(f"wrote {path}")
     return 0
 
@@ -351,8 +362,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_capture(args) -> int:
+    from ffnbench.bench.capture import capture, parse_layers, summary_lines
+
+    record = capture(Path(args.checkpoint), Path(args.text), parse_layers(args.layers), Path(args.out),
+                     max_windows=args.max_windows)
+    for line in summary_lines(record):
+        print(line)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json').name} ({record['checkpoint']['name']}, "
+          f"{record['text']['bytes']:,} bytes of text)")
+    return 0
+
+
 COMMANDS = {"doctor": cmd_doctor, "export": cmd_export, "quantize": cmd_quantize, "run": cmd_run,
-            "report": cmd_report, "merge": cmd_merge, "gate": cmd_gate, "compare": cmd_compare, "train": cmd_train}
+            "report": cmd_report, "merge": cmd_merge, "gate": cmd_gate, "compare": cmd_compare, "train": cmd_train,
+            "capture": cmd_capture}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,14 +47,14 @@ def _runnable(run_dir: Path, cell: dict, threads: int, config: RunConfig):
 
 
 def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,
-              new_python: str | None = None) -> dict[str, dict]:
+              new_python: str | None = None, files_dir: Path | None = None) -> dict[str, dict]:
     """new/old p50 ratio with a paired 95 % interval and a one-sided p of a slowdown, per latency cell
     present in both runs. With old_python or new_python, every cell is re-timed by two workers, each
     side's in its own interpreter (the other side's defaults to this one); without, ONNX Runtime
-    cells only, in this process."""
+    cells only, in this process. files_dir: where the runs' checkpoint and trace files are (default: here)."""
     old_run, new_run = Path(old_run), Path(new_run)
     (old_manifest, old_cells), (new_manifest, new_cells) = load_run(old_run, "compare"), load_run(new_run, "compare")
-    config = RunConfig.from_dict(new_manifest["config"])
+    config = RunConfig.from_dict(new_manifest["config"], Path(files_dir or "."))
     # Each side runs as its run did: a thread-count change is a change to measure, not to erase.
     threads = {"old": RunConfig.from_dict(old_manifest["config"]).threads, "new": config.threads}
     old = {c["key"]: c for c in old_cells if c.get("kind") == "latency" and c["status"] == "ok"}

@@ -170,12 +170,15 @@ class RunConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RunConfig":
-        """The inverse of to_dict, as a run's manifest records it (its shard spec aside)."""
+    def from_dict(cls, data: dict, files_dir: Path = Path(".")) -> "RunConfig":
+        """The inverse of to_dict, as a run's manifest records it (its shard spec aside). Checkpoint and
+        trace files resolve against `files_dir` (the folder of the run's config, or --weights-dir)
+        and must have the hashes the run recorded."""
         data = {k: v for k, v in data.items() if k != "shard"}
-        scenarios = {name: _replay(name, Path(d["replay"]), d) if "replay" in d else Scenario(**d)
+        scenarios = {name: _replay(name, Path(d["replay"]), d, files_dir) if "replay" in d else Scenario(**d)
                      for name, d in data.pop("user_scenarios", {}).items()}
-        models = {name: ModelSpec(name, **{k: v for k, v in d.items() if k in model_specs.KEYS})
+        models = {name: ModelSpec(name, base=str(files_dir), sha256=d.get("sha256"),
+                                  **{k: v for k, v in d.items() if k in model_specs.KEYS})
                   for name, d in data.pop("user_models", {}).items()}
         return cls(**data, user_scenarios=scenarios, user_models=models)
 
@@ -275,17 +278,15 @@ def _scenarios(path: Path, tables) -> dict:
         share = table.get("calibration_share", 0.25)
         if isinstance(share, bool) or not isinstance(share, int | float):
             raise UsageError(f"config {path}: [scenario.{name}] 'calibration_share' must be a number, e.g. 0.25")
-        replay = Path(replay)
-        out[name] = _replay(name, replay if replay.is_absolute() else path.parent / replay,
-                            {**table, "calibration_share": float(share)})
+        out[name] = _replay(name, Path(replay), {**table, "calibration_share": float(share)}, path.parent)
     return out
 
 
 REPLAY_KEYS = ("replay", "tensor", "calibration_share")
 
 
-def _replay(name: str, path: Path, table: dict) -> Replay:
-    """A replay with the synthetic drift its table adds on top, if any."""
-    drift = {k: v for k, v in table.items() if k not in (*REPLAY_KEYS, "name")}
+def _replay(name: str, path: Path, table: dict, base: Path) -> Replay:
+    """A replay (its path relative to `base`) with the synthetic drift its table adds on top, if any."""
+    drift = {k: v for k, v in table.items() if k not in (*REPLAY_KEYS, "name", "sha256")}
     return Replay(name, path, table.get("tensor"), calibration_share=table.get("calibration_share", 0.25),
-                  drift=Scenario(name, **drift) if drift else None)
+                  drift=Scenario(name, **drift) if drift else None, base=Path(base), sha256=table.get("sha256"))

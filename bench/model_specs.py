@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from ffnbench import files
 from ffnbench.errors import UsageError
 from ffnbench.files import sha256_file
 from ffnbench.models import FFNBlock, load_safetensors
@@ -30,7 +31,8 @@ class ModelSpec:
     bias: bool | None = None
     trained: str | None = None  # "A" or "B": a layer of the committed trained pair
     layer: int | None = None
-    base: str = "."  # the config's folder; where `weights` resolves (not recorded)
+    base: str = "."  # the config's folder (or --weights-dir); where `weights` resolves (not recorded)
+    sha256: str | None = None  # the file a run recorded: another file is refused
 
     def __post_init__(self) -> None:
         where = f"[model.{self.name}]"
@@ -56,8 +58,7 @@ class ModelSpec:
 
     @property
     def path(self) -> Path:
-        path = Path(self.weights)
-        return path if path.is_absolute() else Path(self.base) / path
+        return files.locate(self.weights, self.base)
 
     def build(self, residual: bool) -> FFNBlock:
         """The layer as an FFNBlock, checked: the file exists, the prefix matches, the design fits."""
@@ -65,6 +66,12 @@ class ModelSpec:
             from ffnbench.models.pair import trained_ffn
 
             return trained_ffn(self.trained, self.layer, residual=residual)
+        if self.sha256 and self.path.is_file() and sha256_file(self.path) != self.sha256:
+            raise UsageError(f"[model.{self.name}]: {self.path} is not the file the run used (sha256 {self.sha256}); "
+                             "give that file, or its folder with --weights-dir")
+        if self.sha256 and not self.path.is_file():
+            raise UsageError(f"[model.{self.name}]: no file at {self.path} (the run used sha256 {self.sha256}); give "
+                             "its folder with --weights-dir")
         overrides = {k: getattr(self, k) for k in ("eps", "gelu", "bias") if getattr(self, k) is not None}
         try:
             block = load_safetensors(self.path, self.design, self.prefix, residual=residual, **overrides)

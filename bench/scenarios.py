@@ -10,6 +10,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from ffnbench.errors import UsageError
+from ffnbench.files import locate, sha256_file
 
 
 @dataclass(frozen=True)
@@ -88,13 +89,19 @@ class Replay:
     """
 
     name: str
-    path: Path
+    path: Path  # as the config wrote it: relative to `base`, or absolute
     tensor: str | None = None  # which tensor of a .safetensors file; default: its only one
     mixed_batch: bool = True  # replayed as captured: one batch
     calibration_share: float = 0.25
     # Synthetic drift on top of the real traffic: the scenario's shift (in units of each feature's
     # std in the capture), magnitude and outliers, applied after loading.
     drift: Scenario | None = None
+    base: Path = Path(".")  # the config's folder (or --weights-dir); not recorded
+    sha256: str | None = None  # the file a run recorded: another file is refused
+
+    @property
+    def file(self) -> Path:
+        return locate(self.path, self.base)
 
     def __post_init__(self) -> None:
         if not 0 <= self.calibration_share < 1:
@@ -127,7 +134,7 @@ class Replay:
         axis = 0 if data.shape[0] >= 2 else 1  # whole requests where there are several
         size = data.shape[axis]
         if size < 2:
-            raise UsageError(f"scenario {self.name}: {self.path} holds one token; a capture needs at least 2 "
+            raise UsageError(f"scenario {self.name}: {self.file} holds one token; a capture needs at least 2 "
                              "requests or tokens, split between calibration and evaluation")
         k = min(size - 1, max(1, round(size * self.calibration_share)))
         return (data[:k], data[k:]) if axis == 0 else (data[:, :k], data[:, k:])
@@ -137,31 +144,35 @@ class Replay:
         if data.ndim == 2:
             data = data[None]  # (n, d): one request of n tokens
         if data.ndim != 3:
-            raise UsageError(f"scenario {self.name}: {self.path} holds shape {data.shape}; "
+            raise UsageError(f"scenario {self.name}: {self.file} holds shape {data.shape}; "
                              "expected (n, d) or (b, s, d)")
         if data.shape[-1] != d_model:
-            raise UsageError(f"scenario {self.name}: {self.path} has width {data.shape[-1]}, the model's d_model is "
+            raise UsageError(f"scenario {self.name}: {self.file} has width {data.shape[-1]}, the model's d_model is "
                              f"{d_model}; capture hidden states of this model size")
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if bad:
-            raise UsageError(f"scenario {self.name}: {self.path} holds {bad} NaN/Inf values; replay finite states")
+            raise UsageError(f"scenario {self.name}: {self.file} holds {bad} NaN/Inf values; replay finite states")
         return data.astype(np.float32)
 
     def _load(self) -> np.ndarray:
-        if not self.path.is_file():
-            raise UsageError(f"scenario {self.name}: no file at {self.path}")
+        if not self.file.is_file():
+            want = f" (the run used sha256 {self.sha256}; give its folder with --weights-dir)" if self.sha256 else ""
+            raise UsageError(f"scenario {self.name}: no file at {self.file}{want}")
+        if self.sha256 and sha256_file(self.file) != self.sha256:
+            raise UsageError(f"scenario {self.name}: {self.file} is not the file the run used (sha256 {self.sha256}); "
+                             "give that file, or its folder with --weights-dir")
         try:
-            if self.path.suffix == ".npy":
-                return np.load(self.path, allow_pickle=False)
-            tensors = load_file(str(self.path))
+            if self.file.suffix == ".npy":
+                return np.load(self.file, allow_pickle=False)
+            tensors = load_file(str(self.file))
         except (ValueError, OSError, SafetensorError) as e:
-            raise UsageError(f"scenario {self.name}: cannot read {self.path} ({e}); give .npy or .safetensors") from e
+            raise UsageError(f"scenario {self.name}: cannot read {self.file} ({e}); give .npy or .safetensors") from e
         if self.tensor is None and len(tensors) != 1:
-            raise UsageError(f"scenario {self.name}: {self.path} holds {len(tensors)} tensors; name one with "
+            raise UsageError(f"scenario {self.name}: {self.file} holds {len(tensors)} tensors; name one with "
                              f"tensor = ... (one of {', '.join(sorted(tensors))})")
         key = self.tensor or next(iter(tensors))
         if key not in tensors:
-            raise UsageError(f"scenario {self.name}: no tensor '{key}' in {self.path}")
+            raise UsageError(f"scenario {self.name}: no tensor '{key}' in {self.file}")
         return tensors[key]
 
     def unshifted(self) -> None:
@@ -170,7 +181,8 @@ class Replay:
     def describe(self) -> dict:
         drift = {k: v for k, v in self.drift.describe().items() if k != "name" and v != getattr(Scenario(), k)} \
             if self.drift else {}
-        return {"name": self.name, "replay": str(self.path), "tensor": self.tensor,
+        sha = sha256_file(self.file) if self.file.is_file() else self.sha256
+        return {"name": self.name, "replay": str(self.path), "sha256": sha, "tensor": self.tensor,
                 "calibration_share": self.calibration_share, **drift}
 
 

@@ -64,3 +64,13 @@ def digest(obj: object) -> str:
 def cache_dir() -> Path:
     """The user's cache for ffnbench (measured peaks, whole-model exports): $XDG_CACHE_HOME/ffnbench."""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ffnbench"
+
+
+def locate(written: str | Path, base: str | Path) -> Path:
+    """A file a config names: its path from `base` (the config's folder), or, where that is gone (a
+    run copied elsewhere, --weights-dir), a file of the same name directly in `base`."""
+    path = Path(written)
+    if path.is_absolute():
+        return path
+    at_path, by_name = Path(base) / path, Path(base) / path.name
+    return by_name if not at_path.is_file() and by_name.is_file() else at_path

@@ -34,7 +34,7 @@ def test_toml_overrides_and_defines_scenarios(tmp_path):
     cfg = load_toml(tmp_path / "run.toml").check()
     assert cfg.designs == ["B"] and cfg.n_requests == 3 and cfg.delta == 0.2
     assert cfg.scenario("mine") == Scenario("mine", mean_shift=2.0, shift_fraction=0.5)
-    assert isinstance(cfg.scenario("captured"), Replay) and cfg.scenario("captured").path == tmp_path / "h.npy"
+    assert isinstance(cfg.scenario("captured"), Replay) and cfg.scenario("captured").file == tmp_path / "h.npy"
 
 
 @pytest.mark.parametrize(("text", "needle"), [

@@ -2,13 +2,14 @@
 same matrix as the size presets, with replayed and drifted real traffic."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from ffnbench.bench import report, run
+from ffnbench.bench import RunConfig, report, run
 from ffnbench.bench.checks import checks
 from ffnbench.bench.config import load_toml
 from ffnbench.bench.gate import gate, write_baseline
@@ -127,3 +128,26 @@ def test_report_and_gate_name_the_layer_by_file_hash_and_prefix(own_run, tmp_pat
     result = gate(tmp_path / "baseline.json", out, checks())
     assert result.passed and any("has other weights than the baseline's (sha256 000000000000" in n
                                  for n in result.notes)
+
+
+def test_a_copied_run_directory_gates_elsewhere_and_finds_its_files_by_hash(own, own_run, tmp_path):
+    _, out, _ = own_run
+    write_baseline(out, tmp_path / "baseline.json")
+    copied = tmp_path / "elsewhere" / "run"
+    shutil.copytree(out, copied)
+    assert gate(tmp_path / "baseline.json", copied, checks()).passed  # records alone: no file needed
+    recorded = json.loads((copied / "manifest.json").read_text())["config"]
+    files = tmp_path / "files"  # the layer and traffic files, flat, as --weights-dir gives them
+    files.mkdir()
+    for name in ("layer.safetensors", "traffic.npy"):
+        shutil.copyfile(own / name, files / name)
+    config = RunConfig.from_dict(recorded, files)
+    assert config.build_block("mine", "B").cfg.d_model == 64
+    assert config.scenario("traffic").generate(0, 0, 64).shape == (6, 16, 64)
+    (files / "traffic.npy").unlink()
+    want = recorded["user_scenarios"]["traffic"]["sha256"]
+    with pytest.raises(UsageError, match=f"no file at .*traffic.npy \\(the run used sha256 {want}"):
+        RunConfig.from_dict(recorded, files).scenario("traffic").generate(0, 0, 64)
+    (files / "layer.safetensors").write_bytes((own / "layer.safetensors").read_bytes() + b" ")
+    with pytest.raises(UsageError, match="is not the file the run used \\(sha256 [0-9a-f]{64}\\)"):
+        RunConfig.from_dict(recorded, files).build_block("mine", "B")
