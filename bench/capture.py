@@ -100,13 +100,18 @@ def capture(checkpoint: Path, text_path: Path, layers: list[int], out: Path, max
         "versions": stack_versions() | _transformers_version(result.source),
     }
     tensors = {f"layer.{layer}": np.ascontiguousarray(states, np.float32) for layer, states in result.states.items()}
-    # The states go to a temporary name, renamed into place once the JSON beside them is written.
+    # The states go to a temporary name and into place, then the JSON (itself written atomically);
+    # if the JSON cannot be written, the states are taken back: both files or neither.
     staged = out.parent / f".{out.name}.tmp"
     try:
         save_file(tensors, str(staged), metadata={"ffnbench": json.dumps(record["checkpoint"])})
         record["sha256"] = files.sha256_file(staged)
-        files.write_json(_json_path(out), record)
         staged.replace(out)
+        try:
+            files.write_json(_json_path(out), record)
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
     finally:
         staged.unlink(missing_ok=True)
     return record

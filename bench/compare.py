@@ -40,7 +40,7 @@ def _artifact_dir(run_dir: Path, cell: dict) -> Path:
 
 
 def _runnable(run_dir: Path, cell: dict, threads: int, config: RunConfig):
-    artifact = load_artifact(_artifact_dir(run_dir, cell), device=config.device)
+    artifact = load_artifact(_artifact_dir(run_dir, cell), device=config.device, files_dir=Path(config.files_dir))
     assert artifact.runtime == "ort", "only ONNX Runtime cells are re-measured"
     return OrtRunnable(latency_cells.latency_model(artifact.path), threads=threads, spinning=config.ort_spinning,
                        device=config.device if ort_has_cuda() else "cpu")
@@ -54,7 +54,8 @@ def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,
     cells only, in this process. files_dir: where the runs' checkpoint and trace files are (default: here)."""
     old_run, new_run = Path(old_run), Path(new_run)
     (old_manifest, old_cells), (new_manifest, new_cells) = load_run(old_run, "compare"), load_run(new_run, "compare")
-    config = RunConfig.from_dict(new_manifest["config"], Path(files_dir or "."))
+    files_dir = Path(files_dir) if files_dir else new_run / new_manifest["config"].get("files_dir", ".")
+    config = RunConfig.from_dict(new_manifest["config"], files_dir)
     # Each side runs as its run did: a thread-count change is a change to measure, not to erase.
     threads = {"old": RunConfig.from_dict(old_manifest["config"]).threads, "new": config.threads}
     old = {c["key"]: c for c in old_cells if c.get("kind") == "latency" and c["status"] == "ok"}
@@ -120,6 +121,7 @@ def _time_in_workers(workers: dict, sides: dict, inputs: dict, threads: dict, co
         np.save(path, inputs[key])
         for side, (run_dir, record) in by_side.items():
             workers[side].send(op="load", key=key, artifact_dir=str(_artifact_dir(run_dir, record)), inputs=str(path),
+                               files_dir=config.files_dir,
                                threads=threads[side], spinning=config.ort_spinning, device=config.device)
             fns[f"{side}:{key}"] = functools.partial(workers[side].call, key)
         for side, (_, record) in by_side.items():  # both sides load at once; loading is not timed

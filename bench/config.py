@@ -57,6 +57,9 @@ class RunConfig:
     lm_windows: int = 16  # held-out windows of 128 bytes a scenario
     lm_inject: str = "ffn-input"  # where a synthetic drift enters: each FFN's input, or "residual"
     user_scenarios: dict[str, Scenario | Replay] = field(default_factory=dict)
+    # The folder the config's files (weights, replays) are relative to; a run records it relative to
+    # itself, so a re-timing finds them from the run directory.
+    files_dir: str = "."
     # Real FFN layers by name ([model.NAME]), usable in `models` beside the size presets.
     user_models: dict[str, ModelSpec] = field(default_factory=dict)
     # Recipe variants by name: {"torch-fp16-norm32": {"base": "torch-fp16", "norm_fp32": True}}
@@ -80,8 +83,12 @@ class RunConfig:
 
     def latency_scenario(self) -> str:
         """Timing inputs come from `production` when the run has it: values matter to some kernels
-        (bitsandbytes' outlier path), and production is what is served."""
-        return "production" if "production" in self.scenarios else self.scenarios[0]
+        (bitsandbytes' outlier path), and production is what is served. Never from a replay: a capture
+        has its own shapes, not the decode and prefill shapes being timed."""
+        if "production" in self.scenarios:
+            return "production"
+        synthetic = [s for s in self.scenarios if not isinstance(self.scenario(s), Replay)]
+        return synthetic[0] if synthetic else "clean"
 
     def model_designs(self, model: str) -> list[str]:
         """The run's designs a model comes in: every one for a size preset, its own for a real layer."""
@@ -167,6 +174,7 @@ class RunConfig:
         out = dataclasses.asdict(self)
         out["user_scenarios"] = {k: v.describe() for k, v in self.user_scenarios.items()}
         out["user_models"] = {k: v.describe() for k, v in self.user_models.items()}
+        out.pop("files_dir")  # machine-specific; the run records it relative to its own directory
         return out
 
     @classmethod
@@ -174,13 +182,13 @@ class RunConfig:
         """The inverse of to_dict, as a run's manifest records it (its shard spec aside). Checkpoint and
         trace files resolve against `files_dir` (the folder of the run's config, or --weights-dir)
         and must have the hashes the run recorded."""
-        data = {k: v for k, v in data.items() if k != "shard"}
+        data = {k: v for k, v in data.items() if k not in ("shard", "files_dir")}
         scenarios = {name: _replay(name, Path(d["replay"]), d, files_dir) if "replay" in d else Scenario(**d)
                      for name, d in data.pop("user_scenarios", {}).items()}
         models = {name: ModelSpec(name, base=str(files_dir), sha256=d.get("sha256"),
                                   **{k: v for k, v in d.items() if k in model_specs.KEYS})
                   for name, d in data.pop("user_models", {}).items()}
-        return cls(**data, user_scenarios=scenarios, user_models=models)
+        return cls(**data, user_scenarios=scenarios, user_models=models, files_dir=str(files_dir))
 
 
 PRESETS_RUN = {
@@ -221,8 +229,10 @@ def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
     for key, value in data.items():
         if key == "scenario":
             cfg.user_scenarios = _scenarios(path, value)
+            cfg.files_dir = str(path.parent.resolve())
         elif key == "model":
             cfg.user_models = model_specs.parse(path, value)
+            cfg.files_dir = str(path.parent.resolve())
         elif key == "recipe":
             if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
                 raise UsageError(f"config {path}: 'recipe' must hold tables, "

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ffnbench.errors import UsageError
+from ffnbench.files import sha256_file
 
 # model_type -> (the base model's list of layers, the norm in front of a layer's FFN). BERT is
 # post-norm: the norm "in front of" its FFN is the attention output's, whose input is the
@@ -69,24 +70,35 @@ def open_checkpoint(path: Path) -> HFModel:
     if not weights:
         raise UsageError(f"--checkpoint: {path} has config.json but no weights (model.safetensors); "
                          "save the model with save_pretrained into it")
-    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(f"--checkpoint: {path}/config.json does not load ({_first_line(e)}); save the model with "
+                         "save_pretrained") from None
     if config.model_type not in FAMILIES:
         raise UsageError(f"--checkpoint: model type '{config.model_type}' is not one ffnbench knows the FFN norm of; "
                          f"known: {', '.join(FAMILIES)}")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError) as e:
-        raise UsageError(f"--checkpoint: no usable tokenizer in {path} ({str(e).splitlines()[0][:120]}); save the "
-                         "model's tokenizer with save_pretrained beside it") from None
-    model = transformers.AutoModel.from_pretrained(path, local_files_only=True).eval()
+        raise UsageError(f"--checkpoint: no usable tokenizer in {path} ({_first_line(e)}); save the model's "
+                         "tokenizer with save_pretrained beside it") from None
+    try:
+        model = transformers.AutoModel.from_pretrained(path, local_files_only=True).eval()
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UsageError(f"--checkpoint: the weights in {path} do not load ({_first_line(e)}); re-save them with "
+                         "save_pretrained") from None
     layer_path, norm_path = FAMILIES[config.model_type]
-    digest = hashlib.sha256()
-    for file in weights:
-        digest.update(file.read_bytes())
+    # One hash over the shards' own hashes: each file is read in chunks, never whole.
+    digest = hashlib.sha256("".join(sha256_file(file) for file in weights).encode()).hexdigest()
     source = {"kind": "hf", "name": path.name, "model_type": config.model_type,
-              "weights": [file.name for file in weights], "sha256": digest.hexdigest()}
+              "weights": [file.name for file in weights], "sha256": digest}
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", CONTEXT)
     return HFModel(model, tokenizer, list(_module(model, layer_path)), norm_path, min(CONTEXT, positions), source)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
 def quiet(transformers) -> None:

@@ -7,6 +7,7 @@ file name, sha256 and prefix, never by the path of the machine that ran it.
 """
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,14 +59,18 @@ class ModelSpec:
 
     @property
     def path(self) -> Path:
-        return files.locate(self.weights, self.base)
+        return files.locate(self.weights, self.base, self.sha256)
 
     def build(self, residual: bool) -> FFNBlock:
         """The layer as an FFNBlock, checked: the file exists, the prefix matches, the design fits."""
         if self.trained is not None:
             from ffnbench.models.pair import trained_ffn
 
-            return trained_ffn(self.trained, self.layer, residual=residual)
+            block = trained_ffn(self.trained, self.layer, residual=residual)
+            if self.sha256 and block.source["sha256"] != self.sha256:
+                raise UsageError(f"[model.{self.name}]: the trained pair's model {self.trained} is not the one the run "
+                                 f"used (sha256 {self.sha256}); restore it (git checkout)")
+            return block
         if self.sha256 and self.path.is_file() and sha256_file(self.path) != self.sha256:
             raise UsageError(f"[model.{self.name}]: {self.path} is not the file the run used (sha256 {self.sha256}); "
                              "give that file, or its folder with --weights-dir")
@@ -78,16 +83,28 @@ class ModelSpec:
         except UsageError as e:
             raise UsageError(f"[model.{self.name}]: {e}") from None
         # Recorded by content; the path stays as the config wrote it (relative to the config's folder).
-        block.source = {"kind": "safetensors", "file": self.path.name, "path": self.weights,
+        block.source = {"kind": "safetensors", "file": self.path.name, "path": recorded_path(self.weights),
                         "sha256": block.source["sha256"], "prefix": self.prefix}
         return block
 
     def describe(self) -> dict:
         """What a run records: no absolute path (a copied run directory stays valid elsewhere)."""
         out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k not in ("name", "base")}
-        if self.weights is not None and self.path.is_file():
-            out["sha256"] = sha256_file(self.path)
+        if self.weights is not None:
+            out["weights"] = recorded_path(self.weights)
+            if self.path.is_file():
+                out["sha256"] = sha256_file(self.path)
+        if self.trained is not None:
+            from ffnbench.models.pair import trained_dir
+
+            out["sha256"] = json.loads((trained_dir(self.trained) / "manifest.json").read_text())["sha256"]
         return out
+
+
+def recorded_path(written: str | Path) -> str:
+    """How a run records a file's path: as the config wrote it if relative (to the config's folder),
+    its name only if absolute (a path of this machine; elsewhere it is found by name and hash)."""
+    return Path(written).name if Path(written).is_absolute() else str(written)
 
 
 def parse(path: Path, tables) -> dict[str, ModelSpec]:

@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -88,7 +89,9 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
     _check_inputs(config)  # a bad scenario or trace fails here, before anything is written
     machine = doctor.collect(threads=config.threads)
     peaks = machine["peaks"]
-    store = RunStore(out, config.to_dict() | {"shard": list(shard_spec) if shard_spec else None}, resume, machine)
+    recorded = config.to_dict() | {"shard": list(shard_spec) if shard_spec else None,
+                                   "files_dir": os.path.relpath(config.files_dir, Path(out).resolve())}
+    store = RunStore(out, recorded, resume, machine)
     cells = plan(config) if shard_spec is None else shard(plan(config), *shard_spec)
     finished = store.finished()
     todo = [cell for cell in cells if cell.key not in finished]

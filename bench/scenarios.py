@@ -101,7 +101,7 @@ class Replay:
 
     @property
     def file(self) -> Path:
-        return locate(self.path, self.base)
+        return locate(self.path, self.base, self.sha256)
 
     def __post_init__(self) -> None:
         if not 0 <= self.calibration_share < 1:
@@ -175,14 +175,18 @@ class Replay:
             raise UsageError(f"scenario {self.name}: no tensor '{key}' in {self.file}")
         return tensors[key]
 
-    def unshifted(self) -> None:
-        return None  # a capture has no unshifted twin
+    def unshifted(self) -> "Replay | None":
+        """The capture with its synthetic shift removed (other drift kept); a plain capture has none."""
+        if self.drift is None or not self.drift.mean_shift:
+            return None
+        return dataclasses.replace(self, drift=self.drift.unshifted())
 
     def describe(self) -> dict:
         drift = {k: v for k, v in self.drift.describe().items() if k != "name" and v != getattr(Scenario(), k)} \
             if self.drift else {}
         sha = sha256_file(self.file) if self.file.is_file() else self.sha256
-        return {"name": self.name, "replay": str(self.path), "sha256": sha, "tensor": self.tensor,
+        written = Path(self.path).name if Path(self.path).is_absolute() else str(self.path)  # no machine path
+        return {"name": self.name, "replay": written, "sha256": sha, "tensor": self.tensor,
                 "calibration_share": self.calibration_share, **drift}
 
 

@@ -30,7 +30,7 @@ def _load(request: dict):
     from ffnbench.quant import load_artifact
 
     device = request["device"]
-    artifact = load_artifact(Path(request["artifact_dir"]), device=device)
+    artifact = load_artifact(Path(request["artifact_dir"]), device=device, files_dir=request.get("files_dir"))
     # As runs choose: ONNX Runtime unless the device is a GPU its build cannot use.
     prefer = "torch" if device == "cuda" and not ort_has_cuda() else "ort"
     runnable = runnable_for(artifact, prefer=prefer, threads=request["threads"], device=device)

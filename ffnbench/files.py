@@ -66,11 +66,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ffnbench"
 
 
-def locate(written: str | Path, base: str | Path) -> Path:
-    """A file a config names: its path from `base` (the config's folder), or, where that is gone (a
-    run copied elsewhere, --weights-dir), a file of the same name directly in `base`."""
+def locate(written: str | Path, base: str | Path, sha256: str | None = None) -> Path:
+    """A file a config or manifest names: its path from `base` (a relative path; an absolute one as
+    it is), or a file of the same name directly in `base` (a run copied elsewhere, --weights-dir).
+    With `sha256`, the first of those whose content matches; otherwise the first that exists."""
     path = Path(written)
-    if path.is_absolute():
-        return path
-    at_path, by_name = Path(base) / path, Path(base) / path.name
-    return by_name if not at_path.is_file() and by_name.is_file() else at_path
+    candidates = [path if path.is_absolute() else Path(base) / path, Path(base) / path.name]
+    existing = [c for c in candidates if c.is_file()]
+    if sha256:
+        existing = [c for c in existing if sha256_file(c) == sha256] or existing
+    return existing[0] if existing else candidates[0]

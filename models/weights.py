@@ -6,7 +6,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ffnbench.errors import UsageError
-from ffnbench.files import sha256_file
+from ffnbench.files import locate, sha256_file
 from ffnbench.models.config import FFNConfig
 from ffnbench.models.layers import FFNBlock, build_model
 
@@ -79,17 +79,23 @@ def load_safetensors(path: Path, design: str, prefix: str = "", **cfg_overrides)
     return block.eval()
 
 
-def rebuild(cfg: FFNConfig, source: dict) -> FFNBlock:
-    """The block an export manifest describes: from its seed, or from its (unchanged) checkpoint."""
+def rebuild(cfg: FFNConfig, source: dict, files_dir: str | Path | None = None) -> FFNBlock:
+    """The block an export manifest describes: from its seed, or from its (unchanged) checkpoint, a
+    relative path resolved from `files_dir` (default: here), or found there by name."""
     if source["kind"] == "seed":
         return build_model(cfg)
     if source["kind"] == "trained":
         from ffnbench.models.pair import trained_ffn  # the pair loads CausalLM, which builds on this module
 
-        return trained_ffn(source["name"].removeprefix("trained/"), source["layer"], residual=cfg.residual)
-    path = Path(source["path"])
+        block = trained_ffn(source["name"].removeprefix("trained/"), source["layer"], residual=cfg.residual)
+        if block.source["sha256"] != source["sha256"]:
+            raise UsageError(f"weights: the trained pair's {source['name']} is not the one exported (sha256 "
+                             f"{source['sha256']}); restore it (git checkout) or re-export")
+        return block
+    path = locate(source["path"], files_dir or ".", source["sha256"])
     if not path.is_file() or sha256_file(path) != source["sha256"]:
-        raise UsageError(f"weights: {path} is missing or changed since the export; re-export the model")
+        raise UsageError(f"weights: no file with sha256 {source['sha256']} at {path}; give the checkpoint the "
+                         "export was made from (its folder with --weights-dir), or re-export")
     keep = ("eps", "residual", "gelu", "seed")
     return load_safetensors(path, cfg.design, source["prefix"], **{k: getattr(cfg, k) for k in keep})
 
@@ -99,6 +105,11 @@ def _detect_style(tensors: dict, design: str, prefix: str) -> str:
         first_weight = prefix + next(v[0] for k, v in NAMING[style].items() if k.startswith("mlp."))
         if first_weight in tensors:
             return style
+    for other, styles in STYLES_FOR_DESIGN.items():
+        for style in styles if other != design else ():
+            if prefix + next(v[0] for k, v in NAMING[style].items() if k.startswith("mlp.")) in tensors:
+                raise UsageError(f"weights: the layer under '{prefix}' has {style}-style tensors, a design-{other} "
+                                 f"layer, not design {design}; set design = \"{other}\"")
     wanted = " or ".join(f"'{prefix}{next(v[0] for k, v in NAMING[s].items() if k.startswith('mlp.'))}'"
                          for s in STYLES_FOR_DESIGN[design])
     raise UsageError(f"weights: tensor {wanted} is missing; check --prefix (found {len(tensors)} "

@@ -96,9 +96,11 @@ def quantize(source: FFNBlock | CausalLM | Path, recipe: str, out_dir: Path, cal
     return artifact
 
 
-def load_artifact(out_dir: Path, block: FFNBlock | CausalLM | None = None, device: str = "cpu") -> Artifact:
+def load_artifact(out_dir: Path, block: FFNBlock | CausalLM | None = None, device: str = "cpu",
+                  files_dir: str | Path | None = None) -> Artifact:
     """An artifact `quantize` wrote earlier. ORT artifacts are files; a module artifact is rebuilt
-    in memory from `block` (or its export's source), since bitsandbytes layers quantize on creation."""
+    in memory from `block` (or its export's source, a checkpoint file found from `files_dir`), since
+    bitsandbytes layers quantize on creation."""
     out_dir = Path(out_dir)
     manifest = json.loads((out_dir / "manifest.json").read_text())
     module = None
@@ -106,7 +108,8 @@ def load_artifact(out_dir: Path, block: FFNBlock | CausalLM | None = None, devic
         params = {k: v for k, v in manifest["params"].items()
                   if k in {f.name for f in dataclasses.fields(recipe_config(manifest["recipe"]))}}
         cfg = recipe_config(manifest["recipe"], **params)
-        source = block if block is not None else rebuild(FFNConfig.from_dict(manifest["config"]), manifest["source"])
+        source = block if block is not None else rebuild(FFNConfig.from_dict(manifest["config"]), manifest["source"],
+                                                         files_dir)
         module = _module_recipe(source, cfg, device)
     elif manifest["recipe"] == "fp32":
         module = block

@@ -2,6 +2,7 @@
 same matrix as the size presets, with replayed and drifted real traffic."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -56,6 +57,9 @@ def test_real_layers_run_through_the_matrix_with_every_metric(own_run):
     assert len(cells) == 3 * 3 and all(c["status"] == "ok" for c in cells), cells
     assert {c["model"] for c in cells} == {"mine"} and {c["design"] for c in cells} == {"B"}
     assert all(c["metrics"]["centered_sqnr_db"] is not None for c in cells)
+    # The drift on top of a replay has an unshifted twin: the design's own drift sensitivity is measured.
+    drifted = next(c for c in cells if c["recipe"] == "fp32" and c["scenario"] == "traffic-shifted")
+    assert drifted["metrics"]["fp32_drift_db"] is not None
     manifest = json.loads((out / "manifest.json").read_text())
     mine = manifest["config"]["user_models"]["mine"]
     assert mine["weights"] == "layer.safetensors" and len(mine["sha256"]) == 64 and mine["prefix"] == PREFIX
@@ -72,6 +76,9 @@ def test_calibration_on_replayed_traffic_is_recorded_by_hash(own_run):
 
 def test_synthetic_drift_on_top_of_a_replay(own):
     config = load_toml(own / "run.toml")
+    assert config.latency_scenario() == "clean"  # timing inputs never come from a capture's own shapes
+    config.scenarios = ["traffic", "traffic-shifted"]
+    assert config.latency_scenario() == "clean"
     plain, shifted = config.scenario("traffic"), config.scenario("traffic-shifted")
     base, moved = plain.generate(0, 0, 64), shifted.generate(0, 0, 64)
     std = np.load(own / "traffic.npy").reshape(-1, 64).std(axis=0)
@@ -93,7 +100,7 @@ def test_a_trained_layer_equals_the_pairs_own_ffn(own_run):
 
 @pytest.mark.parametrize(("table", "needle"), [
     ('weights = "layer.safetensors"\nprefix = "h.0."\ndesign = "B"', "check --prefix"),
-    ('weights = "layer.safetensors"\nprefix = "model.layers.3."\ndesign = "A"', "missing; check --prefix"),
+    ('weights = "layer.safetensors"\nprefix = "model.layers.3."\ndesign = "A"', "a design-B layer, not design A"),
     ('weights = "absent.safetensors"\ndesign = "B"', "weights: no file at"),
     ('weights = "layer.safetensors"\ntrained = "B"\nlayer = 0\ndesign = "B"', "not both"),
     ('trained = "B"\nlayer = 9\ndesign = "B"', "layers 0-3, got 9"),
@@ -141,6 +148,7 @@ def test_a_copied_run_directory_gates_elsewhere_and_finds_its_files_by_hash(own,
     files.mkdir()
     for name in ("layer.safetensors", "traffic.npy"):
         shutil.copyfile(own / name, files / name)
+    assert recorded["files_dir"] == os.path.relpath(own, out)  # so a re-timing finds them from the run
     config = RunConfig.from_dict(recorded, files)
     assert config.build_block("mine", "B").cfg.d_model == 64
     assert config.scenario("traffic").generate(0, 0, 64).shape == (6, 16, 64)
