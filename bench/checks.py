@@ -15,7 +15,7 @@ from ffnbench.errors import UsageError
 
 LATENCY_METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "tokens_per_s", "peak_rss_mb", "model_bytes")
 FRACTIONS = {"cosine", "top1_agreement", "nonfinite_rate", "norm_positive_fraction", "preact_sign_flip_rate",
-             "spike_token_share"}
+             "spike_token_share", "u8s8_saturation_rate"}
 HIGHER_IS_BETTER = {"sqnr_db", "centered_sqnr_db", "cosine", "top1_agreement", "fp32_drift_db", "tokens_per_s"}
 GATEABLE = tuple(dict.fromkeys((*ALL_METRICS, *LM_METRICS, *LATENCY_METRICS)))
 # delta_bpb (lm cells): 0.01 bits per byte is about 0.6 % of the trained pair's held-out 1.72-1.74.

@@ -124,6 +124,7 @@ def caveats(run: Run) -> list[str]:
     if (machine.get("int8") or {}).get("u8s8_saturates") is False:
         out.append("This CPU's U8S8 int8 path is exact (VNNI), so `ort-int8-dynamic-fullrange` shows no saturation "
                    "here; on AVX2 without VNNI it would.")
+    out += isa_costs(run)
     config = run.manifest.get("config", {})
     if not config.get("residual", True):
         out.append("Metrics judge the FFN branch (residual off); with it, the exact input dominates the output.")
@@ -153,6 +154,32 @@ def caveats(run: Run) -> list[str]:
                        "training text, so bits per byte there are optimistic.")
     if run.not_ok:
         out.append(f"{len(run.not_ok)} cells were skipped or failed (listed at the end).")
+    return out
+
+
+def isa_costs(run: Run) -> list[str]:
+    """Per model and design, what reduce_range and U8S8 saturation cost in this run: centered SQNR of
+    ort-int8-dynamic against -fullrange per scenario, with the full-range cell's measured saturation."""
+    machine = run.manifest.get("machine") or {}
+    saturates = (machine.get("int8") or {}).get("u8s8_saturates")
+    reduced = {(c["design"], c["model"]): (c.get("artifact") or {}).get("params", {}).get("reduce_range")
+               for c in run.ok if c.get("kind", "accuracy") == "accuracy" and c["recipe"] == "ort-int8-dynamic"}
+    out = []
+    for (design, model), reduce_range in reduced.items():
+        parts = []
+        for scenario in run.scenarios:
+            dyn, full = (run.acc.get((design, model, r, scenario)) for r in ("ort-int8-dynamic",
+                                                                               "ort-int8-dynamic-fullrange"))
+            if dyn and full and dyn["centered_sqnr_db"] is not None and full["centered_sqnr_db"] is not None:
+                rate = full.get("u8s8_saturation_rate")
+                parts.append(f"`{scenario}` {dyn['centered_sqnr_db']:.1f} vs {full['centered_sqnr_db']:.1f} dB"
+                             + (f" ({rate:.3%} of pair sums out of int16)" if rate is not None else ""))
+        if parts:
+            effect = ("saturation costs accuracy here" if saturates else
+                      "this CPU accumulates in int32 (VNNI), so the saturation costs nothing here")
+            out.append(f"ISA, model `{model}`, design {design}: centered SQNR of `ort-int8-dynamic` (reduce_range "
+                       f"{reduce_range}) vs `-fullrange`, with the full-range cell's U8S8 saturation rate: "
+                       + "; ".join(parts) + f". Machine class `{machine.get('machine_class')}`: {effect}.")
     return out
 
 

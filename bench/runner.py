@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ffnbench import files
-from ffnbench.bench import doctor, latency_cells, lm_cells, metrics
+from ffnbench.bench import doctor, latency_cells, lm_cells, metrics, u8s8
 from ffnbench.bench.config import RunConfig
 from ffnbench.bench.lm_cells import LM_DESIGNS, LM_MODEL, LMSubject, measure_lm
 from ffnbench.bench.runnables import Runnable, TorchRunnable, ort_has_cuda, runnable_for
@@ -238,6 +238,12 @@ def measure(subject: Subject, cell: Cell) -> dict:
         y, taps = evaluate(runnable, subject.batches(cell.scenario))
         values = metrics.output_metrics(ref, y, subject.head)
         values["fp32_drift_db"] = subject.drift_db(cell.scenario) if cell.recipe == "fp32" else None
+        values["u8s8_saturation_rate"] = None
+        if not isinstance(taps, str) and "MatMulInteger" in manifest.get("ops", {}):
+            sizes = np.cumsum([len(b) for b in subject.batches(cell.scenario)])[:-1]
+            calls = [dict(zip(taps, parts, strict=True))
+                     for parts in zip(*(np.split(t, sizes) for t in taps.values()), strict=True)]
+            values["u8s8_saturation_rate"] = u8s8.saturation_rate(runnable.path, calls)
         if isinstance(taps, str):
             values |= dict.fromkeys(metrics.TAP_METRICS)
             record["taps_unavailable"] = taps
