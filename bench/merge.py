@@ -10,7 +10,9 @@ from ffnbench.errors import UsageError
 
 
 def _comparable(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k != "shard"}
+    # files_dir is where a run's checkpoint files are, relative to that run directory: shards at
+    # other depths differ in it and still ran the same configuration.
+    return {k: v for k, v in config.items() if k not in ("shard", "files_dir")}
 
 
 def merge(run_dirs: list[Path], out: Path, allow_mismatch: bool = False) -> list[dict]:

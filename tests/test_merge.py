@@ -31,8 +31,9 @@ def test_shards_partition_the_plan_by_artifact():
 def test_two_shards_merged_equal_the_whole_run(tmp_path, seed_exports):
     whole = run(config(), tmp_path / "whole", progress=False)
     run(config(), seed_exports(tmp_path / "s1"), progress=False, shard_spec=(1, 2))
-    run(config(), seed_exports(tmp_path / "s2"), progress=False, shard_spec=(2, 2))
-    merged = merge([tmp_path / "s1", tmp_path / "s2"], tmp_path / "merged")
+    # A shard at another depth records another files_dir (its config's folder, relative to it): the same run.
+    run(config(), seed_exports(tmp_path / "deeper" / "s2"), progress=False, shard_spec=(2, 2))
+    merged = merge([tmp_path / "s1", tmp_path / "deeper" / "s2"], tmp_path / "merged")
     assert sorted(c["key"] for c in merged) == sorted(c["key"] for c in whole)
     accuracy = {c["key"]: c["metrics"] for c in whole if c["kind"] == "accuracy"}
     assert {c["key"]: c["metrics"] for c in merged if c["kind"] == "accuracy"} == accuracy
