@@ -175,8 +175,9 @@ def isa_costs(run: Run) -> list[str]:
                 parts.append(f"`{scenario}` {dyn['centered_sqnr_db']:.1f} vs {full['centered_sqnr_db']:.1f} dB"
                              + (f" ({rate:.3%} of pair sums out of int16)" if rate is not None else ""))
         if parts:
-            effect = ("saturation costs accuracy here" if saturates else
-                      "this CPU accumulates in int32 (VNNI), so the saturation costs nothing here")
+            effect = {True: "saturation costs accuracy here",
+                      False: "this CPU accumulates in int32 (VNNI), so the saturation costs nothing here",
+                      None: "whether this CPU saturates was not recorded"}[saturates]
             out.append(f"ISA, model `{model}`, design {design}: centered SQNR of `ort-int8-dynamic` (reduce_range "
                        f"{reduce_range}) vs `-fullrange`, with the full-range cell's U8S8 saturation rate: "
                        + "; ".join(parts) + f". Machine class `{machine.get('machine_class')}`: {effect}.")
