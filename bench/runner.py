@@ -239,7 +239,8 @@ def measure(subject: Subject, cell: Cell) -> dict:
         values = metrics.output_metrics(ref, y, subject.head)
         values["fp32_drift_db"] = subject.drift_db(cell.scenario) if cell.recipe == "fp32" else None
         values["u8s8_saturation_rate"] = None
-        if not isinstance(taps, str) and "MatMulInteger" in manifest.get("ops", {}) and hasattr(runnable, "path"):
+        int8 = {"MatMulInteger", "DequantizeLinear"} & set(manifest.get("ops", {}))
+        if not isinstance(taps, str) and int8 and hasattr(runnable, "path"):
             sizes = np.cumsum([len(b) for b in subject.batches(cell.scenario)])[:-1]
             calls = [dict(zip(taps, parts, strict=True))
                      for parts in zip(*(np.split(t, sizes) for t in taps.values()), strict=True)]

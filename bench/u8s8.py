@@ -8,7 +8,8 @@ a[k]·w[k] + a[k+1]·w[k+1] and clips outside [-32768, 32767]. With `reduce_rang
 [-64, 64], so |pair| ≤ 2·255·64 = 32640 and nothing clips; full-range weights reach 127.
 
 The rate is a property of the tensors, computed here from the quantized model's int8 weights and the
-cell's activations quantized as ONNX Runtime's DynamicQuantizeLinear does, one range a call. On a
+cell's activations quantized as the model does: DynamicQuantizeLinear's range a call (dynamic), or
+the calibrated scale and zero point (QDQ). On a
 VNNI machine (vpdpbusd accumulates in int32) the same rate costs nothing; the record's machine class
 says which applies.
 """
@@ -43,31 +44,57 @@ def pair_sums_clipped(a: np.ndarray, w: np.ndarray) -> tuple[int, int]:
 
 
 def saturation_rate(model_path, calls: list[dict[str, np.ndarray]]) -> float | None:
-    """Share of clipped pair sums over every MatMulInteger of the model, for the activations of each
-    call (`calls`: per call, the tensors the graph quantizes, by name; a SwiGLU's down-projection input,
-    not a graph output, is act_out·up). None when the model has no MatMulInteger."""
+    """Share of clipped pair sums over every int8 MatMul of the model, for the activations of each call
+    (`calls`: per call, the tapped tensors by name; a SwiGLU's down-projection input, not a graph
+    output, is act_out·up). Dynamic models quantize each call's range (MatMulInteger after
+    DynamicQuantizeLinear); QDQ models use their calibrated uint8 scale and zero point (a MatMul of
+    DequantizeLinear inputs, which ONNX Runtime runs as one U8S8 GEMM). None when there is neither."""
     model = onnx.load(str(model_path))
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    quantized_from = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DynamicQuantizeLinear"}
-    matmuls = [n for n in model.graph.node if n.op_type == "MatMulInteger" and n.input[0] in quantized_from]
-    if not matmuls:
+    producer = {out: n for n in model.graph.node for out in n.output}
+    gemms = []  # (names the activation may be tapped under, its quantizer, int8 weights (K, N))
+    for node in model.graph.node:
+        if node.op_type == "MatMulInteger" and getattr(producer.get(node.input[0]), "op_type", "") == \
+                "DynamicQuantizeLinear":
+            gemms.append(([producer[node.input[0]].input[0]], dynamic_quantize, weights[node.input[1]]))
+        elif node.op_type == "MatMul" and (static := _qdq_gemm(node, producer, weights)):
+            gemms.append(static)
+    if not gemms:
         return None
     clipped, total = 0, 0
     per_call = max(1, MAX_TOKENS // len(calls))
-    for node in matmuls:
-        w = weights[node.input[1]]
+    for names, quantizer, w in gemms:
         for tensors in calls:
-            x = _activation(tensors, quantized_from[node.input[0]], w.shape[0])
+            x = _activation(tensors, names, w.shape[0])
             rows = x.reshape(-1, x.shape[-1])
-            a = dynamic_quantize(rows)[np.linspace(0, len(rows) - 1, min(per_call, len(rows))).astype(int)]
+            a = quantizer(rows)[np.linspace(0, len(rows) - 1, min(per_call, len(rows))).astype(int)]
             c, t = pair_sums_clipped(a, w)
             clipped, total = clipped + c, total + t
     return clipped / total
 
 
-def _activation(tensors: dict, name: str, k: int) -> np.ndarray:
-    if name in tensors:
-        return tensors[name]
+def _qdq_gemm(node, producer: dict, weights: dict):
+    """A QDQ MatMul whose activation is uint8 (U8S8) and whose weights are an int8 initializer, or None."""
+    act, weight = producer.get(node.input[0]), producer.get(node.input[1])
+    if not (act and weight and act.op_type == weight.op_type == "DequantizeLinear"):
+        return None
+    w, zero_point = weights.get(weight.input[0]), weights.get(act.input[2]) if len(act.input) > 2 else None
+    if w is None or w.dtype != np.int8 or zero_point is None or zero_point.dtype != np.uint8:
+        return None
+    scale = np.float32(weights[act.input[1]])
+    source = producer.get(act.input[0])
+    names = [node.input[0]] + ([source.input[0]] if source is not None and source.op_type == "QuantizeLinear" else [])
+
+    def static(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.round(x.astype(np.float32) / scale) + int(zero_point), 0, 255).astype(np.int32)
+
+    return names, static, w
+
+
+def _activation(tensors: dict, names: list[str], k: int) -> np.ndarray:
+    for name in names:
+        if name in tensors:
+            return tensors[name]
     if "act_out" in tensors and "up" in tensors and tensors["up"].shape[-1] == k:
         return tensors["act_out"] * tensors["up"]  # the SwiGLU product feeding the down projection
-    raise KeyError(f"no tapped tensor for the quantized input '{name}' (width {k})")
+    raise KeyError(f"no tapped tensor for the quantized input {names} (width {k})")

@@ -11,7 +11,7 @@ from ffnbench.bench import RunConfig, report, run, u8s8
 from ffnbench.bench.isa import u8s8_saturates
 from ffnbench.bench.runnables import OrtRunnable
 from ffnbench.bench.scenarios import NAMED
-from ffnbench.quant import quantize
+from ffnbench.quant import Calibration, quantize
 
 
 def test_activations_quantize_as_onnx_runtime_does(tmp_path):
@@ -70,3 +70,16 @@ def test_runs_record_the_rate_and_the_report_states_what_it_costs(seed_exports, 
     text = report.write(tmp_path / "run").read_text()
     assert f"ISA, model `tiny`, design A: centered SQNR of `ort-int8-dynamic` (reduce_range {u8s8_saturates()})" in text
     assert f"({full:.3%} of pair sums out of int16)" in text
+
+
+def test_qdq_models_count_with_their_calibrated_scales(seed_exports, tmp_path):
+    """QDQ: the activation's uint8 scale is the calibration's; reduce_range again provably never clips."""
+    x = NAMED["shift-8"].generate(4, 16, 64, seed=0)
+    calibration = Calibration("shift-8", NAMED["shift-8"].generate(4, 16, 64, seed=1))
+    rates = {}
+    for reduce_range in (True, False):
+        artifact = quantize(seed_exports.exports["B"], "ort-int8-qdq-minmax", tmp_path / str(reduce_range),
+                            calibration=calibration, reduce_range=reduce_range)
+        runnable = OrtRunnable(artifact.path)
+        rates[reduce_range] = u8s8.saturation_rate(artifact.path, [runnable.taps(x[i:i + 1]) for i in range(4)])
+    assert rates[True] == 0.0 and 0 < rates[False] < 0.05, rates
