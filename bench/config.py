@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import functools
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +104,7 @@ class RunConfig:
 
     def model_config(self, model: str, design: str) -> FFNConfig:
         spec = self.user_models.get(model)
-        return spec.build(residual=self.residual).cfg if spec else preset(model, design, residual=self.residual)
+        return _spec_config(spec, self.residual) if spec else preset(model, design, residual=self.residual)
 
     def scenario(self, name: str) -> Scenario | Replay:
         return self.user_scenarios.get(name) or NAMED[name]
@@ -191,6 +192,12 @@ class RunConfig:
         return cls(**data, user_scenarios=scenarios, user_models=models, files_dir=str(files_dir))
 
 
+@functools.cache
+def _spec_config(spec: ModelSpec, residual: bool) -> FFNConfig:
+    """A real layer's config, loaded (and hashed) once a process, however many cells ask for it."""
+    return spec.build(residual=residual).cfg
+
+
 PRESETS_RUN = {
     "quick": RunConfig(preset="quick", lm_recipes=list(QUICK_LM_RECIPES), lm_windows=8),
     "default": RunConfig(preset="default", models=["default"], recipes=list(RECIPES), scenarios=list(NAMED),
@@ -248,9 +255,7 @@ def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
             setattr(cfg, key, list(value))
         elif key in SCALAR_KEYS:
             kind = SCALAR_KEYS[key]
-            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) or (
-                kind is float and isinstance(value, int) and not isinstance(value, bool))
-            if not ok:
+            if not model_specs.fits(value, kind):
                 raise UsageError(f"config {path}: '{key}' must be {kind.__name__}, got {type(value).__name__}")
             setattr(cfg, key, kind(value))
         else:
@@ -278,8 +283,7 @@ def _scenarios(path: Path, tables) -> dict:
                 raise UsageError(f"config {path}: [scenario.{name}] replays a file, as captured (one batch); "
                                  "drop mixed_batch")
             kind = fields[key]
-            expected = (int, float) if kind is float else (kind,)
-            if not isinstance(value, expected) or (kind is not bool and isinstance(value, bool)):
+            if not model_specs.fits(value, kind):
                 raise UsageError(f"config {path}: [scenario.{name}] '{key}' must be {kind.__name__}, "
                                  f"got {type(value).__name__}")
         if replay is None:

@@ -13,13 +13,13 @@ import hashlib
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ffnbench import files
 from ffnbench.bench import lm_metrics, metrics
+from ffnbench.bench.cell_record import artifact_summary, finite, recording
 from ffnbench.bench.drift_stats import drift_stats
 from ffnbench.bench.lm_runnables import LMTorch, evaluate, lm_runnable_for
 from ffnbench.bench.scenarios import TEXT_DOMAINS
@@ -100,19 +100,22 @@ class LMSubject:
     @functools.cached_property
     def feature_std(self) -> np.ndarray:
         """(n_layers, d_model): each feature's std at each FFN input on clean held-out prose."""
-        _, taps = evaluate(self.reference_runnable, self._feeds("clean", self.text("clean")[:, :-1], self.config.seed))
+        _, taps = evaluate(self.reference_runnable, self._feeds(None, self.text("clean")[:, :-1], self.config.seed))
         return np.stack([taps[f"ffn_in.{i}"].reshape(-1, self.cfg.d_model).std(axis=0)
                          for i in range(self.cfg.n_layers)])
 
-    def _feeds(self, scenario: str, tokens: np.ndarray, seed: int) -> list[dict]:
-        """The graph inputs for `tokens` under the scenario: one call for a mixed batch, else one a request."""
+    def _feeds(self, scenario: str | None, tokens: np.ndarray, seed: int) -> list[dict]:
+        """The graph inputs for `tokens` under the scenario (None or a text domain: no synthetic drift):
+        one call for a mixed batch, else one a request."""
         layers, width, n = self.cfg.n_layers, self.cfg.d_model, len(tokens)
-        if scenario in TEXT_DOMAINS or scenario == "clean":
+        if scenario is None or scenario in TEXT_DOMAINS:
             gain, offset, scale, mixed = np.ones((layers, width)), np.zeros((layers, width)), np.ones(n), False
         else:
             spec = self.config.scenario(scenario)
             g, o, scale = spec.affine(n, width, seed)
-            gain, offset, mixed = np.tile(g, (layers, 1)), o[None] * self.feature_std, spec.mixed_batch
+            # The offset is in units of each feature's clean std, measured only where there is one.
+            offset = o[None] * self.feature_std if o.any() else np.zeros((layers, width))
+            gain, mixed = np.tile(g, (layers, 1)), spec.mixed_batch
         if mixed:
             return [feeds(tokens, gain, offset, scale)]
         return [feeds(tokens[i:i + 1], gain, offset, scale[i:i + 1]) for i in range(n)]
@@ -204,14 +207,6 @@ def _split(batch: dict) -> list[dict]:
             for i in range(n)]
 
 
-def _finite(values):
-    """JSON has no NaN or infinity: a non-finite value (an fp16 overflow, say) is recorded as absent."""
-    def clean(v):
-        return v if v is None or math.isfinite(v) else None
-
-    return {k: clean(v) for k, v in values.items()} if isinstance(values, dict) else [clean(v) for v in values]
-
-
 def _max(values) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return max(finite) if finite else None
@@ -231,9 +226,8 @@ def _pooled(taps: dict, layers: int) -> dict[str, np.ndarray]:
 def measure_lm(subject: LMSubject, cell) -> dict:
     record = {"key": cell.key, "kind": "lm", "design": cell.design, "model": cell.model, "recipe": cell.recipe,
               "scenario": cell.scenario, "calibration": cell.calibration, "inject": subject.config.lm_inject}
-    started = time.perf_counter()
     layers = subject.cfg.n_layers
-    try:
+    with recording(record):
         runnable, manifest = subject.runnable(cell.recipe, cell.calibration)
         ref_logits, ref_taps = subject.reference(cell.scenario)
         logits, taps = evaluate(runnable, subject.batches(cell.scenario))
@@ -244,22 +238,15 @@ def measure_lm(subject: LMSubject, cell) -> dict:
         values["spike_ratio"] = _max(s[0] for s in spikes)
         values["spike_token_share"] = _max(s[1] for s in spikes)
         values |= metrics.tap_metrics(_pooled(ref_taps, layers), _pooled(taps, layers), subject.config.delta)
-        record |= {"status": "ok", "metrics": _finite(values),
+        record |= {"status": "ok", "metrics": finite(values),
                    "checkpoint": subject.checkpoint if cell.recipe == "fp32" else
                    {k: subject.checkpoint[k] for k in ("name", "sha256")},
-                   "layers": {"spike_ratio": _finite([s[0] for s in spikes]),
-                              "spike_token_share": _finite([s[1] for s in spikes]),
-                              "norm_positive_fraction": _finite([metrics.norm_positive_fraction(taps[f"norm_out.{i}"])
-                                                                 for i in range(layers)])},
-                   "runtime": runnable.describe(),
-                   "artifact": {"sha256": manifest["sha256"], "bytes": manifest["bytes"], "dir": manifest["dir"],
-                                "params": manifest.get("params", {})}}
+                   "layers": {"spike_ratio": finite([s[0] for s in spikes]),
+                              "spike_token_share": finite([s[1] for s in spikes]),
+                              "norm_positive_fraction": finite([metrics.norm_positive_fraction(taps[f"norm_out.{i}"])
+                                                                for i in range(layers)])},
+                   "runtime": runnable.describe(), "artifact": artifact_summary(manifest)}
         if cell.recipe == "fp32":  # what each FFN norm sees under this scenario, per layer
-            record["drift_stats"] = [_finite(drift_stats(ref_taps[f"ffn_in.{i}"])) for i in range(layers)]
-    except Skipped as e:
-        record |= {"status": "skipped", "reason": str(e)}
-    except Exception as e:  # one broken cell must not lose the rest of the matrix; it is recorded
-        record |= {"status": "error", "error": f"{type(e).__name__}: {e}"}
-    record["seconds"] = round(time.perf_counter() - started, 3)
+            record["drift_stats"] = [finite(drift_stats(ref_taps[f"ffn_in.{i}"])) for i in range(layers)]
     return record
 

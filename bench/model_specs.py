@@ -71,19 +71,20 @@ class ModelSpec:
                 raise UsageError(f"[model.{self.name}]: the trained pair's model {self.trained} is not the one the run "
                                  f"used (sha256 {self.sha256}); restore it (git checkout)")
             return block
-        if self.sha256 and self.path.is_file() and sha256_file(self.path) != self.sha256:
-            raise UsageError(f"[model.{self.name}]: {self.path} is not the file the run used (sha256 {self.sha256}); "
-                             "give that file, or its folder with --weights-dir")
-        if self.sha256 and not self.path.is_file():
-            raise UsageError(f"[model.{self.name}]: no file at {self.path} (the run used sha256 {self.sha256}); give "
+        path = self.path
+        if self.sha256 and not path.is_file():
+            raise UsageError(f"[model.{self.name}]: no file at {path} (the run used sha256 {self.sha256}); give "
                              "its folder with --weights-dir")
+        if self.sha256 and sha256_file(path) != self.sha256:  # before reading: a changed file may not even load
+            raise UsageError(f"[model.{self.name}]: {path} is not the file the run used (sha256 {self.sha256}); "
+                             "give that file, or its folder with --weights-dir")
         overrides = {k: getattr(self, k) for k in ("eps", "gelu", "bias") if getattr(self, k) is not None}
         try:
-            block = load_safetensors(self.path, self.design, self.prefix, residual=residual, **overrides)
+            block = load_safetensors(path, self.design, self.prefix, residual=residual, **overrides)
         except UsageError as e:
             raise UsageError(f"[model.{self.name}]: {e}") from None
         # Recorded by content; the path stays as the config wrote it (relative to the config's folder).
-        block.source = {"kind": "safetensors", "file": self.path.name, "path": recorded_path(self.weights),
+        block.source = {"kind": "safetensors", "file": path.name, "path": files.recorded_path(self.weights),
                         "sha256": block.source["sha256"], "prefix": self.prefix}
         return block
 
@@ -91,9 +92,10 @@ class ModelSpec:
         """What a run records: no absolute path (a copied run directory stays valid elsewhere)."""
         out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k not in ("name", "base")}
         if self.weights is not None:
-            out["weights"] = recorded_path(self.weights)
-            if self.path.is_file():
-                out["sha256"] = sha256_file(self.path)
+            out["weights"] = files.recorded_path(self.weights)
+            path = self.path
+            if path.is_file():
+                out["sha256"] = sha256_file(path)
         if self.trained is not None:
             from ffnbench.models.pair import trained_dir
 
@@ -101,10 +103,11 @@ class ModelSpec:
         return out
 
 
-def recorded_path(written: str | Path) -> str:
-    """How a run records a file's path: as the config wrote it if relative (to the config's folder),
-    its name only if absolute (a path of this machine; elsewhere it is found by name and hash)."""
-    return Path(written).name if Path(written).is_absolute() else str(written)
+def fits(value, kind: type) -> bool:
+    """A TOML value of the type a key takes: a bool only where a bool is wanted, an int where a float is."""
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, kind) or (kind is float and isinstance(value, int))
 
 
 def parse(path: Path, tables) -> dict[str, ModelSpec]:
@@ -117,9 +120,7 @@ def parse(path: Path, tables) -> dict[str, ModelSpec]:
             if key not in KEYS:
                 raise UsageError(f"config {path}: [model.{name}] unknown key '{key}'; known: {', '.join(KEYS)}")
             kind = KEYS[key]
-            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) or (
-                kind is float and isinstance(value, int) and not isinstance(value, bool))
-            if not ok:
+            if not fits(value, kind):
                 raise UsageError(f"config {path}: [model.{name}] '{key}' must be {kind.__name__}, "
                                  f"got {type(value).__name__}")
         if "design" not in table:

@@ -2,7 +2,6 @@
 
 import itertools
 import json
-import math
 import os
 import sys
 import time
@@ -14,6 +13,7 @@ from tqdm import tqdm
 
 from ffnbench import files
 from ffnbench.bench import doctor, latency_cells, lm_cells, metrics, u8s8
+from ffnbench.bench.cell_record import artifact_summary, finite, recording
 from ffnbench.bench.config import RunConfig
 from ffnbench.bench.lm_cells import LM_DESIGNS, LM_MODEL, LMSubject, measure_lm
 from ffnbench.bench.runnables import Runnable, TorchRunnable, ort_has_cuda, runnable_for
@@ -231,17 +231,17 @@ def evaluate(runnable: Runnable, batches: list[np.ndarray]) -> tuple[np.ndarray,
 def measure(subject: Subject, cell: Cell) -> dict:
     record = {"key": cell.key, "kind": "accuracy", "design": cell.design, "model": cell.model, "recipe": cell.recipe,
               "scenario": cell.scenario, "calibration": cell.calibration}
-    started = time.perf_counter()
-    try:
+    with recording(record):
         runnable, manifest = subject.runnable(cell.recipe, cell.calibration)
         ref, ref_taps = subject.reference(cell.scenario)
-        y, taps = evaluate(runnable, subject.batches(cell.scenario))
+        batches = subject.batches(cell.scenario)
+        y, taps = evaluate(runnable, batches)
         values = metrics.output_metrics(ref, y, subject.head)
         values["fp32_drift_db"] = subject.drift_db(cell.scenario) if cell.recipe == "fp32" else None
         values["u8s8_saturation_rate"] = None
         int8 = {"MatMulInteger", "DequantizeLinear"} & set(manifest.get("ops", {}))
         if not isinstance(taps, str) and int8 and hasattr(runnable, "path"):
-            sizes = np.cumsum([len(b) for b in subject.batches(cell.scenario)])[:-1]
+            sizes = np.cumsum([len(b) for b in batches])[:-1]
             calls = [dict(zip(taps, parts, strict=True))
                      for parts in zip(*(np.split(t, sizes) for t in taps.values()), strict=True)]
             values["u8s8_saturation_rate"] = u8s8.saturation_rate(runnable.path, calls)
@@ -250,16 +250,8 @@ def measure(subject: Subject, cell: Cell) -> dict:
             record["taps_unavailable"] = taps
         else:
             values |= metrics.tap_metrics(ref_taps, taps, subject.config.delta)
-        # JSON has no NaN: a metric that came out non-finite (an fp16 overflow, say) is recorded as absent.
-        values = {k: (v if v is None or math.isfinite(v) else None) for k, v in values.items()}
-        record |= {"status": "ok", "metrics": values, "runtime": runnable.describe(),
-                   "artifact": {"sha256": manifest["sha256"], "bytes": manifest["bytes"], "dir": manifest["dir"],
-                                "params": manifest.get("params", {})}}
-    except Skipped as e:
-        record |= {"status": "skipped", "reason": str(e)}
-    except Exception as e:  # one broken cell must not lose the rest of the matrix; it is recorded
-        record |= {"status": "error", "error": f"{type(e).__name__}: {e}"}
-    record["seconds"] = round(time.perf_counter() - started, 3)
+        record |= {"status": "ok", "metrics": finite(values), "runtime": runnable.describe(),
+                   "artifact": artifact_summary(manifest)}
     return record
 
 

@@ -10,7 +10,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from ffnbench.errors import UsageError
-from ffnbench.files import locate, sha256_file
+from ffnbench.files import locate, recorded_path, sha256_file
 
 
 @dataclass(frozen=True)
@@ -155,18 +155,19 @@ class Replay:
         return data.astype(np.float32)
 
     def _load(self) -> np.ndarray:
-        if not self.file.is_file():
+        file = self.file  # located once: with a recorded sha256, locating hashes the candidates
+        if not file.is_file():
             want = f" (the run used sha256 {self.sha256}; give its folder with --weights-dir)" if self.sha256 else ""
-            raise UsageError(f"scenario {self.name}: no file at {self.file}{want}")
-        if self.sha256 and sha256_file(self.file) != self.sha256:
-            raise UsageError(f"scenario {self.name}: {self.file} is not the file the run used (sha256 {self.sha256}); "
+            raise UsageError(f"scenario {self.name}: no file at {file}{want}")
+        if self.sha256 and sha256_file(file) != self.sha256:
+            raise UsageError(f"scenario {self.name}: {file} is not the file the run used (sha256 {self.sha256}); "
                              "give that file, or its folder with --weights-dir")
         try:
-            if self.file.suffix == ".npy":
-                return np.load(self.file, allow_pickle=False)
-            tensors = load_file(str(self.file))
+            if file.suffix == ".npy":
+                return np.load(file, allow_pickle=False)
+            tensors = load_file(str(file))
         except (ValueError, OSError, SafetensorError) as e:
-            raise UsageError(f"scenario {self.name}: cannot read {self.file} ({e}); give .npy or .safetensors") from e
+            raise UsageError(f"scenario {self.name}: cannot read {file} ({e}); give .npy or .safetensors") from e
         if self.tensor is None and len(tensors) != 1:
             raise UsageError(f"scenario {self.name}: {self.file} holds {len(tensors)} tensors; name one with "
                              f"tensor = ... (one of {', '.join(sorted(tensors))})")
@@ -184,9 +185,9 @@ class Replay:
     def describe(self) -> dict:
         drift = {k: v for k, v in self.drift.describe().items() if k != "name" and v != getattr(Scenario(), k)} \
             if self.drift else {}
-        sha = sha256_file(self.file) if self.file.is_file() else self.sha256
-        written = Path(self.path).name if Path(self.path).is_absolute() else str(self.path)  # no machine path
-        return {"name": self.name, "replay": written, "sha256": sha, "tensor": self.tensor,
+        file = self.file
+        sha = sha256_file(file) if file.is_file() else self.sha256
+        return {"name": self.name, "replay": recorded_path(self.path), "sha256": sha, "tensor": self.tensor,
                 "calibration_share": self.calibration_share, **drift}
 
 

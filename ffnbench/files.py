@@ -76,3 +76,9 @@ def locate(written: str | Path, base: str | Path, sha256: str | None = None) -> 
     if sha256:
         existing = [c for c in existing if sha256_file(c) == sha256] or existing
     return existing[0] if existing else candidates[0]
+
+
+def recorded_path(written: str | Path) -> str:
+    """How a run records a file's path: as the config wrote it if relative (to the config's folder),
+    its name only if absolute (a path of this machine; elsewhere it is found by name and hash)."""
+    return Path(written).name if Path(written).is_absolute() else str(written)

@@ -9,6 +9,7 @@ import pytest
 from torch import nn
 
 from ffnbench.bench import RunConfig, lm_cells, report, run
+from ffnbench.bench.cell_record import finite
 from ffnbench.bench.checks import checks
 from ffnbench.bench.gate import gate, write_baseline
 from ffnbench.bench.lm_cells import LMSubject, windows
@@ -139,6 +140,6 @@ def test_a_whole_model_export_refuses_hidden_state_calibration(lm_run, tmp_path)
 
 
 def test_non_finite_values_are_recorded_as_absent():
-    assert lm_cells._finite({"a": 1.0, "b": float("inf"), "c": None}) == {"a": 1.0, "b": None, "c": None}
-    assert lm_cells._finite([float("nan"), 2.0]) == [None, 2.0]
+    assert finite({"a": 1.0, "b": float("inf"), "c": None}) == {"a": 1.0, "b": None, "c": None}
+    assert finite([float("nan"), 2.0]) == [None, 2.0]
     assert lm_cells._max([None, float("inf"), 3.0]) == 3.0 and lm_cells._max([None]) is None
