@@ -13,7 +13,8 @@ from ffnbench.bench.lm_metrics import LM_METRICS
 from ffnbench.bench.metrics import ALL_METRICS
 from ffnbench.errors import UsageError
 
-LATENCY_METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "tokens_per_s", "peak_rss_mb", "model_bytes")
+LATENCY_METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "tokens_per_s", "resident_mb", "peak_call_mb",
+                   "model_bytes")
 FRACTIONS = {"cosine", "top1_agreement", "nonfinite_rate", "norm_positive_fraction", "preact_sign_flip_rate",
              "spike_token_share", "u8s8_saturation_rate"}
 HIGHER_IS_BETTER = {"sqnr_db", "centered_sqnr_db", "cosine", "top1_agreement", "fp32_drift_db", "tokens_per_s"}

@@ -85,9 +85,11 @@ def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,
                 samples, stopped_by = _time_here(sides, inputs, threads, config)
             for cell in cells:
                 new_ms, old_ms = samples[f"new:{cell['key']}"], samples[f"old:{cell['key']}"]
+                rounds = min(len(new_ms), len(old_ms))  # paired by round; a bounded side has fewer
+                new_ms, old_ms = new_ms[:rounds], old_ms[:rounds]
                 out[cell["key"]] = {**latency.ratio(new_ms, old_ms), "p_slower": stats.wilcoxon_greater(new_ms, old_ms),
                                     "old_p50_ms": float(np.median(old_ms)), "new_p50_ms": float(np.median(new_ms)),
-                                    "iterations": len(new_ms), "stopped_by": stopped_by,
+                                    "iterations": len(new_ms), "stopped_by": stopped_by[f"new:{cell['key']}"],
                                     "code": "each side's own" if in_workers else "this process's"}
     return out
 
@@ -108,8 +110,8 @@ def _time_here(sides: dict, inputs: dict, threads: dict, config: RunConfig) -> t
                                         "model_bytes": record["metrics"]["model_bytes"]}
     shape = next(iter(inputs.values())).shape[:2]
     timed = latency_cells.time_group(entries, shape, config.latency_config(), None, config.threads)
-    stopped_by = next(iter(timed.values()))["stopped_by"]
-    return {k: np.asarray(t["samples_ms"]) for k, t in timed.items()}, stopped_by
+    return ({k: np.asarray(t["samples_ms"]) for k, t in timed.items()},
+            {k: t["stopped_by"] for k, t in timed.items()})
 
 
 def _time_in_workers(workers: dict, sides: dict, inputs: dict, threads: dict, config: RunConfig,

@@ -44,6 +44,9 @@ class RunConfig:
     min_seconds: float = 0.3  # timed work per runnable, at least,
     max_iterations: int = 200  # unless this many rounds are done,
     max_seconds: float = 60.0  # or a round-robin group has been timed this long (never below min_iterations)
+    max_runnable_seconds: float = 10.0  # past it one runnable's rounds are bounded and marked so (LatencyConfig)
+    # resident_mb and peak_call_mb of every latency cell, each runnable in a fresh child process (CPU)
+    memory: bool = True
     # ORT workers spin after a call; off by default so they do not take the cores from the torch and
     # bitsandbytes calls timed beside them (measured: bnb-nf4 decode 2.8 ms with it, 0.81 without; README).
     ort_spinning: bool = False
@@ -65,6 +68,18 @@ class RunConfig:
     user_models: dict[str, ModelSpec] = field(default_factory=dict)
     # Recipe variants by name: {"torch-fp16-norm32": {"base": "torch-fp16", "norm_fp32": True}}
     user_recipes: dict[str, dict] = field(default_factory=dict)
+    # Settings for one model size of the run ([per_model.NAME] tables): fewer designs, scenarios and
+    # requests and a smaller prefill where a size is large (the full preset's llama-7b).
+    per_model: dict[str, dict] = field(default_factory=dict)
+
+    def for_model(self, model: str) -> "RunConfig":
+        """The run's settings for one model: its per_model table applied. Its designs and scenarios
+        narrow the run's (so `--designs A` still holds); other keys replace the run's values."""
+        overrides = copy.deepcopy(self.per_model.get(model) or {})
+        for axis in ("designs", "scenarios"):
+            if axis in overrides:
+                overrides[axis] = [v for v in getattr(self, axis) if v in overrides[axis]]
+        return dataclasses.replace(self, **overrides) if overrides else self
 
     def recipe_spec(self, name: str) -> tuple[str, dict]:
         """(base recipe, parameters) for a recipe or a user variant of one."""
@@ -76,6 +91,7 @@ class RunConfig:
     def latency_config(self) -> LatencyConfig:
         return LatencyConfig(warmup=self.warmup, min_iterations=self.min_iterations, min_seconds=self.min_seconds,
                              max_iterations=self.max_iterations, max_seconds=self.max_seconds,
+                             max_runnable_seconds=self.max_runnable_seconds,
                              decode=tuple(self.decode),
                              prefill=tuple(self.prefill))
 
@@ -132,6 +148,15 @@ class RunConfig:
                 raise UsageError(f"models: '{model}' is a design-{design} layer and the run's designs are "
                                  f"{', '.join(self.designs)}; add {design} to designs")
         self._check_lm(known_recipes, known_scenarios)
+        for model, overrides in self.per_model.items():
+            if model not in self.models:
+                raise UsageError(f"per_model: '{model}' is not one of the run's models ({', '.join(self.models)}); "
+                                 "add it to models or drop its table")
+            unknown = set(overrides) - set(PER_MODEL_KEYS)
+            if unknown:
+                raise UsageError(f"per_model.{model}: unknown key '{sorted(unknown)[0]}'; known: "
+                                 f"{', '.join(PER_MODEL_KEYS)}")
+            dataclasses.replace(self, per_model={}, **overrides).check()
         for name in ("n_requests", "seq_len", "calibration_requests", "threads", "lm_windows"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name}: must be positive, got {getattr(self, name)}")
@@ -198,12 +223,19 @@ def _spec_config(spec: ModelSpec, residual: bool) -> FFNConfig:
     return spec.build(residual=residual).cfg
 
 
+# The llama-7b FFN size in the full preset: every recipe timed for A and B, accuracy on a few requests
+# under production; a prefill of 1 x 128 and bounded rounds keep it within minutes on 2 cores.
+LLAMA_7B = {"designs": ["A", "B"], "scenarios": ["production"], "n_requests": 4, "seq_len": 32,
+            "calibration_requests": 4, "prefill": [1, 128], "warmup": 1, "max_seconds": 30.0,
+            "max_runnable_seconds": 2.0}
+
 PRESETS_RUN = {
     "quick": RunConfig(preset="quick", lm_recipes=list(QUICK_LM_RECIPES), lm_windows=8),
     "default": RunConfig(preset="default", models=["default"], recipes=list(RECIPES), scenarios=list(NAMED),
                          lm_recipes=list(RECIPES), lm_scenarios=[*NAMED, *TEXT_DOMAINS]),
-    "full": RunConfig(preset="full", designs=list(DESIGNS), models=["small", "default"], recipes=list(RECIPES),
-                      scenarios=list(NAMED), lm_recipes=list(RECIPES), lm_scenarios=[*NAMED, *TEXT_DOMAINS]),
+    "full": RunConfig(preset="full", designs=list(DESIGNS), models=["small", "default", "llama-7b"],
+                      recipes=list(RECIPES), scenarios=list(NAMED), lm_recipes=list(RECIPES),
+                      lm_scenarios=[*NAMED, *TEXT_DOMAINS], per_model={"llama-7b": LLAMA_7B}),
 }
 
 LIST_KEYS = ("designs", "models", "recipes", "scenarios", "calibration", "lm_recipes", "lm_scenarios")
@@ -211,7 +243,11 @@ SHAPE_KEYS = ("decode", "prefill")
 SCALAR_KEYS = {"preset": str, "n_requests": int, "seq_len": int, "seed": int, "calibration_requests": int,
                "delta": float, "threads": int, "device": str, "residual": bool, "latency": bool, "warmup": int,
                "min_iterations": int, "min_seconds": float, "max_iterations": int, "max_seconds": float,
-               "ort_spinning": bool, "lm_windows": int, "lm_inject": str}
+               "max_runnable_seconds": float, "memory": bool, "ort_spinning": bool, "lm_windows": int, "lm_inject": str}
+
+
+PER_MODEL_KEYS = ("designs", "scenarios", "n_requests", "seq_len", "calibration_requests", "decode", "prefill",
+                  "warmup", "min_iterations", "max_seconds", "max_runnable_seconds", "memory")
 
 
 def preset_config(name: str) -> RunConfig:
@@ -245,23 +281,41 @@ def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
                 raise UsageError(f"config {path}: 'recipe' must hold tables, "
                                  "e.g. [recipe.mine] base = \"ort-int4-rtn\"")
             cfg.user_recipes = {name: dict(table) for name, table in value.items()}
-        elif key in LIST_KEYS:
-            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                raise UsageError(f"config {path}: '{key}' must be a list of strings, e.g. {key} = [\"A\", \"B\"]")
-            setattr(cfg, key, list(value))
-        elif key in SHAPE_KEYS:
-            if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)):
-                raise UsageError(f"config {path}: '{key}' must be [batch, seq], e.g. {key} = [8, 128]")
-            setattr(cfg, key, list(value))
-        elif key in SCALAR_KEYS:
-            kind = SCALAR_KEYS[key]
-            if not model_specs.fits(value, kind):
-                raise UsageError(f"config {path}: '{key}' must be {kind.__name__}, got {type(value).__name__}")
-            setattr(cfg, key, kind(value))
+        elif key == "per_model":
+            if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
+                raise UsageError(f"config {path}: 'per_model' must hold tables, e.g. [per_model.llama-7b] "
+                                 "prefill = [1, 128]")
+            for name, table in value.items():
+                unknown = sorted(set(table) - set(PER_MODEL_KEYS))
+                if unknown:
+                    raise UsageError(f"config {path}: [per_model.{name}] unknown key '{unknown[0]}'; known: "
+                                     f"{', '.join(PER_MODEL_KEYS)}")
+            cfg.per_model = {name: {k: _value(path, k, v, f"[per_model.{name}] ") for k, v in table.items()}
+                             for name, table in value.items()}
+        elif key in (*LIST_KEYS, *SHAPE_KEYS, *SCALAR_KEYS):
+            setattr(cfg, key, _value(path, key, value))
         else:
-            known = ", ".join([*LIST_KEYS, *SHAPE_KEYS, *SCALAR_KEYS, "scenario", "recipe", "model"])
+            known = ", ".join([*LIST_KEYS, *SHAPE_KEYS, *SCALAR_KEYS, "scenario", "recipe", "model", "per_model"])
             raise UsageError(f"config {path}: unknown key '{key}'; known keys: {known}")
     return cfg
+
+
+def _value(path: Path, key: str, value, where: str = ""):
+    """A top-level (or per_model) value checked against its key's type."""
+    if key in LIST_KEYS:
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise UsageError(f"config {path}: {where}'{key}' must be a list of strings, e.g. {key} = [\"A\", \"B\"]")
+        return list(value)
+    if key in SHAPE_KEYS:
+        if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)):
+            raise UsageError(f"config {path}: {where}'{key}' must be [batch, seq], e.g. {key} = [8, 128]")
+        return list(value)
+    if key in SCALAR_KEYS:
+        kind = SCALAR_KEYS[key]
+        if not model_specs.fits(value, kind):
+            raise UsageError(f"config {path}: {where}'{key}' must be {kind.__name__}, got {type(value).__name__}")
+        return kind(value)
+    raise UsageError(f"config {path}: {where}unknown key '{key}'; known: {', '.join(PER_MODEL_KEYS)}")
 
 
 def _scenarios(path: Path, tables) -> dict:

@@ -24,11 +24,16 @@ class LatencyConfig:
     # or the group has been timed this long; never before min_iterations rounds (a cell that
     # stopped at a cap records which: `stopped_by`)
     max_seconds: float = 60.0
+    # Timed work one runnable may take. A runnable whose first timed call says min_iterations calls
+    # would take longer runs as many rounds as fit (2 at least) and is recorded as `bounded`: how
+    # torch's half precision on a CPU, or a 4-bit path that dequantizes every call, is still timed
+    # at the llama-7b size instead of holding up the whole group.
+    max_runnable_seconds: float = 10.0
     decode: tuple[int, int] = (1, 1)  # (batch, seq): one new token
     prefill: tuple[int, int] = (8, 128)  # (batch, seq): a prompt batch
 
     def __post_init__(self) -> None:
-        for name in ("min_iterations", "min_seconds", "max_seconds", "max_iterations"):
+        for name in ("min_iterations", "min_seconds", "max_seconds", "max_iterations", "max_runnable_seconds"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"latency {name}: must be positive, got {getattr(self, name)}")
         if self.min_iterations < 2:
@@ -76,13 +81,15 @@ class CudaTimer:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], cfg: LatencyConfig,
-                timer: CpuTimer | None = None, seed: int = 0) -> tuple[dict[str, np.ndarray], str]:
+                timer: CpuTimer | None = None, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Time each fn once per round, in a fresh random order each round (so no fn always follows the
     same neighbour), until every fn has min_iterations rounds and min_seconds of timed work; past
-    min_iterations rounds, max_iterations rounds or max_seconds of timing also end it.
+    min_iterations rounds, max_iterations rounds or max_seconds of timing also end it. A fn whose
+    first call says min_iterations calls would exceed max_runnable_seconds leaves after the rounds
+    that fit (2 at least): it is `bounded`, and its samples are still rounds 1..n of the others'.
 
-    Returns (ms per fn, sample i of each from round i; what stopped it: "minimums", "max_iterations"
-    or "max_seconds").
+    Returns (ms per fn, sample i from round i; per fn what stopped it: "minimums", "max_iterations",
+    "max_seconds" or "bounded").
     """
     timer = timer or CpuTimer()
     names = list(fns)
@@ -92,21 +99,28 @@ def interleaved(fns: dict[str, Callable[[], object]], cfg: LatencyConfig,
             fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
     totals = dict.fromkeys(fns, 0.0)
+    bounded: dict[str, int] = {}  # name -> its rounds
     started, stopped_by = time.perf_counter(), "max_iterations"
     for rounds in range(1, cfg.max_iterations + 1):
         for i in order.permutation(len(names)):
-            ms = timer.time_ms(fns[names[i]])
-            samples[names[i]].append(ms)
-            totals[names[i]] += ms
+            name = names[i]
+            if len(samples[name]) >= bounded.get(name, rounds):
+                continue
+            ms = timer.time_ms(fns[name])
+            samples[name].append(ms)
+            totals[name] += ms
+            if rounds == 1 and ms * cfg.min_iterations > cfg.max_runnable_seconds * 1e3:
+                bounded[name] = max(2, min(cfg.min_iterations - 1, int(cfg.max_runnable_seconds * 1e3 // ms)))
         if rounds < cfg.min_iterations:
-            continue  # no cap ends timing below its minimum
-        if min(totals.values()) >= cfg.min_seconds * 1e3:
+            continue  # no cap ends timing below the minimum (a bounded fn's rounds are fewer)
+        if all(totals[name] >= cfg.min_seconds * 1e3 for name in names if name not in bounded):
             stopped_by = "minimums"
             break
         if time.perf_counter() - started > cfg.max_seconds:
             stopped_by = "max_seconds"
             break
-    return {name: np.asarray(s) for name, s in samples.items()}, stopped_by
+    return ({name: np.asarray(s) for name, s in samples.items()},
+            {name: "bounded" if name in bounded else stopped_by for name in names})
 
 
 def summarize(samples_ms: np.ndarray, tokens: int) -> dict[str, float | int]:
@@ -126,8 +140,9 @@ def summarize(samples_ms: np.ndarray, tokens: int) -> dict[str, float | int]:
 
 
 def ratio(a_ms: np.ndarray, b_ms: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """median(a)/median(b) with a 95 % bootstrap interval over paired rounds (same index, same round)."""
-    if len(a_ms) != len(b_ms):
-        raise ValueError("ratio needs samples from the same rounds")
+    """median(a)/median(b) with a 95 % bootstrap interval over paired rounds (same index, same round):
+    the rounds both took part in, where one of them was bounded."""
+    rounds = min(len(a_ms), len(b_ms))
+    a_ms, b_ms = np.asarray(a_ms[:rounds]), np.asarray(b_ms[:rounds])
     low, high = stats.bootstrap_ci((a_ms, b_ms), lambda a, b, axis: np.median(a, axis) / np.median(b, axis), seed)
     return {"ratio": float(np.median(a_ms) / np.median(b_ms)), "ci_low": low, "ci_high": high}

@@ -1,35 +1,8 @@
 """Latency cells: every runnable of one model size timed round-robin at decode and prefill shapes."""
 
-import dataclasses
-import os
-import tempfile
-from pathlib import Path
-
-import onnx
-
 from ffnbench.bench import latency
+from ffnbench.bench.ort_runnable import latency_model
 from ffnbench.bench.runnables import OrtRunnable, Runnable, TorchRunnable, ort_has_cuda
-
-PROC_STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
-
-
-def peak_rss_mb(fn, calls: int) -> float | None:
-    """Run `fn` `calls` times (always: this is the timing's warm-up) and return the process peak RSS
-    (MB) meanwhile, from the kernel's high-water mark reset first; None where the kernel offers no
-    reset (containers, non-Linux), since the lifetime peak would say nothing per cell."""
-    try:
-        CLEAR_REFS.write_text("5")
-        resettable = True
-    except OSError:
-        resettable = False
-    for _ in range(calls):
-        fn()
-    if not resettable:
-        return None
-    for line in PROC_STATUS.read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return None
 
 
 def peak_gpu_mb(fn) -> float:
@@ -41,22 +14,6 @@ def peak_gpu_mb(fn) -> float:
     fn()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() / 2**20
-
-
-def latency_model(path: Path) -> Path:
-    """The artifact without its tap outputs: exposed intermediates block ORT's fusions, so they
-    would slow the very model being timed."""
-    out = path.with_name("model.latency.onnx")
-    if not out.exists():
-        model = onnx.load(str(path))
-        keep = model.graph.output[0]
-        del model.graph.output[:]
-        model.graph.output.append(keep)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".model.latency.", suffix=".tmp")
-        os.close(fd)
-        onnx.save(model, tmp)
-        os.replace(tmp, out)  # concurrent writers each rename a whole file; the last one wins
-    return out
 
 
 def timing_runnable(runnable: Runnable, threads: int, spinning: bool) -> Runnable:
@@ -80,11 +37,8 @@ def time_group(entries: dict[str, dict], shape: tuple[int, int], cfg: latency.La
     tokens = shape[0] * shape[1]
     fns = {key: e["runnable"].timed_call(e["x"]) for key, e in entries.items()}
     on_gpu = any(getattr(e["runnable"], "device", "cpu") == "cuda" for e in entries.values())
-    # The memory pass calls each runnable `warmup` times, so it is the warm-up too.
-    rss = {key: peak_rss_mb(fn, max(cfg.warmup, 1)) for key, fn in fns.items()}
     gpu = {key: peak_gpu_mb(fn) for key, fn in fns.items()} if on_gpu else {}
-    samples, stopped_by = latency.interleaved(fns, dataclasses.replace(cfg, warmup=0),
-                                              latency.CudaTimer() if on_gpu else None)
+    samples, stopped_by = latency.interleaved(fns, cfg, latency.CudaTimer() if on_gpu else None)
     out = {}
     for key, e in entries.items():
         stats = latency.summarize(samples[key], tokens)
@@ -93,9 +47,8 @@ def time_group(entries: dict[str, dict], shape: tuple[int, int], cfg: latency.La
         ideal = max(flops / (peaks["fp32_gemm_gflops"] * 1e9), moved / (peaks["memory_gbps"] * 1e9)) if peaks else None
         stats |= {
             "model_bytes": e["model_bytes"],
-            "peak_rss_mb": rss[key],
             "threads": threads,
-            "stopped_by": stopped_by,
+            "stopped_by": stopped_by[key],
             "achieved_gflops": flops / seconds / 1e9,
             "achieved_gbps": moved / seconds / 1e9,
             "roofline_fraction": ideal / seconds if ideal else None,

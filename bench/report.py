@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ffnbench import files
-from ffnbench.bench import latency, model_specs, plots, report_downstream
+from ffnbench.bench import latency, model_specs, plots, report_downstream, report_latency
 from ffnbench.bench.scenarios import NAMED
 from ffnbench.bench.store import load_run
 
@@ -47,8 +47,8 @@ def _f(value, digits=1, suffix="") -> str:
 
 
 def _paired_ratio(a: dict | None, b: dict | None) -> dict | None:
-    if not a or not b or len(a.get("samples_ms", [])) != len(b.get("samples_ms", [])) or len(a["samples_ms"]) < 2:
-        return None  # unpaired, or one round (older runs could stop there): no interval to give
+    if not a or not b or min(len(a.get("samples_ms", [])), len(b.get("samples_ms", []))) < 2:
+        return None  # one round (older runs could stop there): no interval to give
     return latency.ratio(np.asarray(a["samples_ms"]), np.asarray(b["samples_ms"]))
 
 
@@ -229,7 +229,7 @@ def write(run_dir: Path) -> Path:
                       "RMS activation-output error where the fp32 pre-activation lies just below zero vs just above "
                       f"(δ = {m.get('config', {}).get('delta')}), the share of pre-activations whose sign flips, "
                       "and the share of positive norm outputs.", "", *seed_tables(run, model, scenario), ""]
-        lines += _latency(run, model, plot_dir)
+        lines += report_latency.section(run, model, plot_dir)
     lines += report_downstream.section(run, plot_dir, sublayer)
     lines += ["## Caveats", "", *[f"- {c}" for c in caveats(run)], ""]
     lines += _machine(m)
@@ -282,28 +282,6 @@ def _robustness(run: Run, model: str, plot_dir: Path) -> list[str]:
             values = [run.acc.get((design, model, "fp32", s), {}).get("norm_positive_fraction") for s in shifts]
             lines.append(f"| {design} | " + " | ".join(_f(v, 3) for v in values) + " |")
         lines.append("")
-    return lines
-
-
-def _latency(run: Run, model: str, plot_dir: Path) -> list[str]:
-    lines = []
-    for shape in ("decode", "prefill"):
-        recipes = [r for r in run.recipes if any((d, model, r, shape) in run.lat for d in run.designs)]
-        if not recipes:
-            continue
-        values = {d: [run.lat.get((d, model, r, shape), {}).get("p50_ms") for r in recipes] for d in run.designs}
-        errors = {d: [(run.lat[(d, model, r, shape)]["p50_ci_low_ms"], run.lat[(d, model, r, shape)]["p50_ci_high_ms"])
-                      if (d, model, r, shape) in run.lat else (0, 0) for r in recipes] for d in run.designs}
-        path = plots.bars(recipes, values, errors, "p50 (ms), 95 % CI", f"{shape} latency ({model})",
-                          plot_dir / f"latency_{shape}_{model}.png", log=True)
-        lines += [f"## Latency at {shape} (model `{model}`)", "", f"![]({path.relative_to(run.dir)})", ""]
-    recipes = [r for r in run.recipes if any((d, model, r, "prefill") in run.lat for d in run.designs)]
-    if recipes:
-        sizes = {d: [(run.lat.get((d, model, r, "prefill")) or {}).get("model_bytes", 0) / 1e6 or None for r in recipes]
-                 for d in run.designs}
-        path = plots.bars(recipes, sizes, None, "MB on disk", f"Artifact size ({model})",
-                          plot_dir / f"size_{model}.png")
-        lines += ["### Size on disk", "", f"![]({path.relative_to(run.dir)})", ""]
     return lines
 
 

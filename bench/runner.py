@@ -12,11 +12,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ffnbench import files
-from ffnbench.bench import doctor, latency_cells, lm_cells, metrics, u8s8
+from ffnbench.bench import doctor, fit, kernel_paths, latency, latency_cells, lm_cells, memory, metrics, prebuild, u8s8
 from ffnbench.bench.cell_record import artifact_summary, finite, recording
 from ffnbench.bench.config import RunConfig
 from ffnbench.bench.lm_cells import LM_DESIGNS, LM_MODEL, LMSubject, measure_lm
-from ffnbench.bench.runnables import Runnable, TorchRunnable, ort_has_cuda, runnable_for
+from ffnbench.bench.runnables import OrtRunnable, Runnable, TorchRunnable, ort_has_cuda, runnable_for
 from ffnbench.bench.store import RunStore
 from ffnbench.errors import UsageError
 from ffnbench.export import NATIVE_OPSET, ExportedModel, export_onnx
@@ -48,14 +48,13 @@ def plan(config: RunConfig) -> list[Cell]:
     pair's lm cells last, for the run's designs among the pair's and its recipes among lm_recipes."""
     cells = []
     for model in config.models:
-        for design, recipe in itertools.product(config.model_designs(model), config.recipes):
-            for cal in _calibrations(config, recipe):
-                cells += [Cell(design, model, recipe, s, cal) for s in config.scenarios]
-        if config.latency:
-            for shape, design, recipe in itertools.product(("decode", "prefill"), config.model_designs(model),
-                                                           config.recipes):
-                cells += [Cell(design, model, recipe, shape, cal, kind="latency")
-                          for cal in _calibrations(config, recipe)]
+        mc = config.for_model(model)
+        for design, recipe in itertools.product(mc.model_designs(model), mc.recipes):
+            for cal in _calibrations(mc, recipe):
+                cells += [Cell(design, model, recipe, s, cal) for s in mc.scenarios]
+        if mc.latency:
+            for shape, design, recipe in itertools.product(("decode", "prefill"), mc.model_designs(model), mc.recipes):
+                cells += [Cell(design, model, recipe, shape, cal, kind="latency") for cal in _calibrations(mc, recipe)]
     lm_designs = [d for d in config.designs if d in LM_DESIGNS]
     lm_recipes = [r for r in config.recipes if r in config.lm_recipes]
     for design, recipe in itertools.product(lm_designs, lm_recipes):
@@ -102,17 +101,29 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
             if lm:
                 run_lm(group, config, store, bar)
                 continue
-            subjects = {d: Subject(config, d, model, store.out / "artifacts")
-                        for d in dict.fromkeys(c.design for c in group)}
+            mc = config.for_model(model)
+            designs = list(dict.fromkeys(c.design for c in group))
+            with prebuild.workers(mc, model) as pool:
+                if pool:
+                    bar.set_description(f"{model}: exporting {len(designs)} designs in parallel")
+                    prebuild.exports(pool, mc, model, designs, store.out / "artifacts")
+                subjects = {d: Subject(mc, d, model, store.out / "artifacts") for d in designs}
+                if pool:
+                    bar.set_description(f"{model}: quantizing the ONNX artifacts, {prebuild.BUILD_WORKERS} at a time")
+                    prebuild.quantizations(pool, subjects, group)
             for cell in (c for c in group if c.kind == "accuracy"):
                 bar.set_description(cell.key)
                 store.append(measure(subjects[cell.design], cell))
                 bar.update()
-            for shape, shape_cells in itertools.groupby((c for c in group if c.kind == "latency"),
-                                                        key=lambda c: c.scenario):
+            timed = [c for c in group if c.kind == "latency"]
+            if timed:
+                bar.set_description(f"{model}: memory of {len({c.artifact for c in timed})} runnables, "
+                                    "each in a fresh process")
+                memory_mb = measure_memory(subjects, timed, mc)
+            for shape, shape_cells in itertools.groupby(timed, key=lambda c: c.scenario):
                 shape_cells = list(shape_cells)
                 bar.set_description(f"{model}: timing {len(shape_cells)} cells at {shape}, interleaved")
-                for record in measure_latency(subjects, shape_cells, config, peaks):
+                for record in measure_latency(subjects, shape_cells, mc, peaks, memory_mb):
                     store.append(record)
                     bar.update()
     return store.results()
@@ -133,9 +144,11 @@ def _check_inputs(config: RunConfig) -> None:
     if any(c.kind == "lm" for c in plan(config)):
         lm_cells.check(config)
     for model in config.models:
+        mc = config.for_model(model)
+        fit.check(mc, model, prebuild.BUILD_WORKERS)
         d_model = config.model_config(model, config.model_designs(model)[0]).d_model  # loads a real layer: checks it
-        for name in {*config.scenarios, *config.calibration}:
-            config.scenario(name).generate(1, 1, d_model)
+        for name in {*mc.scenarios, *mc.calibration}:
+            mc.scenario(name).generate(1, 1, d_model)
 
 
 class Subject:
@@ -195,26 +208,45 @@ class Subject:
                                                    seed=cfg.seed)
         return Calibration(name, data)
 
+    def artifact_job(self, recipe: str, calibration: str | None) -> tuple[Path, dict]:
+        """Where the recipe's artifact goes (named by what it is made from) and quantize()'s arguments."""
+        base, params = self.config.recipe_spec(recipe)
+        if self.config.device == "cuda" and RECIPES[base].runtime == "ort" and not ort_has_cuda():
+            raise Skipped("ONNX Runtime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
+        cal = self.calibration(calibration) if calibration else None
+        identity = {"export": self.export.manifest["sha256"], "recipe": base, "params": params,
+                    "device": self.config.device, "calibration": cal.describe() if cal else None}
+        out = self.artifacts / f"{recipe}-{self.block.cfg.design}-{files.digest(identity)}"
+        source = self.export.path if RECIPES[base].runtime in ("ort", "fp32") else self.block
+        return out, {"source": source, "recipe": base, "calibration": cal, "device": self.config.device, **params}
+
     def runnable(self, recipe: str, calibration: str | None) -> tuple[Runnable, dict]:
         key = (recipe, calibration)
         if key not in self._runnables:
-            base, params = self.config.recipe_spec(recipe)
-            if self.config.device == "cuda" and RECIPES[base].runtime == "ort" and not ort_has_cuda():
-                raise Skipped("ONNX Runtime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
-            cal = self.calibration(calibration) if calibration else None
-            identity = {"export": self.export.manifest["sha256"], "recipe": base, "params": params,
-                        "device": self.config.device, "calibration": cal.describe() if cal else None}
-            out = self.artifacts / f"{recipe}-{self.block.cfg.design}-{files.digest(identity)}"
+            out, job = self.artifact_job(recipe, calibration)
             if (out / "manifest.json").exists():
                 artifact = load_artifact(out, self.block, device=self.config.device)
             else:
-                source = self.export.path if RECIPES[base].runtime in ("ort", "fp32") else self.block
-                artifact = quantize(source, base, out, calibration=cal, device=self.config.device, **params)
+                source, base = job.pop("source"), job.pop("recipe")
+                artifact = quantize(source, base, out, **job)
                 artifact.module = self.block if base == "fp32" else artifact.module
             manifest = {**artifact.manifest, "dir": out.relative_to(self.artifacts.parent).as_posix()}
             prefer = "torch" if self.config.device == "cuda" and not ort_has_cuda() else "ort"
             self._runnables[key] = (runnable_for(artifact, prefer=prefer, threads=self.config.threads,
                                                  device=self.config.device), manifest)
+        return self._runnables[key]
+
+    def timed(self, recipe: str, calibration: str | None) -> tuple[Runnable, dict]:
+        """What latency times (an ONNX artifact without its tap outputs), made once for every shape.
+        The accuracy session it replaces is dropped (a run's accuracy cells come first): at llama-7b
+        the two sessions of each artifact held 16.8 GB in all."""
+        key = ("timed", recipe, calibration)
+        if key not in self._runnables:
+            runnable, manifest = self.runnable(recipe, calibration)
+            timed = latency_cells.timing_runnable(runnable, self.config.threads, self.config.ort_spinning)
+            self._runnables[key] = (timed, manifest)
+            if timed is not runnable:
+                del self._runnables[(recipe, calibration)]
         return self._runnables[key]
 
 
@@ -255,12 +287,42 @@ def measure(subject: Subject, cell: Cell) -> dict:
     return record
 
 
-def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks: dict) -> list[dict]:
+def latency_inputs(subject: Subject, shape: tuple[int, int]) -> np.ndarray:
+    """What latency calls a runnable on: the run's latency scenario (production when it has it)."""
+    config = subject.config
+    return config.scenario(config.latency_scenario()).generate(shape[0], shape[1], subject.block.cfg.d_model,
+                                                               seed=config.seed)
+
+
+def measure_memory(subjects: dict, cells: list[Cell], config: RunConfig) -> dict[tuple, dict]:
+    """Cell.artifact -> {resident_mb, peak_call_mb: {shape: MB}} or {error}: each
+    latency cell's runnable loaded and called at every shape by a fresh child process (bench/memory.py)."""
+    if not config.memory or config.device != "cpu":
+        return {}
+    requests, inputs = {}, {}
+    for design, subject in subjects.items():
+        inputs[design] = {name: latency_inputs(subject, shape) for name, shape in config.latency_shapes().items()}
+        for cell in dict.fromkeys(c for c in cells if c.design == design and c.scenario == "decode"):
+            try:
+                runnable, manifest = subject.timed(cell.recipe, cell.calibration)
+            except Exception:  # the timing records why (skipped or failed); nothing to measure
+                continue
+            common = {"threads": config.threads, "spinning": config.ort_spinning, "inputs": design}
+            requests[cell.artifact] = (
+                {"kind": "onnx", "path": str(runnable.path), **common}
+                if hasattr(runnable, "path") else
+                {"kind": "module", "artifact_dir": str(subject.artifacts.parent / manifest["dir"]),
+                 "files_dir": config.files_dir, **common})
+    return memory.measure(requests, inputs)
+
+
+def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks: dict,
+                    memory_mb: dict | None = None) -> list[dict]:
     """Time every cell's runnable, plus each design's fp32 references, round-robin in one loop."""
     shape = config.latency_shapes()[cells[0].scenario]
     entries, records, scenario = {}, {}, config.latency_scenario()
     for design, subject in subjects.items():
-        x = config.scenario(scenario).generate(shape[0], shape[1], subject.block.cfg.d_model, seed=config.seed)
+        x = latency_inputs(subject, shape)
         for name, ref in latency_cells.reference_runnables(subject, config.threads, config.ort_spinning).items():
             entries[f"{design}/{name}"] = {"runnable": ref, "x": x, "block_cfg": subject.block.cfg, "model_bytes": 0}
     for cell in cells:
@@ -269,8 +331,7 @@ def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks:
                   "recipe": cell.recipe, "scenario": None, "calibration": cell.calibration,
                   "shape": {"name": cell.scenario, "batch": shape[0], "seq": shape[1]}, "inputs": scenario}
         try:
-            runnable, manifest = subject.runnable(cell.recipe, cell.calibration)
-            timed = latency_cells.timing_runnable(runnable, config.threads, config.ort_spinning)
+            timed, manifest = subject.timed(cell.recipe, cell.calibration)
             x = entries[f"{cell.design}/fp32_torch"]["x"]
             refs = {f"vs_{name}": f"{cell.design}/{name}" for name in ("fp32_ort", "fp32_torch")
                     if f"{cell.design}/{name}" in entries}
@@ -291,10 +352,68 @@ def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks:
         for record in records.values():
             record.setdefault("status", "error")
             record.setdefault("error", f"{type(e).__name__} while timing the group: {e}")
+    if cells[0].scenario == "decode" and timings:
+        _diagnose_kernels(subjects, records, entries, timings, config)
     seconds = round(time.perf_counter() - started, 3)
     for key, record in records.items():
         if "status" not in record:
             record |= {"status": "ok", "metrics": timings[key], "seconds": seconds}
+            _add_memory(record, (memory_mb or {}).get((record["design"], record["model"], record["recipe"],
+                                                       record["calibration"])), config)
         record.setdefault("seconds", 0.0)
     return list(records.values())
+
+
+def _add_memory(record: dict, measured: dict | None, config: RunConfig) -> None:
+    shape = record["shape"]["name"]
+    ok = measured is not None and "error" not in measured
+    record["metrics"] |= {"resident_mb": measured["resident_mb"] if ok else None,
+                          "peak_call_mb": measured["peak_call_mb"][shape] if ok else None}
+    if not ok:
+        record["memory_unavailable"] = (measured or {}).get("error") or (
+            "memory = false in the run's config" if not config.memory else f"not measured on {config.device} "
+            "(host RSS is not the device's memory; see peak_gpu_mb)")
+
+
+def _diagnose_kernels(subjects: dict, records: dict, entries: dict, timings: dict, config: RunConfig) -> None:
+    """Where one weight width's decode times spread more than kernel_paths.SPREAD×, each of its
+    cells records what ran (`kernel_path`), and an HQQ artifact with float zero points the measured
+    cost of the uint8 alternative."""
+    decode = {key: {"design": r["design"], "bits": RECIPES[config.recipe_spec(r["recipe"])[0]].bits,
+                    "p50_ms": timings[key]["p50_ms"]} for key, r in records.items() if key in timings}
+    for keys in kernel_paths.spread_groups(decode):
+        fastest = min(keys, key=lambda k: decode[k]["p50_ms"])
+        for key in keys:
+            entry, record = entries[key], records[key]
+            found = kernel_paths.diagnose(entry["runnable"], entry["x"], config.threads)
+            found |= {"bits": decode[key]["bits"], "fastest": records[fastest]["recipe"],
+                      "vs_fastest": decode[key]["p50_ms"] / decode[fastest]["p50_ms"]}
+            if kernel_paths.float_zero_points(found):
+                found["alternative"] = _uint8_alternative(subjects[record["design"]], entry, record, config)
+            record["kernel_path"] = found
+
+
+def _uint8_alternative(subject: Subject, entry: dict, record: dict, config: RunConfig) -> dict:
+    """The same artifact with uint8 zero points, timed beside it at decode, and both scored on the
+    latency scenario's accuracy inputs (centered SQNR against fp32)."""
+    try:
+        out = subject.artifacts / "diagnosis" / (Path(record["artifact"]["dir"]).name + "-uint8-zero-points.onnx")
+        variant = OrtRunnable(kernel_paths.uint8_variant(entry["runnable"].path, subject.export.path, out),
+                              threads=config.threads, spinning=config.ort_spinning)
+        fns = {"recipe": entry["runnable"].timed_call(entry["x"]), "variant": variant.timed_call(entry["x"])}
+        samples, _ = latency.interleaved(fns, config.latency_config())
+        scenario = config.latency_scenario()
+        reference, _ = subject.reference(scenario)
+
+        def centered_db(runnable) -> float:
+            y = np.concatenate([runnable.run(b) for b in subject.batches(scenario)])
+            return metrics.output_metrics(reference, y, subject.head)["centered_sqnr_db"]
+
+        return {"what": "uint8 zero points (HQQ's scales; zero points rounded to 0..15; weights requantized)",
+                "path": out.relative_to(subject.artifacts.parent).as_posix(),
+                "p50_ms": float(np.median(samples["variant"])), "recipe_p50_ms": float(np.median(samples["recipe"])),
+                "speedup": latency.ratio(samples["recipe"], samples["variant"]), "scenario": scenario,
+                "centered_sqnr_db": centered_db(variant), "recipe_centered_sqnr_db": centered_db(entry["runnable"])}
+    except Exception as e:  # the diagnosis goes without its alternative, not the cells
+        return {"error": f"{type(e).__name__}: {e}"}
 

@@ -7,7 +7,9 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -125,7 +127,46 @@ def int4(src: Path, dst: Path, cfg: OrtInt4, nodes: list[str] | None = None) -> 
     for node in model.graph.node:
         if node.op_type == "MatMulNBits":
             _set_int_attribute(node, "accuracy_level", cfg.accuracy_level)
+    if cfg.algorithm == "hqq" and cfg.zero_points == "uint8":
+        originals = {i.name: i for i in onnx.load(str(src)).graph.initializer}
+        uint8_zero_points(model, originals)
     onnx.save(model, str(dst))
+
+
+def uint8_zero_points(model: onnx.ModelProto, originals: dict[str, onnx.TensorProto]) -> int:
+    """Give every MatMulNBits with float zero points (ORT's HQQ output) uint8 ones, in place: each
+    zero point rounded to 0..15 and the block's weights requantized from the fp32 `originals`
+    (initializers by name, as the quantizer's `NAME_Q4` came from `NAME`) with the block's scale.
+    Returns how many nodes changed. Layout (MatMulNBits spec): B (N, blocks, block/2) two weights a
+    byte, low nibble first; zero points (N, ceil(blocks/2)), even block in the low nibble."""
+    inits = {i.name: i for i in model.graph.initializer}
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits" or len(node.input) < 4 or node.input[3] not in inits:
+            continue
+        zp_init = inits[node.input[3]]
+        if zp_init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("bits", 4) != 4:
+            continue
+        k, n, block = attrs["K"], attrs["N"], attrs["block_size"]
+        blocks = -(-k // block)
+        weight = numpy_helper.to_array(originals[node.input[1].removesuffix("_Q4")]).astype(np.float32)  # (K, N)
+        scale = numpy_helper.to_array(inits[node.input[2]]).reshape(n, blocks).astype(np.float32)
+        zero = np.clip(np.round(numpy_helper.to_array(zp_init).reshape(n, blocks)), 0, 15)
+        padded = np.zeros((n, blocks * block), np.float32)
+        padded[:, :k] = weight.T
+        grid = padded.reshape(n, blocks, block)
+        q = np.clip(np.round(grid / scale[..., None] + zero[..., None]), 0, 15).astype(np.uint8)
+        packed_b = q[..., 0::2] | (q[..., 1::2] << 4)
+        zp = np.zeros((n, 2 * -(-blocks // 2)), np.uint8)
+        zp[:, :blocks] = zero.astype(np.uint8)
+        packed_zp = zp[:, 0::2] | (zp[:, 1::2] << 4)
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(packed_b, node.input[1]))
+        zp_init.CopyFrom(numpy_helper.from_array(packed_zp, node.input[3]))
+        changed += 1
+    return changed
 
 
 def bnb4(src: Path, dst: Path, cfg: OrtBnb4, nodes: list[str] | None = None) -> None:

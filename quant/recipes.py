@@ -13,6 +13,7 @@ class Fp32:
     """The reference: the exported model (ORT) or the torch module, unchanged."""
 
     runtime: ClassVar[str] = "fp32"
+    bits: ClassVar[int] = 32  # weight bits, for comparing kernels of one width
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class OrtDynamicInt8:
     """quantize_dynamic: int8 per-channel weights, uint8 activations quantized per call."""
 
     runtime: ClassVar[str] = "ort"
+    bits: ClassVar[int] = 8
     per_channel: bool = True
     # None: decided by the measured U8S8 probe (7-bit weights where the int16 pair sum saturates).
     reduce_range: bool | None = None
@@ -30,6 +32,7 @@ class OrtStaticQdq:
     """quantize_static in QDQ format, activation ranges calibrated on a named scenario."""
 
     runtime: ClassVar[str] = "ort"
+    bits: ClassVar[int] = 8
     method: str = "minmax"  # minmax | percentile | entropy
     percentile: float = 99.999  # ORT's default; used by `percentile` only
     per_channel: bool = True
@@ -48,12 +51,17 @@ class OrtInt4:
     """MatMulNBits: 4-bit weight-only blocks; activations stay fp32 unless accuracy_level says so."""
 
     runtime: ClassVar[str] = "ort"
+    bits: ClassVar[int] = 4
     algorithm: str = "rtn"  # rtn (round to nearest) | hqq (half-quadratic, calibration-free)
     block_size: int = 32
     symmetric: bool = True  # rtn only; hqq always fits a zero point
     # 0: compute in the input's precision. 4: quantize activations to int8 per block, the fast
     # path on CPU, which under a large mean shift spends its levels on the offset.
     accuracy_level: int = 4
+    # hqq only. ORT's HQQ writes float zero points, which its CPU kernel cannot prepack: every call
+    # dequantizes the whole weight and runs an fp32 GEMM. "uint8" rounds them to 0..15 and
+    # requantizes the weights with HQQ's scales, the layout the fast kernel takes.
+    zero_points: str = "float"
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class OrtBnb4:
     """MatMulBnb4: bitsandbytes' NF4/FP4 formats executed by ONNX Runtime."""
 
     runtime: ClassVar[str] = "ort"
+    bits: ClassVar[int] = 4
     quant_type: str = "nf4"
     block_size: int = 64  # bitsandbytes' default, so the two runtimes can share weights
 
@@ -70,6 +79,7 @@ class BnbInt8:
     """Linear8bitLt (LLM.int8): int8 weights and activations; features above threshold stay fp16."""
 
     runtime: ClassVar[str] = "bnb"
+    bits: ClassVar[int] = 8
     threshold: float = 0.0
 
 
@@ -78,6 +88,7 @@ class Bnb4bit:
     """Linear4bit: NF4/FP4 weights in blocks of 64, dequantized to compute_dtype for the matmul."""
 
     runtime: ClassVar[str] = "bnb"
+    bits: ClassVar[int] = 4
     quant_type: str = "nf4"
     double_quant: bool = False  # quantize the absmax scales too (saves ~0.4 bit per weight)
     compute_dtype: str = "float32"
@@ -93,6 +104,7 @@ class TorchHalf:
     """
 
     runtime: ClassVar[str] = "torch"
+    bits: ClassVar[int] = 16
     dtype: str = "float16"
     norm_fp32: bool = False
 
@@ -121,6 +133,7 @@ RECIPES = {
 CHOICES = {
     "method": ("minmax", "percentile", "entropy"),
     "algorithm": ("rtn", "hqq"),
+    "zero_points": ("float", "uint8"),
     "accuracy_level": (0, 1, 2, 3, 4),
     "quant_type": ("nf4", "fp4"),
     "compute_dtype": ("float32", "float16", "bfloat16"),

@@ -21,6 +21,20 @@ def test_presets():
         preset_config("huge")
 
 
+def test_full_times_llama_7b_for_a_and_b_on_a_few_requests(tmp_path):
+    from ffnbench.bench.runner import plan
+
+    full = preset_config("full").check()
+    big = full.for_model("llama-7b")
+    assert full.models[-1] == "llama-7b" and big.designs == ["A", "B"] and big.scenarios == ["production"]
+    assert big.prefill == [1, 128] and big.n_requests < full.n_requests and full.for_model("small") is full
+    cells = [c for c in plan(full) if c.model == "llama-7b"]
+    assert {c.design for c in cells} == {"A", "B"} and {c.recipe for c in cells} == set(RECIPES)
+    assert {c.scenario for c in cells if c.kind == "accuracy"} == {"production"}
+    (tmp_path / "a.toml").write_text('preset = "full"\ndesigns = ["A"]\n')  # the run's designs still narrow it
+    assert {c.design for c in plan(load_toml(tmp_path / "a.toml").check()) if c.model == "llama-7b"} == {"A"}
+
+
 def test_presets_are_copies():
     preset_config("quick").designs.append("X")
     assert preset_config("quick").designs == ["A", "B"]
@@ -45,6 +59,8 @@ def test_toml_overrides_and_defines_scenarios(tmp_path):
     ("[scenario.x]\nshift = 2\n", "[scenario.x] unknown key 'shift'"),
     ("[scenario.x]\nmean_shift = \"big\"\n", "[scenario.x] 'mean_shift' must be float, got str"),
     ("designs = [\n", "is not valid TOML"),
+    ("[per_model.small]\nprefill = [1]\n", "[per_model.small] 'prefill' must be [batch, seq]"),
+    ("[per_model.small]\nrecipes = [\"fp32\"]\n", "[per_model.small] unknown key 'recipes'"),
 ])
 def test_toml_errors_name_the_key(tmp_path, text, needle):
     (tmp_path / "run.toml").write_text(text)
@@ -64,6 +80,9 @@ def test_toml_errors_name_the_key(tmp_path, text, needle):
     ("lm_scenarios", [], "lm_scenarios: empty"),
     ("lm_inject", "middle", "lm_inject: unknown 'middle'"),
     ("lm_windows", 0, "lm_windows: must be positive"),
+    ("per_model", {"llama-7b": {"prefill": [1, 128]}}, "per_model: 'llama-7b' is not one of the run's models"),
+    ("per_model", {"small": {"scenarios": ["nowhere"]}}, "scenarios: unknown 'nowhere'"),
+    ("max_runnable_seconds", 0.0, "max_runnable_seconds: must be positive"),
 ])
 def test_check_rejects_unknown_names(axis, value, needle):
     cfg = preset_config("quick")

@@ -161,16 +161,17 @@ def test_quantize_rejects_a_damaged_model(cli, exported_b, tmp_path, damage):
 
 
 LATENCY_METRICS = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "p50_ci_low_ms", "p50_ci_high_ms", "tokens_per_s",
-                   "iterations", "model_bytes", "peak_rss_mb", "threads", "achieved_gbps", "achieved_gflops",
-                   "roofline_fraction"}
+                   "iterations", "model_bytes", "resident_mb", "peak_call_mb", "threads", "achieved_gbps",
+                   "achieved_gflops", "roofline_fraction"}
 
 
 def test_run_records_every_metric_per_cell(ffnbench_exe, tmp_path, seed_exports):
     from ffnbench.bench.metrics import ALL_METRICS
 
     # Short timing settings: the test checks what is recorded, not how fast anything is.
+    # Memory in child processes is tested in test_memory and by the report's run.
     (tmp_path / "fast.toml").write_text("warmup = 0\nmin_iterations = 3\nmin_seconds = 0.001\nprefill = [2, 8]\n"
-                                        "lm_recipes = []\n")
+                                        "lm_recipes = []\nmemory = false\n")
     r = run(ffnbench_exe, "run", "--config", tmp_path / "fast.toml", "--models", "tiny", "--designs", "A,B",
             "--scenarios", "clean,production", "--out", seed_exports(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
@@ -184,6 +185,8 @@ def test_run_records_every_metric_per_cell(ffnbench_exe, tmp_path, seed_exports)
         assert set(cell["metrics"]) == set(ALL_METRICS)
     for cell in timing:
         assert set(cell["metrics"]) >= LATENCY_METRICS and cell["metrics"]["iterations"] >= 3
+        assert cell["metrics"]["resident_mb"] is None
+        assert cell["memory_unavailable"] == "memory = false in the run's config"
         assert cell["metrics"]["vs_fp32_ort"]["ci_low"] <= cell["metrics"]["vs_fp32_ort"]["ratio"]
     assert "40 cells measured" in r.stdout
 
@@ -201,6 +204,14 @@ def test_run_bad_input(cli, tmp_path, args, needle):
     assert r.returncode == 2 and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_shape_that_cannot_fit_in_memory_is_refused_before_anything_runs(cli, tmp_path):
+    (tmp_path / "huge.toml").write_text("prefill = [65536, 4096]\nlm_recipes = []\n")
+    r = cli("run", "--config", tmp_path / "huge.toml", "--models", "tiny", "--out", tmp_path / "run")
+    assert r.returncode == 2 and "memory: model 'tiny' needs about" in r.stderr, r.stderr
+    assert "prefill 65536x4096" in r.stderr and "GB is available" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
 def test_run_into_an_existing_run_needs_resume(cli, tmp_path, seed_exports):

@@ -19,7 +19,7 @@ def default_size_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "run"
     config = RunConfig(models=["default"], designs=["A"], recipes=["fp32", "ort-int8-dynamic", "bnb-int8"],
                        scenarios=["clean"], n_requests=1, seq_len=2, warmup=1, min_iterations=10, min_seconds=60.0,
-                       max_seconds=0.001, prefill=[1, 16])
+                       max_seconds=0.001, prefill=[1, 16], memory=False)
     run(config, out, progress=False)
     write_baseline(out, out.parent / "baseline.json")
     return out, remeasure(out, out)
@@ -53,7 +53,8 @@ def test_a_doubled_bitsandbytes_forward_in_the_new_code_is_caught(tmp_path, seed
     doubled forward shows, though both sides time the same artifact files."""
     run_dir = seed_exports(tmp_path / "run")
     run(RunConfig(models=["tiny"], designs=["A", "B"], recipes=["fp32", "bnb-int8"], scenarios=["clean"], n_requests=1,
-                  seq_len=2, warmup=2, min_iterations=30, min_seconds=0.001, prefill=[2, 16]), run_dir, progress=False)
+                  seq_len=2, warmup=2, min_iterations=30, min_seconds=0.001, prefill=[2, 16], memory=False), run_dir,
+        progress=False)
     write_baseline(run_dir, tmp_path / "baseline.json")
     doubled = doubled_forward_environment(tmp_path)
     ratios = remeasure(run_dir, run_dir, old_python=sys.executable, new_python=str(doubled))

@@ -24,7 +24,7 @@ def test_round_robin_stops_at_min_iterations_once_time_is_met():
     timer = FakeTimer({"a": 100.0, "b": 100.0})
     cfg = LatencyConfig(warmup=0, min_iterations=5, min_seconds=0.1, max_iterations=50)
     out, stopped_by = latency.interleaved({"a": lambda: "a", "b": lambda: "b"}, cfg, timer)
-    assert len(out["a"]) == len(out["b"]) == 5 and stopped_by == "minimums"
+    assert len(out["a"]) == len(out["b"]) == 5 and stopped_by == {"a": "minimums", "b": "minimums"}
     assert sorted(timer.calls[:2]) == ["a", "b"]  # each round calls each fn once
 
 
@@ -33,14 +33,31 @@ def test_a_fast_fn_runs_until_min_seconds_or_max_iterations():
     cfg = LatencyConfig(warmup=0, min_iterations=2, min_seconds=0.2, max_iterations=30)
     out, stopped_by = latency.interleaved({"fast": lambda: "fast", "slow": lambda: "slow"}, cfg, timer)
     assert len(out["fast"]) == 30  # 0.2 s of 1 µs calls would take 200,000 rounds; capped
-    assert stopped_by == "max_iterations"
+    assert stopped_by["fast"] == "max_iterations"
 
 
 def test_the_time_cap_never_ends_timing_below_min_iterations():
     timer = FakeTimer({"a": 0.001})
     cfg = LatencyConfig(warmup=0, min_iterations=7, min_seconds=100.0, max_iterations=50, max_seconds=1e-9)
     out, stopped_by = latency.interleaved({"a": lambda: "a"}, cfg, timer)
-    assert len(out["a"]) == 7 and stopped_by == "max_seconds"
+    assert len(out["a"]) == 7 and stopped_by["a"] == "max_seconds"
+
+
+def test_a_runnable_too_slow_for_its_budget_runs_fewer_rounds_and_is_marked_bounded():
+    timer = FakeTimer({"fast": 1.0, "slow": 400.0})
+    cfg = LatencyConfig(warmup=0, min_iterations=10, min_seconds=0.001, max_iterations=10, max_runnable_seconds=1.0)
+    out, stopped_by = latency.interleaved({"fast": lambda: "fast", "slow": lambda: "slow"}, cfg, timer)
+    assert len(out["slow"]) == 2 and len(out["fast"]) == 10  # 1 s holds two 400 ms calls
+    assert stopped_by == {"fast": "minimums", "slow": "bounded"}
+    assert timer.calls[:2].count("slow") == 1 and timer.calls[2:4].count("slow") == 1  # rounds 1 and 2
+    assert latency.ratio(out["slow"], out["fast"])["ratio"] == pytest.approx(400.0)  # over the shared rounds
+
+
+def test_a_bounded_runnable_keeps_the_floor_of_two_rounds():
+    timer = FakeTimer({"slow": 5000.0})
+    cfg = LatencyConfig(warmup=0, min_iterations=5, max_iterations=5, max_runnable_seconds=1.0)
+    out, stopped_by = latency.interleaved({"slow": lambda: "slow"}, cfg, timer)
+    assert len(out["slow"]) == 2 and stopped_by["slow"] == "bounded"
 
 
 def test_round_order_varies_between_rounds():
@@ -75,6 +92,7 @@ def test_ratio_is_paired_and_its_interval_holds_it():
     ({"max_seconds": 0.0}, "max_seconds: must be positive"),
     ({"min_seconds": -1.0}, "min_seconds: must be positive"),
     ({"warmup": -1}, "warmup: must be >= 0"),
+    ({"max_runnable_seconds": 0.0}, "max_runnable_seconds: must be positive"),
     ({"prefill": (8, 0)}, "prefill: must be two positive sizes"),
     ({"min_iterations": 50, "max_iterations": 10}, "is below min_iterations"),
 ])

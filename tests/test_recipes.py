@@ -32,6 +32,7 @@ def test_string_overrides_are_converted_to_the_field_type():
     ("int3", {}, "recipe: unknown 'int3'; choose one of fp32, "),
     ("ort-int4-rtn", {"bits": "3"}, "unknown parameter 'bits'; it takes: algorithm, block_size"),
     ("ort-int4-rtn", {"accuracy_level": "7"}, "accuracy_level must be one of (0, 1, 2, 3, 4)"),
+    ("ort-int4-hqq", {"zero_points": "int4"}, "zero_points must be one of ('float', 'uint8')"),
     ("ort-int4-rtn", {"block_size": "big"}, "block_size='big' is not a"),
     ("bnb-nf4", {"quant_type": "int4"}, "quant_type must be one of ('nf4', 'fp4')"),
 ])

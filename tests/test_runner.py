@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ffnbench.bench import RunConfig, run
+from ffnbench.bench import RunConfig, prebuild, run
 from ffnbench.bench import runner as runner_module
 from ffnbench.bench.metrics import ALL_METRICS
 from ffnbench.bench.scenarios import Replay
@@ -76,6 +76,25 @@ def test_a_new_run_reuses_exports_and_artifacts_cached_by_content(tiny_run, tmp_
     assert calls == []
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in first]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in again] == strip
+
+
+def test_prebuilt_artifacts_are_the_ones_the_cells_would_build(tiny_run, tmp_path, monkeypatch, seed_exports):
+    """Above PREBUILD_MIN_WEIGHTS the ONNX artifacts are quantized in worker processes first; the
+    cells then load them (quantize is never called here) and measure what the in-process run did."""
+    monkeypatch.setattr(prebuild, "PREBUILD_MIN_WEIGHTS", 0)
+    in_process, quantize = [], runner_module.quantize
+    monkeypatch.setattr(runner_module, "quantize", lambda source, recipe, *a, **k: (
+        in_process.append(recipe), quantize(source, recipe, *a, **k))[1])
+    out = seed_exports(tmp_path / "run")
+    built = run(tiny_config(recipes=["fp32", "ort-int8-dynamic", "ort-int4-rtn"]), out, progress=False)
+    assert in_process == ["fp32", "fp32"]  # the ONNX Runtime recipes came from the workers
+    names = sorted(p.name.rsplit("-", 2)[0] for p in (out / "artifacts").iterdir() if (p / "manifest.json").exists())
+    assert names == ["export", "export", "fp32", "fp32", "ort-int4-rtn", "ort-int4-rtn", "ort-int8-dynamic",
+                     "ort-int8-dynamic"]
+    first = {r["key"]: r for r in tiny_run[0]}
+    for r in built:  # the same artifact (by hash) as the module's in-process run, where both have the cell
+        if r["key"] in first:
+            assert r["artifact"]["sha256"] == first[r["key"]]["artifact"]["sha256"]
 
 
 def test_a_failing_cell_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, seed_exports):

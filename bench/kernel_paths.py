@@ -1,0 +1,215 @@
+"""What ran: where recipes of one weight width differ more than SPREAD× at decode, the kernels behind each.
+
+A 4-bit recipe 80× slower than another 4-bit recipe is not "slow 4-bit"; it is a different code path.
+For each such recipe this module profiles a few decode calls (ONNX Runtime's own profiler: op type,
+provider and time per node, and whether the node's weight was prepacked; torch's profiler for
+bitsandbytes and torch modules: time per operator), and reads the artifact's attributes that pick
+ONNX Runtime's kernel (zero-point dtype, accuracy_level, block size, quant type). `explain` turns
+the measured facts into the sentence a report gives; the kernel behaviour it names is ONNX Runtime
+1.31's and bitsandbytes 0.50's CPU code (matmul_nbits.cc, matmul_bnb4.cc; backends/cpu/ops.py).
+"""
+
+import glob
+import json
+import os
+import statistics
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+SPREAD = 3.0  # decode p50 ratio within one weight width that calls for a diagnosis
+PROFILE_CALLS = 5
+TOP_OPS = 6
+
+
+class Unusable(Exception):
+    """A profile that cannot be read: the diagnosis is skipped with this reason, the run goes on."""
+
+
+def spread_groups(decode: dict[str, dict]) -> list[list[str]]:
+    """decode: key -> {design, bits, p50_ms}. The keys of each (design, bits) group whose slowest
+    p50 is more than SPREAD× its fastest."""
+    groups = defaultdict(list)
+    for key, d in decode.items():
+        groups[(d["design"], d["bits"])].append(key)
+    out = []
+    for keys in groups.values():
+        p50 = [decode[k]["p50_ms"] for k in keys]
+        if len(keys) > 1 and max(p50) > SPREAD * min(p50):
+            out.append(keys)
+    return out
+
+
+def profile_ort(path: Path, x: np.ndarray, threads: int, calls: int = PROFILE_CALLS) -> dict:
+    """ONNX Runtime's profile of `calls` runs after one warm-up: per node the median kernel time,
+    per op type the total and its share, and whether each weight-bearing node's weight was prepacked
+    (a prepacked initializer is released, so it is missing from the node's profiled inputs)."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(path), load_external_data=False)
+    with tempfile.TemporaryDirectory(prefix="ffnbench-profile-") as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feeds = {session.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)}
+        outputs = [session.get_outputs()[0].name]
+        for _ in range(calls + 1):
+            session.run(outputs, feeds)
+        written = session.end_profiling()
+        profile = Path(written) if written else next(iter(glob.glob(os.path.join(tmp, "profile*.json"))), None)
+        try:
+            events = json.loads(Path(profile).read_text())
+        except (TypeError, OSError, json.JSONDecodeError) as e:
+            raise Unusable(f"ONNX Runtime wrote no readable profile ({type(e).__name__}: {e})") from e
+    return {**summarize_ort(events, model), "calls": calls}
+
+
+def summarize_ort(events: list, model: onnx.ModelProto) -> dict:
+    nodes = {n.name: n for n in model.graph.node}
+    weights = {i.name: (onnx.helper.tensor_dtype_to_np_dtype(i.data_type).name, tuple(i.dims))
+               for i in model.graph.initializer}
+    kernel = [e for e in events if isinstance(e, dict) and e.get("cat") == "Node"
+              and str(e.get("name", "")).endswith("_kernel_time") and "dur" in e]
+    if not kernel:
+        raise Unusable("the profile has no node kernel events (a build without profiling, or an empty graph)")
+    per_node = defaultdict(list)
+    for e in kernel:
+        per_node[e["name"].removesuffix("_kernel_time")].append(e)
+    rows = []
+    for name, evs in per_node.items():
+        args = evs[-1].get("args", {})
+        node = nodes.get(name)
+        row = {"node": name, "op": args.get("op_name", node.op_type if node else "?"),
+               "provider": args.get("provider"), "us": statistics.median(e["dur"] for e in evs[1:] or evs)}
+        gemm = node is not None and len(node.input) > 1 and ("MatMul" in row["op"] or row["op"] == "Gemm")
+        weight = weights.get(node.input[1]) if gemm else None
+        profiled = args.get("input_type_shape")
+        if weight is not None and isinstance(profiled, list):
+            # Graph fusions add inputs (a bias), so the weight is looked for by its shape and dtype.
+            row["weights_prepacked"] = {weight} not in [{(k, tuple(v)) for k, v in i.items()} for i in profiled]
+        rows.append(row)
+    total = sum(r["us"] for r in rows) or 1.0
+    ops = defaultdict(lambda: {"us": 0.0, "nodes": 0})
+    for r in rows:
+        ops[r["op"]]["us"] += r["us"]
+        ops[r["op"]]["nodes"] += 1
+    by_op = sorted(({"op": op, **v, "share": v["us"] / total} for op, v in ops.items()), key=lambda o: -o["us"])
+    return {"tool": "onnxruntime profiler", "ops": by_op[:TOP_OPS],
+            "nodes": sorted(rows, key=lambda r: -r["us"])[:TOP_OPS]}
+
+
+def profile_torch(call, calls: int = PROFILE_CALLS) -> dict:
+    """torch's profiler over `calls` calls after one warm-up: the operators by self CPU time."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # else torch's profiler prints a line per start and stop
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    call()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            call()
+    rows = [{"op": e.key, "us": e.self_cpu_time_total / calls, "count": e.count // calls}
+            for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    if not rows:
+        raise Unusable("torch's profiler recorded no operator")
+    total = sum(r["us"] for r in rows)
+    rows = sorted(rows, key=lambda r: -r["us"])[:TOP_OPS]
+    return {"tool": "torch.profiler", "calls": calls, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "ops": [{**r, "share": r["us"] / total} for r in rows]}
+
+
+def attributes(path: Path) -> list[dict]:
+    """Per weight-bearing node of an ONNX artifact, what chooses its kernel."""
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        if node.op_type not in ("MatMulNBits", "MatMulBnb4", "MatMulInteger"):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        row = {"node": node.name, "op": node.op_type}
+        row |= {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()
+                if k in ("bits", "block_size", "accuracy_level", "quant_type")}
+        if node.op_type == "MatMulNBits":
+            zp = inits.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+            row["zero_points"] = onnx.helper.tensor_dtype_to_np_dtype(zp.data_type).name if zp else "none (symmetric)"
+        if node.op_type == "MatMulBnb4":
+            row["quant_type"] = {0: "fp4", 1: "nf4"}.get(row.get("quant_type"), row.get("quant_type"))
+        if node.op_type == "MatMulInteger" and node.input[1] in inits:
+            row["weight_dtype"] = onnx.helper.tensor_dtype_to_np_dtype(inits[node.input[1]].data_type).name
+        out.append(row)
+    return out
+
+
+def explain(diagnosis: dict) -> str:
+    """One sentence from a diagnosis's measured facts: which path ran, and why it costs what it does."""
+    if diagnosis.get("status") != "ok":
+        return f"not diagnosed: {diagnosis.get('reason')}"
+    profile = diagnosis["profile"]
+    top = profile["ops"][0]
+    said = f"{top['share']:.0%} of its time in {top['op']}"
+    attrs = diagnosis.get("attributes") or []
+    if profile["tool"] == "torch.profiler":
+        names = {o["op"] for o in profile["ops"]}
+        if "bitsandbytes::gemv_4bit" in names:
+            why = ("bitsandbytes' fused CPU gemv_4bit ran (bf16, no dequantized copy of the weight; this CPU's "
+                   f"torch capability is {profile['cpu_capability']})")
+        elif "bitsandbytes::dequantize_4bit" in names:
+            why = ("bitsandbytes dequantizes the 4-bit weight every call and multiplies in floating point: its fused "
+                   f"CPU gemv_4bit needs AVX512-BF16, and this CPU's torch capability is {profile['cpu_capability']}")
+        elif names & {"aten::_to_copy", "aten::copy_"} and any("int8" in n for n in names):
+            why = ("bitsandbytes converts the int8 weight to fp32 every call (torch._int_mm is used only with "
+                   f"AVX-512; this CPU's torch capability is {profile['cpu_capability']})")
+        else:
+            why = "the torch operators above ran"
+        return f"{said}; {why}."
+    nbits = [a for a in attrs if a["op"] == "MatMulNBits"]
+    prepacked = [n.get("weights_prepacked") for n in profile["nodes"] if "weights_prepacked" in n]
+    if nbits and nbits[0].get("zero_points") == "float32":
+        why = ("its zero points are float32, which ONNX Runtime's MatMulNBits cannot prepack: every call dequantizes "
+               "the whole weight to fp32 and runs an fp32 GEMM")
+    elif any(a["op"] == "MatMulBnb4" for a in attrs):
+        why = "MatMulBnb4 has no prepacked CPU kernel: every call dequantizes the whole weight to fp32, then a GEMM"
+    elif nbits:
+        why = (f"MatMulNBits with {nbits[0].get('zero_points')} zero points, block {nbits[0].get('block_size')}, "
+               f"accuracy_level {nbits[0].get('accuracy_level')}: the prepacked MLAS kernel")
+    else:
+        why = f"ops as profiled ({', '.join(o['op'] for o in profile['ops'][:3])})"
+    if prepacked:
+        why += f"; weights prepacked: {'yes' if all(prepacked) else 'no'} (from the profile's node inputs)"
+    return f"{said}; {why}."
+
+
+def diagnose(runnable, x: np.ndarray, threads: int) -> dict:
+    """Profile and attributes of one timed runnable at the decode input `x`; a profile that cannot be
+    had is a skipped diagnosis with its reason."""
+    try:
+        if hasattr(runnable, "path"):
+            return {"status": "ok", "profile": profile_ort(runnable.path, x, threads),
+                    "attributes": attributes(runnable.path)}
+        return {"status": "ok", "profile": profile_torch(runnable.timed_call(x))}
+    except Unusable as e:
+        return {"status": "skipped", "reason": str(e)}
+    except Exception as e:  # a profiler failing must not fail the cells it would explain
+        return {"status": "skipped", "reason": f"profiling failed: {type(e).__name__}: {e}"}
+
+
+def float_zero_points(diagnosis: dict) -> bool:
+    return any(a["op"] == "MatMulNBits" and a.get("zero_points") == "float32"
+               for a in diagnosis.get("attributes") or [])
+
+
+def uint8_variant(path: Path, export_path: Path, out: Path) -> Path:
+    """The artifact at `path` with uint8 zero points (weights requantized from the fp32 export), at out."""
+    from ffnbench.quant.ort_recipes import uint8_zero_points
+
+    model = onnx.load(str(path))
+    uint8_zero_points(model, {i.name: i for i in onnx.load(str(export_path)).graph.initializer})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out))
+    return out

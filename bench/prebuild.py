@@ -1,0 +1,97 @@
+"""A large model's exports and ONNX Runtime quantizations, built in worker processes before its cells.
+
+ORT's quantizers are mostly single-threaded Python and protobuf (llama-7b's quantize_dynamic spends
+10 s of its 23 s in per-channel loops), and the two designs' exports are independent, so two workers
+overlap them on two cores. The workers allocate torch tensors with transparent huge pages
+(`THP_MEM_ALLOC_ENABLE=1`): HQQ's optimizer allocates a fresh 180 MB tensor per step, and page faults
+made it 2.5x slower (one llama-7b weight: 38 s without, 15 s with; 2 threads). Nothing timed runs in
+a worker, and the benchmark process keeps torch's default allocator. A build that fails in a worker
+is left to its cell, which builds it again in the benchmark process and records why.
+"""
+
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ffnbench.quant import RECIPES, quantize
+
+BUILD_WORKERS = 2
+# Below this a model's builds take less than the 5 s a worker needs to start (torch, ONNX Runtime
+# and ffnbench imported): llama-7b's 135M weights qualify, `default`'s 8.4M do not.
+PREBUILD_MIN_WEIGHTS = 50_000_000
+
+
+def _weights(cfg) -> int:
+    return cfg.param_counts()["gelu_mlp" if cfg.activation == "gelu" else "swiglu_mlp"]
+
+
+@contextlib.contextmanager
+def workers(config, model: str) -> Iterator[concurrent.futures.Executor | None]:
+    """BUILD_WORKERS fresh processes for a model size this large, else None."""
+    designs = config.model_designs(model)
+    if BUILD_WORKERS < 2 or not designs or max(_weights(config.model_config(model, d)) for d in designs) < \
+            PREBUILD_MIN_WEIGHTS:
+        yield None
+        return
+    previous = os.environ.get("THP_MEM_ALLOC_ENABLE")
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"  # inherited by the workers only: this process's torch has started
+    try:
+        with concurrent.futures.ProcessPoolExecutor(
+                BUILD_WORKERS, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
+                initargs=(max(1, config.threads // BUILD_WORKERS),)) as pool:
+            yield pool
+    finally:
+        if previous is None:
+            os.environ.pop("THP_MEM_ALLOC_ENABLE")
+        else:
+            os.environ["THP_MEM_ALLOC_ENABLE"] = previous
+
+
+def exports(pool: concurrent.futures.Executor, config, model: str, designs: list[str], artifacts: Path) -> None:
+    """Each design's export, where a run would write it (the run then finds it by content)."""
+    _wait([pool.submit(_export, config, design, model, artifacts) for design in designs])
+
+
+def quantizations(pool: concurrent.futures.Executor, subjects: dict, cells: list) -> None:
+    """Every ONNX Runtime artifact the cells need and the run directory lacks, longest first (HQQ,
+    then calibrated QDQ), so the last job does not run alone: at llama-7b (B) HQQ took 142 s,
+    calibrated QDQ 27-39 s, dynamic int8 19-23 s, RTN and bnb4 8 s (in one process, 2 threads)."""
+    jobs = {}
+    for cell in cells:
+        try:
+            out, job = subjects[cell.design].artifact_job(cell.recipe, cell.calibration)
+        except Exception:  # recorded by the cell itself
+            continue
+        if RECIPES[job["recipe"]].runtime == "ort" and not (out / "manifest.json").exists():
+            jobs[out] = job
+
+    def cost(item) -> tuple[bool, bool]:
+        recipe = RECIPES[item[1]["recipe"]]
+        return getattr(recipe, "algorithm", "") != "hqq", not getattr(recipe, "needs_calibration", False)
+
+    _wait([pool.submit(_quantize, out, job) for out, job in sorted(jobs.items(), key=cost)])
+
+
+def _wait(futures: list) -> None:
+    for future in concurrent.futures.as_completed(futures):
+        future.exception()  # a failure is redone, and recorded, by the run itself
+
+
+def _start(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _export(config, design: str, model: str, artifacts: Path) -> None:
+    from ffnbench.bench.runner import Subject
+
+    Subject(config, design, model, artifacts)
+
+
+def _quantize(out: Path, job: dict) -> None:
+    job = dict(job)
+    quantize(job.pop("source"), job.pop("recipe"), out, **job)

@@ -1,0 +1,101 @@
+"""Kernel paths: real ONNX Runtime and torch profiles of tiny artifacts, the attributes that pick a
+kernel, and the uint8 zero-point rewrite checked against the MatMulNBits layout."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from ffnbench.bench import kernel_paths
+from ffnbench.bench.ort_runnable import OrtRunnable
+from ffnbench.bench.runnables import runnable_for
+from ffnbench.export import export_onnx
+from ffnbench.models import FFNConfig, build_model, preset
+from ffnbench.quant import quantize
+from ffnbench.quant.ort_recipes import uint8_zero_points
+
+X = np.random.default_rng(0).standard_normal((1, 1, 64), np.float32)
+
+
+@pytest.fixture(scope="module")
+def int4(tmp_path_factory, seed_exports):
+    tmp = tmp_path_factory.mktemp("kernels")
+    return {name: quantize(seed_exports.exports["B"], name, tmp / name).path
+            for name in ("ort-int4-rtn", "ort-int4-hqq")}
+
+
+def test_groups_of_one_width_spread_past_the_threshold_are_found():
+    decode = {"a": {"design": "A", "bits": 4, "p50_ms": 1.0}, "b": {"design": "A", "bits": 4, "p50_ms": 3.5},
+              "c": {"design": "B", "bits": 4, "p50_ms": 1.0}, "d": {"design": "B", "bits": 4, "p50_ms": 2.9},
+              "e": {"design": "A", "bits": 8, "p50_ms": 9.0}}
+    assert kernel_paths.spread_groups(decode) == [["a", "b"]]
+
+
+def test_hqq_float_zero_points_are_named_and_their_weights_are_not_prepacked(int4):
+    hqq = kernel_paths.diagnose(OrtRunnable(int4["ort-int4-hqq"]), X, threads=1)
+    rtn = kernel_paths.diagnose(OrtRunnable(int4["ort-int4-rtn"]), X, threads=1)
+    assert hqq["status"] == rtn["status"] == "ok"
+    assert {a["zero_points"] for a in hqq["attributes"]} == {"float32"}
+    assert {a["zero_points"] for a in rtn["attributes"]} == {"none (symmetric)"}
+    assert {a["block_size"] for a in hqq["attributes"]} == {32} and kernel_paths.float_zero_points(hqq)
+    prepacked = {name: {n["weights_prepacked"] for n in d["profile"]["nodes"] if n["op"] == "MatMulNBits"}
+                 for name, d in (("hqq", hqq), ("rtn", rtn))}
+    assert prepacked == {"hqq": {False}, "rtn": {True}}
+    assert hqq["profile"]["ops"][0]["op"] == "MatMulNBits" and "cannot prepack" in kernel_paths.explain(hqq)
+
+
+def test_an_unreadable_profile_is_a_skipped_diagnosis(int4, tmp_path, monkeypatch):
+    empty = tmp_path / "profile.json"
+    empty.write_text("")
+    monkeypatch.setattr(ort.InferenceSession, "end_profiling", lambda self: str(empty))
+    found = kernel_paths.diagnose(OrtRunnable(int4["ort-int4-rtn"]), X, threads=1)
+    assert found["status"] == "skipped" and "no readable profile" in found["reason"]
+    assert kernel_paths.explain(found).startswith("not diagnosed:")
+
+
+def test_a_profile_without_node_events_is_unusable():
+    with pytest.raises(kernel_paths.Unusable, match="no node kernel events"):
+        kernel_paths.summarize_ort([{"cat": "Session", "name": "model_run", "dur": 5}], onnx.ModelProto())
+
+
+def test_bitsandbytes_4bit_path_is_profiled_by_operator(tmp_path):
+    artifact = quantize(build_model(preset("tiny", "B")), "bnb-nf4", tmp_path / "nf4")
+    found = kernel_paths.diagnose(runnable_for(artifact, threads=1), X, threads=1)
+    names = {o["op"] for o in found["profile"]["ops"]}
+    # Which one depends on the CPU: the fused bf16 gemv needs AVX512-BF16, else the weight is dequantized.
+    assert names & {"bitsandbytes::dequantize_4bit", "bitsandbytes::gemv_4bit"}, names
+    assert "bitsandbytes" in kernel_paths.explain(found)
+
+
+def test_uint8_zero_points_follow_the_matmulnbits_layout_with_an_odd_block_count(tmp_path):
+    """K = 96 is three blocks of 32: the zero points' last byte holds one nibble. ORT at accuracy
+    level 0 must equal (q - zp) * scale applied by hand."""
+    block = build_model(FFNConfig(design="A", d_model=96, d_ff=128, residual=False))
+    fp32 = export_onnx(block, tmp_path / "fp32").path
+    hqq = quantize(fp32, "ort-int4-hqq", tmp_path / "hqq", accuracy_level=0)
+    model = onnx.load(str(hqq.path))
+    originals = {i.name: i for i in onnx.load(str(fp32)).graph.initializer}
+    assert uint8_zero_points(model, originals) == 2
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    up = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and dict(
+        (a.name, a.i) for a in n.attribute)["K"] == 96)
+    q_packed, scales, zp_packed = (inits[up.input[i]] for i in (1, 2, 3))
+    n = q_packed.shape[0]
+    assert zp_packed.dtype == np.uint8 and zp_packed.shape == (n, 2)
+    q = np.stack([q_packed & 15, q_packed >> 4], -1).reshape(n, 3, 32).astype(np.float32)
+    zp = np.stack([zp_packed & 15, zp_packed >> 4], -1).reshape(n, 4)[:, :3].astype(np.float32)
+    weight = ((q - zp[..., None]) * scales.reshape(n, 3)[..., None]).reshape(n, 96).T  # (K, N)
+    original = numpy_helper.to_array(originals[up.input[1].removesuffix("_Q4")])
+    assert np.abs(weight - original).max() <= scales.max() / 2 + 1e-6  # requantized within half a step
+    single = onnx.helper.make_model(
+        onnx.helper.make_graph([up], "up", [onnx.helper.make_tensor_value_info(up.input[0], 1, [1, 96])],
+                               [onnx.helper.make_tensor_value_info(up.output[0], 1, [1, n])],
+                               [numpy_helper.from_array(inits[i], i) for i in up.input[1:4]]),
+        opset_imports=[onnx.helper.make_opsetid("", 21), onnx.helper.make_opsetid("com.microsoft", 1)], ir_version=10)
+    x = np.random.default_rng(1).standard_normal((1, 96), np.float32)
+    y = ort.InferenceSession(single.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {up.input[0]: x})
+    np.testing.assert_allclose(y[0], x @ weight, rtol=1e-4, atol=1e-4)
+    assert json.dumps(kernel_paths.attributes(hqq.path))  # attributes are JSON-ready for the record

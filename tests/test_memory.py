@@ -1,0 +1,56 @@
+"""Memory per runnable, each in a fresh child process: resident_mb tracks the artifact, not the benchmark."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from ffnbench.bench import memory
+from ffnbench.quant import quantize
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """One MatMul with an 8 MB fp32 weight (1024 x 2048), as a file, and quantized to 4 bits."""
+    tmp = tmp_path_factory.mktemp("memory")
+    weight = np.random.default_rng(0).standard_normal((1024, 2048), np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 1024])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, 2048])],
+                              [numpy_helper.from_array(weight, "w")])
+    fp32 = tmp / "fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), fp32)
+    int4 = quantize(fp32, "ort-int4-rtn", tmp / "int4")
+    return {"fp32": fp32, "int4": int4.path}, {"fp32": fp32.stat().st_size, "int4": int4.manifest["bytes"]}
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    return {"decode": rng.standard_normal((1, 1, 1024), np.float32),
+            "prefill": rng.standard_normal((4, 64, 1024), np.float32)}
+
+
+def test_resident_memory_tracks_the_artifact_and_the_call_peak_tracks_the_shape(artifacts):
+    paths, sizes = artifacts
+    requests = {name: {"kind": "onnx", "path": str(path), "threads": 1, "spinning": False, "inputs": "x"}
+                for name, path in paths.items()}
+    out = memory.measure(requests, {"x": _inputs()})
+    fp32, int4 = out["fp32"], out["int4"]
+    assert "error" not in fp32 and "error" not in int4, out
+    # The ORT runtime's own start-up (about 37 MB) is primed before the baseline: what is left is the weights.
+    assert 0.8 * sizes["fp32"] / 2**20 <= fp32["resident_mb"] <= 2 * sizes["fp32"] / 2**20 + 2
+    assert int4["resident_mb"] < fp32["resident_mb"] / 2  # the 4-bit saving shows in this number
+    assert fp32["peak_call_mb"]["prefill"] > fp32["peak_call_mb"]["decode"] + 1  # 256 tokens x 2048 wide, fp32
+
+
+def test_a_child_that_fails_is_a_reason_not_a_crash(tmp_path):
+    out = memory.measure({"broken": {"kind": "onnx", "path": str(tmp_path / "missing.onnx"), "threads": 1,
+                                     "spinning": False, "inputs": "x"}}, {"x": _inputs()})
+    assert out["broken"]["error"].startswith("the memory probe exited")
+
+
+def test_without_a_resettable_high_water_mark_every_runnable_says_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "CLEAR_REFS", tmp_path / "absent" / "clear_refs")
+    out = memory.measure({"a": {"kind": "onnx", "path": "x.onnx", "threads": 1, "spinning": False, "inputs": "x"}},
+                         {"x": _inputs()})
+    assert "clear_refs is missing" in out["a"]["error"]
