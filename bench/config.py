@@ -149,14 +149,7 @@ class RunConfig:
                                  f"{', '.join(self.designs)}; add {design} to designs")
         self._check_lm(known_recipes, known_scenarios)
         for model, overrides in self.per_model.items():
-            if model not in self.models:
-                raise UsageError(f"per_model: '{model}' is not one of the run's models ({', '.join(self.models)}); "
-                                 "add it to models or drop its table")
-            unknown = set(overrides) - set(PER_MODEL_KEYS)
-            if unknown:
-                raise UsageError(f"per_model.{model}: unknown key '{sorted(unknown)[0]}'; known: "
-                                 f"{', '.join(PER_MODEL_KEYS)}")
-            dataclasses.replace(self, per_model={}, **overrides).check()
+            self._check_per_model(model, overrides)
         for name in ("n_requests", "seq_len", "calibration_requests", "threads", "lm_windows"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name}: must be positive, got {getattr(self, name)}")
@@ -173,6 +166,24 @@ class RunConfig:
                 raise UsageError("device: cuda, but no CUDA device is usable here; use cpu")
         self.latency_config()  # validates the timing settings
         return self
+
+    def _check_per_model(self, model: str, overrides: dict) -> None:
+        if model not in self.models:
+            raise UsageError(f"per_model: '{model}' is not one of the run's models ({', '.join(self.models)}); "
+                             "add it to models or drop its table")
+        unknown = set(overrides) - set(PER_MODEL_KEYS)
+        if unknown:
+            raise UsageError(f"per_model.{model}: unknown key '{sorted(unknown)[0]}'; "
+                             f"known: {', '.join(PER_MODEL_KEYS)}")
+        try:  # the table's values, checked as a run of that model alone would check them
+            dataclasses.replace(self, models=[model], per_model={}, lm_recipes=[], **overrides).check()
+        except UsageError as e:
+            raise UsageError(f"per_model.{model}: {e}") from None
+        narrowed = self.for_model(model)
+        for axis in ("designs", "scenarios"):
+            if axis in overrides and not getattr(narrowed, axis):
+                raise UsageError(f"per_model.{model}: its {axis} ({', '.join(overrides[axis])}) are none of the run's "
+                                 f"({', '.join(getattr(self, axis))}); widen one or the other")
 
     def _check_lm(self, known_recipes: dict, known_scenarios: dict) -> None:
         for recipe in self.lm_recipes:
@@ -226,7 +237,7 @@ def _spec_config(spec: ModelSpec, residual: bool) -> FFNConfig:
 # The llama-7b FFN size in the full preset: every recipe timed for A and B, accuracy on a few requests
 # under production; a prefill of 1 x 128 and bounded rounds keep it within minutes on 2 cores.
 LLAMA_7B = {"designs": ["A", "B"], "scenarios": ["production"], "n_requests": 4, "seq_len": 32,
-            "calibration_requests": 4, "prefill": [1, 128], "warmup": 1, "max_seconds": 30.0,
+            "calibration_requests": 4, "prefill": [1, 128], "warmup": 1, "max_seconds": 20.0,
             "max_runnable_seconds": 2.0}
 
 PRESETS_RUN = {

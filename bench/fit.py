@@ -40,7 +40,8 @@ def estimate(config: RunConfig, model: str, build_workers: int) -> dict[str, flo
     weights = sum(p * (4 * FP32_COPIES + 2 * sum(b / 8 for b in bits)) for p in params)
     quantizers = build_workers * QUANTIZER_COPIES * 4 * max(params)
     shapes = config.latency_shapes().values() if config.latency else ()
-    tokens = max([config.n_requests * config.seq_len, *(b * s for b, s in shapes)])
+    tokens = max([config.n_requests * config.seq_len, config.calibration_requests * config.seq_len,
+                  *(b * s for b, s in shapes)])
     activations = ACTIVATION_COPIES * 4 * tokens * max(c.hidden + c.d_model for c in cfgs) * len(designs)
     return {"weights": weights, "quantizers": quantizers, "activations": activations,
             "total": weights + quantizers + activations}

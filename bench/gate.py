@@ -22,7 +22,7 @@ import numpy as np
 from ffnbench import files
 from ffnbench.bench import model_specs, store
 from ffnbench.bench.checks import Check
-from ffnbench.bench.latency import LatencyConfig
+from ffnbench.bench.latency import LatencyConfig, ratio_text
 from ffnbench.bench.report import label
 from ffnbench.bench.stats import holm, mann_whitney_greater
 from ffnbench.errors import UsageError
@@ -236,8 +236,8 @@ def _latency_finding(old: dict, new: dict, metric: str, check: Check, remeasured
     elif remeasured is not None and metric == "p50_ms":
         ratio = remeasured["ratio"]
         beyond = ratio > 1 + check.limit if check.relative else ratio * b > allowed
-        note = (f"re-measured side by side by {remeasured['code']} code: new/old {ratio:.3f} "
-                f"[{remeasured['ci_low']:.3f}, {remeasured['ci_high']:.3f}] over {remeasured['iterations']} rounds")
+        note = (f"re-measured side by side by {remeasured['code']} code: new/old "
+                f"{ratio_text(remeasured, 3)} over {remeasured['iterations']} rounds")
         if remeasured["iterations"] < rounds:
             return Finding(new["key"], metric, b, ratio * b, allowed, True, f"{note}; fewer than the minimum {rounds} "
                            "rounds: not judged significant")
@@ -245,6 +245,10 @@ def _latency_finding(old: dict, new: dict, metric: str, check: Check, remeasured
                        f"{remeasured['p_slower']:.2g}", p=remeasured["p_slower"], beyond=beyond)
     beyond = not check.passes(b, n)
     samples_old, samples_new = old["metrics"].get("samples_ms"), new["metrics"].get("samples_ms")
+    bounded = "bounded" in (old["metrics"].get("stopped_by"), new["metrics"].get("stopped_by"))
+    if bounded:  # fewer rounds by design (too slow for its budget): no test, but a slowdown still fails
+        return Finding(new["key"], metric, b, n, allowed, not beyond, f"{prefix}bounded rounds "
+                       f"({len(samples_old or [])} and {len(samples_new or [])}): judged on the threshold alone")
     if metric.endswith("_ms") and samples_old and samples_new:
         if min(len(samples_old), len(samples_new)) < rounds:
             return Finding(new["key"], metric, b, n, allowed, True, f"{prefix}fewer than the minimum {rounds} rounds "

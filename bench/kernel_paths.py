@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 SPREAD = 3.0  # decode p50 ratio within one weight width that calls for a diagnosis
-PROFILE_CALLS = 5
+PROFILE_CALLS = 3
 TOP_OPS = 6
 
 
@@ -71,8 +71,7 @@ def profile_ort(path: Path, x: np.ndarray, threads: int, calls: int = PROFILE_CA
 
 def summarize_ort(events: list, model: onnx.ModelProto) -> dict:
     nodes = {n.name: n for n in model.graph.node}
-    weights = {i.name: (onnx.helper.tensor_dtype_to_np_dtype(i.data_type).name, tuple(i.dims))
-               for i in model.graph.initializer}
+    weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
     kernel = [e for e in events if isinstance(e, dict) and e.get("cat") == "Node"
               and str(e.get("name", "")).endswith("_kernel_time") and "dur" in e]
     if not kernel:
@@ -90,8 +89,9 @@ def summarize_ort(events: list, model: onnx.ModelProto) -> dict:
         weight = weights.get(node.input[1]) if gemm else None
         profiled = args.get("input_type_shape")
         if weight is not None and isinstance(profiled, list):
-            # Graph fusions add inputs (a bias), so the weight is looked for by its shape and dtype.
-            row["weights_prepacked"] = {weight} not in [{(k, tuple(v)) for k, v in i.items()} for i in profiled]
+            # Graph fusions add inputs (a bias), so the weight is looked for by its shape (ORT names
+            # types its own way: "float", not numpy's "float32").
+            row["weights_prepacked"] = weight not in [tuple(v) for i in profiled for v in i.values()]
         rows.append(row)
     total = sum(r["us"] for r in rows) or 1.0
     ops = defaultdict(lambda: {"us": 0.0, "nodes": 0})

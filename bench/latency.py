@@ -80,13 +80,14 @@ class CudaTimer:
         return start.elapsed_time(end)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], cfg: LatencyConfig,
-                timer: CpuTimer | None = None, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def interleaved(fns: dict[str, Callable[[], object]], cfg: LatencyConfig, timer: CpuTimer | None = None,
+                seed: int = 0, unbounded: set[str] = frozenset()) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Time each fn once per round, in a fresh random order each round (so no fn always follows the
     same neighbour), until every fn has min_iterations rounds and min_seconds of timed work; past
     min_iterations rounds, max_iterations rounds or max_seconds of timing also end it. A fn whose
     first call says min_iterations calls would exceed max_runnable_seconds leaves after the rounds
     that fit (2 at least): it is `bounded`, and its samples are still rounds 1..n of the others'.
+    Names in `unbounded` (the references every ratio is taken against) are never bounded.
 
     Returns (ms per fn, sample i from round i; per fn what stopped it: "minimums", "max_iterations",
     "max_seconds" or "bounded").
@@ -109,7 +110,7 @@ def interleaved(fns: dict[str, Callable[[], object]], cfg: LatencyConfig,
             ms = timer.time_ms(fns[name])
             samples[name].append(ms)
             totals[name] += ms
-            if rounds == 1 and ms * cfg.min_iterations > cfg.max_runnable_seconds * 1e3:
+            if rounds == 1 and name not in unbounded and ms * cfg.min_iterations > cfg.max_runnable_seconds * 1e3:
                 bounded[name] = max(2, min(cfg.min_iterations - 1, int(cfg.max_runnable_seconds * 1e3 // ms)))
         if rounds < cfg.min_iterations:
             continue  # no cap ends timing below the minimum (a bounded fn's rounds are fewer)
@@ -139,10 +140,23 @@ def summarize(samples_ms: np.ndarray, tokens: int) -> dict[str, float | int]:
     }
 
 
+MIN_PAIRS_FOR_CI = 5  # a bootstrap over fewer paired rounds (a bounded runnable's) says nothing
+
+
+def ratio_text(r: dict | None, digits: int = 2) -> str:
+    """'1.23 [1.20, 1.26]', or '1.23' where too few rounds gave no interval, or '–'."""
+    if not r:
+        return "–"
+    interval = f" [{r['ci_low']:.{digits}f}, {r['ci_high']:.{digits}f}]" if r.get("ci_low") is not None else ""
+    return f"{r['ratio']:.{digits}f}{interval}"
+
+
 def ratio(a_ms: np.ndarray, b_ms: np.ndarray, seed: int = 0) -> dict[str, float]:
     """median(a)/median(b) with a 95 % bootstrap interval over paired rounds (same index, same round):
     the rounds both took part in, where one of them was bounded."""
     rounds = min(len(a_ms), len(b_ms))
     a_ms, b_ms = np.asarray(a_ms[:rounds]), np.asarray(b_ms[:rounds])
+    if rounds < MIN_PAIRS_FOR_CI:
+        return {"ratio": float(np.median(a_ms) / np.median(b_ms)), "ci_low": None, "ci_high": None}
     low, high = stats.bootstrap_ci((a_ms, b_ms), lambda a, b, axis: np.median(a, axis) / np.median(b, axis), seed)
     return {"ratio": float(np.median(a_ms) / np.median(b_ms)), "ci_low": low, "ci_high": high}

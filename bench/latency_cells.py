@@ -1,5 +1,8 @@
 """Latency cells: every runnable of one model size timed round-robin at decode and prefill shapes."""
 
+import dataclasses
+import uuid
+
 from ffnbench.bench import latency
 from ffnbench.bench.ort_runnable import latency_model
 from ffnbench.bench.runnables import OrtRunnable, Runnable, TorchRunnable, ort_has_cuda
@@ -38,7 +41,13 @@ def time_group(entries: dict[str, dict], shape: tuple[int, int], cfg: latency.La
     fns = {key: e["runnable"].timed_call(e["x"]) for key, e in entries.items()}
     on_gpu = any(getattr(e["runnable"], "device", "cpu") == "cuda" for e in entries.values())
     gpu = {key: peak_gpu_mb(fn) for key, fn in fns.items()} if on_gpu else {}
-    samples, stopped_by = latency.interleaved(fns, cfg, latency.CudaTimer() if on_gpu else None)
+    # One warm-up call at least: whether a runnable is bounded is decided on its first timed call,
+    # which must not be its first call ever (arena set-up, lazy initialisation). References are
+    # never bounded: every ratio is taken against them.
+    samples, stopped_by = latency.interleaved(fns, dataclasses.replace(cfg, warmup=max(cfg.warmup, 1)),
+                                              latency.CudaTimer() if on_gpu else None,
+                                              unbounded={k for k, e in entries.items() if e.get("reference")})
+    group = uuid.uuid4().hex[:12]  # ratios pair rounds of one group only
     out = {}
     for key, e in entries.items():
         stats = latency.summarize(samples[key], tokens)
@@ -49,6 +58,8 @@ def time_group(entries: dict[str, dict], shape: tuple[int, int], cfg: latency.La
             "model_bytes": e["model_bytes"],
             "threads": threads,
             "stopped_by": stopped_by[key],
+            "timing_group": group,
+            "max_runnable_seconds": cfg.max_runnable_seconds,
             "achieved_gflops": flops / seconds / 1e9,
             "achieved_gbps": moved / seconds / 1e9,
             "roofline_fraction": ideal / seconds if ideal else None,

@@ -4,8 +4,9 @@
 
 The benchmark process holds every recipe of a model at once, so its own RSS says nothing about any
 one of them. As optimum-benchmark does, each runnable is loaded by a child that holds nothing else:
-`resident_mb` is its RSS after loading minus its RSS before (imports done, so the runtime's own code
-and libraries are not counted); `peak_call_mb` is, per shape, the kernel's high-water mark during
+`resident_mb` is its RSS after loading minus its RSS before (imports done and the runtime started on
+a tiny model, so the runtime's own code, libraries and set-up are not counted), in MB of 10^6 bytes,
+like the artifact's size on disk; `peak_call_mb` is, per shape, the kernel's high-water mark during
 the first call above that loaded RSS: activations, scratch buffers, a weight dequantized for the
 call, and whatever the runtime's arena keeps from it. Shapes run in the order given (decode first),
 so a later shape's figure includes what the earlier one left in the arena (at most its own peak).
@@ -32,9 +33,10 @@ CHILD_TIMEOUT_S = 900
 
 
 def _status_mb(field: str) -> float:
+    """A /proc/self/status figure in MB (10^6 bytes, as the report gives sizes on disk); the kernel's kB are KiB."""
     for line in STATUS.read_text().splitlines():
         if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
+            return int(line.split()[1]) * 1024 / 1e6
     raise OSError(f"{STATUS} has no {field}")
 
 
@@ -139,7 +141,10 @@ def _run_child(request_path: Path) -> dict:
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": f"the memory probe exited {done.returncode}: {tail}"}
-    return json.loads(lines[-1])
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return {"error": f"the memory probe's last line is not its result: {lines[-1][:200]}"}
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def workers(config, model: str) -> Iterator[concurrent.futures.Executor | None]:
 
 def exports(pool: concurrent.futures.Executor, config, model: str, designs: list[str], artifacts: Path) -> None:
     """Each design's export, where a run would write it (the run then finds it by content)."""
-    _wait([pool.submit(_export, config, design, model, artifacts) for design in designs])
+    _wait({pool.submit(_export, config, design, model, artifacts): f"the {design} export" for design in designs})
 
 
 def quantizations(pool: concurrent.futures.Executor, subjects: dict, cells: list) -> None:
@@ -72,12 +73,16 @@ def quantizations(pool: concurrent.futures.Executor, subjects: dict, cells: list
         recipe = RECIPES[item[1]["recipe"]]
         return getattr(recipe, "algorithm", "") != "hqq", not getattr(recipe, "needs_calibration", False)
 
-    _wait([pool.submit(_quantize, out, job) for out, job in sorted(jobs.items(), key=cost)])
+    _wait({pool.submit(_quantize, out, job): out.name for out, job in sorted(jobs.items(), key=cost)})
 
 
-def _wait(futures: list) -> None:
+def _wait(futures: dict) -> None:
+    """futures: future -> what it builds. A failure is said on stderr and redone, and recorded, by the
+    run itself."""
     for future in concurrent.futures.as_completed(futures):
-        future.exception()  # a failure is redone, and recorded, by the run itself
+        if future.exception() is not None:
+            print(f"prebuild: {futures[future]} failed in a worker ({type(future.exception()).__name__}: "
+                  f"{future.exception()}); the run builds it itself", file=sys.stderr)
 
 
 def _start(threads: int) -> None:

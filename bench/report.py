@@ -49,6 +49,8 @@ def _f(value, digits=1, suffix="") -> str:
 def _paired_ratio(a: dict | None, b: dict | None) -> dict | None:
     if not a or not b or min(len(a.get("samples_ms", [])), len(b.get("samples_ms", []))) < 2:
         return None  # one round (older runs could stop there): no interval to give
+    if a.get("timing_group") != b.get("timing_group"):
+        return None  # timed in different groups (shards merged, a resume): their rounds do not pair
     return latency.ratio(np.asarray(a["samples_ms"]), np.asarray(b["samples_ms"]))
 
 
@@ -74,7 +76,7 @@ def headline(run: Run, model: str, scenario: str) -> tuple[list[str], dict]:
         decode_ratio = _paired_ratio(da, db)
         if decode_ratio:
             facts["decode_ratio"][recipe] = decode_ratio["ratio"]
-        ratio_text = f"{ratio['ratio']:.2f} [{ratio['ci_low']:.2f}, {ratio['ci_high']:.2f}]" if ratio else "–"
+        ratio_text = latency.ratio_text(ratio)
         rows.append(" | ".join([
             f"| {recipe}", _f(ca), _f(cb), _f(delta, 1, " dB"),
             _f(ma and ma["top1_agreement"], 3), _f(mb and mb["top1_agreement"], 3),

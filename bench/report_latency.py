@@ -3,7 +3,7 @@ memory per recipe beside its size on disk, and what ran where one weight width s
 
 from pathlib import Path
 
-from ffnbench.bench import kernel_paths, plots
+from ffnbench.bench import kernel_paths, latency, plots
 
 
 def _f(value, digits=1, suffix="") -> str:
@@ -38,7 +38,7 @@ def _table(run, model: str, shape: str, recipes: list[str]) -> list[str]:
     designs = [d for d in run.designs if any((d, model, r, shape) in run.lat for r in recipes)]
     head = " | ".join(f"p50 {d} (ms) | GB/s {d} | roofline {d}" for d in designs)
     rows = [f"| recipe | {head} |", "|---|" + "---|" * 3 * len(designs)]
-    bounded = []
+    bounded, budget = [], None
     for recipe in recipes:
         cells = []
         for design in designs:
@@ -49,11 +49,11 @@ def _table(run, model: str, shape: str, recipes: list[str]) -> list[str]:
             mark = "†" if m.get("stopped_by") == "bounded" else ""
             if mark:
                 bounded.append(f"{recipe} ({design}, {m['iterations']} rounds)")
+                budget = m.get("max_runnable_seconds")
             cells += [_f(m["p50_ms"], 2) + mark, _f(m.get("achieved_gbps"), 1), _f(m.get("roofline_fraction"), 2)]
         rows.append(f"| {recipe} | " + " | ".join(cells) + " |")
     out = [*rows, ""]
     if bounded:
-        budget = (run.manifest.get("config") or {}).get("max_runnable_seconds")
         out += [f"† Bounded: its first call said {_f(budget, 0)} s of timed work would not hold the minimum rounds, "
                 "so it ran fewer, in the same rounds as the others: " + ", ".join(bounded) + ".", ""]
     return out
@@ -121,8 +121,8 @@ def _kernel_paths(run, model: str) -> list[str]:
                           f"{alt['error']}."]
             continue
         lines += ["", f"- **{c['recipe']} ({c['design']}) with {alt['what']}**: {alt['p50_ms']:.2f} ms against "
-                      f"{alt['recipe_p50_ms']:.2f} ms at decode, timed side by side ({alt['speedup']['ratio']:.1f}× "
-                      f"faster, 95 % CI {alt['speedup']['ci_low']:.1f}–{alt['speedup']['ci_high']:.1f}); centered SQNR "
+                      f"{alt['recipe_p50_ms']:.2f} ms at decode, timed side by side (ratio "
+                      f"{latency.ratio_text(alt['speedup'], 1)}); centered SQNR "
                       f"under `{alt['scenario']}` {alt['centered_sqnr_db']:.1f} dB against "
                       f"{alt['recipe_centered_sqnr_db']:.1f} dB. As a recipe: `[recipe.NAME] base = \"ort-int4-hqq\"`, "
                       "`zero_points = \"uint8\"`."]

@@ -302,7 +302,7 @@ def measure_memory(subjects: dict, cells: list[Cell], config: RunConfig) -> dict
     requests, inputs = {}, {}
     for design, subject in subjects.items():
         inputs[design] = {name: latency_inputs(subject, shape) for name, shape in config.latency_shapes().items()}
-        for cell in dict.fromkeys(c for c in cells if c.design == design and c.scenario == "decode"):
+        for cell in {c.artifact: c for c in cells if c.design == design}.values():
             try:
                 runnable, manifest = subject.timed(cell.recipe, cell.calibration)
             except Exception:  # the timing records why (skipped or failed); nothing to measure
@@ -313,7 +313,10 @@ def measure_memory(subjects: dict, cells: list[Cell], config: RunConfig) -> dict
                 if hasattr(runnable, "path") else
                 {"kind": "module", "artifact_dir": str(subject.artifacts.parent / manifest["dir"]),
                  "files_dir": config.files_dir, **common})
-    return memory.measure(requests, inputs)
+    try:
+        return memory.measure(requests, inputs)
+    except OSError as e:  # the inputs could not be written: every runnable says why, the timing goes on
+        return {key: {"error": f"{type(e).__name__}: {e}"} for key in requests}
 
 
 def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks: dict,
@@ -324,7 +327,8 @@ def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks:
     for design, subject in subjects.items():
         x = latency_inputs(subject, shape)
         for name, ref in latency_cells.reference_runnables(subject, config.threads, config.ort_spinning).items():
-            entries[f"{design}/{name}"] = {"runnable": ref, "x": x, "block_cfg": subject.block.cfg, "model_bytes": 0}
+            entries[f"{design}/{name}"] = {"runnable": ref, "x": x, "block_cfg": subject.block.cfg, "model_bytes": 0,
+                                           "reference": True}
     for cell in cells:
         subject = subjects[cell.design]
         record = {"key": cell.key, "kind": "latency", "design": cell.design, "model": cell.model,
@@ -352,7 +356,7 @@ def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks:
         for record in records.values():
             record.setdefault("status", "error")
             record.setdefault("error", f"{type(e).__name__} while timing the group: {e}")
-    if cells[0].scenario == "decode" and timings:
+    if cells[0].scenario == "decode" and timings and config.device == "cpu":  # the profilers here are CPU's
         _diagnose_kernels(subjects, records, entries, timings, config)
     seconds = round(time.perf_counter() - started, 3)
     for key, record in records.items():
@@ -369,10 +373,17 @@ def _add_memory(record: dict, measured: dict | None, config: RunConfig) -> None:
     ok = measured is not None and "error" not in measured
     record["metrics"] |= {"resident_mb": measured["resident_mb"] if ok else None,
                           "peak_call_mb": measured["peak_call_mb"][shape] if ok else None}
-    if not ok:
-        record["memory_unavailable"] = (measured or {}).get("error") or (
-            "memory = false in the run's config" if not config.memory else f"not measured on {config.device} "
-            "(host RSS is not the device's memory; see peak_gpu_mb)")
+    if ok:
+        return
+    if measured is not None:
+        record["memory_unavailable"] = measured["error"]
+    elif not config.memory:
+        record["memory_unavailable"] = "memory = false in the run's config"
+    elif config.device != "cpu":
+        record["memory_unavailable"] = (f"not measured on {config.device} (host RSS is not the device's memory; "
+                                        "see peak_gpu_mb)")
+    else:
+        record["memory_unavailable"] = "its runnable could not be built for the memory probe (see the cell's status)"
 
 
 def _diagnose_kernels(subjects: dict, records: dict, entries: dict, timings: dict, config: RunConfig) -> None:

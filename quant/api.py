@@ -162,8 +162,15 @@ def _lineage(src: Path, manifest: dict) -> dict:
 
 
 def _ort(source, cfg, stage: Path, calibration: Calibration | None, device: str) -> Artifact:
-    with _source_onnx(source) as (src, src_manifest):
-        return _ort_from_file(src, src_manifest, cfg, stage, calibration)
+    with _source_onnx(source) as (src, src_manifest), tempfile.TemporaryDirectory(prefix="ffnbench-src-") as tmp:
+        # ORT's quantizers write `<model>-inferred.onnx` beside the model they read and delete it after:
+        # two quantizations of one export at once (the run's build workers) took each other's file.
+        # They read it through a private link instead, and leave the export's folder alone.
+        private = Path(tmp) / src.name
+        private.symlink_to(src.resolve())
+        artifact = _ort_from_file(private, src_manifest, cfg, stage, calibration)
+        artifact.manifest = {**_lineage(src, src_manifest), **artifact.manifest}
+        return artifact
 
 
 def _ort_from_file(src: Path, src_manifest: dict, cfg, stage: Path, calibration: Calibration | None) -> Artifact:
@@ -193,7 +200,7 @@ def _ort_from_file(src: Path, src_manifest: dict, cfg, stage: Path, calibration:
     written = onnx.load(str(dst))
     extra["ops"] = op_histogram(written)
     extra["outputs"] = [o.name for o in written.graph.output]
-    return Artifact("", "ort", dst, {**_lineage(src, src_manifest), **extra})
+    return Artifact("", "ort", dst, extra)
 
 
 def _bnb(source, cfg, stage: Path, calibration, device: str) -> Artifact:

@@ -63,6 +63,11 @@ class OrtInt4:
     # requantizes the weights with HQQ's scales, the layout the fast kernel takes.
     zero_points: str = "float"
 
+    def __post_init__(self) -> None:
+        if self.zero_points != "float" and self.algorithm != "hqq":
+            raise UsageError(f"recipe: zero_points = '{self.zero_points}' applies to HQQ only; {self.algorithm} "
+                             "writes uint8 zero points (symmetric = false) or none")
+
 
 @dataclass(frozen=True)
 class OrtBnb4:

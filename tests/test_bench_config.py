@@ -81,7 +81,8 @@ def test_toml_errors_name_the_key(tmp_path, text, needle):
     ("lm_inject", "middle", "lm_inject: unknown 'middle'"),
     ("lm_windows", 0, "lm_windows: must be positive"),
     ("per_model", {"llama-7b": {"prefill": [1, 128]}}, "per_model: 'llama-7b' is not one of the run's models"),
-    ("per_model", {"small": {"scenarios": ["nowhere"]}}, "scenarios: unknown 'nowhere'"),
+    ("per_model", {"small": {"scenarios": ["nowhere"]}}, "per_model.small: scenarios: unknown 'nowhere'"),
+    ("per_model", {"small": {"designs": ["ln-swiglu"]}}, r"per_model.small: its designs \(ln-swiglu\) are none of"),
     ("max_runnable_seconds", 0.0, "max_runnable_seconds: must be positive"),
 ])
 def test_check_rejects_unknown_names(axis, value, needle):

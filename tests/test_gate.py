@@ -113,6 +113,11 @@ def test_latency_needs_both_size_and_significance(runs, tmp_path):
     base_thin = {**baseline, "cells": {key: {**cell, "metrics": {**cell["metrics"], "samples_ms": list(samples[:2])}}}}
     (tmp_path / "thin.json").write_text(json.dumps(base_thin))
     assert not gate(tmp_path / "thin.json", fake, checks(), only="latency", strict_recorded_latency=True).failures
+    # A bounded cell has few rounds by design: it is judged on the threshold, so a 3x slowdown fails.
+    bounded = {**thin, "metrics": {**thin["metrics"], "stopped_by": "bounded"}}
+    (fake / "results.jsonl").write_text(json.dumps(bounded) + "\n")
+    result = gate(tmp_path / "thin.json", fake, checks(), only="latency", strict_recorded_latency=True)
+    assert [f.cell for f in result.failures] == [key] and "judged on the threshold alone" in result.failures[0].note
 
 
 def test_stack_change_is_refused_unless_allowed(runs, tmp_path):

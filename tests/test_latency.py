@@ -43,14 +43,29 @@ def test_the_time_cap_never_ends_timing_below_min_iterations():
     assert len(out["a"]) == 7 and stopped_by["a"] == "max_seconds"
 
 
+class RoundTimer:
+    """Each call of a fn takes (its base) + (the round it falls in): sample i of each fn must be round i."""
+
+    def __init__(self, base):
+        self.base, self.count = base, dict.fromkeys(base, 0)
+
+    def time_ms(self, fn):
+        name = fn()
+        self.count[name] += 1
+        return self.base[name] + self.count[name]
+
+
 def test_a_runnable_too_slow_for_its_budget_runs_fewer_rounds_and_is_marked_bounded():
-    timer = FakeTimer({"fast": 1.0, "slow": 400.0})
+    timer = RoundTimer({"fast": 0.0, "slow": 400.0, "reference": 500.0})
     cfg = LatencyConfig(warmup=0, min_iterations=10, min_seconds=0.001, max_iterations=10, max_runnable_seconds=1.0)
-    out, stopped_by = latency.interleaved({"fast": lambda: "fast", "slow": lambda: "slow"}, cfg, timer)
-    assert len(out["slow"]) == 2 and len(out["fast"]) == 10  # 1 s holds two 400 ms calls
-    assert stopped_by == {"fast": "minimums", "slow": "bounded"}
-    assert timer.calls[:2].count("slow") == 1 and timer.calls[2:4].count("slow") == 1  # rounds 1 and 2
-    assert latency.ratio(out["slow"], out["fast"])["ratio"] == pytest.approx(400.0)  # over the shared rounds
+    fns = {name: (lambda name=name: name) for name in ("fast", "slow", "reference")}
+    out, stopped_by = latency.interleaved(fns, cfg, timer, unbounded={"reference"})
+    assert len(out["slow"]) == 2 and len(out["fast"]) == len(out["reference"]) == 10  # 1 s holds two 401 ms calls
+    assert stopped_by == {"fast": "minimums", "slow": "bounded", "reference": "minimums"}
+    assert list(out["slow"]) == [401.0, 402.0] and list(out["fast"][:2]) == [1.0, 2.0]  # rounds 1 and 2 of each
+    r = latency.ratio(out["slow"], out["fast"])  # over the rounds both took part in; too few for an interval
+    assert r["ratio"] == pytest.approx(401.5 / 1.5) and r["ci_low"] is None
+    assert latency.ratio_text(r) == f"{401.5 / 1.5:.2f}"
 
 
 def test_a_bounded_runnable_keeps_the_floor_of_two_rounds():

@@ -41,7 +41,7 @@ def test_memory_per_recipe_is_measured_in_fresh_processes_and_reported(run_dir):
     # Measured for every runnable, ONNX Runtime's and bitsandbytes' (that they track the weights' size
     # is tested at the `small` size in test_memory: tiny's 0.13 MB of weights are within the noise).
     for key, m in timing.items():
-        assert m["resident_mb"] is not None and m["peak_call_mb"] >= 0, key
+        assert m["resident_mb"] is not None and m["peak_call_mb"] is not None, key
     assert timing["B", "torch-fp16", "prefill"]["peak_call_mb"] > 0  # a torch module's child, too
     report = write(run_dir).read_text()
     assert "### Memory per recipe" in report and "| resident (MB) |" in report
