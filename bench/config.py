@@ -237,8 +237,8 @@ def _spec_config(spec: ModelSpec, residual: bool) -> FFNConfig:
 # The llama-7b FFN size in the full preset: every recipe timed for A and B, accuracy on a few requests
 # under production; a prefill of 1 x 128 and bounded rounds keep it within minutes on 2 cores.
 LLAMA_7B = {"designs": ["A", "B"], "scenarios": ["production"], "n_requests": 4, "seq_len": 32,
-            "calibration_requests": 4, "prefill": [1, 128], "warmup": 1, "max_seconds": 20.0,
-            "max_runnable_seconds": 2.0}
+            "calibration_requests": 4, "prefill": [1, 128], "warmup": 1, "max_seconds": 15.0,
+            "max_runnable_seconds": 1.5}
 
 PRESETS_RUN = {
     "quick": RunConfig(preset="quick", lm_recipes=list(QUICK_LM_RECIPES), lm_windows=8),

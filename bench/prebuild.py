@@ -53,13 +53,14 @@ def workers(config, model: str) -> Iterator[concurrent.futures.Executor | None]:
 
 def exports(pool: concurrent.futures.Executor, config, model: str, designs: list[str], artifacts: Path) -> None:
     """Each design's export, where a run would write it (the run then finds it by content)."""
-    _wait({pool.submit(_export, config, design, model, artifacts): f"the {design} export" for design in designs})
+    wait({pool.submit(_export, config, design, model, artifacts): f"the {design} export" for design in designs})
 
 
-def quantizations(pool: concurrent.futures.Executor, subjects: dict, cells: list) -> None:
-    """Every ONNX Runtime artifact the cells need and the run directory lacks, longest first (HQQ,
-    then calibrated QDQ), so the last job does not run alone: at llama-7b (B) HQQ took 142 s,
-    calibrated QDQ 27-39 s, dynamic int8 19-23 s, RTN and bnb4 8 s (in one process, 2 threads)."""
+def quantizations(pool: concurrent.futures.Executor, subjects: dict, cells: list) -> dict:
+    """Start every ONNX Runtime artifact the cells need and the run directory lacks, longest first
+    (HQQ, then calibrated QDQ), so the last job does not run alone: at llama-7b (B) HQQ took 142 s,
+    calibrated QDQ 27-39 s, dynamic int8 19-23 s, RTN and bnb4 8 s (in one process, 2 threads).
+    Returns the pending builds for `wait`; meanwhile the run measures the cells that need none."""
     jobs = {}
     for cell in cells:
         try:
@@ -73,10 +74,15 @@ def quantizations(pool: concurrent.futures.Executor, subjects: dict, cells: list
         recipe = RECIPES[item[1]["recipe"]]
         return getattr(recipe, "algorithm", "") != "hqq", not getattr(recipe, "needs_calibration", False)
 
-    _wait({pool.submit(_quantize, out, job): out.name for out, job in sorted(jobs.items(), key=cost)})
+    return {pool.submit(_quantize, out, job): out.name for out, job in sorted(jobs.items(), key=cost)}
 
 
-def _wait(futures: dict) -> None:
+def needs_build(cell, config) -> bool:
+    """Whether the cell waits for the workers' ONNX Runtime builds."""
+    return RECIPES[config.recipe_spec(cell.recipe)[0]].runtime == "ort"
+
+
+def wait(futures: dict) -> None:
     """futures: future -> what it builds. A failure is said on stderr and redone, and recorded, by the
     run itself."""
     for future in concurrent.futures.as_completed(futures):

@@ -103,18 +103,25 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
                 continue
             mc = config.for_model(model)
             designs = list(dict.fromkeys(c.design for c in group))
+            accuracy = [c for c in group if c.kind == "accuracy"]
             with prebuild.workers(mc, model) as pool:
+                pending = {}
                 if pool:
                     bar.set_description(f"{model}: exporting {len(designs)} designs in parallel")
                     prebuild.exports(pool, mc, model, designs, store.out / "artifacts")
                 subjects = {d: Subject(mc, d, model, store.out / "artifacts") for d in designs}
-                if pool:
-                    bar.set_description(f"{model}: quantizing the ONNX artifacts, {prebuild.BUILD_WORKERS} at a time")
-                    prebuild.quantizations(pool, subjects, group)
-            for cell in (c for c in group if c.kind == "accuracy"):
-                bar.set_description(cell.key)
-                store.append(measure(subjects[cell.design], cell))
-                bar.update()
+                if pool:  # the cells that need no ONNX build run meanwhile (bitsandbytes, torch, fp32)
+                    pending = prebuild.quantizations(pool, subjects, group)
+                    accuracy.sort(key=lambda c: prebuild.needs_build(c, mc))
+                for cell in accuracy:
+                    if pending and prebuild.needs_build(cell, mc):
+                        bar.set_description(f"{model}: waiting for {len(pending)} ONNX Runtime quantizations")
+                        prebuild.wait(pending)
+                        pending = {}
+                    bar.set_description(cell.key)
+                    store.append(measure(subjects[cell.design], cell))
+                    bar.update()
+                prebuild.wait(pending)
             timed = [c for c in group if c.kind == "latency"]
             if timed:
                 bar.set_description(f"{model}: memory of {len({c.artifact for c in timed})} runnables, "
