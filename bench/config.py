@@ -47,6 +47,8 @@ class RunConfig:
     max_runnable_seconds: float = 10.0  # past it one runnable's rounds are bounded and marked so (LatencyConfig)
     # resident_mb and peak_call_mb of every latency cell, each runnable in a fresh child process (CPU)
     memory: bool = True
+    # profile what ran where one weight width spreads more than 3x at decode (kernel_path; CPU)
+    diagnose: bool = True
     # ORT workers spin after a call; off by default so they do not take the cores from the torch and
     # bitsandbytes calls timed beside them (measured: bnb-nf4 decode 2.8 ms with it, 0.81 without; README).
     ort_spinning: bool = False
@@ -254,7 +256,8 @@ SHAPE_KEYS = ("decode", "prefill")
 SCALAR_KEYS = {"preset": str, "n_requests": int, "seq_len": int, "seed": int, "calibration_requests": int,
                "delta": float, "threads": int, "device": str, "residual": bool, "latency": bool, "warmup": int,
                "min_iterations": int, "min_seconds": float, "max_iterations": int, "max_seconds": float,
-               "max_runnable_seconds": float, "memory": bool, "ort_spinning": bool, "lm_windows": int, "lm_inject": str}
+               "max_runnable_seconds": float, "memory": bool, "diagnose": bool, "ort_spinning": bool, "lm_windows": int,
+               "lm_inject": str}
 
 
 PER_MODEL_KEYS = ("designs", "scenarios", "n_requests", "seq_len", "calibration_requests", "decode", "prefill",

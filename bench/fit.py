@@ -6,6 +6,8 @@ the fp32 export's ONNX Runtime sessions (the fp32 cell with taps, its timing cop
 three), every recipe's weights twice (accuracy and timing sessions share nothing), the quantizers'
 working copies of the fp32 model (one per build worker at once, about three copies each), and the largest
 call's activations (its hidden width, fp32, a few tensors of it kept as taps and references).
+An upper bound rather than a prediction: examples/latency-7b.toml is estimated at 15.5 GB and peaked
+at 11.4 GB (RSS, this project's 2-core machine), since a timing session replaces its accuracy one.
 """
 
 from pathlib import Path

@@ -54,7 +54,7 @@ def _table(run, model: str, shape: str, recipes: list[str]) -> list[str]:
         rows.append(f"| {recipe} | " + " | ".join(cells) + " |")
     out = [*rows, ""]
     if bounded:
-        out += [f"† Bounded: its first call said {_f(budget, 0)} s of timed work would not hold the minimum rounds, "
+        out += [f"† Bounded: its first call said {_f(budget, 1)} s of timed work would not hold the minimum rounds, "
                 "so it ran fewer, in the same rounds as the others: " + ", ".join(bounded) + ".", ""]
     return out
 

@@ -363,7 +363,7 @@ def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks:
         for record in records.values():
             record.setdefault("status", "error")
             record.setdefault("error", f"{type(e).__name__} while timing the group: {e}")
-    if cells[0].scenario == "decode" and timings and config.device == "cpu":  # the profilers here are CPU's
+    if cells[0].scenario == "decode" and timings and config.diagnose and config.device == "cpu":  # CPU profilers
         _diagnose_kernels(subjects, records, entries, timings, config)
     seconds = round(time.perf_counter() - started, 3)
     for key, record in records.items():

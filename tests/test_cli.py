@@ -169,9 +169,10 @@ def test_run_records_every_metric_per_cell(ffnbench_exe, tmp_path, seed_exports)
     from ffnbench.bench.metrics import ALL_METRICS
 
     # Short timing settings: the test checks what is recorded, not how fast anything is.
-    # Memory in child processes is tested in test_memory and by the report's run.
-    (tmp_path / "fast.toml").write_text("warmup = 0\nmin_iterations = 3\nmin_seconds = 0.001\nprefill = [2, 8]\n"
-                                        "lm_recipes = []\nmemory = false\n")
+    # Memory in child processes and kernel diagnoses are tested in test_memory, test_kernel_paths and
+    # by the report's run; 5 rounds, the fewest a paired interval is given on.
+    (tmp_path / "fast.toml").write_text("warmup = 0\nmin_iterations = 5\nmin_seconds = 0.001\nprefill = [2, 8]\n"
+                                        "lm_recipes = []\nmemory = false\ndiagnose = false\n")
     r = run(ffnbench_exe, "run", "--config", tmp_path / "fast.toml", "--models", "tiny", "--designs", "A,B",
             "--scenarios", "clean,production", "--out", seed_exports(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
@@ -184,7 +185,8 @@ def test_run_records_every_metric_per_cell(ffnbench_exe, tmp_path, seed_exports)
     for cell in accuracy:
         assert set(cell["metrics"]) == set(ALL_METRICS)
     for cell in timing:
-        assert set(cell["metrics"]) >= LATENCY_METRICS and cell["metrics"]["iterations"] >= 3
+        assert set(cell["metrics"]) >= LATENCY_METRICS and cell["metrics"]["iterations"] >= 5
+        assert "kernel_path" not in cell
         assert cell["metrics"]["resident_mb"] is None
         assert cell["memory_unavailable"] == "memory = false in the run's config"
         assert cell["metrics"]["vs_fp32_ort"]["ci_low"] <= cell["metrics"]["vs_fp32_ort"]["ratio"]

@@ -19,7 +19,7 @@ def default_size_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "run"
     config = RunConfig(models=["default"], designs=["A"], recipes=["fp32", "ort-int8-dynamic", "bnb-int8"],
                        scenarios=["clean"], n_requests=1, seq_len=2, warmup=1, min_iterations=10, min_seconds=60.0,
-                       max_seconds=0.001, prefill=[1, 16], memory=False)
+                       max_seconds=0.001, prefill=[1, 16], memory=False, diagnose=False)
     run(config, out, progress=False)
     write_baseline(out, out.parent / "baseline.json")
     return out, remeasure(out, out)

@@ -19,7 +19,7 @@ from ffnbench.errors import UsageError
 def config(**kw) -> RunConfig:
     base = dict(models=["tiny"], n_requests=2, seq_len=8, calibration_requests=2, warmup=0, min_iterations=5,
                 min_seconds=0.001, prefill=[2, 4], recipes=["fp32", "ort-int8-dynamic", "ort-int4-rtn"],
-                scenarios=["clean", "production"], memory=False)
+                scenarios=["clean", "production"], memory=False, diagnose=False)
     return RunConfig(**{**base, **kw})
 
 

@@ -14,7 +14,8 @@ from ffnbench.errors import UsageError
 def config(**kw) -> RunConfig:
     base = dict(models=["tiny"], n_requests=2, seq_len=8, calibration_requests=2, warmup=0, min_iterations=2,
                 min_seconds=0.001, prefill=[2, 4], recipes=["fp32", "ort-int8-dynamic", "ort-int8-qdq-minmax"],
-                scenarios=["clean", "production"], calibration=["clean", "production"], memory=False)
+                scenarios=["clean", "production"], calibration=["clean", "production"], memory=False,
+                diagnose=False)
     return RunConfig(**{**base, **kw})
 
 
