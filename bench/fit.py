@@ -37,7 +37,7 @@ def estimate(config: RunConfig, model: str, build_workers: int) -> dict[str, flo
     """Bytes one model size of the run holds at its peak, by part."""
     designs = config.model_designs(model)
     cfgs = [config.model_config(model, d) for d in designs]
-    params = [c.param_counts()["gelu_mlp" if c.activation == "gelu" else "swiglu_mlp"] for c in cfgs]
+    params = [c.mlp_params for c in cfgs]
     bits = [RECIPES[config.recipe_spec(r)[0]].bits for r in config.recipes if config.recipe_spec(r)[0] != "fp32"]
     weights = sum(p * (4 * FP32_COPIES + 2 * sum(b / 8 for b in bits)) for p in params)
     quantizers = build_workers * QUANTIZER_COPIES * 4 * max(params)

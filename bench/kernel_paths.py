@@ -43,24 +43,21 @@ def spread_groups(decode: dict[str, dict]) -> list[list[str]]:
     return out
 
 
-def profile_ort(path: Path, x: np.ndarray, threads: int, calls: int = PROFILE_CALLS) -> dict:
-    """ONNX Runtime's profile of `calls` runs after one warm-up: per node the median kernel time,
-    per op type the total and its share, and whether each weight-bearing node's weight was prepacked
-    (a prepacked initializer is released, so it is missing from the node's profiled inputs)."""
-    import onnxruntime as ort
+def profile_ort(runnable, x: np.ndarray, calls: int = PROFILE_CALLS) -> dict:
+    """ONNX Runtime's profile of `calls` runs after one warm-up, in a session set up as the timed
+    `runnable`'s (threads, spinning, optimisation level): per node the median kernel time, per op
+    type the total and its share, and whether each weight-bearing node's weight was prepacked (a
+    prepacked initializer is released, so it is missing from the node's profiled inputs)."""
+    from ffnbench.bench.ort_runnable import OrtRunnable
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = onnx.load(str(runnable.path), load_external_data=False)
     with tempfile.TemporaryDirectory(prefix="ffnbench-profile-") as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        feeds = {session.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)}
-        outputs = [session.get_outputs()[0].name]
+        profiled = OrtRunnable(runnable.path, threads=runnable.threads, optimization=runnable.optimization,
+                               spinning=runnable.spinning, profile_prefix=str(Path(tmp) / "profile"))
+        call = profiled.timed_call(x)
         for _ in range(calls + 1):
-            session.run(outputs, feeds)
-        written = session.end_profiling()
+            call()
+        written = profiled.session.end_profiling()
         profile = Path(written) if written else next(iter(glob.glob(os.path.join(tmp, "profile*.json"))), None)
         try:
             events = json.loads(Path(profile).read_text())
@@ -185,12 +182,12 @@ def explain(diagnosis: dict) -> str:
     return f"{said}; {why}."
 
 
-def diagnose(runnable, x: np.ndarray, threads: int) -> dict:
+def diagnose(runnable, x: np.ndarray) -> dict:
     """Profile and attributes of one timed runnable at the decode input `x`; a profile that cannot be
     had is a skipped diagnosis with its reason."""
     try:
         if hasattr(runnable, "path"):
-            return {"status": "ok", "profile": profile_ort(runnable.path, x, threads),
+            return {"status": "ok", "profile": profile_ort(runnable, x),
                     "attributes": attributes(runnable.path)}
         return {"status": "ok", "profile": profile_torch(runnable.timed_call(x))}
     except Unusable as e:

@@ -62,8 +62,8 @@ def _load(request: dict):
 
 def _prime(request: dict) -> None:
     """Start the runtime before the baseline, so its fixed cost is not counted as the artifact's: a
-    first ONNX Runtime session (thread pool, kernel registry, arena: 37 MB), or the module's recipe
-    applied to a `tiny` block and called (torch and bitsandbytes set-up: 88 MB for bitsandbytes)."""
+    first ONNX Runtime session (thread pool, kernel registry, arena: 37 MiB), or the module's recipe
+    applied to a `tiny` block and called (bitsandbytes' set-up: 90 MiB; both measured at `small`)."""
     if request["kind"] == "onnx":
         import onnxruntime as ort
         from onnx import TensorProto, helper

@@ -30,8 +30,10 @@ class OrtRunnable:
     runtime = "ort"
 
     def __init__(self, path: Path, threads: int = 1, optimization: str = "all", spinning: bool = True,
-                 device: str = "cpu"):
+                 device: str = "cpu", profile_prefix: str | None = None):
         opts = ort.SessionOptions()
+        if profile_prefix:  # ONNX Runtime's own profiler: session.end_profiling() writes its JSON
+            opts.enable_profiling, opts.profile_file_prefix = True, profile_prefix
         opts.intra_op_num_threads = threads
         # ORT's workers spin after each call to catch the next one quickly. Timed round-robin
         # beside torch, that spin takes the cores from the torch call that follows.

@@ -25,15 +25,11 @@ BUILD_WORKERS = 2
 PREBUILD_MIN_WEIGHTS = 50_000_000
 
 
-def _weights(cfg) -> int:
-    return cfg.param_counts()["gelu_mlp" if cfg.activation == "gelu" else "swiglu_mlp"]
-
-
 @contextlib.contextmanager
 def workers(config, model: str) -> Iterator[concurrent.futures.Executor | None]:
     """BUILD_WORKERS fresh processes for a model size this large, else None."""
     designs = config.model_designs(model)
-    if BUILD_WORKERS < 2 or not designs or max(_weights(config.model_config(model, d)) for d in designs) < \
+    if BUILD_WORKERS < 2 or not designs or max(config.model_config(model, d).mlp_params for d in designs) < \
             PREBUILD_MIN_WEIGHTS:
         yield None
         return

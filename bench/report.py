@@ -7,6 +7,7 @@ import numpy as np
 
 from ffnbench import files
 from ffnbench.bench import latency, model_specs, plots, report_downstream, report_latency
+from ffnbench.bench.report_format import number as _f
 from ffnbench.bench.scenarios import NAMED
 from ffnbench.bench.store import load_run
 
@@ -40,10 +41,6 @@ class Run:
         if "production" in self.scenarios:
             return "production"
         return self.scenarios[-1] if self.scenarios else None
-
-
-def _f(value, digits=1, suffix="") -> str:
-    return "–" if value is None else f"{value:.{digits}f}{suffix}"
 
 
 def _paired_ratio(a: dict | None, b: dict | None) -> dict | None:

@@ -5,17 +5,18 @@ under synthetic drift and the real second domain, what the drift alone costs in 
 drift statistics at each FFN input, and a verdict set beside the sublayer one.
 """
 
+import functools
 import statistics
 from pathlib import Path
 
 from ffnbench.bench import plots
+from ffnbench.bench.report_format import number
 from ffnbench.bench.scenarios import TEXT_DOMAINS
 
 HEADLINE_SCENARIOS = ("production", *TEXT_DOMAINS)
 
 
-def _f(value, digits=3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+_f = functools.partial(number, digits=3)  # bits per byte and KL need the third digit
 
 
 def _e(value) -> str:
@@ -118,7 +119,7 @@ def _drift_statistics(run, scenarios: list[str], designs: list[str]) -> list[str
              "| design | scenario | " + " | ".join(f"layer {i}" for i in range(layers)) + " |",
              "|---|---|" + "---|" * layers]
     for (design, scenario), per_layer in stats.items():
-        cells = [f"{s['positive_mean_fraction']:.2f} / {s['mean_shift_std']:+.2f} / {_f(s['rms_spread'], 2)}"
+        cells = [f"{s['positive_mean_fraction']:.2f} / {s['mean_shift_std']:+.2f} / {number(s['rms_spread'], 2)}"
                  for s in per_layer]
         lines.append(f"| {design} | {scenario} | " + " | ".join(cells) + " |")
     return [*lines, ""]

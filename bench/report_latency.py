@@ -4,10 +4,7 @@ memory per recipe beside its size on disk, and what ran where one weight width s
 from pathlib import Path
 
 from ffnbench.bench import kernel_paths, latency, plots
-
-
-def _f(value, digits=1, suffix="") -> str:
-    return "–" if value is None else f"{value:.{digits}f}{suffix}"
+from ffnbench.bench.report_format import number as _f
 
 
 def section(run, model: str, plot_dir: Path) -> list[str]:

@@ -403,7 +403,7 @@ def _diagnose_kernels(subjects: dict, records: dict, entries: dict, timings: dic
         fastest = min(keys, key=lambda k: decode[k]["p50_ms"])
         for key in keys:
             entry, record = entries[key], records[key]
-            found = kernel_paths.diagnose(entry["runnable"], entry["x"], config.threads)
+            found = kernel_paths.diagnose(entry["runnable"], entry["x"])
             found |= {"bits": decode[key]["bits"], "fastest": records[fastest]["recipe"],
                       "vs_fastest": decode[key]["p50_ms"] / decode[fastest]["p50_ms"]}
             if kernel_paths.float_zero_points(found):

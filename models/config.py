@@ -75,6 +75,11 @@ class FFNConfig:
             "swiglu_mlp": 3 * d * h + b * (2 * h + d),
         }
 
+    @property
+    def mlp_params(self) -> int:
+        """Parameters of this design's own MLP (norms excluded)."""
+        return self.param_counts()["gelu_mlp" if self.activation == "gelu" else "swiglu_mlp"]
+
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out.update(norm=self.norm, activation=self.activation, hidden=self.hidden,

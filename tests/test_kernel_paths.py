@@ -35,8 +35,8 @@ def test_groups_of_one_width_spread_past_the_threshold_are_found():
 
 
 def test_hqq_float_zero_points_are_named_and_their_weights_are_not_prepacked(int4):
-    hqq = kernel_paths.diagnose(OrtRunnable(int4["ort-int4-hqq"]), X, threads=1)
-    rtn = kernel_paths.diagnose(OrtRunnable(int4["ort-int4-rtn"]), X, threads=1)
+    hqq = kernel_paths.diagnose(OrtRunnable(int4["ort-int4-hqq"]), X)
+    rtn = kernel_paths.diagnose(OrtRunnable(int4["ort-int4-rtn"]), X)
     assert hqq["status"] == rtn["status"] == "ok"
     assert {a["zero_points"] for a in hqq["attributes"]} == {"float32"}
     assert {a["zero_points"] for a in rtn["attributes"]} == {"none (symmetric)"}
@@ -51,7 +51,7 @@ def test_an_unreadable_profile_is_a_skipped_diagnosis(int4, tmp_path, monkeypatc
     empty = tmp_path / "profile.json"
     empty.write_text("")
     monkeypatch.setattr(ort.InferenceSession, "end_profiling", lambda self: str(empty))
-    found = kernel_paths.diagnose(OrtRunnable(int4["ort-int4-rtn"]), X, threads=1)
+    found = kernel_paths.diagnose(OrtRunnable(int4["ort-int4-rtn"]), X)
     assert found["status"] == "skipped" and "no readable profile" in found["reason"]
     assert kernel_paths.explain(found).startswith("not diagnosed:")
 
@@ -63,7 +63,7 @@ def test_a_profile_without_node_events_is_unusable():
 
 def test_bitsandbytes_4bit_path_is_profiled_by_operator(tmp_path):
     artifact = quantize(build_model(preset("tiny", "B")), "bnb-nf4", tmp_path / "nf4")
-    found = kernel_paths.diagnose(runnable_for(artifact, threads=1), X, threads=1)
+    found = kernel_paths.diagnose(runnable_for(artifact, threads=1), X)
     names = {o["op"] for o in found["profile"]["ops"]}
     # Which one depends on the CPU: the fused bf16 gemv needs AVX512-BF16, else the weight is dequantized.
     assert names & {"bitsandbytes::dequantize_4bit", "bitsandbytes::gemv_4bit"}, names
