@@ -75,14 +75,16 @@ def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,
             for w in workers.values():
                 w.greeted()
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ffnbench-compare-")))
-        for shape in dict.fromkeys(c["shape"]["name"] for c in common):
-            cells = [c for c in common if c["shape"]["name"] == shape]
-            inputs = {c["key"]: _inputs(config, c) for c in cells}
+        # One timing group per model and shape, as the run timed them, with that model's settings.
+        for model, shape in dict.fromkeys((c["model"], c["shape"]["name"]) for c in common):
+            cells = [c for c in common if (c["model"], c["shape"]["name"]) == (model, shape)]
+            model_config = config.for_model(model)
+            inputs = {c["key"]: _inputs(model_config, c) for c in cells}
             sides = {c["key"]: {"old": (old_run, old[c["key"]]), "new": (new_run, c)} for c in cells}
             if in_workers:
-                samples, stopped_by = _time_in_workers(workers, sides, inputs, threads, config, scratch)
+                samples, stopped_by = _time_in_workers(workers, sides, inputs, threads, model_config, scratch)
             else:
-                samples, stopped_by = _time_here(sides, inputs, threads, config)
+                samples, stopped_by = _time_here(sides, inputs, threads, model_config)
             for cell in cells:
                 new_ms, old_ms = samples[f"new:{cell['key']}"], samples[f"old:{cell['key']}"]
                 rounds = min(len(new_ms), len(old_ms))  # paired by round; a bounded side has fewer

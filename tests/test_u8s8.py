@@ -49,13 +49,19 @@ def test_reduce_range_never_clips_and_full_range_can(seed_exports, tmp_path):
     assert u8s8.saturation_rate(seed_exports.exports["A"], []) is None  # fp32: no MatMulInteger
 
 
-@pytest.mark.parametrize("k", [8, 9])
+@pytest.mark.parametrize("k", [8, 9, 64])
 def test_the_rate_counts_every_pair_once(k):
-    a = np.random.default_rng(1).integers(0, 256, (6, k))
-    w = np.random.default_rng(2).integers(-128, 128, (k, 3)).astype(np.int8)
+    """Against every pair summed by einsum. Weights of small reach in some K rows and activations
+    high in half the rows make rows where few pairs can clip (those pairs are gathered) beside rows
+    where most can (the whole row is summed)."""
+    a = np.random.default_rng(1).integers(0, 256, (40, k))
+    a[:20] = np.random.default_rng(3).integers(160, 256, (20, k))
+    w = np.random.default_rng(2).integers(-128, 128, (k, 16)).astype(np.int8)
+    w[::3] //= 4
     clipped, total = u8s8.pair_sums_clipped(a, w)
     padded_a, padded_w = np.pad(a, ((0, 0), (0, k % 2))), np.pad(w.astype(int), ((0, k % 2), (0, 0)))
-    pairs = np.einsum("tk,kn->tkn", padded_a, padded_w).reshape(6, -1, 2, 3).sum(axis=2)
+    pairs = np.einsum("tk,kn->tkn", padded_a, padded_w).reshape(40, -1, 2, 16).sum(axis=2)
+    assert clipped > 0
     assert total == pairs.size and clipped == int(np.count_nonzero((pairs > 32767) | (pairs < -32768)))
 
 
