@@ -324,12 +324,10 @@ def _value(path: Path, key: str, value, where: str = ""):
         if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)):
             raise UsageError(f"config {path}: {where}'{key}' must be [batch, seq], e.g. {key} = [8, 128]")
         return list(value)
-    if key in SCALAR_KEYS:
-        kind = SCALAR_KEYS[key]
-        if not model_specs.fits(value, kind):
-            raise UsageError(f"config {path}: {where}'{key}' must be {kind.__name__}, got {type(value).__name__}")
-        return kind(value)
-    raise UsageError(f"config {path}: {where}unknown key '{key}'; known: {', '.join(PER_MODEL_KEYS)}")
+    kind = SCALAR_KEYS[key]  # callers pass known keys only
+    if not model_specs.fits(value, kind):
+        raise UsageError(f"config {path}: {where}'{key}' must be {kind.__name__}, got {type(value).__name__}")
+    return kind(value)
 
 
 def _scenarios(path: Path, tables) -> dict:

@@ -206,7 +206,8 @@ def uint8_variant(path: Path, export_path: Path, out: Path) -> Path:
     from ffnbench.quant.ort_recipes import uint8_zero_points
 
     model = onnx.load(str(path))
-    uint8_zero_points(model, {i.name: i for i in onnx.load(str(export_path)).graph.initializer})
+    if not uint8_zero_points(model, {i.name: i for i in onnx.load(str(export_path)).graph.initializer}):
+        raise ValueError(f"{path} has no MatMulNBits node with float zero points whose weight is in {export_path}")
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out))
     return out

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from ffnbench.quant import RECIPES, quantize
+from ffnbench.quant import RECIPES, quantize, recipe_config
 
 BUILD_WORKERS = 2
 # Below this a model's builds take less than the 5 s a worker needs to start (torch, ONNX Runtime
@@ -29,7 +29,7 @@ PREBUILD_MIN_WEIGHTS = 50_000_000
 def workers(config, model: str) -> Iterator[concurrent.futures.Executor | None]:
     """BUILD_WORKERS fresh processes for a model size this large, else None."""
     designs = config.model_designs(model)
-    if BUILD_WORKERS < 2 or not designs or max(config.model_config(model, d).mlp_params for d in designs) < \
+    if not designs or max(config.model_config(model, d).mlp_params for d in designs) < \
             PREBUILD_MIN_WEIGHTS:
         yield None
         return
@@ -66,8 +66,10 @@ def quantizations(pool: concurrent.futures.Executor, subjects: dict, cells: list
         if RECIPES[job["recipe"]].runtime == "ort" and not (out / "manifest.json").exists():
             jobs[out] = job
 
-    def cost(item) -> tuple[bool, bool]:
-        recipe = RECIPES[item[1]["recipe"]]
+    def cost(item) -> tuple[bool, bool]:  # HQQ first, then calibrated recipes: the longest builds
+        job = item[1]
+        params = {k: v for k, v in job.items() if k not in ("source", "recipe", "calibration", "device")}
+        recipe = recipe_config(job["recipe"], **params)  # a variant's own parameters (algorithm = "hqq")
         return getattr(recipe, "algorithm", "") != "hqq", not getattr(recipe, "needs_calibration", False)
 
     return {pool.submit(_quantize, out, job): out.name for out, job in sorted(jobs.items(), key=cost)}

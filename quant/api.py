@@ -186,8 +186,8 @@ def _ort_from_file(src: Path, src_manifest: dict, cfg, stage: Path, calibration:
         if calibration is None:
             raise UsageError(f"calibration: {cfg.method} QDQ needs calibration data; pass --calibration SCENARIO")
         if nodes and isinstance(calibration, Calibration):
-            raise UsageError(f"calibration: {src} is a whole language model, which calibrates on text; run its QDQ "
-                             "recipes in `ffnbench run` (lm_recipes), not `ffnbench quantize`")
+            raise UsageError(f"calibration: {src.resolve()} is a whole language model, which calibrates on text; "
+                             "run its QDQ recipes in `ffnbench run` (lm_recipes), not `ffnbench quantize`")
         input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
         d_model = (src_manifest.get("config") or {}).get("d_model")
         ort_recipes.static_qdq(src, dst, cfg, Reader(calibration.feeds(input_name, d_model)), nodes)

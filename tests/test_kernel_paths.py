@@ -47,6 +47,12 @@ def test_hqq_float_zero_points_are_named_and_their_weights_are_not_prepacked(int
     assert hqq["profile"]["ops"][0]["op"] == "MatMulNBits" and "cannot prepack" in kernel_paths.explain(hqq)
 
 
+def test_an_artifact_without_float_zero_points_has_no_uint8_variant(int4, seed_exports, tmp_path):
+    with pytest.raises(ValueError, match="no MatMulNBits node with float zero points"):
+        kernel_paths.uint8_variant(int4["ort-int4-rtn"], seed_exports.exports["B"], tmp_path / "variant.onnx")
+    assert not (tmp_path / "variant.onnx").exists()
+
+
 def test_an_unreadable_profile_is_a_skipped_diagnosis(int4, tmp_path, monkeypatch):
     empty = tmp_path / "profile.json"
     empty.write_text("")
