@@ -115,9 +115,9 @@ def measure(requests: dict[str, dict], inputs: dict[str, dict[str, np.ndarray]],
         return {key: {"error": f"{CLEAR_REFS} is missing (not Linux): no per-call peak"} for key in requests}
     with tempfile.TemporaryDirectory(prefix="ffnbench-memory-") as tmp:
         paths = {}
-        for group, arrays in inputs.items():
+        for i, (group, arrays) in enumerate(inputs.items()):
+            paths[group] = {shape: str(Path(tmp) / f"{i}-{shape}.npy") for shape in arrays}
             for shape, x in arrays.items():
-                paths.setdefault(group, {})[shape] = str(Path(tmp) / f"{len(paths)}-{shape}.npy")
                 np.save(paths[group][shape], x)
 
         def child(item: tuple[int, tuple[str, dict]]) -> tuple[str, dict]:
