@@ -63,11 +63,13 @@ class OrtRunnable:
         return lambda: self.session.run_with_iobinding(binding)
 
     def taps(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        names = self.outputs[1:]
-        if not names:
+        return self.run_with_taps(x)[1]
+
+    def run_with_taps(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if len(self.outputs) < 2:
             raise UsageError(f"taps: {self.path} has no tap outputs; export it with --taps")
-        got = self.session.run(names, {self.input_name: np.ascontiguousarray(x, np.float32)})
-        return dict(zip(names, got, strict=True))
+        y, *got = self.session.run(self.outputs, {self.input_name: np.ascontiguousarray(x, np.float32)})
+        return y, dict(zip(self.outputs[1:], got, strict=True))
 
     def describe(self) -> dict:
         return {"runtime": "ort", "device": self.device, "provider": self.provider, "threads": self.threads,

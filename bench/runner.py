@@ -259,12 +259,12 @@ class Subject:
 
 def evaluate(runnable: Runnable, batches: list[np.ndarray]) -> tuple[np.ndarray, dict | str]:
     """Output and taps over all batches, concatenated along requests; taps are a reason if unavailable."""
-    out = np.concatenate([runnable.run(b) for b in batches])
     try:
-        per_batch = [runnable.taps(b) for b in batches]
-    except UsageError as e:
-        return out, str(e)
-    return out, {k: np.concatenate([t[k] for t in per_batch]) for k in per_batch[0]}
+        per_batch = [runnable.run_with_taps(b) for b in batches]
+    except UsageError as e:  # an artifact without tap outputs says so before it runs anything
+        return np.concatenate([runnable.run(b) for b in batches]), str(e)
+    taps = [t for _, t in per_batch]
+    return np.concatenate([y for y, _ in per_batch]), {k: np.concatenate([t[k] for t in taps]) for k in taps[0]}
 
 
 def measure(subject: Subject, cell: Cell) -> dict:

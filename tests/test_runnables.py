@@ -29,6 +29,19 @@ def test_torch_and_ort_fp32_agree_on_output_and_taps(fp32):
         np.testing.assert_allclose(o_taps[name], t_taps[name], atol=1e-4)
 
 
+@pytest.mark.parametrize("recipe", ["fp32", "ort-int8-dynamic", "torch-bf16"])
+def test_one_pass_gives_what_run_and_taps_give_apart(fp32, recipe, tmp_path):
+    """Accuracy cells take output and taps from one forward pass: the output has the same bits as run()'s."""
+    block, artifact, _ = fp32
+    artifact = artifact if recipe == "fp32" else quantize(block, recipe, tmp_path / recipe)
+    x = np.random.default_rng(1).standard_normal((1, 7, 64)).astype(np.float32) + 2.0
+    for runnable in {runnable_for(artifact, prefer=p).runtime: runnable_for(artifact, prefer=p)
+                     for p in ("ort", "torch")}.values():
+        y, taps = runnable.run_with_taps(x)
+        np.testing.assert_array_equal(y, runnable.run(x))
+        assert {"norm_out", "act_in", "act_out", "up"} <= set(taps)
+
+
 def test_describe_records_threads_and_optimisation(fp32):
     _, artifact, _ = fp32
     d = OrtRunnable(artifact.path, threads=2, optimization="basic").describe()
