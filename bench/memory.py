@@ -1,6 +1,6 @@
 """`resident_mb` and `peak_call_mb` of one runnable, measured in a fresh child process.
 
-    python -m ffnbench.bench.memory REQUEST.json        (prints one JSON object)
+    python -m ffnbench.bench.memory [--workers N] REQUEST.json ...   (writes REQUEST.result.json)
 
 The benchmark process holds every recipe of a model at once, so its own RSS says nothing about any
 one of them. As optimum-benchmark does, each runnable is loaded by a child that holds nothing else:
@@ -11,19 +11,23 @@ the first call above that loaded RSS: activations, scratch buffers, a weight deq
 call, and whatever the runtime's arena keeps from it. Shapes run in the order given (decode first),
 so a later shape's figure includes what the earlier one left in the arena (at most its own peak).
 
-An ONNX artifact's child imports ONNX Runtime alone; a torch or bitsandbytes module's child rebuilds
-the module from its artifact, as `compare --remeasure` workers do.
+An ONNX artifact's child starts ONNX Runtime alone; a torch or bitsandbytes module's child rebuilds
+the module from its artifact, as `compare --remeasure` workers do. The children are forked from one
+process that has imported torch and bitsandbytes (`serve`), so each does not pay those imports.
 """
 
-import concurrent.futures
+import argparse
 import contextlib
 import ctypes
 import gc
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +36,16 @@ STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 CHILD_TIMEOUT_S = 900
 
 
-def _status_mb(field: str) -> float:
-    """A /proc/self/status figure in MB (10^6 bytes, as the report gives sizes on disk); the kernel's kB are KiB."""
+def _status_field(field: str) -> str:
     for line in STATUS.read_text().splitlines():
         if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024 / 1e6
+            return line.split()[1]
     raise OSError(f"{STATUS} has no {field}")
+
+
+def _status_mb(field: str) -> float:
+    """A /proc/self/status figure in MB (10^6 bytes, as the report gives sizes on disk); the kernel's kB are KiB."""
+    return int(_status_field(field)) * 1024 / 1e6
 
 
 def _release() -> None:
@@ -110,7 +118,7 @@ def measure(requests: dict[str, dict], inputs: dict[str, dict[str, np.ndarray]],
     `inputs`: per input set (a request's "inputs"), shape name -> the array its runnables are called
     on. Children run `workers` at a time: each measures only its own process, so running side by
     side changes their time, not their RSS (three, not two, on two cores: a bitsandbytes child spends
-    most of its 25 s at llama-7b importing and quantizing on one thread)."""
+    most of its time quantizing on one thread)."""
     if not CLEAR_REFS.exists():
         return {key: {"error": f"{CLEAR_REFS} is missing (not Linux): no per-call peak"} for key in requests}
     with tempfile.TemporaryDirectory(prefix="ffnbench-memory-") as tmp:
@@ -119,41 +127,116 @@ def measure(requests: dict[str, dict], inputs: dict[str, dict[str, np.ndarray]],
             paths[group] = {shape: str(Path(tmp) / f"{i}-{shape}.npy") for shape in arrays}
             for shape, x in arrays.items():
                 np.save(paths[group][shape], x)
-
-        def child(item: tuple[int, tuple[str, dict]]) -> tuple[str, dict]:
-            i, (key, request) = item
-            path = Path(tmp) / f"request-{i}.json"
-            path.write_text(json.dumps({**request, "inputs": paths[request["inputs"]]}))
-            return key, _run_child(path)
-
-        with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-            return dict(pool.map(child, enumerate(requests.items())))
+        files = {}
+        for i, (key, request) in enumerate(requests.items()):
+            files[key] = Path(tmp) / f"request-{i}.json"
+            files[key].write_text(json.dumps({**request, "inputs": paths[request["inputs"]]}))
+        return _run_zygote(files, workers)
 
 
-def _run_child(request_path: Path) -> dict:
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+def _run_zygote(files: dict[str, Path], workers: int) -> dict[str, dict]:
+    """One process imports the runtimes once and forks a child per request (`serve`)."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "ffnbench.bench.memory", "--workers", str(workers),
+                           *map(str, files.values())], capture_output=True, text=True, env=env)
+    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    out = {}
+    for key, path in files.items():
+        try:
+            out[key] = json.loads(_result_path(path).read_text())
+        except (OSError, ValueError):
+            out[key] = {"error": f"the memory probe's server exited {done.returncode} before it: {tail}"}
+    return out
+
+
+def _result_path(request_path: Path) -> Path:
+    return request_path.with_suffix(".result.json")
+
+
+def serve(paths: list[Path], workers: int) -> None:
+    """Measure each request in a child forked from this process, `workers` at a time, each writing
+    its result beside its request.
+
+    Starting a fresh interpreter per runnable cost 13 s for a bitsandbytes one (torch's and
+    bitsandbytes' imports, which wrap ops in torch.compile), 1 s for an ONNX one. Here they are
+    imported once; a forked child holds them as a fresh process would after its imports, and no
+    runtime has started (no ONNX Runtime, imported by each child; no torch thread pool), so every
+    child still starts its own runtime before its baseline. This process is single-threaded when it
+    forks (OPENBLAS_NUM_THREADS=1: numpy starts no BLAS threads), as fork requires."""
+    requests = {path: json.loads(path.read_text()) for path in paths}
+    preload(requests.values())
+    if threads() != 1:
+        raise OSError(f"the memory probe's server has {threads()} threads after its imports; forking it is unsafe")
+    gc.collect()
+    gc.freeze()  # the children's collections skip what is inherited (1.4 s a child otherwise)
+    pending, running = list(paths), {}
+    while pending or running:
+        while pending and len(running) < workers:
+            path = pending.pop(0)
+            pid = os.fork()
+            if pid == 0:
+                _child(path, requests[path])
+            running[pid] = (path, time.monotonic())
+        _reap(running)
+
+
+def preload(requests) -> None:
+    """Import what the module children need (torch; bitsandbytes, quietly) and nothing that starts a
+    thread: not ONNX Runtime, whose import starts one, and so none of ffnbench's modules that import it."""
+    if any(r["kind"] == "module" for r in requests):
+        import torch  # noqa: F401
+
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(ImportError):
+            import bitsandbytes  # noqa: F401  (a child that needs it says why it is missing)
+
+
+def threads() -> int:
+    """This process's threads, the kernel's count (numpy's BLAS and native libraries' included)."""
+    return int(_status_field("Threads"))
+
+
+def _reap(running: dict[int, tuple[Path, float]]) -> None:
+    """Wait for a child to finish; a child over CHILD_TIMEOUT_S is killed. A child that dies
+    without a result gets one saying how."""
+    while True:
+        for pid, (path, started) in list(running.items()):
+            if time.monotonic() - started > CHILD_TIMEOUT_S:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                _result_path(path).write_text(json.dumps({"error": f"the memory probe took over {CHILD_TIMEOUT_S} s"}))
+                del running[pid]
+                return
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            path, _ = running.pop(pid)
+            if not _result_path(path).exists():
+                how = (f"exited {os.waitstatus_to_exitcode(status)}" if os.WIFEXITED(status)
+                       else f"was killed by signal {os.WTERMSIG(status)}")
+                _result_path(path).write_text(json.dumps({"error": f"the memory probe {how} without a result"}))
+            return
+        time.sleep(0.02)
+
+
+def _child(path: Path, request: dict) -> None:
+    """In a forked child: probe, write the result (or the failure) beside the request, and exit
+    without running the server's clean-up."""
+    code = 0
     try:
-        done = subprocess.run([sys.executable, "-m", "ffnbench.bench.memory", str(request_path)], capture_output=True,
-                              text=True, timeout=CHILD_TIMEOUT_S, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"the memory probe took over {CHILD_TIMEOUT_S} s"}
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"the memory probe exited {done.returncode}: {tail}"}
+        result = probe(request)
+    except Exception as e:  # noqa: BLE001  (any failure is this runnable's reason, not the run's)
+        result, code = {"error": f"the memory probe failed: {type(e).__name__}: {e}"}, 1
     try:
-        return json.loads(lines[-1])
-    except json.JSONDecodeError:
-        return {"error": f"the memory probe's last line is not its result: {lines[-1][:200]}"}
+        _result_path(path).write_text(json.dumps(result))
+    finally:
+        os._exit(code)
 
 
 def main() -> int:
-    request = json.loads(Path(sys.argv[1]).read_text())
-    try:
-        result = probe(request)
-    except OSError as e:  # no /proc, or a kernel that refuses the high-water reset
-        result = {"error": f"{type(e).__name__}: {e}"}
-    print(json.dumps(result))
+    parser = argparse.ArgumentParser(description="resident_mb and peak_call_mb of runnables, one forked child each")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("requests", nargs="+", type=Path, help="request JSON files; each REQ.result.json is written")
+    args = parser.parse_args()
+    serve(args.requests, max(1, args.workers))
     return 0
 
 

@@ -1,5 +1,9 @@
 """Memory per runnable, each in a fresh child process: resident_mb tracks the artifact, not the benchmark."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -46,7 +50,17 @@ def test_resident_memory_tracks_the_artifact_and_the_call_peak_tracks_the_shape(
 def test_a_child_that_fails_is_a_reason_not_a_crash(tmp_path):
     out = memory.measure({"broken": {"kind": "onnx", "path": str(tmp_path / "missing.onnx"), "threads": 1,
                                      "spinning": False, "inputs": "x"}}, {"x": _inputs()})
-    assert out["broken"]["error"].startswith("the memory probe exited")
+    assert out["broken"]["error"].startswith("the memory probe failed") and "missing.onnx" in out["broken"]["error"]
+
+
+def test_the_server_forks_from_one_thread_with_torch_and_bitsandbytes_imported():
+    """Its children are forked: a second thread (ONNX Runtime's import starts one) could hold a lock
+    the children inherit locked."""
+    code = ("import sys; from ffnbench.bench import memory; memory.preload([{'kind': 'module'}]); "
+            "print(memory.threads(), *(m in sys.modules for m in ('torch', 'bitsandbytes', 'onnxruntime')))")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["1", "True", "True", "False"], out
 
 
 def test_without_a_resettable_high_water_mark_every_runnable_says_why(tmp_path, monkeypatch):
