@@ -83,8 +83,8 @@ class CudaTimer:
 def interleaved(fns: dict[str, Callable[[], object]], cfg: LatencyConfig, timer: CpuTimer | None = None,
                 seed: int = 0, unbounded: set[str] = frozenset()) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Time each fn once per round, in a fresh random order each round (so no fn always follows the
-    same neighbour), until every fn has min_iterations rounds and min_seconds of timed work; past
-    min_iterations rounds, max_iterations rounds or max_seconds of timing also end it. A fn whose
+    same neighbour); a fn leaves once it has min_iterations rounds and min_seconds of timed work, and
+    past min_iterations rounds, max_iterations rounds or max_seconds of timing end it for all. A fn whose
     first call says min_iterations calls would exceed max_runnable_seconds leaves after the rounds
     that fit (2 at least): it is `bounded`, and its samples are still rounds 1..n of the others'.
     Names in `unbounded` (the references every ratio is taken against) are never bounded.
@@ -101,27 +101,29 @@ def interleaved(fns: dict[str, Callable[[], object]], cfg: LatencyConfig, timer:
     samples: dict[str, list[float]] = {name: [] for name in fns}
     totals = dict.fromkeys(fns, 0.0)
     bounded: dict[str, int] = {}  # name -> its rounds
-    started, stopped_by = time.perf_counter(), "max_iterations"
+    done: dict[str, str] = {}  # name -> what stopped it, once it stops
+    started, cap = time.perf_counter(), "max_iterations"
     for rounds in range(1, cfg.max_iterations + 1):
         for i in order.permutation(len(names)):
             name = names[i]
-            if len(samples[name]) >= bounded.get(name, rounds):
+            if name in done:
                 continue
             ms = timer.time_ms(fns[name])
             samples[name].append(ms)
             totals[name] += ms
             if rounds == 1 and name not in unbounded and ms * cfg.min_iterations > cfg.max_runnable_seconds * 1e3:
                 bounded[name] = max(2, min(cfg.min_iterations - 1, int(cfg.max_runnable_seconds * 1e3 // ms)))
-        if rounds < cfg.min_iterations:
-            continue  # no cap ends timing below the minimum (a bounded fn's rounds are fewer)
-        if all(totals[name] >= cfg.min_seconds * 1e3 for name in names if name not in bounded):
-            stopped_by = "minimums"
+            if name in bounded:
+                if len(samples[name]) >= bounded[name]:
+                    done[name] = "bounded"
+            elif len(samples[name]) >= cfg.min_iterations and totals[name] >= cfg.min_seconds * 1e3:
+                done[name] = "minimums"  # a slow call leaves here; the fast ones go on to their minimums
+        if len(done) == len(names):
             break
-        if time.perf_counter() - started > cfg.max_seconds:
-            stopped_by = "max_seconds"
+        if rounds >= cfg.min_iterations and time.perf_counter() - started > cfg.max_seconds:
+            cap = "max_seconds"  # no cap ends timing below the minimum (a bounded fn's rounds are fewer)
             break
-    return ({name: np.asarray(s) for name, s in samples.items()},
-            {name: "bounded" if name in bounded else stopped_by for name in names})
+    return {name: np.asarray(s) for name, s in samples.items()}, {name: done.get(name, cap) for name in names}
 
 
 def summarize(samples_ms: np.ndarray, tokens: int) -> dict[str, float | int]:

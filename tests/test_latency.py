@@ -34,6 +34,7 @@ def test_a_fast_fn_runs_until_min_seconds_or_max_iterations():
     out, stopped_by = latency.interleaved({"fast": lambda: "fast", "slow": lambda: "slow"}, cfg, timer)
     assert len(out["fast"]) == 30  # 0.2 s of 1 µs calls would take 200,000 rounds; capped
     assert stopped_by["fast"] == "max_iterations"
+    assert len(out["slow"]) == 4 and stopped_by["slow"] == "minimums"  # 0.2 s in 4 calls: it left then
 
 
 def test_the_time_cap_never_ends_timing_below_min_iterations():
