@@ -135,8 +135,9 @@ def _source_onnx(source: FFNBlock | CausalLM | Path) -> Iterator[tuple[Path, dic
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     # An export checked when it was written, and still its size, skips the full check (shape
     # inference over every weight: 2.8 s of a 20 s quantization at llama-7b); any other file gets it.
-    ours = manifest.get("kind") == "ffnbench.export" and path.is_file() and manifest.get("bytes") == path.stat().st_size
-    ops = manifest.get("ops") if ours else op_histogram(load_onnx(path))
+    ours = (manifest.get("kind") == "ffnbench.export" and isinstance(manifest.get("ops"), dict) and path.is_file()
+            and manifest.get("bytes") == path.stat().st_size)
+    ops = manifest["ops"] if ours else op_histogram(load_onnx(path))
     if "MatMul" not in ops:
         raise UsageError(f"model: {path} has no MatMul to quantize; give an fp32 model from `ffnbench export`")
     yield path, manifest

@@ -179,13 +179,17 @@ def test_calibration_is_checked(setup, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_a_model_without_matmul_is_refused(tmp_path):
+@pytest.mark.parametrize("manifest", [None, "without ops"])
+def test_a_model_without_matmul_is_refused(tmp_path, manifest):
+    """Checked from the file where its manifest does not list the ops (none, or one edited by hand)."""
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Relu", ["hidden"], ["output"])], "g",
         [onnx.helper.make_tensor_value_info("hidden", onnx.TensorProto.FLOAT, [None, 4])],
         [onnx.helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, [None, 4])])
     path = tmp_path / "relu.onnx"
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=10), path)
+    if manifest:
+        (tmp_path / "manifest.json").write_text(json.dumps({"kind": "ffnbench.export", "bytes": path.stat().st_size}))
     with pytest.raises(UsageError, match="has no MatMul to quantize"):
         quantize(path, "ort-int8-dynamic", tmp_path / "out")
     assert not (tmp_path / "out").exists()
