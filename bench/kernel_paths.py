@@ -43,14 +43,14 @@ def spread_groups(decode: dict[str, dict]) -> list[list[str]]:
     return out
 
 
-def profile_ort(runnable, x: np.ndarray, calls: int = PROFILE_CALLS) -> dict:
+def profile_ort(runnable, x: np.ndarray, model: onnx.ModelProto, calls: int = PROFILE_CALLS) -> dict:
     """ONNX Runtime's profile of `calls` runs after one warm-up, in a session set up as the timed
     `runnable`'s (threads, spinning, optimisation level): per node the median kernel time, per op
     type the total and its share, and whether each weight-bearing node's weight was prepacked (a
-    prepacked initializer is released, so it is missing from the node's profiled inputs)."""
+    prepacked initializer is released, so it is missing from the node's profiled inputs). `model`:
+    the runnable's graph (weights' shapes; their data need not be loaded)."""
     from ffnbench.bench.ort_runnable import OrtRunnable
 
-    model = onnx.load(str(runnable.path), load_external_data=False)
     with tempfile.TemporaryDirectory(prefix="ffnbench-profile-") as tmp:
         profiled = OrtRunnable(runnable.path, threads=runnable.threads, optimization=runnable.optimization,
                                spinning=runnable.spinning, profile_prefix=str(Path(tmp) / "profile"))
@@ -120,9 +120,8 @@ def profile_torch(call, calls: int = PROFILE_CALLS) -> dict:
             "ops": [{**r, "share": r["us"] / total} for r in rows]}
 
 
-def attributes(path: Path) -> list[dict]:
+def attributes(model: onnx.ModelProto) -> list[dict]:
     """Per weight-bearing node of an ONNX artifact, what chooses its kernel."""
-    model = onnx.load(str(path), load_external_data=False)
     inits = {i.name: i for i in model.graph.initializer}
     out = []
     for node in model.graph.node:
@@ -187,8 +186,8 @@ def diagnose(runnable, x: np.ndarray) -> dict:
     had is a skipped diagnosis with its reason."""
     try:
         if hasattr(runnable, "path"):
-            return {"status": "ok", "profile": profile_ort(runnable, x),
-                    "attributes": attributes(runnable.path)}
+            model = onnx.load(str(runnable.path), load_external_data=False)
+            return {"status": "ok", "profile": profile_ort(runnable, x, model), "attributes": attributes(model)}
         return {"status": "ok", "profile": profile_torch(runnable.timed_call(x))}
     except Unusable as e:
         return {"status": "skipped", "reason": str(e)}
