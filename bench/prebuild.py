@@ -53,10 +53,15 @@ def exports(pool: concurrent.futures.Executor, config, model: str, designs: list
 
 
 def quantizations(pool: concurrent.futures.Executor, subjects: dict, cells: list) -> dict:
-    """Start every ONNX Runtime artifact the cells need and the run directory lacks, longest first
-    (HQQ, then calibrated QDQ), so the last job does not run alone: at llama-7b (B) HQQ took 142 s,
-    calibrated QDQ 27-39 s, dynamic int8 19-23 s, RTN and bnb4 8 s (in one process, 2 threads).
-    Returns the pending builds for `wait`; meanwhile the run measures the cells that need none."""
+    """Start `builds` in order. Returns the pending builds for `wait`; meanwhile the run measures the
+    cells that need none."""
+    return {pool.submit(_quantize, out, job): out.name for out, job in builds(subjects, cells)}
+
+
+def builds(subjects: dict, cells: list) -> list[tuple[Path, dict]]:
+    """Every ONNX Runtime artifact the cells need and the run directory lacks, longest first (HQQ,
+    then calibrated QDQ), so the last job does not run alone: at llama-7b (B) HQQ took 142 s,
+    calibrated QDQ 27-39 s, dynamic int8 19-23 s, RTN and bnb4 8 s (in one process, 2 threads)."""
     jobs = {}
     for cell in cells:
         try:
@@ -72,7 +77,7 @@ def quantizations(pool: concurrent.futures.Executor, subjects: dict, cells: list
         recipe = recipe_config(job["recipe"], **params)  # a variant's own parameters (algorithm = "hqq")
         return getattr(recipe, "algorithm", "") != "hqq", not getattr(recipe, "needs_calibration", False)
 
-    return {pool.submit(_quantize, out, job): out.name for out, job in sorted(jobs.items(), key=cost)}
+    return sorted(jobs.items(), key=cost)
 
 
 def needs_build(cell, config) -> bool:

@@ -97,6 +97,18 @@ def test_prebuilt_artifacts_are_the_ones_the_cells_would_build(tiny_run, tmp_pat
             assert r["artifact"]["sha256"] == first[r["key"]]["artifact"]["sha256"]
 
 
+def test_prebuild_starts_the_longest_builds_first(tmp_path, seed_exports):
+    """HQQ first, a recipe variant that asks for it too, then the calibrated recipes; each artifact
+    once, and only ONNX Runtime's (bitsandbytes quantizes in the cell)."""
+    cfg = tiny_config(designs=["A"], recipes=["ort-int8-dynamic", "ort-int8-qdq-minmax", "rtn-as-hqq", "ort-int4-rtn",
+                                              "bnb-nf4"],
+                      user_recipes={"rtn-as-hqq": {"base": "ort-int4-rtn", "algorithm": "hqq"}})
+    subjects = {"A": runner_module.Subject(cfg, "A", "tiny", seed_exports(tmp_path / "run") / "artifacts")}
+    order = [out.name.rsplit("-", 2)[0] for out, _ in prebuild.builds(subjects, runner_module.plan(cfg))]
+    assert order[:2] == ["rtn-as-hqq", "ort-int8-qdq-minmax"]
+    assert sorted(order[2:]) == ["ort-int4-rtn", "ort-int8-dynamic"]
+
+
 def test_a_failing_cell_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, seed_exports):
     real = runner_module.quantize
 
