@@ -87,7 +87,7 @@ def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,
                 samples, stopped_by = _time_here(sides, inputs, threads, model_config)
             for cell in cells:
                 new_ms, old_ms = samples[f"new:{cell['key']}"], samples[f"old:{cell['key']}"]
-                rounds = min(len(new_ms), len(old_ms))  # paired by round; a bounded side has fewer
+                rounds = min(len(new_ms), len(old_ms))  # paired by round; a side that left first has fewer
                 new_ms, old_ms = new_ms[:rounds], old_ms[:rounds]
                 out[cell["key"]] = {**latency.ratio(new_ms, old_ms), "p_slower": stats.wilcoxon_greater(new_ms, old_ms),
                                     "old_p50_ms": float(np.median(old_ms)), "new_p50_ms": float(np.median(new_ms)),

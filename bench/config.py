@@ -45,7 +45,7 @@ class RunConfig:
     max_iterations: int = 200  # unless this many rounds are done,
     max_seconds: float = 60.0  # or a round-robin group has been timed this long (never below min_iterations)
     max_runnable_seconds: float = 10.0  # past it one runnable's rounds are bounded and marked so (LatencyConfig)
-    # resident_mb and peak_call_mb of every latency cell, each runnable in a fresh child process (CPU)
+    # resident_mb and peak_call_mb of every latency cell, each runnable in a child process of its own (CPU)
     memory: bool = True
     # profile what ran where one weight width spreads more than 3x at decode (kernel_path; CPU)
     diagnose: bool = True

@@ -142,7 +142,7 @@ def summarize(samples_ms: np.ndarray, tokens: int) -> dict[str, float | int]:
     }
 
 
-MIN_PAIRS_FOR_CI = 5  # a bootstrap over fewer paired rounds (a bounded runnable's) says nothing
+MIN_PAIRS_FOR_CI = 5  # a bootstrap over fewer paired rounds says nothing (min_iterations below 5 gives none)
 
 
 def ratio_text(r: dict | None, digits: int = 2) -> str:
@@ -155,7 +155,7 @@ def ratio_text(r: dict | None, digits: int = 2) -> str:
 
 def ratio(a_ms: np.ndarray, b_ms: np.ndarray, seed: int = 0) -> dict[str, float]:
     """median(a)/median(b) with a 95 % bootstrap interval over paired rounds (same index, same round):
-    the rounds both took part in, where one of them was bounded."""
+    the rounds both took part in, where one left first (at its minimums, or bounded)."""
     rounds = min(len(a_ms), len(b_ms))
     a_ms, b_ms = np.asarray(a_ms[:rounds]), np.asarray(b_ms[:rounds])
     if rounds < MIN_PAIRS_FOR_CI:

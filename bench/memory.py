@@ -1,6 +1,6 @@
-"""`resident_mb` and `peak_call_mb` of one runnable, measured in a fresh child process.
+"""`resident_mb` and `peak_call_mb` of one runnable, measured in a child process of its own.
 
-    python -m ffnbench.bench.memory [--workers N] REQUEST.json ...   (writes REQUEST.result.json)
+    python -m ffnbench.bench.memory [--workers N] [--fresh] REQUEST.json ...   (writes REQUEST.result.json)
 
 The benchmark process holds every recipe of a model at once, so its own RSS says nothing about any
 one of them. As optimum-benchmark does, each runnable is loaded by a child that holds nothing else:
@@ -13,7 +13,8 @@ so a later shape's figure includes what the earlier one left in the arena (at mo
 
 An ONNX artifact's child starts ONNX Runtime alone; a torch or bitsandbytes module's child rebuilds
 the module from its artifact, as `compare --remeasure` workers do. The children are forked from one
-process that has imported torch and bitsandbytes (`serve`), so each does not pay those imports.
+process that has imported torch and bitsandbytes where any request needs them (`serve`), so each
+does not pay those imports; `--fresh` starts a new interpreter per request instead.
 """
 
 import argparse
@@ -113,12 +114,14 @@ def probe(request: dict) -> dict:
     return {"resident_mb": round(loaded - base, 2), "peak_call_mb": peaks}
 
 
-def measure(requests: dict[str, dict], inputs: dict[str, dict[str, np.ndarray]], workers: int = 3) -> dict[str, dict]:
-    """key -> {resident_mb, peak_call_mb: {shape: MB}} or {error}, one fresh child per request.
+def measure(requests: dict[str, dict], inputs: dict[str, dict[str, np.ndarray]], workers: int = 3,
+            fresh: bool = False) -> dict[str, dict]:
+    """key -> {resident_mb, peak_call_mb: {shape: MB}} or {error}, one child process per request.
     `inputs`: per input set (a request's "inputs"), shape name -> the array its runnables are called
     on. Children run `workers` at a time: each measures only its own process, so running side by
     side changes their time, not their RSS (three, not two, on two cores: a bitsandbytes child spends
-    most of its time quantizing on one thread)."""
+    most of its time quantizing on one thread). fresh=True: a new interpreter per request instead of
+    a fork (`serve`), what the forked children were checked against."""
     if not CLEAR_REFS.exists():
         return {key: {"error": f"{CLEAR_REFS} is missing (not Linux): no per-call peak"} for key in requests}
     with tempfile.TemporaryDirectory(prefix="ffnbench-memory-") as tmp:
@@ -131,21 +134,32 @@ def measure(requests: dict[str, dict], inputs: dict[str, dict[str, np.ndarray]],
         for i, (key, request) in enumerate(requests.items()):
             files[key] = Path(tmp) / f"request-{i}.json"
             files[key].write_text(json.dumps({**request, "inputs": paths[request["inputs"]]}))
-        return _run_zygote(files, workers)
+        return _run_server(files, workers, fresh)
 
 
-def _run_zygote(files: dict[str, Path], workers: int) -> dict[str, dict]:
-    """One process imports the runtimes once and forks a child per request (`serve`)."""
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "ffnbench.bench.memory", "--workers", str(workers),
-                           *map(str, files.values())], capture_output=True, text=True, env=env)
-    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+def _run_server(files: dict[str, Path], workers: int, fresh: bool) -> dict[str, dict]:
+    """`serve` in a process (and process group) of its own, killed with its children past its budget."""
+    # CUDA hidden: memory is measured in CPU runs only, and a CUDA driver started by bitsandbytes'
+    # import (it asks torch whether CUDA is available) would start threads in the server.
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    budget = CHILD_TIMEOUT_S * -(-len(files) // workers) + 120
+    command = [sys.executable, "-m", "ffnbench.bench.memory", "--workers", str(workers),
+               *(["--fresh"] if fresh else []), *map(str, files.values())]
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=True) as server:
+        try:
+            _, err = server.communicate(timeout=budget)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            _, err = server.communicate()
+            err += f"\nthe memory probes took over {budget} s"
+    said = f"its server exited {server.returncode}: {_last_line(err)}"
     out = {}
     for key, path in files.items():
         try:
             out[key] = json.loads(_result_path(path).read_text())
         except (OSError, ValueError):
-            out[key] = {"error": f"the memory probe's server exited {done.returncode} before it: {tail}"}
+            out[key] = {"error": f"the memory probe left no result ({said})"}
     return out
 
 
@@ -153,31 +167,42 @@ def _result_path(request_path: Path) -> Path:
     return request_path.with_suffix(".result.json")
 
 
-def serve(paths: list[Path], workers: int) -> None:
-    """Measure each request in a child forked from this process, `workers` at a time, each writing
-    its result beside its request.
+def _last_line(text: str) -> str:
+    return (text.strip().splitlines() or ["no output"])[-1]
+
+
+def serve(paths: list[Path], workers: int, timeout_s: float = CHILD_TIMEOUT_S, fresh: bool = False) -> None:
+    """Measure each request in a child process of its own, `workers` at a time, each writing its
+    result beside its request (a child over `timeout_s` is killed).
 
     Starting a fresh interpreter per runnable cost 13 s for a bitsandbytes one (torch's and
-    bitsandbytes' imports, which wrap ops in torch.compile), 1 s for an ONNX one. Here they are
-    imported once; a forked child holds them as a fresh process would after its imports, and no
-    runtime has started (no ONNX Runtime, imported by each child; no torch thread pool), so every
-    child still starts its own runtime before its baseline. This process is single-threaded when it
-    forks (OPENBLAS_NUM_THREADS=1: numpy starts no BLAS threads), as fork requires."""
+    bitsandbytes' imports, which wrap ops in torch.compile), 1 s for an ONNX one. So the children are
+    forked from this process, which imports those once and starts no runtime (not ONNX Runtime,
+    which each child imports; no torch thread pool): a child holds the imports as a fresh process
+    would and still starts its own runtime before its baseline. Fork needs this process to have one
+    thread (OPENBLAS_NUM_THREADS=1 keeps numpy from starting BLAS threads); with more, or with
+    fresh=True, each child is a new interpreter instead."""
     requests = {path: json.loads(path.read_text()) for path in paths}
-    preload(requests.values())
-    if threads() != 1:
-        raise OSError(f"the memory probe's server has {threads()} threads after its imports; forking it is unsafe")
-    gc.collect()
-    gc.freeze()  # the children's collections skip what is inherited (1.4 s a child otherwise)
+    fork = not fresh
+    if fork:
+        preload(requests.values())
+        if threads() != 1:
+            fork = False
+            print(f"memory: {threads()} threads after the imports, so no fork: a new interpreter per probe",
+                  file=sys.stderr)
+        gc.collect()
+        gc.freeze()  # the children's collections skip what is inherited (1.4 s a child otherwise)
     pending, running = list(paths), {}
-    while pending or running:
-        while pending and len(running) < workers:
-            path = pending.pop(0)
-            pid = os.fork()
-            if pid == 0:
-                _child(path, requests[path])
-            running[pid] = (path, time.monotonic())
-        _reap(running)
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                path = pending.pop(0)
+                running[_start(path, requests[path], fork)] = (path, time.monotonic())
+            _reap(running, timeout_s)
+    finally:
+        for pid in running:  # this process is failing: its children go with it
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def preload(requests) -> None:
@@ -186,8 +211,9 @@ def preload(requests) -> None:
     if any(r["kind"] == "module" for r in requests):
         import torch  # noqa: F401
 
-        with contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(ImportError):
-            import bitsandbytes  # noqa: F401  (a child that needs it says why it is missing)
+        # Any failure is left to the children that need bitsandbytes: each records why.
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(Exception):
+            import bitsandbytes  # noqa: F401
 
 
 def threads() -> int:
@@ -195,48 +221,75 @@ def threads() -> int:
     return int(_status_field("Threads"))
 
 
-def _reap(running: dict[int, tuple[Path, float]]) -> None:
-    """Wait for a child to finish; a child over CHILD_TIMEOUT_S is killed. A child that dies
-    without a result gets one saying how."""
+def _start(path: Path, request: dict, fork: bool) -> int:
+    """A child measuring `request`, its stderr in a file beside it; returns its pid."""
+    stderr = path.with_suffix(".stderr")
+    if not fork:
+        return os.posix_spawn(sys.executable, [sys.executable, "-m", "ffnbench.bench.memory", "--one", str(path)],
+                              os.environ, file_actions=[(os.POSIX_SPAWN_OPEN, 2, str(stderr),
+                                                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)])
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:  # nothing, not even KeyboardInterrupt, may return into the server's code in a child
+            os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+            code = _measure_into(path, request)
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _measure_into(path: Path, request: dict) -> int:
+    """Probe and write the result, or why it failed, beside the request (whole or not at all)."""
+    try:
+        result, code = probe(request), 0
+    except Exception as e:  # any failure is this runnable's reason, not the run's
+        result, code = {"error": f"the memory probe failed: {type(e).__name__}: {e}"}, 1
+    _write(_result_path(path), result)
+    return code
+
+
+def _write(path: Path, result: dict) -> None:
+    staged = path.with_suffix(".tmp")
+    staged.write_text(json.dumps(result))
+    os.replace(staged, path)
+
+
+def _reap(running: dict[int, tuple[Path, float]], timeout_s: float) -> None:
+    """Wait until one child has finished or been killed for taking over `timeout_s`. A child that
+    ended without a result gets one saying how, with the last line of its stderr."""
     while True:
-        for pid, (path, started) in list(running.items()):
-            if time.monotonic() - started > CHILD_TIMEOUT_S:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                _result_path(path).write_text(json.dumps({"error": f"the memory probe took over {CHILD_TIMEOUT_S} s"}))
-                del running[pid]
-                return
         pid, status = os.waitpid(-1, os.WNOHANG)
         if pid:
             path, _ = running.pop(pid)
-            if not _result_path(path).exists():
-                how = (f"exited {os.waitstatus_to_exitcode(status)}" if os.WIFEXITED(status)
-                       else f"was killed by signal {os.WTERMSIG(status)}")
-                _result_path(path).write_text(json.dumps({"error": f"the memory probe {how} without a result"}))
-            return
+            how = (f"exited {os.waitstatus_to_exitcode(status)}" if os.WIFEXITED(status)
+                   else f"was killed by signal {os.WTERMSIG(status)}")
+            break
+        late = [p for p, (_, started) in running.items() if time.monotonic() - started > timeout_s]
+        if late:
+            os.kill(late[0], signal.SIGKILL)
+            os.waitpid(late[0], 0)
+            path, _ = running.pop(late[0])
+            how = f"took over {timeout_s:.0f} s"
+            break
         time.sleep(0.02)
-
-
-def _child(path: Path, request: dict) -> None:
-    """In a forked child: probe, write the result (or the failure) beside the request, and exit
-    without running the server's clean-up."""
-    code = 0
-    try:
-        result = probe(request)
-    except Exception as e:  # noqa: BLE001  (any failure is this runnable's reason, not the run's)
-        result, code = {"error": f"the memory probe failed: {type(e).__name__}: {e}"}, 1
-    try:
-        _result_path(path).write_text(json.dumps(result))
-    finally:
-        os._exit(code)
+    if not _result_path(path).exists():
+        with contextlib.suppress(OSError):
+            how += ": " + _last_line(path.with_suffix(".stderr").read_text())
+        _write(_result_path(path), {"error": f"the memory probe {how}"})
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="resident_mb and peak_call_mb of runnables, one forked child each")
+    parser = argparse.ArgumentParser(description="resident_mb and peak_call_mb of runnables, one child process each")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=CHILD_TIMEOUT_S, help="seconds a child may take")
+    parser.add_argument("--fresh", action="store_true", help="a new interpreter per request instead of a fork")
+    parser.add_argument("--one", action="store_true", help="measure the one request in this process")
     parser.add_argument("requests", nargs="+", type=Path, help="request JSON files; each REQ.result.json is written")
     args = parser.parse_args()
-    serve(args.requests, max(1, args.workers))
+    if args.one:
+        return _measure_into(args.requests[0], json.loads(args.requests[0].read_text()))
+    serve(args.requests, max(1, args.workers), args.timeout, args.fresh)
     return 0
 
 

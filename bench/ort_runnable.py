@@ -1,5 +1,5 @@
-"""ONNX Runtime sessions as runnables, without torch: a memory probe of an ONNX artifact imports
-only this (0.3 s, against 3 s with torch and bitsandbytes)."""
+"""ONNX Runtime sessions as runnables, without torch: a memory probe of an ONNX artifact, forked
+where no request needs torch or started afresh, imports only this."""
 
 import os
 import tempfile

@@ -87,10 +87,10 @@ def _memory(run, model: str, plot_dir: Path) -> list[str]:
     if not any(v is not None for vs in resident.values() for v in vs):
         reasons = {c.get("memory_unavailable") for c in run.ok if c.get("kind") == "latency" and c["model"] == model}
         return ["### Memory", "", "Not measured: " + "; ".join(sorted(r for r in reasons if r)) + ".", ""]
-    path = plots.bars(recipes, resident, None, "resident MB (fresh process)", f"Memory per recipe ({model})",
+    path = plots.bars(recipes, resident, None, "resident MB (a process each)", f"Memory per recipe ({model})",
                       plot_dir / f"memory_{model}.png", log=True)
     return ["### Memory per recipe", "",
-            "Each runnable loaded by a fresh process that holds nothing else (`bench/memory.py`): `resident_mb` is "
+            "Each runnable loaded by a child process that holds nothing else (`bench/memory.py`): `resident_mb` is "
             "what loading it added to that process, `peak_call_mb` the most a first call at that shape rose above it.",
             "", f"![]({path.relative_to(run.dir)})", "",
             "| recipe | design | on disk (MB) | resident (MB) | peak call, decode (MB) | peak call, prefill (MB) |",

@@ -125,7 +125,7 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
             timed = [c for c in group if c.kind == "latency"]
             if timed:
                 bar.set_description(f"{model}: memory of {len({c.artifact for c in timed})} runnables, "
-                                    "each in a fresh process")
+                                    "each in a process of its own")
                 memory_mb = measure_memory(subjects, timed, mc)
             for shape, shape_cells in itertools.groupby(timed, key=lambda c: c.scenario):
                 shape_cells = list(shape_cells)
@@ -303,7 +303,7 @@ def latency_inputs(subject: Subject, shape: tuple[int, int]) -> np.ndarray:
 
 def measure_memory(subjects: dict, cells: list[Cell], config: RunConfig) -> dict[tuple, dict]:
     """Cell.artifact -> {resident_mb, peak_call_mb: {shape: MB}} or {error}: each
-    latency cell's runnable loaded and called at every shape by a fresh child process (bench/memory.py)."""
+    latency cell's runnable loaded and called at every shape by a child process of its own (bench/memory.py)."""
     if not config.memory or config.device != "cpu":
         return {}
     requests, inputs = {}, {}

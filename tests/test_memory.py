@@ -1,4 +1,4 @@
-"""Memory per runnable, each in a fresh child process: resident_mb tracks the artifact, not the benchmark."""
+"""Memory per runnable, each in a child process of its own: resident_mb tracks the artifact, not the benchmark."""
 
 import os
 import subprocess
@@ -45,6 +45,16 @@ def test_resident_memory_tracks_the_artifact_and_the_call_peak_tracks_the_shape(
     assert 0.8 * sizes["fp32"] / 1e6 <= fp32["resident_mb"] <= 2 * sizes["fp32"] / 1e6 + 2
     assert int4["resident_mb"] < fp32["resident_mb"] / 2  # the 4-bit saving shows in this number
     assert fp32["peak_call_mb"]["prefill"] > fp32["peak_call_mb"]["decode"] + 1  # 256 tokens x 2048 wide, fp32
+
+
+def test_forked_and_fresh_children_measure_alike(artifacts):
+    """The forked children against new interpreters, the way they replaced: the same resident memory."""
+    paths, _ = artifacts
+    requests = {name: {"kind": "onnx", "path": str(path), "threads": 1, "spinning": False, "inputs": "x"}
+                for name, path in paths.items()}
+    forked, fresh = (memory.measure(requests, {"x": _inputs()}, fresh=f) for f in (False, True))
+    for name in paths:
+        assert abs(forked[name]["resident_mb"] - fresh[name]["resident_mb"]) < 0.5, (forked, fresh)
 
 
 def test_a_child_that_fails_is_a_reason_not_a_crash(tmp_path):
