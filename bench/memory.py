@@ -233,16 +233,16 @@ def _start(path: Path, request: dict, fork: bool) -> int:
         code = 1
         try:  # nothing, not even KeyboardInterrupt, may return into the server's code in a child
             os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
-            code = _measure_into(path, request)
+            code = _measure_into(path, request, forked=True)
         finally:
             os._exit(code)
     return pid
 
 
-def _measure_into(path: Path, request: dict) -> int:
+def _measure_into(path: Path, request: dict, forked: bool = False) -> int:
     """Probe and write the result, or why it failed, beside the request (whole or not at all)."""
     try:
-        result, code = probe(request), 0
+        result, code = probe(request) | {"probe": "forked" if forked else "fresh"}, 0
     except Exception as e:  # any failure is this runnable's reason, not the run's
         result, code = {"error": f"the memory probe failed: {type(e).__name__}: {e}"}, 1
     _write(_result_path(path), result)

@@ -381,6 +381,7 @@ def _add_memory(record: dict, measured: dict | None, config: RunConfig) -> None:
     record["metrics"] |= {"resident_mb": measured["resident_mb"] if ok else None,
                           "peak_call_mb": measured["peak_call_mb"][shape] if ok else None}
     if ok:
+        record["memory_probe"] = measured["probe"]  # a forked child, or a new interpreter (bench/memory.py)
         return
     if measured is not None:
         record["memory_unavailable"] = measured["error"]

@@ -43,6 +43,8 @@ def test_memory_per_recipe_is_measured_in_fresh_processes_and_reported(run_dir):
     # is tested at the `small` size in test_memory: tiny's 0.13 MB of weights are within the noise).
     for key, m in timing.items():
         assert m["resident_mb"] is not None and m["peak_call_mb"] is not None, key
+    # Forked, so the server had one thread after importing torch and bitsandbytes for the torch module.
+    assert {c["memory_probe"] for c in cells if c["kind"] == "latency"} == {"forked"}
     assert timing["B", "torch-fp16", "prefill"]["peak_call_mb"] > 0  # a torch module's child, too
     report = write(run_dir).read_text()
     assert "### Memory per recipe" in report and "| resident (MB) |" in report
