@@ -139,24 +139,30 @@ class LMSubject:
         one_each = [f for batch in self._feeds(name, tokens, self.config.seed + 1) for f in _split(batch)]
         return LMCalibration(name, tuple(one_each))
 
+    def artifact_job(self, recipe: str, calibration: str | None) -> tuple[Path, dict]:
+        """Where the recipe's artifact goes (named by what it is made from) and quantize()'s arguments."""
+        config = self.config
+        base, params = config.recipe_spec(recipe)
+        if config.device == "cuda" and RECIPES[base].runtime in ("ort", "fp32"):
+            raise Skipped("lm cells run ONNX Runtime on the CPU only")
+        cal = self.calibration(calibration) if calibration else None
+        on_onnx = RECIPES[base].runtime in ("ort", "fp32")  # module recipes need no export
+        identity = {"source": self.export.manifest["sha256"] if on_onnx else self.model.source["sha256"],
+                    "recipe": base, "params": params, "device": config.device,
+                    "calibration": cal.describe() if cal else None}
+        out = self.artifacts / f"lm-{recipe}-{self.design}-{files.digest(identity)}"
+        return out, {"source": self.export.path if on_onnx else self.model, "recipe": base, "calibration": cal,
+                     "device": config.device, **params}
+
     def runnable(self, recipe: str, calibration: str | None):
         key = (recipe, calibration)
         if key not in self._runnables:
             config = self.config
-            base, params = config.recipe_spec(recipe)
-            if config.device == "cuda" and RECIPES[base].runtime in ("ort", "fp32"):
-                raise Skipped("lm cells run ONNX Runtime on the CPU only")
-            cal = self.calibration(calibration) if calibration else None
-            on_onnx = RECIPES[base].runtime in ("ort", "fp32")  # module recipes need no export
-            identity = {"source": self.export.manifest["sha256"] if on_onnx else self.model.source["sha256"],
-                        "recipe": base, "params": params, "device": config.device,
-                        "calibration": cal.describe() if cal else None}
-            out = self.artifacts / f"lm-{recipe}-{self.design}-{files.digest(identity)}"
+            out, job = self.artifact_job(recipe, calibration)
             if (out / "manifest.json").exists():
                 artifact = load_artifact(out, self.model, device=config.device)
             else:
-                source = self.export.path if on_onnx else self.model
-                artifact = quantize(source, base, out, calibration=cal, device=config.device, **params)
+                artifact = quantize(job.pop("source"), job.pop("recipe"), out, **job)
             manifest = {**artifact.manifest, "dir": out.relative_to(self.artifacts.parent).as_posix()}
             runnable = lm_runnable_for(artifact, config.lm_inject, config.threads, config.device)
             self._runnables[key] = (runnable, manifest)

@@ -33,13 +33,20 @@ def workers(config, model: str) -> Iterator[concurrent.futures.Executor | None]:
             PREBUILD_MIN_WEIGHTS:
         yield None
         return
+    with pool(config) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def pool(config) -> Iterator[concurrent.futures.Executor]:
+    """BUILD_WORKERS fresh processes, their threads shared out of the run's."""
     previous = os.environ.get("THP_MEM_ALLOC_ENABLE")
     os.environ["THP_MEM_ALLOC_ENABLE"] = "1"  # inherited by the workers only: this process's torch has started
     try:
         with concurrent.futures.ProcessPoolExecutor(
                 BUILD_WORKERS, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
-                initargs=(max(1, config.threads // BUILD_WORKERS),)) as pool:
-            yield pool
+                initargs=(max(1, config.threads // BUILD_WORKERS),)) as started:
+            yield started
     finally:
         if previous is None:
             os.environ.pop("THP_MEM_ALLOC_ENABLE")
@@ -55,7 +62,11 @@ def exports(pool: concurrent.futures.Executor, config, model: str, designs: list
 def quantizations(pool: concurrent.futures.Executor, subjects: dict, cells: list) -> dict:
     """Start `builds` in order. Returns the pending builds for `wait`; meanwhile the run measures the
     cells that need none."""
-    return {pool.submit(_quantize, out, job): out.name for out, job in builds(subjects, cells)}
+    return submit(pool, builds(subjects, cells))
+
+
+def submit(pool: concurrent.futures.Executor, jobs: list[tuple[Path, dict]]) -> dict:
+    return {pool.submit(_quantize, out, job): out.name for out, job in jobs}
 
 
 def builds(subjects: dict, cells: list) -> list[tuple[Path, dict]]:

@@ -19,24 +19,29 @@ from ffnbench.errors import UsageError
 from ffnbench.models.lm import CausalLM, LMConfig
 from ffnbench.quant import Calibration, quantize
 
-LM_RECIPES = ["fp32", "ort-int8-dynamic", "bnb-nf4"]
+LM_RECIPES = ["fp32", "ort-int8-dynamic", "bnb-nf4", "ort-int8-qdq-minmax"]  # the last built by workers
+QUANTIZED_HERE: list[str] = []  # the recipes lm_run quantized in this process
 
 
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory, seed_exports):
-    """Design B (the one with three FFN MatMuls a layer): every quick lm recipe, clean, production
-    and the real second domain, 4 held-out windows each."""
+    """Design B (the one with three FFN MatMuls a layer): every quick lm recipe and a calibrated one,
+    clean, production and the real second domain, 4 held-out windows each."""
     out = seed_exports(tmp_path_factory.mktemp("lm") / "run")
     config = RunConfig(models=["tiny"], designs=["B"], recipes=LM_RECIPES, scenarios=["clean"], n_requests=1,
                        seq_len=4, latency=False, lm_recipes=LM_RECIPES,
                        lm_scenarios=["clean", "production", "domain-code"], lm_windows=4)
-    cells = [c for c in run(config, out, progress=False) if c["kind"] == "lm"]
+    quantize_here = lm_cells.quantize
+    with pytest.MonkeyPatch.context() as patch:  # what this process quantizes, the workers aside
+        patch.setattr(lm_cells, "quantize", lambda source, recipe, *a, **k: (
+            QUANTIZED_HERE.append(recipe), quantize_here(source, recipe, *a, **k))[1])
+        cells = [c for c in run(config, out, progress=False) if c["kind"] == "lm"]
     return config, out, {(c["recipe"], c["scenario"]): c for c in cells}
 
 
 def test_every_lm_cell_measures_every_metric(lm_run):
     _, _, cells = lm_run
-    assert len(cells) == 3 * 3 and all(c["status"] == "ok" for c in cells.values()), cells
+    assert len(cells) == len(LM_RECIPES) * 3 and all(c["status"] == "ok" for c in cells.values()), cells
     for cell in cells.values():
         assert set(LM_METRICS) <= cell["metrics"].keys()
         assert all(cell["metrics"][m] is not None for m in LM_METRICS), cell["metrics"]
@@ -44,6 +49,19 @@ def test_every_lm_cell_measures_every_metric(lm_run):
     assert cells[("fp32", "clean")]["metrics"]["delta_bpb"] == pytest.approx(0.0, abs=1e-5)  # ORT vs torch
     for recipe in LM_RECIPES[1:]:  # quantization changes the predictions, measurably
         assert cells[(recipe, "clean")]["metrics"]["kl_to_fp32"] > 1e-5
+
+
+def test_a_calibrated_artifact_built_by_the_workers_is_the_one_the_run_would_build(lm_run, tmp_path):
+    """The run quantizes calibrated ONNX Runtime recipes in worker processes, meanwhile measuring the
+    other cells; quantizing the same job here gives the same file."""
+    config, out, cells = lm_run
+    assert sorted(QUANTIZED_HERE) == ["bnb-nf4", "fp32"]  # every ONNX Runtime artifact came from the workers
+    cell = cells[("ort-int8-qdq-minmax", "clean")]
+    subject = LMSubject(config, "B", out / "artifacts")
+    built, job = subject.artifact_job("ort-int8-qdq-minmax", "clean")
+    assert built.as_posix().endswith(cell["artifact"]["dir"])
+    again = quantize(job.pop("source"), job.pop("recipe"), tmp_path / "again", **job)
+    assert again.manifest["sha256"] == cell["artifact"]["sha256"] and cell["metrics"]["kl_to_fp32"] > 1e-5
 
 
 def test_fp32_agrees_with_torch_in_every_runtime(lm_run):
