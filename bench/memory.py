@@ -186,10 +186,11 @@ def serve(paths: list[Path], workers: int, timeout_s: float = CHILD_TIMEOUT_S, f
     fork = not fresh
     if fork:
         preload(requests.values())
-        if threads() != 1:
-            fork = False
+        fork = threads() == 1
+        if not fork:
             print(f"memory: {threads()} threads after the imports, so no fork: a new interpreter per probe",
                   file=sys.stderr)
+    if fork:
         gc.collect()
         gc.freeze()  # the children's collections skip what is inherited (1.4 s a child otherwise)
     pending, running = list(paths), {}

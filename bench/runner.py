@@ -111,18 +111,9 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
                     bar.set_description(f"{model}: exporting {len(designs)} designs in parallel")
                     prebuild.exports(pool, mc, model, designs, store.out / "artifacts")
                 subjects = {d: Subject(mc, d, model, store.out / "artifacts") for d in designs}
-                if pool:  # the cells that need no ONNX build run meanwhile (bitsandbytes, torch, fp32)
+                if pool:
                     pending = prebuild.quantizations(pool, subjects, group)
-                    accuracy.sort(key=lambda c: prebuild.needs_build(c, mc))
-                for cell in accuracy:
-                    if pending and prebuild.needs_build(cell, mc):
-                        bar.set_description(f"{model}: waiting for {len(pending)} ONNX Runtime quantizations")
-                        prebuild.wait(pending)
-                        pending = {}
-                    bar.set_description(cell.key)
-                    store.append(measure(subjects[cell.design], cell))
-                    bar.update()
-                prebuild.wait(pending)
+                _measure_beside_builds(accuracy, subjects, pending, mc, measure, store, bar, model)
             timed = [c for c in group if c.kind == "latency"]
             if timed:
                 bar.set_description(f"{model}: memory of {len({c.artifact for c in timed})} runnables, "
@@ -149,14 +140,24 @@ def run_lm(cells: list[Cell], config: RunConfig, store: RunStore, bar) -> None:
     calibrated = any(job["calibration"] is not None for _, job in jobs)  # else the workers' start costs more
     with prebuild.pool(config) if calibrated else contextlib.nullcontext() as pool:
         pending = prebuild.submit(pool, jobs) if pool else {}
-        for cell in sorted(cells, key=lambda c: prebuild.needs_build(c, config)):
-            if pending and prebuild.needs_build(cell, config):
-                bar.set_description(f"trained: waiting for {len(pending)} ONNX Runtime quantizations")
-                prebuild.wait(pending)
-                pending = {}
-            bar.set_description(cell.key)
-            store.append(measure_lm(subjects[cell.design], cell))
-            bar.update()
+        _measure_beside_builds(cells, subjects, pending, config, measure_lm, store, bar, "trained")
+
+
+def _measure_beside_builds(cells: list[Cell], subjects: dict, pending: dict, config: RunConfig, measure_cell,
+                           store: RunStore, bar, label: str) -> None:
+    """Measure each cell; while ONNX Runtime builds are `pending` in workers, the cells that need none
+    (bitsandbytes, torch, fp32) go first, and the first that needs one waits for them all."""
+    if pending:
+        cells = sorted(cells, key=lambda c: prebuild.needs_build(c, config))
+    for cell in cells:
+        if pending and prebuild.needs_build(cell, config):
+            bar.set_description(f"{label}: waiting for {len(pending)} ONNX Runtime quantizations")
+            prebuild.wait(pending)
+            pending = {}
+        bar.set_description(cell.key)
+        store.append(measure_cell(subjects[cell.design], cell))
+        bar.update()
+    prebuild.wait(pending)
 
 
 def _check_inputs(config: RunConfig) -> None:
