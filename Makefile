@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv bench test lint clean
+.PHONY: venv bench test lint baseline clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,14 @@ bench: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The gate baseline of this machine's class (`ffnbench doctor` names it) from a quick run here:
+# how a class the project has not seen gets one. Commit baselines/CLASS.json.
+baseline: $(STAMP)
+	@class=$$($(BIN)/python -c 'from ffnbench.bench.isa import cpu_info, machine_class; \
+	print(machine_class(cpu_info()["isa"]))') && out=runs/quick-$$class-$$(date +%Y%m%d-%H%M%S) && \
+	$(BIN)/ffnbench run --preset quick --no-report --out $$out && \
+	$(BIN)/ffnbench gate --update-baseline --baseline baselines/$$class.json $$out
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -209,7 +209,7 @@ def _bnb(source, cfg, stage: Path, calibration, device: str) -> Artifact:
         module = _module_recipe(_source_block(source), cfg, device)
     except bnb_recipes.BackendMissing as e:
         raise Skipped(str(e)) from e
-    return _save_module(module, "bnb", stage, {"extra_params": bnb_recipes.recorded_params(cfg)})
+    return _save_module(module, "bnb", stage, {"extra_params": bnb_recipes.recorded_params(cfg, module, device)})
 
 
 def half_block(block: FFNBlock, cfg: TorchHalf, device: str) -> FFNBlock:

@@ -15,7 +15,7 @@ from ffnbench.quant.recipes import Bnb4bit, BnbInt8
 
 
 class BackendMissing(RuntimeError):
-    """An optional backend cannot run here; the message is the skip reason."""
+    """An optional backend cannot run here, or cannot run this model here; the message is the skip reason."""
 
 
 def import_bnb():
@@ -53,6 +53,47 @@ def int8_layer(cfg: BnbInt8, device: str) -> Callable[[nn.Linear], nn.Module]:
     return make
 
 
+# bitsandbytes quantizes 4-bit weights in blocks of 64 (Linear4bit's default, not a parameter),
+# counted over the flattened weight, so a block may span rows.
+BLOCKSIZE = 64
+# On a CPU with AVX512-BF16, bitsandbytes' fused 4-bit kernel works on tiles of 32 output rows.
+FUSED_TILE_ROWS = 32
+# Its AVX-512 dequantization takes 16 weights a step; rows of other lengths take its scalar loop.
+AVX512_STEP = 16
+
+
+def cpu_limit(in_features: int) -> str | None:
+    """Why bitsandbytes cannot run a 4-bit layer with this many inputs correctly on this CPU, or None.
+
+    Its AVX-512 dequantization (`dequantizeBlockwise4bitCpu`, bitsandbytes 0.50.2) looks a weight's
+    scale up as row × (in_features // 64) + column // 64, which is the flat block index only when a
+    row is a whole number of blocks: elsewhere it multiplies weights by other blocks' scales,
+    silently. Its scalar loop, on CPUs without AVX-512 or rows it cannot step through, indexes
+    the flat blocks and is right.
+    """
+    bnb = import_bnb()
+    avx512 = bool(bnb.cextension.lib.has_avx512f_cpu())
+    if avx512 and in_features % AVX512_STEP == 0 and in_features % BLOCKSIZE:
+        return (f"bitsandbytes {bnb.__version__}'s AVX-512 CPU kernel dequantizes a 4-bit layer with other "
+                f"blocks' scales unless in_features is a multiple of its {BLOCKSIZE}-weight block")
+    return None
+
+
+def fused_kernel_limit(in_features: int, out_features: int) -> str | None:
+    """Why bitsandbytes' fused AVX512-BF16 CPU kernel cannot take a layer of this shape, or None.
+
+    On such a CPU, Linear4bit repacks its weights on the first forward without autograd
+    (`_convert_weight_packed_for_cpu`, bitsandbytes 0.50.2): codes into tiles of 32 output rows,
+    scales reshaped to (out_features, in_features // 64). It checks neither divisibility, so other
+    shapes end in a torch reshape error or an assertion instead of its dequantizing path.
+    """
+    if in_features % BLOCKSIZE:
+        return f"in_features {in_features} is not a multiple of its {BLOCKSIZE}-weight block"
+    if out_features % FUSED_TILE_ROWS:
+        return f"out_features {out_features} is not a multiple of its {FUSED_TILE_ROWS}-row tile"
+    return None
+
+
 def four_bit_layer(cfg: Bnb4bit, device: str) -> Callable[[nn.Linear], nn.Module]:
     bnb = import_bnb()
 
@@ -61,21 +102,57 @@ def four_bit_layer(cfg: Bnb4bit, device: str) -> Callable[[nn.Linear], nn.Module
                                   compute_dtype=getattr(torch, cfg.compute_dtype),
                                   compress_statistics=cfg.double_quant, quant_type=cfg.quant_type)
         layer.load_state_dict(linear.state_dict())
+        # A shape the fused kernel cannot take runs bitsandbytes' dequantize-then-GEMM path, the
+        # one every CPU without AVX512-BF16 runs for every layer.
+        if fused_kernel_limit(linear.in_features, linear.out_features):
+            layer.support_avx512bf16_for_cpu = False
         return layer.to(device)
 
     return make
 
 
+def check_runs_here(block: FFNBlock, device: str) -> None:
+    """Raise BackendMissing naming the first layer that bitsandbytes' 4-bit CPU kernels get wrong here."""
+    if device != "cpu":
+        return
+    for name, linear in block.named_modules():
+        if isinstance(linear, nn.Linear) and (limit := cpu_limit(linear.in_features)):
+            raise BackendMissing(f"{limit}; {name} has {linear.in_features}")
+
+
 def quantize_block(block: FFNBlock, cfg: BnbInt8 | Bnb4bit, device: str = "cpu") -> FFNBlock:
+    if isinstance(cfg, Bnb4bit):
+        check_runs_here(block, device)
     make = int8_layer(cfg, device) if isinstance(cfg, BnbInt8) else four_bit_layer(cfg, device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return swap_linears(copy.deepcopy(block).to(device), make)
 
 
-def recorded_params(cfg: BnbInt8 | Bnb4bit) -> dict:
+def recorded_params(cfg: BnbInt8 | Bnb4bit, module: nn.Module, device: str) -> dict:
     """What bitsandbytes does beyond the recipe's fields, as measured from its code path."""
     if isinstance(cfg, BnbInt8):
         # MatMul8bitLt casts fp32 activations to fp16 before int8 row-wise quantization.
         return {"activation_dtype": "float16", "weight_dtype": "int8"}
-    return {"blocksize": 64, "weight_dtype": cfg.quant_type, "activation_dtype": cfg.compute_dtype}
+    params = {"blocksize": BLOCKSIZE, "weight_dtype": cfg.quant_type, "activation_dtype": cfg.compute_dtype}
+    if device != "cpu":
+        return params
+    return params | cpu_kernels(module)
+
+
+def cpu_kernels(module: nn.Module) -> dict:
+    """Which CPU kernel the 4-bit layers of `module` run at inference, and why.
+
+    The fused kernel casts activations to bfloat16 (its only input type), so `activation_dtype`
+    says bfloat16 where it runs; `cpu_fallbacks` names each layer it cannot take, and why.
+    """
+    bnb = import_bnb()
+    if not bnb.functional.has_avx512bf16():
+        return {"cpu_kernel": "dequantize + GEMM"}
+    layers = {name: m for name, m in module.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    fallbacks = {name: fused_kernel_limit(m.in_features, m.out_features)
+                 for name, m in layers.items() if not m.support_avx512bf16_for_cpu}
+    if len(fallbacks) == len(layers):
+        return {"cpu_kernel": "dequantize + GEMM", "cpu_fallbacks": fallbacks}
+    return {"cpu_kernel": "fused bf16 (AVX512-BF16)", "activation_dtype": "bfloat16"} | (
+        {"cpu_fallbacks": fallbacks} if fallbacks else {})
