@@ -46,6 +46,18 @@ def machine_class(isa: dict) -> str:
     return f"cpu-{platform.machine()}"
 
 
+def int8_kernels(isa: dict) -> dict[str, str | None]:
+    """The x86 kernels ONNX Runtime 1.31's MLAS dispatches int8 work to on a CPU with these flags
+    (mlas/lib/platform.cpp, where each later match overrides the earlier): its U8S8 GEMM, behind
+    MatMulInteger and DynamicQuantizeMatMul (`ort-int8-dynamic`), and MatMulNBits' int8 compute
+    (accuracy_level 4), which has no AMX kernel. None: not an x86 CPU MLAS has int8 kernels for."""
+    simd = next((name for flags, name in (
+        (("avx512_vnni",), "AVX512-VNNI"), (("avx512f", "avx512bw"), "AVX-512"), (("avx_vnni",), "AVX-VNNI"),
+        (("avx2",), "AVX2")) if all(isa.get(f) for f in flags)), None)
+    amx = isa.get("amx_tile") and isa.get("amx_int8")
+    return {"u8s8_gemm": "AMX" if amx else simd, "matmulnbits": simd}
+
+
 def u8s8_saturates() -> bool:
     """Run ORT's U8S8 MatMulInteger on inputs whose exact result overflows an int16 pair sum.
 

@@ -1,12 +1,15 @@
-"""What ran: where recipes of one weight width differ more than SPREAD× at decode, the kernels behind each.
+"""What ran: the kernels behind a timed recipe, where its time calls for an explanation.
 
-A 4-bit recipe 80× slower than another 4-bit recipe is not "slow 4-bit"; it is a different code path.
-For each such recipe this module profiles a few decode calls (ONNX Runtime's own profiler: op type,
-provider and time per node, and whether the node's weight was prepacked; torch's profiler for
-bitsandbytes and torch modules: time per operator), and reads the artifact's attributes that pick
-ONNX Runtime's kernel (zero-point dtype, accuracy_level, block size, quant type). `explain` turns
-the measured facts into the sentence a report gives; the kernel behaviour it names is ONNX Runtime
-1.31's and bitsandbytes 0.50's CPU code (matmul_nbits.cc, matmul_bnb4.cc; backends/cpu/ops.py).
+A 4-bit recipe 80× slower than another 4-bit recipe at decode is not "slow 4-bit"; it is a different
+code path, and so is a 4-bit recipe no faster than fp32 at prefill. For such a recipe this module
+profiles a few calls at the cell's shape (ONNX Runtime's own profiler: op type, provider and time
+per node, and whether the node's weight was prepacked; torch's profiler for bitsandbytes and torch
+modules: time per operator), reads the artifact's attributes that pick ONNX Runtime's kernel
+(zero-point dtype, accuracy_level, block size, quant type) and the CPU's int8 kernels. `explain`
+turns the measured facts into the sentence a report gives; the kernel behaviour it names is ONNX
+Runtime 1.31's and bitsandbytes 0.50's CPU code (matmul_nbits.cc and MLAS's qnbitgemm.cpp and
+platform.cpp, matmul_bnb4.cc; backends/cpu/ops.py and csrc/cpu_ops.cpp). bench/diagnosis.py picks
+the cells.
 """
 
 import glob
@@ -23,10 +26,20 @@ import onnx
 SPREAD = 3.0  # decode p50 ratio within one weight width that calls for a diagnosis
 PROFILE_CALLS = 3
 TOP_OPS = 6
+# What MatMulNBits computes in, by accuracy_level (matmul_nbits.cc: 4 is int8 where MLAS has the
+# kernel; every other level computes in fp32 on CPU).
+ACCURACY_LEVELS = {0: "fp32 compute", 4: "int8 compute"}
 
 
 class Unusable(Exception):
     """A profile that cannot be read: the diagnosis is skipped with this reason, the run goes on."""
+
+
+def not_shown_faster(ratio: dict, threshold: float = 1.0) -> bool:
+    """Whether a time ratio to fp32 ({ratio, ci_low, ci_high}) is not shown below `threshold`: its
+    interval's upper end (the ratio itself where too few rounds gave none) reaches it."""
+    high = ratio["ci_high"] if ratio.get("ci_high") is not None else ratio["ratio"]
+    return high >= threshold
 
 
 def spread_groups(decode: dict[str, dict]) -> list[list[str]]:
@@ -155,6 +168,9 @@ def explain(diagnosis: dict) -> str:
         if "bitsandbytes::gemv_4bit" in names:
             why = ("bitsandbytes' fused CPU gemv_4bit ran (bf16, no dequantized copy of the weight; this CPU's "
                    f"torch capability is {profile['cpu_capability']})")
+            if diagnosis.get("shape") == "prefill":
+                why += ("; it works in 32×32 tiles with AVX512-BF16 dot products and decodes a strip's 4-bit codes "
+                        "again for every 32 rows of input (its AMX path is not enabled in bitsandbytes 0.50)")
         elif "bitsandbytes::dequantize_4bit" in names:
             why = ("bitsandbytes dequantizes the 4-bit weight every call and multiplies in floating point: its fused "
                    f"CPU gemv_4bit needs AVX512-BF16, and this CPU's torch capability is {profile['cpu_capability']}")
@@ -166,14 +182,16 @@ def explain(diagnosis: dict) -> str:
         return f"{said}; {why}."
     nbits = [a for a in attrs if a["op"] == "MatMulNBits"]
     prepacked = [n.get("weights_prepacked") for n in profile["nodes"] if "weights_prepacked" in n]
+    kernels = diagnosis.get("int8_kernels") or {}
     if nbits and nbits[0].get("zero_points") == "float32":
         why = ("its zero points are float32, which ONNX Runtime's MatMulNBits cannot prepack: every call dequantizes "
-               "the whole weight to fp32 and runs an fp32 GEMM")
+               "the whole weight to fp32 and runs an fp32 GEMM, whatever its accuracy_level")
     elif any(a["op"] == "MatMulBnb4" for a in attrs):
         why = "MatMulBnb4 has no prepacked CPU kernel: every call dequantizes the whole weight to fp32, then a GEMM"
     elif nbits:
-        why = (f"MatMulNBits with {nbits[0].get('zero_points')} zero points, block {nbits[0].get('block_size')}, "
-               f"accuracy_level {nbits[0].get('accuracy_level')}: the prepacked MLAS kernel")
+        why = _matmulnbits(nbits[0], diagnosis.get("shape"), kernels)
+    elif any(a["op"] == "MatMulInteger" for a in attrs):
+        why = f"U8S8 int8 GEMM on MLAS's {kernels.get('u8s8_gemm') or 'portable'} kernel"
     else:
         why = f"ops as profiled ({', '.join(o['op'] for o in profile['ops'][:3])})"
     if prepacked:
@@ -181,18 +199,60 @@ def explain(diagnosis: dict) -> str:
     return f"{said}; {why}."
 
 
+def _matmulnbits(node: dict, shape: str | None, kernels: dict) -> str:
+    level = node.get("accuracy_level")
+    said = (f"MatMulNBits (zero points: {node.get('zero_points')}, block {node.get('block_size')}, "
+            f"accuracy_level {level})")
+    if level == 4 and not kernels.get("matmulnbits"):
+        return f"{said}: int8 compute on MLAS's kernel for this CPU (not an x86 CPU, whose kernels are named here)"
+    if level == 4:
+        return (f"{said}: activations quantized to int8 a block at a time, then MLAS's {kernels['matmulnbits']} "
+                f"int8 kernel, a scale per {node.get('block_size')}-weight block, and a block-sum correction by fp32 "
+                "GEMM (MatMulNBits has no AMX kernel; the U8S8 GEMM behind ort-int8-dynamic runs on "
+                f"{kernels.get('u8s8_gemm')} here)")
+    if shape == "prefill":
+        return (f"{said}: fp32 compute, each strip of the 4-bit weight dequantized to fp32 for every 128-row tile, "
+                "then MLAS's fp32 GEMM: the GEMM's arithmetic plus the dequantization")
+    return f"{said}: fp32 compute, the prepacked MLAS kernel"
+
+
 def diagnose(runnable, x: np.ndarray) -> dict:
-    """Profile and attributes of one timed runnable at the decode input `x`; a profile that cannot be
-    had is a skipped diagnosis with its reason."""
+    """Profile and attributes of one timed runnable at the input `x`, and the CPU's int8 kernels; a
+    profile that cannot be had is a skipped diagnosis with its reason."""
+    from ffnbench.bench.isa import cpu_info, int8_kernels, machine_class
+
+    isa = cpu_info()["isa"]
+    cpu = {"machine_class": machine_class(isa), "int8_kernels": int8_kernels(isa)}
     try:
         if hasattr(runnable, "path"):
             model = onnx.load(str(runnable.path), load_external_data=False)
-            return {"status": "ok", "profile": profile_ort(runnable, x, model), "attributes": attributes(model)}
-        return {"status": "ok", "profile": profile_torch(runnable.timed_call(x))}
+            return {"status": "ok", "profile": profile_ort(runnable, x, model), "attributes": attributes(model), **cpu}
+        return {"status": "ok", "profile": profile_torch(runnable.timed_call(x)), **cpu}
     except Unusable as e:
         return {"status": "skipped", "reason": str(e)}
     except Exception as e:  # a profiler failing must not fail the cells it would explain
         return {"status": "skipped", "reason": f"profiling failed: {type(e).__name__}: {e}"}
+
+
+def accuracy_level(diagnosis: dict) -> int | None:
+    """The accuracy_level of a diagnosed artifact's MatMulNBits nodes (None without any)."""
+    return next((a.get("accuracy_level") for a in diagnosis.get("attributes") or [] if a["op"] == "MatMulNBits"), None)
+
+
+def accuracy_level_variant(path: Path, out: Path, level: int) -> Path:
+    """The artifact at `path` with every MatMulNBits node's accuracy_level set to `level`, at out: the
+    same weights, scales and zero points, another compute type."""
+    model = onnx.load(str(path))
+    nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    if not nodes:
+        raise ValueError(f"{path} has no MatMulNBits node")
+    for node in nodes:
+        kept = [a for a in node.attribute if a.name != "accuracy_level"]
+        del node.attribute[:]
+        node.attribute.extend([*kept, onnx.helper.make_attribute("accuracy_level", level)])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out))
+    return out
 
 
 def float_zero_points(diagnosis: dict) -> bool:

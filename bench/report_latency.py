@@ -1,6 +1,8 @@
 """The report's latency part for one model size: time per recipe, bandwidth and roofline at decode,
-memory per recipe beside its size on disk, and what ran where one weight width spreads at decode."""
+memory per recipe beside its size on disk, and what ran where one weight width spreads at decode
+or a quantized recipe is no faster than fp32 at prefill."""
 
+import json
 from pathlib import Path
 
 from ffnbench.bench import kernel_paths, latency, plots
@@ -98,29 +100,53 @@ def _memory(run, model: str, plot_dir: Path) -> list[str]:
 
 
 def _kernel_paths(run, model: str) -> list[str]:
-    cells = [c for c in run.ok if c.get("kind") == "latency" and c["model"] == model and c.get("kernel_path")]
-    if not cells:
-        return []
-    lines = ["### What ran at decode", "",
-             f"Where recipes of one weight width differ by more than {kernel_paths.SPREAD:.0f}× at decode, each one's "
-             "decode calls were profiled (ONNX Runtime's profiler, or torch's for bitsandbytes and torch modules):", "",
-             "| design | recipe | bits | p50 (ms) | × fastest | what ran |", "|---|---|---|---|---|---|"]
+    lines = []
+    for shape in ("decode", "prefill"):
+        cells = [c for c in run.ok if c.get("kind") == "latency" and c["model"] == model and c.get("kernel_path")
+                 and c["shape"]["name"] == shape]
+        if cells:
+            lines += _what_ran(run, shape, cells)
+    return lines
+
+
+def _what_ran(run, shape: str, cells: list[dict]) -> list[str]:
+    """One shape's diagnosed cells: what ran, why, on which machine class, and measured alternatives."""
+    found = cells[0]["kernel_path"]
+    where = found.get("machine_class") or (run.manifest.get("machine") or {}).get("machine_class")
+    kernels = found.get("int8_kernels") or {}
+    on = (f"Measured on machine class `{where}`, whose int8 kernels in ONNX Runtime's MLAS are "
+          f"{kernels.get('u8s8_gemm')} for the U8S8 GEMM (`ort-int8-dynamic`) and {kernels.get('matmulnbits')} for "
+          "MatMulNBits; another class can take other paths." if kernels else f"Measured on machine class `{where}`.")
+    if shape == "decode":
+        why = (f"Where recipes of one weight width differ by more than {kernel_paths.SPREAD:.0f}× at decode, each "
+               "one's decode calls were profiled (ONNX Runtime's profiler, or torch's for bitsandbytes and torch "
+               "modules).")
+        head, compared = "× fastest", lambda k: f"{_f(k.get('vs_fastest'), 1)} (vs {k.get('fastest')})"
+    else:
+        rows = cells[0]["shape"]["batch"] * cells[0]["shape"]["seq"]
+        why = (f"Prefill multiplies {rows:,} rows of input by each weight, so arithmetic, not moving the weights, "
+               "bounds its time: a 4-bit weight's smaller size buys little there, and its kernel's arithmetic "
+               "decides. Each quantized recipe not shown faster than fp32 in its own runtime (the 95 % interval of "
+               "its paired time ratio reaching 1) was profiled at prefill.")
+        head, compared = "× fp32 [95 % CI]", lambda k: latency.ratio_text(k.get("vs_reference"))
+    lines = [f"### What ran at {shape}", "", f"{why} {on}", "",
+             f"| design | recipe | bits | p50 (ms) | {head} | what ran |", "|---|---|---|---|---|---|"]
     for c in sorted(cells, key=lambda c: (c["design"], c["kernel_path"].get("bits", 0), c["metrics"]["p50_ms"])):
         k = c["kernel_path"]
         lines.append(f"| {c['design']} | {c['recipe']} | {k.get('bits')} | {c['metrics']['p50_ms']:.2f} | "
-                     f"{_f(k.get('vs_fastest'), 1)} (vs {k.get('fastest')}) | {kernel_paths.explain(k)} |")
+                     f"{compared(k)} | {kernel_paths.explain(k)} |")
     for c in cells:
         alt = c["kernel_path"].get("alternative")
         if not alt:
             continue
         if "error" in alt:
-            lines += ["", f"- {c['recipe']} ({c['design']}): the uint8 zero-point variant could not be measured: "
-                          f"{alt['error']}."]
+            lines += ["", f"- {c['recipe']} ({c['design']}): its alternative could not be measured: {alt['error']}."]
             continue
+        table = ", ".join(f"`{key} = {json.dumps(value)}`" for key, value in (alt.get("as_recipe") or {}).items())
         lines += ["", f"- **{c['recipe']} ({c['design']}) with {alt['what']}**: {alt['p50_ms']:.2f} ms against "
-                      f"{alt['recipe_p50_ms']:.2f} ms at decode, timed side by side (ratio "
+                      f"{alt['recipe_p50_ms']:.2f} ms at {shape}, timed side by side (its time over the variant's "
                       f"{latency.ratio_text(alt['speedup'], 1)}); centered SQNR "
                       f"under `{alt['scenario']}` {alt['centered_sqnr_db']:.1f} dB against "
-                      f"{alt['recipe_centered_sqnr_db']:.1f} dB. As a recipe: `[recipe.NAME] base = \"ort-int4-hqq\"`, "
-                      "`zero_points = \"uint8\"`."]
+                      f"{alt['recipe_centered_sqnr_db']:.1f} dB." + (f" As a recipe: `[recipe.NAME]` {table}."
+                                                                     if table else "")]
     return [*lines, ""]

@@ -13,11 +13,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ffnbench import files
-from ffnbench.bench import doctor, fit, kernel_paths, latency, latency_cells, lm_cells, memory, metrics, prebuild, u8s8
+from ffnbench.bench import diagnosis, doctor, fit, latency_cells, lm_cells, memory, metrics, prebuild, u8s8
 from ffnbench.bench.cell_record import artifact_summary, finite, recording
 from ffnbench.bench.config import RunConfig
 from ffnbench.bench.lm_cells import LM_DESIGNS, LM_MODEL, LMSubject, measure_lm
-from ffnbench.bench.runnables import OrtRunnable, Runnable, TorchRunnable, ort_has_cuda, runnable_for
+from ffnbench.bench.runnables import Runnable, TorchRunnable, ort_has_cuda, runnable_for
 from ffnbench.bench.store import RunStore
 from ffnbench.errors import UsageError
 from ffnbench.export import NATIVE_OPSET, ExportedModel, export_onnx
@@ -376,8 +376,8 @@ def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks:
         for record in records.values():
             record.setdefault("status", "error")
             record.setdefault("error", f"{type(e).__name__} while timing the group: {e}")
-    if cells[0].scenario == "decode" and timings and config.diagnose and config.device == "cpu":  # CPU profilers
-        _diagnose_kernels(subjects, records, entries, timings, config)
+    if timings and config.diagnose and config.device == "cpu":  # CPU profilers
+        diagnosis.diagnose(cells[0].scenario, subjects, records, entries, timings, config)
     seconds = round(time.perf_counter() - started, 3)
     for key, record in records.items():
         if "status" not in record:
@@ -405,47 +405,3 @@ def _add_memory(record: dict, measured: dict | None, config: RunConfig) -> None:
                                         "see peak_gpu_mb)")
     else:
         record["memory_unavailable"] = "its runnable could not be built for the memory probe (see the cell's status)"
-
-
-def _diagnose_kernels(subjects: dict, records: dict, entries: dict, timings: dict, config: RunConfig) -> None:
-    """Where one weight width's decode times spread more than kernel_paths.SPREAD×, each of its
-    cells records what ran (`kernel_path`), and an HQQ artifact with float zero points the measured
-    cost of the uint8 alternative."""
-    decode = {key: {"design": r["design"], "bits": RECIPES[config.recipe_spec(r["recipe"])[0]].bits,
-                    "p50_ms": timings[key]["p50_ms"]} for key, r in records.items() if key in timings}
-    for keys in kernel_paths.spread_groups(decode):
-        fastest = min(keys, key=lambda k: decode[k]["p50_ms"])
-        for key in keys:
-            entry, record = entries[key], records[key]
-            found = kernel_paths.diagnose(entry["runnable"], entry["x"])
-            found |= {"bits": decode[key]["bits"], "fastest": records[fastest]["recipe"],
-                      "vs_fastest": decode[key]["p50_ms"] / decode[fastest]["p50_ms"]}
-            if kernel_paths.float_zero_points(found):
-                found["alternative"] = _uint8_alternative(subjects[record["design"]], entry, record, config)
-            record["kernel_path"] = found
-
-
-def _uint8_alternative(subject: Subject, entry: dict, record: dict, config: RunConfig) -> dict:
-    """The same artifact with uint8 zero points, timed beside it at decode, and both scored on the
-    latency scenario's accuracy inputs (centered SQNR against fp32)."""
-    try:
-        out = subject.artifacts / "diagnosis" / (Path(record["artifact"]["dir"]).name + "-uint8-zero-points.onnx")
-        variant = OrtRunnable(kernel_paths.uint8_variant(entry["runnable"].path, subject.export.path, out),
-                              threads=config.threads, spinning=config.ort_spinning)
-        fns = {"recipe": entry["runnable"].timed_call(entry["x"]), "variant": variant.timed_call(entry["x"])}
-        samples, _ = latency.interleaved(fns, config.latency_config())
-        scenario = config.latency_scenario()
-        reference, _ = subject.reference(scenario)
-
-        def centered_db(runnable) -> float:
-            y = np.concatenate([runnable.run(b) for b in subject.batches(scenario)])
-            return metrics.output_metrics(reference, y, subject.head)["centered_sqnr_db"]
-
-        return {"what": "uint8 zero points (HQQ's scales; zero points rounded to 0..15; weights requantized)",
-                "path": out.relative_to(subject.artifacts.parent).as_posix(),
-                "p50_ms": float(np.median(samples["variant"])), "recipe_p50_ms": float(np.median(samples["recipe"])),
-                "speedup": latency.ratio(samples["recipe"], samples["variant"]), "scenario": scenario,
-                "centered_sqnr_db": centered_db(variant), "recipe_centered_sqnr_db": centered_db(entry["runnable"])}
-    except Exception as e:  # the diagnosis goes without its alternative, not the cells
-        return {"error": f"{type(e).__name__}: {e}"}
-

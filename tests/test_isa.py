@@ -2,7 +2,7 @@
 
 import pytest
 
-from ffnbench.bench.isa import cpu_info, machine_class, u8s8_saturates
+from ffnbench.bench.isa import cpu_info, int8_kernels, machine_class, u8s8_saturates
 
 
 @pytest.mark.parametrize(("flags", "expected"), [
@@ -14,6 +14,22 @@ from ffnbench.bench.isa import cpu_info, machine_class, u8s8_saturates
 ])
 def test_machine_class(flags, expected):
     assert machine_class(flags) == expected
+
+
+@pytest.mark.parametrize(("flags", "u8s8", "nbits"), [
+    ({"avx2": True}, "AVX2", "AVX2"),
+    ({"avx2": True, "avx_vnni": True}, "AVX-VNNI", "AVX-VNNI"),
+    ({"avx2": True, "avx512f": True, "avx512bw": True}, "AVX-512", "AVX-512"),
+    ({"avx2": True, "avx512f": True, "avx512bw": True, "avx_vnni": True, "avx512_vnni": True},
+     "AVX512-VNNI", "AVX512-VNNI"),
+    ({"avx512f": True, "avx512bw": True, "avx512_vnni": True, "amx_tile": True, "amx_int8": True},
+     "AMX", "AVX512-VNNI"),
+    ({}, None, None),
+])
+def test_int8_kernels_follow_mlas_dispatch_order(flags, u8s8, nbits):
+    """The three classes seen (AVX2; AVX-512 VNNI; AMX) and the others MLAS tells apart: AMX only
+    ever replaces the U8S8 GEMM, never MatMulNBits' kernel."""
+    assert int8_kernels(flags) == {"u8s8_gemm": u8s8, "matmulnbits": nbits}
 
 
 def test_cpu_info_reports_every_flag_as_a_boolean():

@@ -10,11 +10,13 @@ import pytest
 from onnx import numpy_helper
 
 from ffnbench.bench import kernel_paths
+from ffnbench.bench.isa import cpu_info, int8_kernels
 from ffnbench.bench.ort_runnable import OrtRunnable
 from ffnbench.bench.runnables import runnable_for
 from ffnbench.export import export_onnx
 from ffnbench.models import FFNConfig, build_model, preset
 from ffnbench.quant import quantize
+from ffnbench.quant.bnb_recipes import import_bnb
 from ffnbench.quant.ort_recipes import uint8_zero_points
 
 X = np.random.default_rng(0).standard_normal((1, 1, 64), np.float32)
@@ -68,12 +70,52 @@ def test_a_profile_without_node_events_is_unusable():
 
 
 def test_bitsandbytes_4bit_path_is_profiled_by_operator(tmp_path):
+    """Which kernel runs depends on the CPU: the fused bf16 one needs AVX512-BF16 (bitsandbytes' own
+    test of the CPU), elsewhere the weight is dequantized every call."""
     artifact = quantize(build_model(preset("tiny", "B")), "bnb-nf4", tmp_path / "nf4")
-    found = kernel_paths.diagnose(runnable_for(artifact, threads=1), X)
+    found = kernel_paths.diagnose(runnable_for(artifact, threads=1), X) | {"shape": "prefill"}
     names = {o["op"] for o in found["profile"]["ops"]}
-    # Which one depends on the CPU: the fused bf16 gemv needs AVX512-BF16, else the weight is dequantized.
-    assert names & {"bitsandbytes::dequantize_4bit", "bitsandbytes::gemv_4bit"}, names
-    assert "bitsandbytes" in kernel_paths.explain(found)
+    if import_bnb().functional.has_avx512bf16():
+        assert "bitsandbytes::gemv_4bit" in names and "bitsandbytes::dequantize_4bit" not in names, names
+        assert "32×32 tiles with AVX512-BF16 dot products" in kernel_paths.explain(found)
+    else:
+        assert "bitsandbytes::dequantize_4bit" in names and "bitsandbytes::gemv_4bit" not in names, names
+        assert "dequantizes the 4-bit weight every call" in kernel_paths.explain(found)
+
+
+@pytest.mark.parametrize(("ratio", "diagnosed"), [
+    ({"ratio": 0.5, "ci_low": 0.45, "ci_high": 0.55}, False),
+    ({"ratio": 0.97, "ci_low": 0.9, "ci_high": 1.02}, True),
+    ({"ratio": 1.3, "ci_low": 1.2, "ci_high": 1.4}, True),
+    ({"ratio": 0.99, "ci_low": None, "ci_high": None}, False),
+    ({"ratio": 1.0, "ci_low": None, "ci_high": None}, True),
+])
+def test_a_prefill_ratio_is_diagnosed_unless_shown_below_one(ratio, diagnosed):
+    assert kernel_paths.not_shown_faster(ratio) is diagnosed
+
+
+def test_the_accuracy_level_variant_changes_the_compute_type_and_nothing_else(int4, seed_exports, tmp_path):
+    original = onnx.load(str(int4["ort-int4-rtn"]))
+    variant = onnx.load(str(kernel_paths.accuracy_level_variant(int4["ort-int4-rtn"], tmp_path / "v.onnx", 0)))
+    levels = {n.name: {a.name: a.i for a in n.attribute}["accuracy_level"] for n in variant.graph.node
+              if n.op_type == "MatMulNBits"}
+    assert len(levels) == 3 and set(levels.values()) == {0}
+    assert [i.SerializeToString() for i in variant.graph.initializer] == \
+        [i.SerializeToString() for i in original.graph.initializer]
+    found = {name: kernel_paths.diagnose(OrtRunnable(path), X) | {"shape": "prefill"}
+             for name, path in (("4", int4["ort-int4-rtn"]), ("0", tmp_path / "v.onnx"))}
+    assert {name: kernel_paths.accuracy_level(d) for name, d in found.items()} == {"4": 4, "0": 0}
+    simd = int8_kernels(cpu_info()["isa"])["matmulnbits"]
+    said = kernel_paths.explain(found["4"])
+    assert (f"then MLAS's {simd} int8 kernel, a scale per 32-weight block" in said) if simd \
+        else "not an x86 CPU" in said
+    assert "fp32 compute, each strip of the 4-bit weight dequantized" in kernel_paths.explain(found["0"])
+    # Level 4 quantizes activations to int8, level 0 computes in fp32: close, not equal.
+    ys = [OrtRunnable(p).run(np.tile(X, (1, 8, 1))) for p in (int4["ort-int4-rtn"], tmp_path / "v.onnx")]
+    assert 20 < 10 * np.log10(np.sum(ys[1] ** 2) / np.sum((ys[0] - ys[1]) ** 2)) < 200
+    with pytest.raises(ValueError, match="has no MatMulNBits node"):
+        kernel_paths.accuracy_level_variant(seed_exports.exports["B"], tmp_path / "none.onnx", 0)
+    assert not (tmp_path / "none.onnx").exists()
 
 
 def test_uint8_zero_points_follow_the_matmulnbits_layout_with_an_odd_block_count(tmp_path):

@@ -4,16 +4,18 @@ import json
 
 import pytest
 
-from ffnbench.bench import RunConfig, kernel_paths, run
+from ffnbench.bench import RunConfig, diagnosis, kernel_paths, run
+from ffnbench.bench.isa import cpu_info, int8_kernels, machine_class
 from ffnbench.bench.report import write
 from ffnbench.errors import UsageError
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, seed_exports):
-    """A tiny run with memory in child processes, and every 4-bit cell diagnosed: at the tiny size
-    the decode times of one width need not spread 3x, so the threshold is 1x here. Five rounds at
-    least: each runnable leaves the round-robin at its minimums, and a paired interval needs five."""
+    """A tiny run with memory in child processes, and every 4-bit cell diagnosed at decode and every
+    quantized one at prefill: at the tiny size the decode times of one width need not spread 3x, nor
+    prefill times reach fp32's, so the thresholds are 1x and 0x here. Five rounds at least: each
+    runnable leaves the round-robin at its minimums, and a paired interval needs five."""
     out = seed_exports(tmp_path_factory.mktemp("report") / "run")
     cfg = RunConfig(models=["tiny"], n_requests=2, seq_len=8, calibration_requests=2, warmup=0, min_iterations=5,
                     min_seconds=0.001, prefill=[2, 4],
@@ -21,6 +23,7 @@ def run_dir(tmp_path_factory, seed_exports):
                     scenarios=["clean", "shift-1", "shift-4", "production"])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(kernel_paths, "SPREAD", 1.0)
+        patch.setattr(diagnosis, "PREFILL_NOT_FASTER", 0.0)
         run(cfg, out, progress=False)
     return out
 
@@ -52,7 +55,8 @@ def test_memory_per_recipe_is_measured_in_fresh_processes_and_reported(run_dir):
 
 def test_diagnosed_decode_cells_say_what_ran_and_hqq_gets_its_uint8_alternative(run_dir):
     cells = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
-    diagnosed = {(c["design"], c["recipe"]): c["kernel_path"] for c in cells if c.get("kernel_path")}
+    diagnosed = {(c["design"], c["recipe"]): c["kernel_path"] for c in cells
+                 if c.get("kernel_path") and c["shape"]["name"] == "decode"}
     assert set(diagnosed) == {(d, r) for d in ("A", "B") for r in ("ort-int4-rtn", "ort-int4-hqq")}
     hqq = diagnosed["B", "ort-int4-hqq"]
     assert hqq["status"] == "ok" and hqq["bits"] == 4 and {a["zero_points"] for a in hqq["attributes"]} == {"float32"}
@@ -60,8 +64,38 @@ def test_diagnosed_decode_cells_say_what_ran_and_hqq_gets_its_uint8_alternative(
     assert alternative["p50_ms"] > 0 and alternative["speedup"]["ci_low"] <= alternative["speedup"]["ratio"]
     assert alternative["centered_sqnr_db"] > 0 and (run_dir / alternative["path"]).is_file()
     report = write(run_dir).read_text()
-    assert "### What ran at decode" in report and "cannot prepack" in report and "the prepacked MLAS kernel" in report
+    simd = int8_kernels(cpu_info()["isa"])["matmulnbits"]
+    assert "### What ran at decode" in report and "cannot prepack" in report
+    assert (f"then MLAS's {simd} int8 kernel" if simd else "not an x86 CPU") in report
     assert "with uint8 zero points" in report
+
+
+def test_quantized_prefill_cells_not_faster_than_fp32_say_what_ran_and_int4_gets_the_other_accuracy_level(run_dir):
+    cells = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    diagnosed = {(c["design"], c["recipe"]): c["kernel_path"] for c in cells
+                 if c.get("kernel_path") and c["shape"]["name"] == "prefill"}
+    quantized = ("ort-int8-dynamic", "ort-int4-rtn", "ort-int4-hqq", "torch-fp16")
+    assert set(diagnosed) == {(d, r) for d in ("A", "B") for r in quantized}
+    rtn, int8, fp16 = (diagnosed["A", r] for r in ("ort-int4-rtn", "ort-int8-dynamic", "torch-fp16"))
+    assert (rtn["reference"], fp16["reference"]) == ("fp32_ort", "fp32_torch")
+    assert rtn["vs_reference"]["ratio"] > 0 and rtn["shape"] == "prefill"
+    assert rtn["machine_class"] == machine_class(cpu_info()["isa"]) and rtn["int8_kernels"] == int8_kernels(
+        cpu_info()["isa"])
+    alternative = rtn["alternative"]
+    assert alternative["as_recipe"] == {"base": "ort-int4-rtn", "accuracy_level": 0}
+    assert alternative["p50_ms"] > 0 and alternative["centered_sqnr_db"] > 0
+    assert (run_dir / alternative["path"]).is_file()
+    assert "alternative" not in int8 and "alternative" not in fp16
+    # HQQ's float zero points: its alternative is uint8 zero points at prefill too.
+    hqq = diagnosed["A", "ort-int4-hqq"]["alternative"]
+    assert hqq["as_recipe"] == {"base": "ort-int4-hqq", "zero_points": "uint8"}
+    report = write(run_dir).read_text()
+    prefill = report[report.index("### What ran at prefill"):]
+    assert f"Measured on machine class `{rtn['machine_class']}`" in prefill
+    u8s8 = rtn["int8_kernels"]["u8s8_gemm"]
+    assert (f"U8S8 int8 GEMM on MLAS's {u8s8} kernel" if u8s8 else "portable kernel") in prefill
+    assert "with accuracy_level 0 (fp32 compute; the same 4-bit weights)" in prefill
+    assert '`accuracy_level = 0`, `base = "ort-int4-rtn"`' in prefill
 
 
 def test_verdict_numbers_come_from_the_records(run_dir):
