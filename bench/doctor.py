@@ -8,7 +8,7 @@ import os
 import onnxruntime as ort
 import torch
 
-from ffnbench.bench.isa import cpu_info, machine_class, u8s8_saturates
+from ffnbench.bench.isa import cpu_info, int8_kernels, machine_class, u8s8_saturates
 from ffnbench.versions import stack_versions
 
 
@@ -25,9 +25,12 @@ def bitsandbytes_info() -> dict:
                 logging.disable(logging.NOTSET)
     except ImportError as e:
         return {"installed": False, "reason": f"bitsandbytes does not import: {e}"}
+    from ffnbench.quant.bnb_recipes import cpu_4bit_kernels
+
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     return {"installed": True, "version": bitsandbytes.__version__,
-            "native_backend": getattr(cextension, "BNB_BACKEND", None), "devices": devices}
+            "native_backend": getattr(cextension, "BNB_BACKEND", None), "devices": devices,
+            "cpu_4bit": cpu_4bit_kernels()}
 
 
 def cuda_info() -> dict:
@@ -57,6 +60,7 @@ def collect(threads: int = 2, remeasure: bool = False) -> dict:
             "u8s8_saturates": saturates,
             # ort-int8-dynamic follows this: 7-bit weights avoid the int16 overflow.
             "reduce_range": saturates,
+            "mlas_kernels": int8_kernels(cpu["isa"]),
         },
         "onnxruntime_providers": ort.get_available_providers(),
         "bitsandbytes": bitsandbytes_info(),
@@ -88,6 +92,8 @@ def format_text(report: dict) -> str:
     off = [f for f, v in isa.items() if v is False]
     bnb = report["bitsandbytes"]
     cuda = report["cuda"]
+    mlas = report["int8"]["mlas_kernels"]
+    four_bit = bnb.get("cpu_4bit") or {}
     peaks = report["peaks"]
     lines = [
         "stack     " + "  ".join(f"{k} {v}" for k, v in report["versions"].items() if v),
@@ -96,9 +102,12 @@ def format_text(report: dict) -> str:
         f"          lacks: {' '.join(off) or '-'}",
         f"int8      U8S8 saturates: {'yes' if report['int8']['u8s8_saturates'] else 'no'} (measured); "
         f"ort-int8-dynamic reduce_range: {report['int8']['reduce_range']}",
+        f"          MLAS int8 kernels: U8S8 GEMM {mlas['u8s8_gemm'] or '-'}, MatMulNBits {mlas['matmulnbits'] or '-'}",
         f"ort       providers: {', '.join(report['onnxruntime_providers'])}",
         "bnb       " + (f"{bnb['version']}, native backend {bnb['native_backend']}, devices "
-                        f"{', '.join(bnb['devices'])}" if bnb["installed"] else bnb["reason"]),
+                        f"{', '.join(bnb['devices'])}; 4-bit on CPU: {four_bit.get('kernel')}"
+                        + ("; in_features must be whole 64-weight blocks (AVX-512 dequantization)"
+                           if four_bit.get("whole_blocks_only") else "") if bnb["installed"] else bnb["reason"]),
         f"peaks     {peaks['memory_gbps']} GB/s memory, {peaks['fp32_gemm_gflops']} GFLOP/s fp32 GEMM at "
         f"{peaks['threads']} threads ({'cached' if peaks['cached'] else 'measured now'})",
         "cuda      " + (", ".join(f"{d['name']} sm_{d['capability'][0]}{d['capability'][1]}"

@@ -71,12 +71,22 @@ def cpu_limit(in_features: int) -> str | None:
     silently. Its scalar loop, on CPUs without AVX-512 or rows it cannot step through, indexes
     the flat blocks and is right.
     """
-    bnb = import_bnb()
-    avx512 = bool(bnb.cextension.lib.has_avx512f_cpu())
-    if avx512 and in_features % AVX512_STEP == 0 and in_features % BLOCKSIZE:
-        return (f"bitsandbytes {bnb.__version__}'s AVX-512 CPU kernel dequantizes a 4-bit layer with other "
-                f"blocks' scales unless in_features is a multiple of its {BLOCKSIZE}-weight block")
+    if avx512_dequantization() and in_features % AVX512_STEP == 0 and in_features % BLOCKSIZE:
+        return (f"bitsandbytes {import_bnb().__version__}'s AVX-512 CPU kernel dequantizes a 4-bit layer with "
+                f"other blocks' scales unless in_features is a multiple of its {BLOCKSIZE}-weight block")
     return None
+
+
+def avx512_dequantization() -> bool:
+    """Whether bitsandbytes' native library takes its AVX-512 dequantization branch on this CPU."""
+    return bool(import_bnb().cextension.lib.has_avx512f_cpu())
+
+
+def cpu_4bit_kernels() -> dict:
+    """What bitsandbytes' 4-bit layers run on this CPU, for `doctor`."""
+    fused = bool(import_bnb().functional.has_avx512bf16())
+    return {"kernel": "fused bf16 (AVX512-BF16)" if fused else "dequantize + GEMM",
+            "whole_blocks_only": avx512_dequantization()}
 
 
 def fused_kernel_limit(in_features: int, out_features: int) -> str | None:

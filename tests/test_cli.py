@@ -12,6 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from ffnbench.bench.cli import main
+from ffnbench.bench.isa import int8_kernels
+from ffnbench.quant.bnb_recipes import import_bnb
 
 
 def run(exe, *args):
@@ -51,6 +53,12 @@ def test_doctor_json_reports_isa_and_int8_probe(cli):
     assert "CPUExecutionProvider" in report["onnxruntime_providers"]
     assert report["machine_class"].startswith("cpu-")
     assert report["versions"]["onnxruntime"]
+    # The kernels this class takes, from the same flags: what the report's "What ran" tables cite.
+    assert report["int8"]["mlas_kernels"] == int8_kernels(report["cpu"]["isa"])
+    bnb = import_bnb()
+    assert report["bitsandbytes"]["cpu_4bit"] == {
+        "kernel": "fused bf16 (AVX512-BF16)" if bnb.functional.has_avx512bf16() else "dequantize + GEMM",
+        "whole_blocks_only": bool(bnb.cextension.lib.has_avx512f_cpu())}
 
 
 def test_doctor_text_names_the_machine_class(cli):
