@@ -121,9 +121,10 @@ def caveats(run: Run) -> list[str]:
     machine = run.manifest.get("machine") or {}
     out += [f"Machine: {w}" for w in machine.get("warnings", [])]
     if (machine.get("int8") or {}).get("u8s8_saturates") is False:
-        out.append("This CPU's U8S8 int8 path is exact (VNNI), so `ort-int8-dynamic-fullrange` shows no saturation "
-                   "here; on AVX2 without VNNI it would.")
+        out.append(f"This CPU's U8S8 int8 path is exact ({_u8s8_kernel(machine)}), so `ort-int8-dynamic-fullrange` "
+                   "shows no saturation here; on AVX2 without VNNI it would.")
     out += isa_costs(run)
+    out += bnb_kernels(run)
     config = run.manifest.get("config", {})
     if not config.get("residual", True):
         out.append("Metrics judge the FFN branch (residual off); with it, the exact input dominates the output.")
@@ -175,12 +176,35 @@ def isa_costs(run: Run) -> list[str]:
                              + (f" ({rate:.3%} of pair sums out of int16)" if rate is not None else ""))
         if parts:
             effect = {True: "saturation costs accuracy here",
-                      False: "this CPU accumulates in int32 (VNNI), so the saturation costs nothing here",
+                      False: f"this CPU accumulates in int32 ({_u8s8_kernel(machine)}), so the saturation costs "
+                             "nothing here",
                       None: "whether this CPU saturates was not recorded"}[saturates]
             out.append(f"ISA, model `{model}`, design {design}: centered SQNR of `ort-int8-dynamic` (reduce_range "
                        f"{reduce_range}) vs `-fullrange`, with the full-range cell's U8S8 saturation rate: "
                        + "; ".join(parts) + f". Machine class `{machine.get('machine_class')}`: {effect}.")
     return out
+
+
+def _u8s8_kernel(machine: dict) -> str:
+    """The U8S8 GEMM kernel `doctor` named for the run's machine (runs before it recorded none)."""
+    kernel = ((machine.get("int8") or {}).get("mlas_kernels") or {}).get("u8s8_gemm")
+    return f"MLAS's {kernel} kernel" if kernel else "VNNI or AMX"
+
+
+def bnb_kernels(run: Run) -> list[str]:
+    """Which CPU kernel bitsandbytes' 4-bit cells ran, as their artifacts recorded it: the fused
+    AVX512-BF16 kernel computes in bfloat16, so those cells' accuracy is this class's, not every CPU's."""
+    machine = run.manifest.get("machine") or {}
+    seen = {}
+    for c in run.ok:
+        params = (c.get("artifact") or {}).get("params") or {}
+        if c["recipe"].startswith("bnb-") and params.get("cpu_kernel"):
+            seen.setdefault((params["cpu_kernel"], params.get("activation_dtype")), set()).add(c["recipe"])
+    return [f"bitsandbytes 4-bit on machine class `{machine.get('machine_class')}` ({', '.join(sorted(recipes))}): "
+            f"{kernel}, activations in {dtype}" + (". On a CPU without AVX512-BF16 the same recipes dequantize the "
+                                                   "weight and compute in float32, so their accuracy differs there"
+                                                   if dtype == "bfloat16" else "") + "."
+            for (kernel, dtype), recipes in sorted(seen.items())]
 
 
 def seed_tables(run: Run, model: str, scenario: str) -> list[str]:

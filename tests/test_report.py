@@ -8,6 +8,7 @@ from ffnbench.bench import RunConfig, diagnosis, kernel_paths, run
 from ffnbench.bench.isa import cpu_info, int8_kernels, machine_class
 from ffnbench.bench.report import write
 from ffnbench.errors import UsageError
+from ffnbench.quant.bnb_recipes import import_bnb
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def run_dir(tmp_path_factory, seed_exports):
     out = seed_exports(tmp_path_factory.mktemp("report") / "run")
     cfg = RunConfig(models=["tiny"], n_requests=2, seq_len=8, calibration_requests=2, warmup=0, min_iterations=5,
                     min_seconds=0.001, prefill=[2, 4],
-                    recipes=["fp32", "ort-int8-dynamic", "ort-int4-rtn", "ort-int4-hqq", "torch-fp16"],
+                    recipes=["fp32", "ort-int8-dynamic", "ort-int4-rtn", "ort-int4-hqq", "bnb-nf4", "torch-fp16"],
                     scenarios=["clean", "shift-1", "shift-4", "production"])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(kernel_paths, "SPREAD", 1.0)
@@ -57,7 +58,7 @@ def test_diagnosed_decode_cells_say_what_ran_and_hqq_gets_its_uint8_alternative(
     cells = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     diagnosed = {(c["design"], c["recipe"]): c["kernel_path"] for c in cells
                  if c.get("kernel_path") and c["shape"]["name"] == "decode"}
-    assert set(diagnosed) == {(d, r) for d in ("A", "B") for r in ("ort-int4-rtn", "ort-int4-hqq")}
+    assert set(diagnosed) == {(d, r) for d in ("A", "B") for r in ("ort-int4-rtn", "ort-int4-hqq", "bnb-nf4")}
     hqq = diagnosed["B", "ort-int4-hqq"]
     assert hqq["status"] == "ok" and hqq["bits"] == 4 and {a["zero_points"] for a in hqq["attributes"]} == {"float32"}
     alternative = hqq["alternative"]
@@ -74,7 +75,7 @@ def test_quantized_prefill_cells_not_faster_than_fp32_say_what_ran_and_int4_gets
     cells = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     diagnosed = {(c["design"], c["recipe"]): c["kernel_path"] for c in cells
                  if c.get("kernel_path") and c["shape"]["name"] == "prefill"}
-    quantized = ("ort-int8-dynamic", "ort-int4-rtn", "ort-int4-hqq", "torch-fp16")
+    quantized = ("ort-int8-dynamic", "ort-int4-rtn", "ort-int4-hqq", "bnb-nf4", "torch-fp16")
     assert set(diagnosed) == {(d, r) for d in ("A", "B") for r in quantized}
     rtn, int8, fp16 = (diagnosed["A", r] for r in ("ort-int4-rtn", "ort-int8-dynamic", "torch-fp16"))
     assert (rtn["reference"], fp16["reference"]) == ("fp32_ort", "fp32_torch")
@@ -96,6 +97,14 @@ def test_quantized_prefill_cells_not_faster_than_fp32_say_what_ran_and_int4_gets
     assert (f"U8S8 int8 GEMM on MLAS's {u8s8} kernel" if u8s8 else "portable kernel") in prefill
     assert "with accuracy_level 0 (fp32 compute; the same 4-bit weights)" in prefill
     assert '`accuracy_level = 0`, `base = "ort-int4-rtn"`' in prefill
+
+
+def test_the_caveats_say_which_kernel_bitsandbytes_4bit_ran_on_this_class(run_dir):
+    fused = import_bnb().functional.has_avx512bf16()
+    said = (f"bitsandbytes 4-bit on machine class `{machine_class(cpu_info()['isa'])}` (bnb-nf4): "
+            + ("fused bf16 (AVX512-BF16), activations in bfloat16. On a CPU without AVX512-BF16" if fused
+               else "dequantize + GEMM, activations in float32."))
+    assert said in write(run_dir).read_text()
 
 
 def test_verdict_numbers_come_from_the_records(run_dir):
