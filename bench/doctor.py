@@ -25,12 +25,15 @@ def bitsandbytes_info() -> dict:
                 logging.disable(logging.NOTSET)
     except ImportError as e:
         return {"installed": False, "reason": f"bitsandbytes does not import: {e}"}
-    from ffnbench.quant.bnb_recipes import cpu_4bit_kernels
+    from ffnbench.quant.bnb_recipes import BackendMissing, cpu_4bit_kernels
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    try:
+        cpu_4bit = cpu_4bit_kernels()
+    except BackendMissing as e:  # imported above, yet not usable through the recipes' own import
+        return {"installed": False, "reason": str(e)}
     return {"installed": True, "version": bitsandbytes.__version__,
-            "native_backend": getattr(cextension, "BNB_BACKEND", None), "devices": devices,
-            "cpu_4bit": cpu_4bit_kernels()}
+            "native_backend": getattr(cextension, "BNB_BACKEND", None), "devices": devices, "cpu_4bit": cpu_4bit}
 
 
 def cuda_info() -> dict:
