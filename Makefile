@@ -26,7 +26,7 @@ test: $(STAMP)
 # The gate baseline of this machine's class (`ffnbench doctor` names it) from a quick run here:
 # how a class the project has not seen gets one. Commit baselines/CLASS.json.
 baseline: $(STAMP)
-	@class=$$($(BIN)/python -c 'from ffnbench.bench.isa import cpu_info, machine_class; \
+	@class=$$($(BIN)/python -c 'from ffnbench.bench.machine.isa import cpu_info, machine_class; \
 	print(machine_class(cpu_info()["isa"]))') && out=runs/quick-$$class-$$(date +%Y%m%d-%H%M%S) && \
 	$(BIN)/ffnbench run --preset quick --no-report --out $$out && \
 	$(BIN)/ffnbench gate --update-baseline --baseline baselines/$$class.json $$out

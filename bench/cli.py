@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_doctor(args) -> int:
-    from ffnbench.bench import doctor
+    from ffnbench.bench.machine import doctor
 
     if args.threads <= 0:
         raise UsageError(f"--threads: must be positive, got {args.threads}")
@@ -187,7 +187,7 @@ def _pairs(pairs: list[str], flag: str, example: str) -> dict[str, str]:
 
 
 def cmd_quantize(args) -> int:
-    from ffnbench.bench.scenarios import scenario
+    from ffnbench.bench.traffic.scenarios import scenario
     from ffnbench.export import load_onnx
     from ffnbench.quant import Calibration, Skipped, quantize, recipe_config
 
@@ -258,7 +258,7 @@ def cmd_run(args) -> int:
           f"(see {args.out}/results.jsonl)")
     _print_drift(results)
     if not args.no_report:
-        from ffnbench.bench.report import write
+        from ffnbench.bench.report.report import write
 
         print(f"wrote {write(args.out)}")
     return 0
@@ -266,7 +266,7 @@ def cmd_run(args) -> int:
 
 def _print_drift(results: list[dict]) -> None:
     """The measured drift at the trained pair's FFN inputs: printed, not assumed."""
-    from ffnbench.bench.drift_stats import per_layer
+    from ffnbench.bench.traffic.drift_stats import per_layer
 
     measured = [r for r in results if r.get("drift_stats")]
     if measured:
@@ -277,7 +277,7 @@ def _print_drift(results: list[dict]) -> None:
 
 def cmd_merge(args) -> int:
     from ffnbench.bench.merge import merge
-    from ffnbench.bench.report import write
+    from ffnbench.bench.report.report import write
 
     cells = merge(args.run_dirs, args.out, allow_mismatch=args.allow_mismatch)
     print(f"{args.out}: {len(cells)} cells from {len(args.run_dirs)} runs; wrote {write(args.out)}")
@@ -305,8 +305,8 @@ def _tolerances(args) -> list[str]:
 
 
 def cmd_gate(args) -> int:
-    from ffnbench.bench import gate, gate_report
-    from ffnbench.bench.checks import checks
+    from ffnbench.bench.gate import gate, gate_report
+    from ffnbench.bench.gate.checks import checks
 
     if args.update_baseline:
         baseline = gate.write_baseline(args.run_dir, args.baseline)
@@ -321,7 +321,7 @@ def cmd_gate(args) -> int:
                          "--remeasure BASELINE_RUN")
     remeasured = None
     if args.remeasure:
-        from ffnbench.bench.compare import remeasure
+        from ffnbench.bench.gate.compare import remeasure
 
         remeasured = remeasure(args.remeasure, args.run_dir, args.old_python, args.new_python, args.weights_dir)
     result = gate.gate(args.baseline, args.run_dir, active, args.allow_stack_change, args.only, aliases, remeasured,
@@ -333,7 +333,7 @@ def cmd_gate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ffnbench.bench.compare import remeasure, write
+    from ffnbench.bench.gate.compare import remeasure, write
 
     path = write(remeasure(args.old_run, args.new_run, args.old_python, args.new_python, args.weights_dir),
                  args.new_run)
@@ -342,7 +342,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ffnbench.bench.report import write
+    from ffnbench.bench.report.report import write
 
     print(f"wrote {write(args.run_dir)}")
     return 0
@@ -363,7 +363,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_capture(args) -> int:
-    from ffnbench.bench.capture import capture, parse_layers, summary_lines
+    from ffnbench.bench.traffic.capture import capture, parse_layers, summary_lines
 
     record = capture(Path(args.checkpoint), Path(args.text), parse_layers(args.layers), Path(args.out),
                      max_windows=args.max_windows)

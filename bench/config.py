@@ -7,10 +7,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ffnbench.bench import model_specs
-from ffnbench.bench.latency import LatencyConfig
-from ffnbench.bench.model_specs import ModelSpec
-from ffnbench.bench.scenarios import NAMED, TEXT_DOMAINS, Replay, Scenario
+from ffnbench.bench.cells.latency import LatencyConfig
+from ffnbench.bench.traffic import model_specs
+from ffnbench.bench.traffic.model_specs import ModelSpec
+from ffnbench.bench.traffic.scenarios import NAMED, TEXT_DOMAINS, Replay, Scenario
 from ffnbench.errors import UsageError
 from ffnbench.models import DESIGNS, PRESETS, FFNBlock, FFNConfig, build_model, preset
 from ffnbench.models.lm import INJECT

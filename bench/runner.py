@@ -13,11 +13,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ffnbench import files
-from ffnbench.bench import diagnosis, doctor, fit, latency_cells, lm_cells, memory, metrics, prebuild, u8s8
-from ffnbench.bench.cell_record import artifact_summary, finite, recording
+from ffnbench.bench.cells import diagnosis, latency_cells, lm_cells, memory, metrics, prebuild
+from ffnbench.bench.cells.cell_record import artifact_summary, finite, recording
+from ffnbench.bench.cells.lm_cells import LM_DESIGNS, LM_MODEL, LMSubject, measure_lm
+from ffnbench.bench.cells.runnables import Runnable, TorchRunnable, ort_has_cuda, runnable_for
 from ffnbench.bench.config import RunConfig
-from ffnbench.bench.lm_cells import LM_DESIGNS, LM_MODEL, LMSubject, measure_lm
-from ffnbench.bench.runnables import Runnable, TorchRunnable, ort_has_cuda, runnable_for
+from ffnbench.bench.machine import doctor, fit, u8s8
 from ffnbench.bench.store import RunStore
 from ffnbench.errors import UsageError
 from ffnbench.export import NATIVE_OPSET, ExportedModel, export_onnx
@@ -316,7 +317,7 @@ def latency_inputs(subject: Subject, shape: tuple[int, int]) -> np.ndarray:
 
 def measure_memory(subjects: dict, cells: list[Cell], config: RunConfig) -> dict[tuple, dict]:
     """Cell.artifact -> {resident_mb, peak_call_mb: {shape: MB}} or {error}: each
-    latency cell's runnable loaded and called at every shape by a child process of its own (bench/memory.py)."""
+    latency cell's runnable loaded and called at every shape by a child process of its own (bench/cells/memory.py)."""
     if not config.memory or config.device != "cpu":
         return {}
     requests, inputs = {}, {}
@@ -394,7 +395,7 @@ def _add_memory(record: dict, measured: dict | None, config: RunConfig) -> None:
     record["metrics"] |= {"resident_mb": measured["resident_mb"] if ok else None,
                           "peak_call_mb": measured["peak_call_mb"][shape] if ok else None}
     if ok:
-        record["memory_probe"] = measured["probe"]  # a forked child, or a new interpreter (bench/memory.py)
+        record["memory_probe"] = measured["probe"]  # a forked child, or a new interpreter (bench/cells/memory.py)
         return
     if measured is not None:
         record["memory_unavailable"] = measured["error"]

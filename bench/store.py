@@ -17,6 +17,11 @@ TIMING_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS
 MANIFEST = "manifest.json"
 
 
+def label(cell: dict) -> str:
+    """A cell's recipe as reports and the gate name it: recipe@calibration for calibrated ones."""
+    return cell["recipe"] + (f"@{cell['calibration']}" if cell.get("calibration") else "")
+
+
 def git_revision() -> str | None:
     """The ffnbench checkout's commit (with -dirty), or None outside a git checkout."""
     here = Path(__file__).resolve().parent

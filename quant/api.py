@@ -52,7 +52,7 @@ class Artifact:
 
 @functools.cache
 def _u8s8_saturates() -> bool:
-    from ffnbench.bench.isa import u8s8_saturates
+    from ffnbench.bench.machine.isa import u8s8_saturates
 
     return u8s8_saturates()
 

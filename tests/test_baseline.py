@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from ffnbench.bench import preset_config, run
-from ffnbench.bench.checks import checks
-from ffnbench.bench.gate import gate, load_baseline
-from ffnbench.bench.isa import cpu_info, machine_class
+from ffnbench.bench.gate.checks import checks
+from ffnbench.bench.gate.gate import gate, load_baseline
+from ffnbench.bench.machine.isa import cpu_info, machine_class
 
 BASELINES = Path(__file__).resolve().parents[1] / "baselines"
 

@@ -3,7 +3,7 @@
 import pytest
 
 from ffnbench.bench.config import QUICK_LM_RECIPES, QUICK_RECIPES, Replay, load_toml, preset_config
-from ffnbench.bench.scenarios import Scenario
+from ffnbench.bench.traffic.scenarios import Scenario
 from ffnbench.errors import UsageError
 from ffnbench.quant import RECIPES
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from bitsandbytes.functional import _convert_weight_packed_for_cpu
 
-from ffnbench.bench.runnables import OrtRunnable, runnable_for
-from ffnbench.bench.scenarios import scenario
+from ffnbench.bench.cells.runnables import OrtRunnable, runnable_for
+from ffnbench.bench.traffic.scenarios import scenario
 from ffnbench.errors import UsageError
 from ffnbench.export import export_onnx
 from ffnbench.models import build_model, preset

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ffnbench.bench.runnables import runnable_for
-from ffnbench.bench.scenarios import scenario
+from ffnbench.bench.cells.runnables import runnable_for
+from ffnbench.bench.traffic.scenarios import scenario
 from ffnbench.models import build_model, preset
 from ffnbench.quant import Skipped, load_artifact, quantize
 from ffnbench.quant.bnb_recipes import cpu_limit, fused_kernel_limit, import_bnb

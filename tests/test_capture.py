@@ -10,13 +10,14 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from ffnbench.bench import run, tiny_hf
-from ffnbench.bench.capture import capture
-from ffnbench.bench.checks import checks
+from ffnbench.bench import run
 from ffnbench.bench.cli import main
 from ffnbench.bench.config import load_toml
-from ffnbench.bench.drift_stats import drift_stats
-from ffnbench.bench.gate import gate, write_baseline
+from ffnbench.bench.gate.checks import checks
+from ffnbench.bench.gate.gate import gate, write_baseline
+from ffnbench.bench.traffic import tiny_hf
+from ffnbench.bench.traffic.capture import capture
+from ffnbench.bench.traffic.drift_stats import drift_stats
 from ffnbench.errors import UsageError
 from ffnbench.models import load_safetensors
 from ffnbench.models.pair import load_lm, trained_dir

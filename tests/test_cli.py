@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from ffnbench.bench.cli import main
-from ffnbench.bench.isa import int8_kernels
+from ffnbench.bench.machine.isa import int8_kernels
 from ffnbench.quant.bnb_recipes import import_bnb
 
 
@@ -174,7 +174,7 @@ LATENCY_METRICS = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "p50_ci_low_ms", "p5
 
 
 def test_run_records_every_metric_per_cell(ffnbench_exe, tmp_path, seed_exports):
-    from ffnbench.bench.metrics import ALL_METRICS
+    from ffnbench.bench.cells.metrics import ALL_METRICS
 
     # Short timing settings: the test checks what is recorded, not how fast anything is.
     # Memory in child processes and kernel diagnoses are tested in test_memory, test_kernel_paths and

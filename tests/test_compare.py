@@ -6,10 +6,10 @@ import sys
 import pytest
 
 from ffnbench.bench import RunConfig, run
-from ffnbench.bench.checks import checks
-from ffnbench.bench.compare import remeasure, write
-from ffnbench.bench.gate import gate, write_baseline
-from ffnbench.bench.reliability import doubled_forward_environment
+from ffnbench.bench.gate.checks import checks
+from ffnbench.bench.gate.compare import remeasure, write
+from ffnbench.bench.gate.gate import gate, write_baseline
+from ffnbench.bench.gate.reliability import doubled_forward_environment
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import pytest
 from scipy import stats
 
 from ffnbench.bench import RunConfig, run
-from ffnbench.bench import gate as gate_module
-from ffnbench.bench.checks import checks, parse
-from ffnbench.bench.gate import gate, load_baseline, write_baseline
-from ffnbench.bench.gate_report import write
+from ffnbench.bench.gate import gate as gate_module
+from ffnbench.bench.gate.checks import checks, parse
+from ffnbench.bench.gate.gate import gate, load_baseline, write_baseline
+from ffnbench.bench.gate.gate_report import write
 from ffnbench.errors import UsageError
 
 

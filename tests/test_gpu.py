@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ffnbench.bench.runnables import runnable_for
-from ffnbench.bench.scenarios import Scenario
+from ffnbench.bench.cells.runnables import runnable_for
+from ffnbench.bench.traffic.scenarios import Scenario
 from ffnbench.models import build_model, preset
 from ffnbench.quant import quantize
 
@@ -50,7 +50,7 @@ def test_cuda_recipes_track_fp32(tmp_path, recipe):
 
 @needs_cuda
 def test_cuda_timer_measures_a_synchronised_call():
-    from ffnbench.bench.latency import CudaTimer
+    from ffnbench.bench.cells.latency import CudaTimer
 
     a = torch.randn(2048, 2048, device="cuda")
     assert CudaTimer().time_ms(lambda: a @ a) > 0

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ffnbench.bench.isa import cpu_info, int8_kernels, machine_class, u8s8_saturates
+from ffnbench.bench.machine.isa import cpu_info, int8_kernels, machine_class, u8s8_saturates
 
 
 @pytest.mark.parametrize(("flags", "expected"), [

@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from ffnbench.bench import kernel_paths
-from ffnbench.bench.isa import cpu_info, int8_kernels
-from ffnbench.bench.ort_runnable import OrtRunnable
-from ffnbench.bench.runnables import runnable_for
+from ffnbench.bench.cells.ort_runnable import OrtRunnable
+from ffnbench.bench.cells.runnables import runnable_for
+from ffnbench.bench.machine import kernel_paths
+from ffnbench.bench.machine.isa import cpu_info, int8_kernels
 from ffnbench.export import export_onnx
 from ffnbench.models import FFNConfig, build_model, preset
 from ffnbench.quant import quantize

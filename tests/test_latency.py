@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ffnbench.bench import latency
-from ffnbench.bench.latency import LatencyConfig
+from ffnbench.bench.cells import latency
+from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.errors import UsageError
 
 

@@ -3,9 +3,9 @@
 import numpy as np
 from torch import nn
 
-from ffnbench.bench import latency_cells
-from ffnbench.bench.latency import LatencyConfig
-from ffnbench.bench.runnables import TorchRunnable
+from ffnbench.bench.cells import latency_cells
+from ffnbench.bench.cells.latency import LatencyConfig
+from ffnbench.bench.cells.runnables import TorchRunnable
 from ffnbench.models import build_model, preset
 
 

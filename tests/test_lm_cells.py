@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 from torch import nn
 
-from ffnbench.bench import RunConfig, lm_cells, report, run
-from ffnbench.bench.cell_record import finite
-from ffnbench.bench.checks import checks
-from ffnbench.bench.gate import gate, write_baseline
-from ffnbench.bench.lm_cells import LMSubject, windows
-from ffnbench.bench.lm_metrics import LM_METRICS
-from ffnbench.bench.lm_runnables import LMOrt, evaluate
+from ffnbench.bench import RunConfig, run
+from ffnbench.bench.cells import lm_cells
+from ffnbench.bench.cells.cell_record import finite
+from ffnbench.bench.cells.lm_cells import LMSubject, windows
+from ffnbench.bench.cells.lm_metrics import LM_METRICS
+from ffnbench.bench.cells.lm_runnables import LMOrt, evaluate
+from ffnbench.bench.gate.checks import checks
+from ffnbench.bench.gate.gate import gate, write_baseline
+from ffnbench.bench.report import report
 from ffnbench.errors import UsageError
 from ffnbench.models.lm import CausalLM, LMConfig
 from ffnbench.quant import Calibration, quantize

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from ffnbench.bench import lm_metrics
-from ffnbench.bench.drift_stats import drift_stats
-from ffnbench.bench.scenarios import NAMED, Scenario
+from ffnbench.bench.cells import lm_metrics
+from ffnbench.bench.traffic.drift_stats import drift_stats
+from ffnbench.bench.traffic.scenarios import NAMED, Scenario
 
 
 def test_uniform_predictions_cost_eight_bits_and_agreeing_ones_no_kl():

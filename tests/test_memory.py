@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ffnbench.bench import memory
+from ffnbench.bench.cells import memory
 from ffnbench.quant import quantize
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ffnbench.bench import metrics as m
+from ffnbench.bench.cells import metrics as m
 
 REF = np.array([[[1.0, 2.0], [3.0, 4.0]]])  # (1 request, 2 tokens, 2 features)
 Y = np.array([[[1.0, 2.0], [3.0, 5.0]]])  # one element off by 1

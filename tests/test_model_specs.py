@@ -10,11 +10,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ffnbench.bench import RunConfig, report, run
-from ffnbench.bench.checks import checks
+from ffnbench.bench import RunConfig, run
 from ffnbench.bench.config import load_toml
-from ffnbench.bench.gate import gate, write_baseline
-from ffnbench.bench.scenarios import NAMED
+from ffnbench.bench.gate.checks import checks
+from ffnbench.bench.gate.gate import gate, write_baseline
+from ffnbench.bench.report import report
+from ffnbench.bench.traffic.scenarios import NAMED
 from ffnbench.errors import UsageError
 from ffnbench.models.pair import load_lm, trained_dir
 from ffnbench.quant import Calibration

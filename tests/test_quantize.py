@@ -7,9 +7,9 @@ import onnx
 import pytest
 import torch
 
-from ffnbench.bench.isa import u8s8_saturates
-from ffnbench.bench.runnables import runnable_for
-from ffnbench.bench.scenarios import scenario
+from ffnbench.bench.cells.runnables import runnable_for
+from ffnbench.bench.machine.isa import u8s8_saturates
+from ffnbench.bench.traffic.scenarios import scenario
 from ffnbench.errors import UsageError
 from ffnbench.files import sha256_file
 from ffnbench.models import build_model, preset

@@ -4,9 +4,11 @@ import json
 
 import pytest
 
-from ffnbench.bench import RunConfig, diagnosis, kernel_paths, run
-from ffnbench.bench.isa import cpu_info, int8_kernels, machine_class
-from ffnbench.bench.report import write
+from ffnbench.bench import RunConfig, run
+from ffnbench.bench.cells import diagnosis
+from ffnbench.bench.machine import kernel_paths
+from ffnbench.bench.machine.isa import cpu_info, int8_kernels, machine_class
+from ffnbench.bench.report.report import write
 from ffnbench.errors import UsageError
 from ffnbench.quant.bnb_recipes import import_bnb
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ffnbench.bench.runnables import OrtRunnable, TorchRunnable, runnable_for
+from ffnbench.bench.cells.runnables import OrtRunnable, TorchRunnable, runnable_for
 from ffnbench.errors import UsageError
 from ffnbench.export import export_onnx
 from ffnbench.models import build_model, preset

@@ -6,10 +6,11 @@ import shutil
 import numpy as np
 import pytest
 
-from ffnbench.bench import RunConfig, prebuild, run
+from ffnbench.bench import RunConfig, run
 from ffnbench.bench import runner as runner_module
-from ffnbench.bench.metrics import ALL_METRICS
-from ffnbench.bench.scenarios import Replay
+from ffnbench.bench.cells import prebuild
+from ffnbench.bench.cells.metrics import ALL_METRICS
+from ffnbench.bench.traffic.scenarios import Replay
 from ffnbench.errors import UsageError
 from ffnbench.quant import Calibration, bnb_recipes
 
@@ -176,7 +177,7 @@ def test_a_bad_trace_fails_before_anything_is_written(tmp_path, make, needle):
 def test_an_fp16_overflow_is_recorded_not_fatal(tmp_path, seed_exports):
     """Features of 1e5 overflow fp16 (max 65504): metrics that come out non-finite are recorded as
     absent, nonfinite_rate says why, and the run goes on."""
-    from ffnbench.bench.scenarios import Scenario
+    from ffnbench.bench.traffic.scenarios import Scenario
 
     loud = Scenario("loud", outlier_channels=4, outlier_scale=1e5)
     results = run(tiny_config(recipes=["torch-fp16"], scenarios=["loud"], user_scenarios={"loud": loud}),

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ffnbench.bench.scenarios import NAMED, Replay, Scenario, scenario
+from ffnbench.bench.traffic.scenarios import NAMED, Replay, Scenario, scenario
 from ffnbench.errors import UsageError
 
 DESIGN_MD_NAMES = {"clean", "shift-0.5", "shift-1", "shift-2", "shift-4", "shift-8", "magnitude-1", "magnitude-2",

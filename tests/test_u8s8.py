@@ -7,10 +7,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from ffnbench.bench import RunConfig, report, run, u8s8
-from ffnbench.bench.isa import u8s8_saturates
-from ffnbench.bench.runnables import OrtRunnable
-from ffnbench.bench.scenarios import NAMED
+from ffnbench.bench import RunConfig, run
+from ffnbench.bench.cells.runnables import OrtRunnable
+from ffnbench.bench.machine import u8s8
+from ffnbench.bench.machine.isa import u8s8_saturates
+from ffnbench.bench.report import report
+from ffnbench.bench.traffic.scenarios import NAMED
 from ffnbench.quant import Calibration, quantize
 
 

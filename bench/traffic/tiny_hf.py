@@ -2,7 +2,7 @@
 download: seeded random weights, a word-level tokenizer over a given text. For trying the
 "Your own model" commands on a fresh clone, and for the tests.
 
-    python -m ffnbench.bench.tiny_hf OUT_DIR [--text FILE]    # OUT_DIR/gpt2, OUT_DIR/bert, OUT_DIR/llama
+    python -m ffnbench.bench.traffic.tiny_hf OUT_DIR [--text FILE]    # OUT_DIR/gpt2, OUT_DIR/bert, OUT_DIR/llama
 """
 
 import argparse
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ffnbench.bench import hf_capture
+from ffnbench.bench.traffic import hf_capture
 from ffnbench.errors import UsageError
 
 WIDTH, LAYERS, POSITIONS = 32, 2, 256
@@ -56,7 +56,8 @@ def build(family: str, out: Path, text: str, seed: int = 0) -> torch.nn.Module:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ffnbench.bench.tiny_hf", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ffnbench.bench.traffic.tiny_hf",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("out", help="a new directory for gpt2/, bert/ and llama/")
     parser.add_argument("--text", help="text for the tokenizer's vocabulary (default: the standard library's os.py)")
     args = parser.parse_args(argv)

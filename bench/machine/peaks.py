@@ -11,7 +11,7 @@ import time
 import torch
 
 from ffnbench import files
-from ffnbench.bench.isa import cpu_info
+from ffnbench.bench.machine.isa import cpu_info
 
 
 def _best_seconds(fn, repeats: int) -> float:

@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ffnbench import files
-from ffnbench.bench import latency, latency_cells, stats, worker
+from ffnbench.bench import stats
+from ffnbench.bench.cells import latency, latency_cells
+from ffnbench.bench.cells.runnables import OrtRunnable, ort_has_cuda
 from ffnbench.bench.config import RunConfig
-from ffnbench.bench.runnables import OrtRunnable, ort_has_cuda
+from ffnbench.bench.gate import worker
 from ffnbench.bench.store import load_run
 from ffnbench.errors import UsageError
 from ffnbench.quant import load_artifact
@@ -144,7 +146,7 @@ class ReportedTimer:
 
 
 class Worker:
-    """A `python -m ffnbench.bench.worker` process in a given environment, driven request by reply."""
+    """A `python -m ffnbench.bench.gate.worker` process in a given environment, driven request by reply."""
 
     def __init__(self, python: str, side: str):
         self.python, self.side = python, side
@@ -153,7 +155,7 @@ class Worker:
         try:
             # -P: the working directory is not on sys.path, so a checkout there cannot shadow the
             # environment's own ffnbench.
-            self.proc = subprocess.Popen([python, "-P", "-m", "ffnbench.bench.worker"], stdin=subprocess.PIPE,
+            self.proc = subprocess.Popen([python, "-P", "-m", "ffnbench.bench.gate.worker"], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=self.log, text=True)
         except OSError as e:
             self.log.close()

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from ffnbench import files
-from ffnbench.bench import model_specs, store
-from ffnbench.bench.checks import Check
-from ffnbench.bench.latency import LatencyConfig, ratio_text
-from ffnbench.bench.report import label
+from ffnbench.bench import store
+from ffnbench.bench.cells.latency import LatencyConfig, ratio_text
+from ffnbench.bench.gate.checks import Check
 from ffnbench.bench.stats import holm, mann_whitney_greater
+from ffnbench.bench.store import label
+from ffnbench.bench.traffic import model_specs
 from ffnbench.errors import UsageError
 
 BASELINE_KIND, BASELINE_FORMAT = "ffnbench.baseline", 1

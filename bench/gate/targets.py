@@ -1,6 +1,6 @@
 """Time targets, shown by running the presets and configs as a user would (not by timed tests):
 
-    python -m ffnbench.bench.targets [--presets quick,default] [--configs examples/latency-7b.toml]
+    python -m ffnbench.bench.gate.targets [--presets quick,default] [--configs examples/latency-7b.toml]
 
 Each runs end to end, export included, into a fresh directory with a cold artifact cache.
 Targets on the project's 2-core machine: quick <= 90 s, default <= 600 s, full <= 45 min,

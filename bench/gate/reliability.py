@@ -1,6 +1,6 @@
 """Measured reliability of the gate, by running it as CI would:
 
-    python -m ffnbench.bench.reliability [--pairs 10] [--out runs/reliability]
+    python -m ffnbench.bench.gate.reliability [--pairs 10] [--out runs/reliability]
 
 False alarms: the quick preset run pairs+1 times on the same build; each later run is gated
 against the first four ways: latency re-measured side by side in this process (--remeasure), and
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 EXE = str(Path(sys.executable).parent / "ffnbench")
-CHECKOUT = Path(__file__).resolve().parents[1]  # a source checkout: this tool is for developers
+CHECKOUT = Path(__file__).resolve().parents[2]  # a source checkout: this tool is for developers
 
 
 def doubled_forward_environment(root: Path) -> Path:
@@ -31,7 +31,7 @@ def doubled_forward_environment(root: Path) -> Path:
     shutil.copytree(CHECKOUT / "ffnbench", package)
     for sub in ("models", "export", "quant", "bench"):  # the installed layout (pyproject's package-dir)
         shutil.copytree(CHECKOUT / sub, package / sub)
-    runnables = package / "bench" / "runnables.py"
+    runnables = package / "bench" / "cells" / "runnables.py"
     once = "        return lambda: self._forward(h)\n"
     twice = "        return lambda: (self._forward(h), self._forward(h))\n"
     if runnables.read_text().count(once) != 1:

@@ -3,9 +3,9 @@
 import dataclasses
 import uuid
 
-from ffnbench.bench import latency
-from ffnbench.bench.ort_runnable import latency_model
-from ffnbench.bench.runnables import OrtRunnable, Runnable, TorchRunnable, ort_has_cuda
+from ffnbench.bench.cells import latency
+from ffnbench.bench.cells.ort_runnable import latency_model
+from ffnbench.bench.cells.runnables import OrtRunnable, Runnable, TorchRunnable, ort_has_cuda
 
 
 def peak_gpu_mb(fn) -> float:

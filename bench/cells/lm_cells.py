@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from ffnbench import files
-from ffnbench.bench import lm_metrics, metrics
-from ffnbench.bench.cell_record import artifact_summary, finite, recording
-from ffnbench.bench.drift_stats import drift_stats
-from ffnbench.bench.lm_runnables import LMTorch, evaluate, lm_runnable_for
-from ffnbench.bench.scenarios import TEXT_DOMAINS
+from ffnbench.bench.cells import lm_metrics, metrics
+from ffnbench.bench.cells.cell_record import artifact_summary, finite, recording
+from ffnbench.bench.cells.lm_runnables import LMTorch, evaluate, lm_runnable_for
+from ffnbench.bench.traffic.drift_stats import drift_stats
+from ffnbench.bench.traffic.scenarios import TEXT_DOMAINS
 from ffnbench.errors import UsageError
 from ffnbench.export import NATIVE_OPSET, ExportedModel
 from ffnbench.export.lm_export import export_lm, feeds

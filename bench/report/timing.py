@@ -5,8 +5,10 @@ or a quantized recipe is no faster than fp32 at prefill."""
 import json
 from pathlib import Path
 
-from ffnbench.bench import kernel_paths, latency, plots
-from ffnbench.bench.report_format import number as _f
+from ffnbench.bench.cells import latency
+from ffnbench.bench.machine import kernel_paths
+from ffnbench.bench.report import plots
+from ffnbench.bench.report.formatting import number as _f
 
 
 def section(run, model: str, plot_dir: Path) -> list[str]:
@@ -92,8 +94,9 @@ def _memory(run, model: str, plot_dir: Path) -> list[str]:
     path = plots.bars(recipes, resident, None, "resident MB (a process each)", f"Memory per recipe ({model})",
                       plot_dir / f"memory_{model}.png", log=True)
     return ["### Memory per recipe", "",
-            "Each runnable loaded by a child process that holds nothing else (`bench/memory.py`): `resident_mb` is "
-            "what loading it added to that process, `peak_call_mb` the most a first call at that shape rose above it.",
+            "Each runnable loaded by a child process that holds nothing else (`bench/cells/memory.py`): `resident_mb` "
+            "is what loading it added to that process, `peak_call_mb` the most a first call at that shape rose above "
+            "it.",
             "", f"![]({path.relative_to(run.dir)})", "",
             "| recipe | design | on disk (MB) | resident (MB) | peak call, decode (MB) | peak call, prefill (MB) |",
             "|---|---|---|---|---|---|", *rows, ""]

@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ffnbench.bench.ort_runnable import OrtRunnable, ort_has_cuda
+from ffnbench.bench.cells.ort_runnable import OrtRunnable, ort_has_cuda
 from ffnbench.models import FFNBlock
 from ffnbench.quant import Artifact
 

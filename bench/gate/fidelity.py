@@ -1,7 +1,7 @@
 """Harness fidelity: does the latency harness add time? It is compared with a bare session.run loop
 on the same ONNX Runtime session, in one process, in alternating blocks.
 
-    python -m ffnbench.bench.fidelity [--model default] [--blocks 30]
+    python -m ffnbench.bench.gate.fidelity [--model default] [--blocks 30]
 
 Prints the ratio of medians (harness / bare) per shape; the target is at most 1.03.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ffnbench.bench.latency import LatencyConfig, interleaved
-from ffnbench.bench.latency_cells import latency_model
-from ffnbench.bench.runnables import OrtRunnable
+from ffnbench.bench.cells.latency import LatencyConfig, interleaved
+from ffnbench.bench.cells.latency_cells import latency_model
+from ffnbench.bench.cells.runnables import OrtRunnable
 from ffnbench.export import export_onnx
 from ffnbench.models import build_model, preset
 

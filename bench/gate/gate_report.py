@@ -4,7 +4,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from ffnbench import files
-from ffnbench.bench.gate import ALPHA, GateResult
+from ffnbench.bench.gate.gate import ALPHA, GateResult
 
 
 def _v(value) -> str:

@@ -8,7 +8,7 @@ import os
 import onnxruntime as ort
 import torch
 
-from ffnbench.bench.isa import cpu_info, int8_kernels, machine_class, u8s8_saturates
+from ffnbench.bench.machine.isa import cpu_info, int8_kernels, machine_class, u8s8_saturates
 from ffnbench.versions import stack_versions
 
 
@@ -50,7 +50,7 @@ def cuda_info() -> dict:
 
 def collect(threads: int = 2, remeasure: bool = False) -> dict:
     """Everything below, with the memory-bandwidth and GEMM peaks measured at `threads` (cached)."""
-    from ffnbench.bench.peaks import peaks
+    from ffnbench.bench.machine.peaks import peaks
 
     cpu = cpu_info()
     saturates = u8s8_saturates()

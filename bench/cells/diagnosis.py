@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ffnbench.bench import kernel_paths, latency, metrics
+from ffnbench.bench.cells import latency, metrics
+from ffnbench.bench.cells.ort_runnable import OrtRunnable
 from ffnbench.bench.config import RunConfig
-from ffnbench.bench.ort_runnable import OrtRunnable
+from ffnbench.bench.machine import kernel_paths
 from ffnbench.quant import RECIPES
 
 # A prefill cell whose time ratio to fp32 has an upper 95 % bound at or above this is diagnosed.

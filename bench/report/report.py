@@ -6,17 +6,17 @@ from pathlib import Path
 import numpy as np
 
 from ffnbench import files
-from ffnbench.bench import latency, model_specs, plots, report_downstream, report_latency
-from ffnbench.bench.report_format import number as _f
-from ffnbench.bench.scenarios import NAMED
-from ffnbench.bench.store import load_run
+from ffnbench.bench.cells import latency
+from ffnbench.bench.report import downstream as report_downstream
+from ffnbench.bench.report import plots
+from ffnbench.bench.report import timing as report_latency
+from ffnbench.bench.report.formatting import number as _f
+from ffnbench.bench.store import label, load_run
+from ffnbench.bench.traffic import model_specs
+from ffnbench.bench.traffic.scenarios import NAMED
 
 SHIFTS = {name: s.mean_shift for name, s in NAMED.items() if name == "clean" or name.startswith("shift-")}
 MAGNITUDES = {"clean": 0.0, "magnitude-1": 1.0, "magnitude-2": 2.0}
-
-
-def label(cell: dict) -> str:
-    return cell["recipe"] + (f"@{cell['calibration']}" if cell.get("calibration") else "")
 
 
 class Run:

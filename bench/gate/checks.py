@@ -9,8 +9,8 @@ already on a log scale; no unit means the metric's own unit.
 import re
 from dataclasses import dataclass
 
-from ffnbench.bench.lm_metrics import LM_METRICS
-from ffnbench.bench.metrics import ALL_METRICS
+from ffnbench.bench.cells.lm_metrics import LM_METRICS
+from ffnbench.bench.cells.metrics import ALL_METRICS
 from ffnbench.errors import UsageError
 
 LATENCY_METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "tokens_per_s", "resident_mb", "peak_call_mb",

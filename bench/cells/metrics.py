@@ -126,7 +126,7 @@ def act_err_small_pos(ref_act_in, ref_act_out, act_out, delta: float) -> float |
 OUTPUT_METRICS = ("sqnr_db", "centered_sqnr_db", "cosine", "rel_l2", "max_abs_err", "nonfinite_rate",
                   "top1_agreement")
 TAP_METRICS = ("norm_positive_fraction", "preact_sign_flip_rate", "act_err_small_neg", "act_err_small_pos")
-# u8s8_saturation_rate (bench/u8s8.py): dynamic int8 ORT cells only, a property of their tensors.
+# u8s8_saturation_rate (bench/machine/u8s8.py): dynamic int8 ORT cells only, a property of their tensors.
 ALL_METRICS = (*OUTPUT_METRICS, "fp32_drift_db", *TAP_METRICS, "u8s8_saturation_rate")
 
 

@@ -71,6 +71,12 @@ class OrtRunnable:
         y, *got = self.session.run(self.outputs, {self.input_name: np.ascontiguousarray(x, np.float32)})
         return y, dict(zip(self.outputs[1:], got, strict=True))
 
+    def profiling(self, prefix: str) -> "OrtRunnable":
+        """A session set up as this one (threads, spinning, optimisation) that writes ONNX Runtime's
+        profile under `prefix`."""
+        return OrtRunnable(self.path, threads=self.threads, optimization=self.optimization, spinning=self.spinning,
+                           profile_prefix=prefix)
+
     def describe(self) -> dict:
         return {"runtime": "ort", "device": self.device, "provider": self.provider, "threads": self.threads,
                 "graph_optimization": self.optimization, "spinning": self.spinning}

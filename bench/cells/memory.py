@@ -1,6 +1,6 @@
 """`resident_mb` and `peak_call_mb` of one runnable, measured in a child process of its own.
 
-    python -m ffnbench.bench.memory [--workers N] [--fresh] REQUEST.json ...   (writes REQUEST.result.json)
+    python -m ffnbench.bench.cells.memory [--workers N] [--fresh] REQUEST.json ...   (writes REQUEST.result.json)
 
 The benchmark process holds every recipe of a model at once, so its own RSS says nothing about any
 one of them. As optimum-benchmark does, each runnable is loaded by a child that holds nothing else:
@@ -59,10 +59,10 @@ def _release() -> None:
 
 def _load(request: dict):
     if request["kind"] == "onnx":
-        from ffnbench.bench.ort_runnable import OrtRunnable
+        from ffnbench.bench.cells.ort_runnable import OrtRunnable
 
         return OrtRunnable(Path(request["path"]), threads=request["threads"], spinning=request["spinning"])
-    from ffnbench.bench.runnables import runnable_for
+    from ffnbench.bench.cells.runnables import runnable_for
     from ffnbench.quant import load_artifact
 
     artifact = load_artifact(Path(request["artifact_dir"]), files_dir=request.get("files_dir"))
@@ -85,7 +85,7 @@ def _prime(request: dict) -> None:
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         session.run(None, {"x": np.zeros((1, 4), np.float32)})
         return
-    from ffnbench.bench.runnables import runnable_for
+    from ffnbench.bench.cells.runnables import runnable_for
     from ffnbench.models import FFNConfig, build_model, preset
     from ffnbench.quant import load_artifact
 
@@ -143,7 +143,7 @@ def _run_server(files: dict[str, Path], workers: int, fresh: bool) -> dict[str, 
     # import (it asks torch whether CUDA is available) would start threads in the server.
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     budget = CHILD_TIMEOUT_S * -(-len(files) // workers) + 120
-    command = [sys.executable, "-m", "ffnbench.bench.memory", "--workers", str(workers),
+    command = [sys.executable, "-m", "ffnbench.bench.cells.memory", "--workers", str(workers),
                *(["--fresh"] if fresh else []), *map(str, files.values())]
     with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                           start_new_session=True) as server:
@@ -226,7 +226,7 @@ def _start(path: Path, request: dict, fork: bool) -> int:
     """A child measuring `request`, its stderr in a file beside it; returns its pid."""
     stderr = path.with_suffix(".stderr")
     if not fork:
-        return os.posix_spawn(sys.executable, [sys.executable, "-m", "ffnbench.bench.memory", "--one", str(path)],
+        return os.posix_spawn(sys.executable, [sys.executable, "-m", "ffnbench.bench.cells.memory", "--one", str(path)],
                               os.environ, file_actions=[(os.POSIX_SPAWN_OPEN, 2, str(stderr),
                                                          os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)])
     pid = os.fork()

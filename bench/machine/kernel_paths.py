@@ -8,7 +8,7 @@ modules: time per operator), reads the artifact's attributes that pick ONNX Runt
 (zero-point dtype, accuracy_level, block size, quant type) and the CPU's int8 kernels. `explain`
 turns the measured facts into the sentence a report gives; the kernel behaviour it names is ONNX
 Runtime 1.31's and bitsandbytes 0.50's CPU code (matmul_nbits.cc and MLAS's qnbitgemm.cpp and
-platform.cpp, matmul_bnb4.cc; backends/cpu/ops.py and csrc/cpu_ops.cpp). bench/diagnosis.py picks
+platform.cpp, matmul_bnb4.cc; backends/cpu/ops.py and csrc/cpu_ops.cpp). bench/cells/diagnosis.py picks
 the cells.
 """
 
@@ -62,11 +62,8 @@ def profile_ort(runnable, x: np.ndarray, model: onnx.ModelProto, calls: int = PR
     type the total and its share, and whether each weight-bearing node's weight was prepacked (a
     prepacked initializer is released, so it is missing from the node's profiled inputs). `model`:
     the runnable's graph (weights' shapes; their data need not be loaded)."""
-    from ffnbench.bench.ort_runnable import OrtRunnable
-
     with tempfile.TemporaryDirectory(prefix="ffnbench-profile-") as tmp:
-        profiled = OrtRunnable(runnable.path, threads=runnable.threads, optimization=runnable.optimization,
-                               spinning=runnable.spinning, profile_prefix=str(Path(tmp) / "profile"))
+        profiled = runnable.profiling(str(Path(tmp) / "profile"))
         call = profiled.timed_call(x)
         for _ in range(calls + 1):
             call()
@@ -219,7 +216,7 @@ def _matmulnbits(node: dict, shape: str | None, kernels: dict) -> str:
 def diagnose(runnable, x: np.ndarray) -> dict:
     """Profile and attributes of one timed runnable at the input `x`, and the CPU's int8 kernels; a
     profile that cannot be had is a skipped diagnosis with its reason."""
-    from ffnbench.bench.isa import cpu_info, int8_kernels, machine_class
+    from ffnbench.bench.machine.isa import cpu_info, int8_kernels, machine_class
 
     isa = cpu_info()["isa"]
     cpu = {"machine_class": machine_class(isa), "int8_kernels": int8_kernels(isa)}

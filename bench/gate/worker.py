@@ -1,6 +1,6 @@
 """A timing worker: one side of a re-measurement, run by that side's own environment and code.
 
-    python -m ffnbench.bench.worker        (JSON lines: requests on stdin, replies on stdout)
+    python -m ffnbench.bench.gate.worker        (JSON lines: requests on stdin, replies on stdout)
 
 `compare --remeasure --old-python PATH` starts one worker with the old revision's interpreter and
 one with the new one's, and asks them for calls in a shared random order: each loads its run's
@@ -24,9 +24,9 @@ PROTOCOL = 1
 def _load(request: dict):
     import numpy as np
 
-    from ffnbench.bench import latency_cells
-    from ffnbench.bench.latency import CpuTimer, CudaTimer
-    from ffnbench.bench.runnables import ort_has_cuda, runnable_for
+    from ffnbench.bench.cells import latency_cells
+    from ffnbench.bench.cells.latency import CpuTimer, CudaTimer
+    from ffnbench.bench.cells.runnables import ort_has_cuda, runnable_for
     from ffnbench.quant import load_artifact
 
     device = request["device"]
@@ -50,7 +50,7 @@ def main() -> int:
     sys.stdout = sys.stderr
     # Imported before the greeting, which the coordinator awaits only once both workers are started,
     # so the two sides' seconds of imports overlap.
-    from ffnbench.bench import latency_cells, runnables  # noqa: F401
+    from ffnbench.bench.cells import latency_cells, runnables  # noqa: F401
     from ffnbench.quant import load_artifact  # noqa: F401
     from ffnbench.versions import stack_versions
 

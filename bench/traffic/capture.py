@@ -17,8 +17,8 @@ import torch
 from safetensors.numpy import save_file
 
 from ffnbench import files
-from ffnbench.bench import hf_capture
-from ffnbench.bench.drift_stats import drift_stats, per_layer
+from ffnbench.bench.traffic import hf_capture
+from ffnbench.bench.traffic.drift_stats import drift_stats, per_layer
 from ffnbench.errors import UsageError
 from ffnbench.models.pair import load_lm
 from ffnbench.versions import stack_versions

@@ -9,9 +9,9 @@ import functools
 import statistics
 from pathlib import Path
 
-from ffnbench.bench import plots
-from ffnbench.bench.report_format import number
-from ffnbench.bench.scenarios import TEXT_DOMAINS
+from ffnbench.bench.report import plots
+from ffnbench.bench.report.formatting import number
+from ffnbench.bench.traffic.scenarios import TEXT_DOMAINS
 
 HEADLINE_SCENARIOS = ("production", *TEXT_DOMAINS)
 
