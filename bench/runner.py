@@ -4,13 +4,11 @@ import contextlib
 import itertools
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ffnbench import files
 from ffnbench.bench.cells import diagnosis, latency_cells, lm_cells, memory, metrics, prebuild
@@ -19,6 +17,7 @@ from ffnbench.bench.cells.lm_cells import LM_DESIGNS, LM_MODEL, LMSubject, measu
 from ffnbench.bench.cells.runnables import Runnable, TorchRunnable, ort_has_cuda, runnable_for
 from ffnbench.bench.config import RunConfig
 from ffnbench.bench.machine import doctor, fit, u8s8
+from ffnbench.bench.progress import Progress
 from ffnbench.bench.store import RunStore
 from ffnbench.errors import UsageError
 from ffnbench.export import NATIVE_OPSET, ExportedModel, export_onnx
@@ -84,7 +83,7 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
 
     Each cell is appended to out/results.jsonl as it finishes; with resume=True, cells already
     measured or skipped there are not run again. shard_spec=(k, n) runs shard k of n only.
-    progress=None shows a bar on a terminal only.
+    progress=None shows a bar on a terminal and log lines elsewhere (bench/progress.py).
     """
     config.check()
     _check_inputs(config)  # a bad scenario or trace fails here, before anything is written
@@ -96,8 +95,7 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
     cells = plan(config) if shard_spec is None else shard(plan(config), *shard_spec)
     finished = store.finished()
     todo = [cell for cell in cells if cell.key not in finished]
-    with tqdm(total=len(todo), disable=None if progress is None else not progress, unit="cell",
-              file=sys.stderr, dynamic_ncols=True) as bar:
+    with Progress(len(todo), progress) as bar:
         for (lm, model), group in itertools.groupby(todo, key=lambda c: (c.kind == "lm", c.model)):
             group = list(group)
             if lm:
@@ -109,53 +107,55 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
             with prebuild.workers(mc, model) as pool:
                 pending = {}
                 if pool:
-                    bar.set_description(f"{model}: exporting {len(designs)} designs in parallel")
+                    bar.phase(f"{model}: exporting {len(designs)} designs in parallel")
                     prebuild.exports(pool, mc, model, designs, store.out / "artifacts")
                 subjects = {d: Subject(mc, d, model, store.out / "artifacts") for d in designs}
                 if pool:
                     pending = prebuild.quantizations(pool, subjects, group)
+                bar.phase(f"{model}: {len(accuracy)} accuracy cells")
                 _measure_beside_builds(accuracy, subjects, pending, mc, measure, store, bar, model)
             timed = [c for c in group if c.kind == "latency"]
             if timed:
-                bar.set_description(f"{model}: memory of {len({c.artifact for c in timed})} runnables, "
+                bar.phase(f"{model}: memory of {len({c.artifact for c in timed})} runnables, "
                                     "each in a process of its own")
                 memory_mb = measure_memory(subjects, timed, mc)
             for shape, shape_cells in itertools.groupby(timed, key=lambda c: c.scenario):
                 shape_cells = list(shape_cells)
-                bar.set_description(f"{model}: timing {len(shape_cells)} cells at {shape}, interleaved")
+                bar.phase(f"{model}: timing {len(shape_cells)} cells at {shape}, interleaved")
                 for record in measure_latency(subjects, shape_cells, mc, peaks, memory_mb):
                     store.append(record)
                     bar.update()
     return store.results()
 
 
-def run_lm(cells: list[Cell], config: RunConfig, store: RunStore, bar) -> None:
+def run_lm(cells: list[Cell], config: RunConfig, store: RunStore, bar: Progress) -> None:
     """The trained pair's cells. Their ONNX Runtime artifacts are built in worker processes while
     the others (fp32, bitsandbytes, torch) are measured: ORT's entropy calibration of one trained
     model is about 27 s of single-threaded Python, and the two designs' ran one after the other."""
     subjects = {}
     for design in dict.fromkeys(c.design for c in cells):
-        bar.set_description(f"trained {design}: export (whole model)")
+        bar.phase(f"trained {design}: export (whole model)")
         subjects[design] = LMSubject(config, design, store.out / "artifacts")
     jobs = prebuild.builds(subjects, cells)
     calibrated = any(job["calibration"] is not None for _, job in jobs)  # else the workers' start costs more
     with prebuild.pool(config) if calibrated else contextlib.nullcontext() as pool:
         pending = prebuild.submit(pool, jobs) if pool else {}
+        bar.phase(f"trained pair: {len(cells)} whole-model cells")
         _measure_beside_builds(cells, subjects, pending, config, measure_lm, store, bar, "trained")
 
 
 def _measure_beside_builds(cells: list[Cell], subjects: dict, pending: dict, config: RunConfig, measure_cell,
-                           store: RunStore, bar, label: str) -> None:
+                           store: RunStore, bar: Progress, label: str) -> None:
     """Measure each cell; while ONNX Runtime builds are `pending` in workers, the cells that need none
     (bitsandbytes, torch, fp32) go first, and the first that needs one waits for them all."""
     if pending:
         cells = sorted(cells, key=lambda c: prebuild.needs_build(c, config))
     for cell in cells:
         if pending and prebuild.needs_build(cell, config):
-            bar.set_description(f"{label}: waiting for {len(pending)} ONNX Runtime quantizations")
+            bar.phase(f"{label}: waiting for {len(pending)} ONNX Runtime quantizations")
             prebuild.wait(pending)
             pending = {}
-        bar.set_description(cell.key)
+        bar.cell(cell.key)
         store.append(measure_cell(subjects[cell.design], cell))
         bar.update()
     prebuild.wait(pending)

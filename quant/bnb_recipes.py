@@ -78,8 +78,15 @@ def cpu_limit(in_features: int) -> str | None:
 
 
 def avx512_dequantization() -> bool:
-    """Whether bitsandbytes' native library takes its AVX-512 dequantization branch on this CPU."""
-    return bool(import_bnb().cextension.lib.has_avx512f_cpu())
+    """Whether bitsandbytes' native library takes its AVX-512 dequantization branch on this CPU.
+
+    Only its AVX-512 CPU builds export the check; the CUDA builds and aarch64's answer a missing
+    symbol with a stub that raises, and have no AVX-512 branch: False, as its own has_avx512bf16 does.
+    """
+    try:
+        return bool(import_bnb().cextension.lib.has_avx512f_cpu())
+    except (AttributeError, RuntimeError, OSError):
+        return False
 
 
 def cpu_4bit_kernels() -> dict:

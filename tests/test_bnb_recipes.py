@@ -8,11 +8,11 @@ from ffnbench.bench.cells.runnables import runnable_for
 from ffnbench.bench.traffic.scenarios import scenario
 from ffnbench.models import build_model, preset
 from ffnbench.quant import Skipped, load_artifact, quantize
-from ffnbench.quant.bnb_recipes import cpu_limit, fused_kernel_limit, import_bnb
+from ffnbench.quant.bnb_recipes import avx512_dequantization, cpu_limit, fused_kernel_limit, import_bnb
 
 bnb = import_bnb()
 # bitsandbytes' own tests of the CPU: the AVX-512 dequantization and the fused AVX512-BF16 kernel.
-AVX512 = bool(bnb.cextension.lib.has_avx512f_cpu())
+AVX512 = avx512_dequantization()
 FUSED = bool(bnb.functional.has_avx512bf16())
 
 
@@ -104,3 +104,17 @@ def test_layers_the_fused_kernel_takes_record_bfloat16_activations(tmp_path, rec
     assert repacked(artifact.module) == (set(four_bit_layers(artifact.module)) if FUSED else set())
     expected = ("fused bf16 (AVX512-BF16)", "bfloat16") if FUSED else ("dequantize + GEMM", "float32")
     assert (params["cpu_kernel"], params["activation_dtype"]) == expected and "cpu_fallbacks" not in params
+
+
+def test_a_bitsandbytes_build_without_the_avx512_check_has_no_avx512_branch(monkeypatch):
+    """Its CUDA and aarch64 builds export no has_avx512f_cpu: bitsandbytes answers a missing symbol
+    with a stub that raises when called. Such a build takes the scalar loop: no limit, no crash."""
+
+    class NoAvx512Check:
+        def __getattr__(self, name):
+            def stub(*args):
+                raise RuntimeError(f"{name} is not in this build")
+            return stub
+
+    monkeypatch.setattr(bnb.cextension, "lib", NoAvx512Check())
+    assert avx512_dequantization() is False and cpu_limit(32) is None

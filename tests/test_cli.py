@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from ffnbench.bench.cli import main
 from ffnbench.bench.machine.isa import int8_kernels
-from ffnbench.quant.bnb_recipes import import_bnb
+from ffnbench.quant.bnb_recipes import avx512_dequantization, import_bnb
 
 
 def run(exe, *args):
@@ -58,7 +58,7 @@ def test_doctor_json_reports_isa_and_int8_probe(cli):
     bnb = import_bnb()
     assert report["bitsandbytes"]["cpu_4bit"] == {
         "kernel": "fused bf16 (AVX512-BF16)" if bnb.functional.has_avx512bf16() else "dequantize + GEMM",
-        "whole_blocks_only": bool(bnb.cextension.lib.has_avx512f_cpu())}
+        "whole_blocks_only": avx512_dequantization()}
 
 
 def test_doctor_text_names_the_machine_class(cli):

@@ -16,9 +16,9 @@ FORBIDDEN = {
     "gate": ("report",),
     "report": ("gate",),
 }
-# The run itself: the CLI, its config, plan -> build -> measure -> record, the store, merging runs,
+# The run itself: the CLI, its config, plan -> build -> measure -> record, its progress, the store, merging runs,
 # and the statistics that cells, the gate and the report share.
-TOP_LEVEL = {"__init__", "cli", "config", "runner", "store", "merge", "stats"}
+TOP_LEVEL = {"__init__", "cli", "config", "runner", "progress", "store", "merge", "stats"}
 
 
 def bench_imports(path: Path) -> set[str]:

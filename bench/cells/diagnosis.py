@@ -67,7 +67,7 @@ def _uint8(subject, entry: dict, record: dict) -> tuple[Path, str, dict]:
 
 
 def _other_level(subject, record: dict, entry: dict, level: int) -> tuple[Path, str, dict]:
-    other = 0 if level else 4
+    other = 0 if level == 4 else 4  # levels 0-3 all compute in fp32 on CPU
     out = subject.artifacts / "diagnosis" / (Path(record["artifact"]["dir"]).name + f"-accuracy-level-{other}.onnx")
     return (kernel_paths.accuracy_level_variant(entry["runnable"].path, out, other),
             f"accuracy_level {other} ({kernel_paths.ACCURACY_LEVELS[other]}; the same 4-bit weights)",

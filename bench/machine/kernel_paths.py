@@ -226,9 +226,9 @@ def diagnose(runnable, x: np.ndarray) -> dict:
             return {"status": "ok", "profile": profile_ort(runnable, x, model), "attributes": attributes(model), **cpu}
         return {"status": "ok", "profile": profile_torch(runnable.timed_call(x)), **cpu}
     except Unusable as e:
-        return {"status": "skipped", "reason": str(e)}
+        return {"status": "skipped", "reason": str(e), **cpu}
     except Exception as e:  # a profiler failing must not fail the cells it would explain
-        return {"status": "skipped", "reason": f"profiling failed: {type(e).__name__}: {e}"}
+        return {"status": "skipped", "reason": f"profiling failed: {type(e).__name__}: {e}", **cpu}
 
 
 def accuracy_level(diagnosis: dict) -> int | None:
