@@ -179,8 +179,6 @@ def _ort_from_file(src: Path, src_manifest: dict, cfg, stage: Path, calibration:
     extra = {}
     # A whole language model quantizes its FFN sublayers only; attention and the head stay fp32.
     nodes = src_manifest.get("ffn_matmuls")
-    if nodes:
-        extra["quantized_nodes"] = nodes
     if isinstance(cfg, OrtDynamicInt8):
         ort_recipes.dynamic_int8(src, dst, cfg, nodes)
     elif isinstance(cfg, OrtStaticQdq):
@@ -199,6 +197,7 @@ def _ort_from_file(src: Path, src_manifest: dict, cfg, stage: Path, calibration:
     else:
         ort_recipes.bnb4(src, dst, cfg, nodes)
     written = onnx.load(str(dst))
+    extra["quantized_nodes"] = ort_recipes.quantized_matmuls(onnx.load(str(src)), written)
     extra["ops"] = op_histogram(written)
     extra["outputs"] = [o.name for o in written.graph.output]
     return Artifact("", "ort", dst, extra)

@@ -112,6 +112,11 @@ def _histograms_only_for(calibrator, tensors: set[str]) -> None:
 
 
 def int4(src: Path, dst: Path, cfg: OrtInt4, nodes: list[str] | None = None) -> None:
+    """`nodes`: the MatMuls to quantize (None: every one). MatMulNBitsQuantizer's nodes_to_include
+    adds nodes to those it quantizes anyway (every MatMul with a constant weight), so the others
+    are excluded instead."""
+    source = onnx.load(str(src))
+    others = [n.name for n in source.graph.node if n.op_type == "MatMul" and n.name not in nodes] if nodes else []
     if cfg.algorithm == "hqq":
         algo = HQQWeightOnlyQuantConfig(block_size=cfg.block_size, bits=4)
     else:
@@ -120,7 +125,7 @@ def int4(src: Path, dst: Path, cfg: OrtInt4, nodes: list[str] | None = None) -> 
     # HQQ hands torch a read-only numpy view, which torch warns about once; the data is only read.
     with _quiet(), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=algo, nodes_to_include=nodes)
+        quantizer = MatMulNBitsQuantizer(source, algo_config=algo, nodes_to_exclude=others)
         quantizer.process()
     model = quantizer.model.model
     # HQQ's config has no accuracy_level; set it on every node so both algorithms honour the recipe.
@@ -131,6 +136,20 @@ def int4(src: Path, dst: Path, cfg: OrtInt4, nodes: list[str] | None = None) -> 
         originals = {i.name: i for i in onnx.load(str(src)).graph.initializer}
         uint8_zero_points(model, originals)
     onnx.save(model, str(dst))
+
+
+def quantized_matmuls(source: onnx.ModelProto, quantized: onnx.ModelProto) -> list[str]:
+    """The source's weight-bearing MatMuls that the quantized graph no longer runs in fp32, read
+    from the graph: each quantizer either replaces the node (MatMulInteger, MatMulNBits, MatMulBnb4,
+    under new names) or feeds its weight through DequantizeLinear (QDQ); one left alone keeps its
+    name and its float initializer."""
+    def fp32_matmuls(model: onnx.ModelProto) -> set[str]:
+        weights = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+        return {n.name for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1
+                and n.input[1] in weights}
+
+    kept = fp32_matmuls(quantized)
+    return [n.name for n in source.graph.node if n.name in fp32_matmuls(source) and n.name not in kept]
 
 
 def uint8_zero_points(model: onnx.ModelProto, originals: dict[str, onnx.TensorProto]) -> int:

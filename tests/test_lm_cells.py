@@ -5,7 +5,9 @@ import json
 import shutil
 
 import numpy as np
+import onnx
 import pytest
+import torch
 from torch import nn
 
 from ffnbench.bench import RunConfig, run
@@ -20,6 +22,7 @@ from ffnbench.bench.report import report
 from ffnbench.errors import UsageError
 from ffnbench.models.lm import CausalLM, LMConfig
 from ffnbench.quant import Calibration, quantize
+from ffnbench.quant.ort_recipes import quantized_matmuls
 
 LM_RECIPES = ["fp32", "ort-int8-dynamic", "bnb-nf4", "ort-int8-qdq-minmax"]  # the last built by workers
 QUANTIZED_HERE: list[str] = []  # the recipes lm_run quantized in this process
@@ -84,9 +87,51 @@ def test_the_export_matches_torch_and_only_ffn_matmuls_quantize(lm_run):
     assert export["parity"]["max_abs_err"] <= 1e-4 and export["opset"] == 23
     assert len(export["ffn_matmuls"]) == 3 * 4 and export["ops"]["Attention"] == 4
     int8 = json.loads((out / cells[("ort-int8-dynamic", "clean")]["artifact"]["dir"] / "manifest.json").read_text())
-    assert int8["quantized_nodes"] == export["ffn_matmuls"]
     assert int8["ops"]["MatMulInteger"] == 12 and int8["ops"]["Attention"] == 4
     assert int8["ops"]["MatMul"] == export["ops"]["MatMul"] - 12  # attention and head stay fp32
+
+
+ORT_KERNELS = {"ort-int8-dynamic": "MatMulInteger", "ort-int8-dynamic-fullrange": "MatMulInteger",
+               "ort-int4-rtn": "com.microsoft.MatMulNBits", "ort-int4-hqq": "com.microsoft.MatMulNBits",
+               "ort-nf4": "com.microsoft.MatMulBnb4", "ort-fp4": "com.microsoft.MatMulBnb4"}
+
+
+def test_every_recipe_quantizes_exactly_the_ffn_matmuls_as_its_graph_shows(lm_run, tmp_path):
+    """Read from each quantized graph, not copied from the request: the quantized set is the FFN set
+    for every ONNX Runtime recipe (the run's QDQ artifact included), and the module recipes swap the
+    FFN layers only. int4 once quantized every MatMul, attention's and the head's too."""
+    _, out, cells = lm_run
+    export_dir = next((out / "artifacts").glob("lm-export-B-*"))
+    ffn = json.loads((export_dir / "manifest.json").read_text())["ffn_matmuls"]
+    weight_matmuls = json.loads((export_dir / "manifest.json").read_text())["ops"]["MatMul"]
+    assert len(ffn) == 12 and weight_matmuls > 12
+    for recipe, kernel in ORT_KERNELS.items():
+        artifact = quantize(export_dir / "model.onnx", recipe, tmp_path / recipe)
+        graph = onnx.load(str(artifact.path))
+        assert artifact.manifest["quantized_nodes"] == ffn, recipe
+        assert artifact.manifest["ops"][kernel] == 12 and artifact.manifest["ops"]["MatMul"] == weight_matmuls - 12
+        assert quantized_matmuls(onnx.load(str(export_dir / "model.onnx")), graph) == ffn
+    qdq = json.loads((out / cells[("ort-int8-qdq-minmax", "clean")]["artifact"]["dir"] / "manifest.json").read_text())
+    assert qdq["quantized_nodes"] == ffn
+    subject = LMSubject(lm_run[0], "B", out / "artifacts")
+    for recipe in ("bnb-int8", "bnb-nf4", "torch-fp16"):
+        model = quantize(subject.model, recipe, tmp_path / recipe).module
+        changed = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)
+                   and (type(m) is not nn.Linear or m.weight.dtype != torch.float32)}
+        assert changed and all(".ffn." in name for name in changed), (recipe, changed)
+        assert len(changed) == 12, (recipe, sorted(changed))
+
+
+def test_a_graph_quantizing_a_non_ffn_matmul_is_read_as_such(lm_run, tmp_path):
+    """The reading can fail: quantizing every MatMul (what int4 did) is reported as more than the FFN set."""
+    _, out, _ = lm_run
+    export = next((out / "artifacts").glob("lm-export-B-*/model.onnx"))
+    foreign = tmp_path / "foreign" / "model.onnx"  # no export manifest beside it: every MatMul quantizes
+    foreign.parent.mkdir()
+    shutil.copyfile(export, foreign)
+    everything = quantize(foreign, "ort-int8-dynamic", tmp_path / "all")
+    ffn = json.loads((export.parent / "manifest.json").read_text())["ffn_matmuls"]
+    assert set(ffn) < set(quantized_matmuls(onnx.load(str(export)), onnx.load(str(everything.path))))
 
 
 def test_drift_alone_is_measured_and_the_fp32_cells_carry_its_statistics(lm_run):
