@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="optimiser steps (default: TrainConfig's)")
     train.add_argument("--batch", type=int, help="sequences a step (default: TrainConfig's)")
     train.add_argument("--seed", type=int, help="initialisation and data order (default 0)")
+    train.add_argument("--lr", type=float, help="peak learning rate (default: TrainConfig's)")
 
     capture = sub.add_parser("capture", help="hidden states entering chosen FFN norms of a real model, over a text")
     capture.add_argument("--checkpoint", required=True,
@@ -354,10 +355,12 @@ def cmd_train(args) -> int:
 
     seed = {} if args.seed is None else {"seed": args.seed}
     lm_cfg = LMConfig(design=args.design, **seed)
-    cfg = TrainConfig(**{k: getattr(args, k) for k in ("steps", "batch") if getattr(args, k) is not None}, **seed)
+    cfg = TrainConfig(**{k: getattr(args, k) for k in ("steps", "batch", "lr") if getattr(args, k) is not None},
+                      **seed)
     m = train(lm_cfg, cfg, args.out)
     print(f"wrote {args.out}: design {args.design}, {m['parameters']:,} parameters, {m['steps']} steps, "
-          f"final loss {m['losses'][-1]:.3f} nats, held-out {m['held_out_bits_per_byte']:.3f} bits per byte "
+          f"final loss {m['losses'][-1]:.3f} nats, validation {m['validation_bits_per_byte']:.3f} and held-out "
+          f"{m['held_out_bits_per_byte']:.3f} bits per byte "
           f"({m['corpus']['source']}, sha256 {m['corpus']['sha256'][:12]})")
     return 0
 

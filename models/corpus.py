@@ -11,6 +11,7 @@ import numpy as np
 from ffnbench.errors import UsageError
 
 HELD_OUT = 0.1  # the last tenth of each domain is never trained on
+VALIDATION = 0.05  # the 5 % before it choose training settings; the held-out tenth only tests
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,13 @@ class Corpus:
         """(train, held-out): the held-out part is the last HELD_OUT of the bytes."""
         cut = int(len(self.data) * (1 - HELD_OUT))
         return self.data[:cut], self.data[cut:]
+
+    def split_validation(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(train, validation, held-out): validation is the VALIDATION of the bytes just before the
+        held-out part, so choosing a setting on it never looks at the test bytes."""
+        train, held_out = self.split()
+        cut = len(train) - int(len(self.data) * VALIDATION)
+        return train[:cut], train[cut:], held_out
 
     def describe(self) -> dict:
         return {"name": self.name, "source": self.source, "bytes": int(len(self.data)), "sha256": self.sha256,

@@ -23,6 +23,8 @@ from ffnbench.models import corpus
 from ffnbench.models.lm import CausalLM, LMConfig
 from ffnbench.versions import stack_versions
 
+INITS = ("gpt2", "ffn-synthetic")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -30,9 +32,15 @@ class TrainConfig:
     batch: int = 32  # sequences of context + 1 bytes
     lr: float = 3e-3  # peak; linear warm-up, then cosine decay to a tenth
     warmup: int = 50
-    weight_decay: float = 0.1
+    weight_decay: float = 0.1  # on matrices and embeddings; gains and biases take none (decay_vectors)
     seed: int = 0  # data order
     eval_batch: int = 64  # held-out windows scored at once
+    # gpt2: every part N(0, 0.02), residual output projections / sqrt(2 n_layers), biases 0, gains 1,
+    # the same rule for both designs. ffn-synthetic: the FFN sublayers keep the synthetic-sublayer
+    # initialisation (1/sqrt(fan_in), biases 0.1, gains 1 ± 0.2), what checkpoints before it used.
+    init: str = "gpt2"
+    decay_vectors: bool = False  # weight decay on gains and biases too (checkpoints before it: True)
+    validation: bool = True  # hold VALIDATION of the training bytes out to score (checkpoints before it: False)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "eval_batch"):
@@ -40,6 +48,8 @@ class TrainConfig:
                 raise UsageError(f"{name}: must be a positive integer, got {getattr(self, name)!r}")
         if not self.lr > 0 or self.warmup < 0 or self.weight_decay < 0:
             raise UsageError("lr must be positive, warmup and weight_decay >= 0")
+        if self.init not in INITS:
+            raise UsageError(f"init: unknown '{self.init}'; choose one of {', '.join(INITS)}")
 
 
 def schedule(step: int, cfg: TrainConfig) -> float:
@@ -75,11 +85,39 @@ def bits_per_byte(model: CausalLM, data: np.ndarray, batch: int) -> float:
     return nats / n / math.log(2)
 
 
+def gpt2_init_(model: CausalLM, seed: int) -> None:
+    """GPT-2's initialisation for every part, FFN sublayers included: weights N(0, 0.02), each
+    residual branch's output projection (attention's and the FFN's) N(0, 0.02 / sqrt(2 n_layers)),
+    biases 0, norm gains 1 and shifts 0. Drawn from one generator in module order."""
+    generator = torch.Generator().manual_seed(seed)
+    out_std = 0.02 / math.sqrt(2 * model.cfg.n_layers)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                # The residual branches end in attn.proj and the FFN's last Linear (fc2 or down).
+                last = name.endswith((".attn.proj", ".mlp.fc2", ".mlp.down"))
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (out_std if last else 0.02))
+            if getattr(module, "bias", None) is not None and isinstance(module.bias, torch.nn.Parameter):
+                module.bias.zero_()
+            if name.endswith("norm"):
+                module.weight.fill_(1.0)
+
+
+def parameter_groups(model: CausalLM, cfg: TrainConfig) -> list[dict]:
+    """Weight decay on matrices and embeddings; on gains and biases (1-d) only with decay_vectors."""
+    matrices = [p for p in model.parameters() if p.ndim >= 2]
+    vectors = [p for p in model.parameters() if p.ndim < 2]
+    return [{"params": matrices, "weight_decay": cfg.weight_decay},
+            {"params": vectors, "weight_decay": cfg.weight_decay if cfg.decay_vectors else 0.0}]
+
+
 def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress: bool | None = None) -> dict:
     """Train one CausalLM on the prose corpus; write it to `out` (nothing half-written) and return its
     manifest (the losses of every step among it)."""
     text = corpus.prose()
-    train_bytes, held_out = text.split()
+    train_bytes, validation, held_out = text.split_validation()
+    if not cfg.validation:
+        train_bytes, validation = text.split()[0], None
     if len(held_out) <= lm_cfg.context + 1:
         raise UsageError(f"corpus {text.name}: its held-out part ({len(held_out)} bytes) is shorter than one "
                          f"context ({lm_cfg.context + 1} bytes); use a shorter context")
@@ -87,7 +125,9 @@ def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress:
         raise UsageError(f"--out: {out} already exists; choose a new directory")
     torch.manual_seed(lm_cfg.seed)  # nothing should draw from it; pinned anyway for determinism
     model = CausalLM(lm_cfg)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    if cfg.init == "gpt2":
+        gpt2_init_(model, lm_cfg.seed)
+    optimiser = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: schedule(step, cfg))
     losses, started = [], time.perf_counter()
     model.train()
@@ -104,6 +144,8 @@ def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress:
         "kind": "ffnbench.lm", "config": lm_cfg.to_dict(), "train": dataclasses.asdict(cfg),
         "corpus": text.describe(), "steps": cfg.steps, "losses": losses,
         "held_out_bits_per_byte": bits_per_byte(model, held_out, cfg.eval_batch),
+        "validation_bits_per_byte": bits_per_byte(model, validation, cfg.eval_batch) if validation is not None
+        else None,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(time.perf_counter() - started, 1), "versions": stack_versions(),
     }

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from ffnbench.errors import UsageError
 from ffnbench.files import sha256_file
 from ffnbench.models import corpus
 from ffnbench.models.lm import CausalLM, LMConfig
-from ffnbench.models.train import TrainConfig, batches, bits_per_byte, train
+from ffnbench.models.train import TrainConfig, batches, bits_per_byte, gpt2_init_, parameter_groups, train
 
 SMALL = LMConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, context=16)
 TRAINED = Path(__file__).resolve().parents[1] / "models" / "trained"
@@ -71,3 +72,52 @@ def test_the_committed_pair_matches_its_manifest_and_beats_order_0(design):
         assert measured == pytest.approx(manifest["held_out_bits_per_byte"], abs=1e-3)
     assert measured < order0_bits_per_byte(train_bytes, held_out) - 1.0
     assert math.isfinite(manifest["losses"][-1]) and (TRAINED / design / "model.safetensors").stat().st_size < 10e6
+
+
+@pytest.mark.parametrize("design", ["A", "B"])
+def test_gpt2_init_is_the_same_rule_for_every_part_of_both_designs(design):
+    """Every matrix N(0, 0.02), the residual branches' output projections 0.02 / sqrt(2 n_layers),
+    biases 0, gains 1: at step 0 an FFN adds about what the stream holds (the synthetic
+    sublayer initialisation added std 0.6-0.7 to a stream of std 0.03)."""
+    cfg = LMConfig(design=design)
+    model = CausalLM(cfg)
+    gpt2_init_(model, seed=0)
+    out_std = 0.02 / (2 * cfg.n_layers) ** 0.5
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            last = name.endswith((".attn.proj", ".mlp.fc2", ".mlp.down"))
+            assert module.weight.std().item() == pytest.approx(out_std if last else 0.02, rel=0.1), name
+        if isinstance(getattr(module, "bias", None), nn.Parameter):
+            assert torch.count_nonzero(module.bias) == 0, name
+    assert all(torch.all(b.ffn.norm.weight == 1) for b in model.blocks)
+    h = model.embed(torch.arange(128)[None]) + model.pos(torch.arange(128))
+    with torch.no_grad():
+        ffn_out = model.blocks[0].ffn.branch(h)
+        synthetic = CausalLM(cfg).blocks[0].ffn.branch(h)
+    assert ffn_out.std() < 2 * h.std() and 10 * h.std() < synthetic.std(), (h.std(), ffn_out.std(), synthetic.std())
+
+
+def test_gains_and_biases_take_no_weight_decay_unless_asked():
+    model = CausalLM(SMALL)
+    groups = parameter_groups(model, TrainConfig())
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert all(p.ndim >= 2 for p in groups[0]["params"]) and all(p.ndim == 1 for p in groups[1]["params"])
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+    assert [g["weight_decay"] for g in parameter_groups(model, TrainConfig(decay_vectors=True))] == [0.1, 0.1]
+
+
+def test_validation_bytes_are_cut_from_training_and_never_touch_the_held_out_tenth(tmp_path):
+    text = corpus.prose()
+    train_bytes, validation, held_out = text.split_validation()
+    assert np.array_equal(np.concatenate([train_bytes, validation]), text.split()[0])
+    assert np.array_equal(held_out, text.split()[1])
+    assert len(validation) == int(len(text.data) * corpus.VALIDATION)
+    cfg = TrainConfig(steps=2, batch=2, warmup=1, eval_batch=512)
+    scored = train(SMALL, cfg, progress=False)
+    assert 4 < scored["validation_bits_per_byte"] < 9 and scored["train"]["init"] == "gpt2"
+    assert train(SMALL, replace(cfg, validation=False), progress=False)["validation_bits_per_byte"] is None
+
+
+def test_an_unknown_init_is_refused():
+    with pytest.raises(UsageError, match="init: unknown 'xavier'; choose one of gpt2, ffn-synthetic"):
+        TrainConfig(init="xavier")
