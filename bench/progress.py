@@ -27,7 +27,7 @@ class Progress:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.bar:
+        if self.bar is not None:
             self.bar.close()
         elif self.log:
             self._line("finished" if self.done == self.total else "stopped")
@@ -35,7 +35,7 @@ class Progress:
     def phase(self, text: str) -> None:
         """A step of the run (exporting, timing a group): a log line of its own."""
         self.now = text
-        if self.bar:
+        if self.bar is not None:
             self.bar.set_description(text)
         elif self.log:
             self._line(text)
@@ -43,12 +43,12 @@ class Progress:
     def cell(self, key: str) -> None:
         """The cell being measured: shown on the bar; in a log, named by the next progress line."""
         self.now = key
-        if self.bar:
+        if self.bar is not None:
             self.bar.set_description(key)
 
     def update(self) -> None:
         self.done += 1
-        if self.bar:
+        if self.bar is not None:
             self.bar.update()
         elif self.log and self.clock() - self.last >= self.every:
             self._line(self.now)

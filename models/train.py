@@ -88,15 +88,17 @@ def bits_per_byte(model: CausalLM, data: np.ndarray, batch: int) -> float:
 def gpt2_init_(model: CausalLM, seed: int) -> None:
     """GPT-2's initialisation for every part, FFN sublayers included: weights N(0, 0.02), each
     residual branch's output projection (attention's and the FFN's) N(0, 0.02 / sqrt(2 n_layers)),
-    biases 0, norm gains 1 and shifts 0. Drawn from one generator in module order."""
-    generator = torch.Generator().manual_seed(seed)
+    biases 0, norm gains 1 and shifts 0. The FFN sublayers draw from a generator of their own, so
+    the shared parts get the same draws in every design whatever its FFN widths."""
+    shared, ffn = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     out_std = 0.02 / math.sqrt(2 * model.cfg.n_layers)
     with torch.no_grad():
         for name, module in model.named_modules():
             if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
                 # The residual branches end in attn.proj and the FFN's last Linear (fc2 or down).
                 last = name.endswith((".attn.proj", ".mlp.fc2", ".mlp.down"))
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (out_std if last else 0.02))
+                draw = torch.randn(module.weight.shape, generator=ffn if ".ffn." in name else shared)
+                module.weight.copy_(draw * (out_std if last else 0.02))
             if getattr(module, "bias", None) is not None and isinstance(module.bias, torch.nn.Parameter):
                 module.bias.zero_()
             if name.endswith("norm"):
@@ -118,9 +120,10 @@ def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress:
     train_bytes, validation, held_out = text.split_validation()
     if not cfg.validation:
         train_bytes, validation = text.split()[0], None
-    if len(held_out) <= lm_cfg.context + 1:
-        raise UsageError(f"corpus {text.name}: its held-out part ({len(held_out)} bytes) is shorter than one "
-                         f"context ({lm_cfg.context + 1} bytes); use a shorter context")
+    for part, data in (("held-out", held_out), ("validation", validation)):
+        if data is not None and len(data) <= lm_cfg.context + 1:
+            raise UsageError(f"corpus {text.name}: its {part} part ({len(data)} bytes) is shorter than one "
+                             f"context ({lm_cfg.context + 1} bytes); use a shorter context")
     if out is not None and Path(out).exists():
         raise UsageError(f"--out: {out} already exists; choose a new directory")
     torch.manual_seed(lm_cfg.seed)  # nothing should draw from it; pinned anyway for determinism

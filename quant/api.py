@@ -197,7 +197,7 @@ def _ort_from_file(src: Path, src_manifest: dict, cfg, stage: Path, calibration:
     else:
         ort_recipes.bnb4(src, dst, cfg, nodes)
     written = onnx.load(str(dst))
-    extra["quantized_nodes"] = ort_recipes.quantized_matmuls(onnx.load(str(src)), written)
+    extra["quantized_nodes"] = ort_recipes.quantized_matmuls(onnx.load(str(src), load_external_data=False), written)
     extra["ops"] = op_histogram(written)
     extra["outputs"] = [o.name for o in written.graph.output]
     return Artifact("", "ort", dst, extra)

@@ -148,8 +148,8 @@ def quantized_matmuls(source: onnx.ModelProto, quantized: onnx.ModelProto) -> li
         return {n.name for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1
                 and n.input[1] in weights}
 
-    kept = fp32_matmuls(quantized)
-    return [n.name for n in source.graph.node if n.name in fp32_matmuls(source) and n.name not in kept]
+    candidates, kept = fp32_matmuls(source), fp32_matmuls(quantized)
+    return [n.name for n in source.graph.node if n.name in candidates and n.name not in kept]
 
 
 def uint8_zero_points(model: onnx.ModelProto, originals: dict[str, onnx.TensorProto]) -> int:

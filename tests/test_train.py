@@ -121,3 +121,16 @@ def test_validation_bytes_are_cut_from_training_and_never_touch_the_held_out_ten
 def test_an_unknown_init_is_refused():
     with pytest.raises(UsageError, match="init: unknown 'xavier'; choose one of gpt2, ffn-synthetic"):
         TrainConfig(init="xavier")
+
+
+@pytest.mark.parametrize("d_ff", [200, 768, 1000])
+def test_gpt2_init_gives_both_designs_the_same_shared_weights(d_ff):
+    """Whatever the FFN widths (B's parameter-matched width need not match A's count exactly), the
+    parts outside the FFN sublayers are drawn alike: the pair differs only in its FFNs."""
+    models = {}
+    for design in ("A", "B"):
+        models[design] = CausalLM(LMConfig(design=design, d_model=64, d_ff=d_ff, n_layers=2, n_heads=2))
+        gpt2_init_(models[design], seed=3)
+    shared = {k: v for k, v in models["A"].state_dict().items() if ".ffn." not in k}
+    other = {k: v for k, v in models["B"].state_dict().items() if ".ffn." not in k}
+    assert shared.keys() == other.keys() and all(torch.equal(shared[k], other[k]) for k in shared)

@@ -11,10 +11,13 @@ at 11.4 GB (RSS, this project's 2-core machine), since a timing session replaces
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ffnbench.bench.config import RunConfig
 from ffnbench.errors import UsageError
 from ffnbench.quant import RECIPES
+
+if TYPE_CHECKING:  # machine/ imports no cells/, which the run config does
+    from ffnbench.bench.config import RunConfig
 
 FP32_COPIES = 4  # block + three ORT sessions of the fp32 export
 QUANTIZER_COPIES = 3  # a quantizer's model proto, its numpy weights and the written result
@@ -33,7 +36,7 @@ def available_bytes() -> int | None:
     return None
 
 
-def estimate(config: RunConfig, model: str, build_workers: int) -> dict[str, float]:
+def estimate(config: "RunConfig", model: str, build_workers: int) -> dict[str, float]:
     """Bytes one model size of the run holds at its peak, by part."""
     designs = config.model_designs(model)
     cfgs = [config.model_config(model, d) for d in designs]
@@ -49,7 +52,7 @@ def estimate(config: RunConfig, model: str, build_workers: int) -> dict[str, flo
             "total": weights + quantizers + activations}
 
 
-def check(config: RunConfig, model: str, build_workers: int) -> None:
+def check(config: "RunConfig", model: str, build_workers: int) -> None:
     """Refuse a model size of the run (`config` its settings) that would not fit in the memory available now."""
     free = available_bytes()
     if free is None or not config.model_designs(model):
