@@ -1,5 +1,6 @@
 """`compare --remeasure`: both runs' artifacts re-timed side by side, in this process or each side in
 its own environment, and what it will not pretend to re-measure."""
+import os
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import pytest
 
 from ffnbench.bench import RunConfig, run
 from ffnbench.bench.gate.checks import checks
-from ffnbench.bench.gate.compare import remeasure, write
+from ffnbench.bench.gate.compare import LAUNCH_WORKER, remeasure, write
 from ffnbench.bench.gate.gate import gate, write_baseline
 from ffnbench.bench.gate.reliability import doubled_forward_environment
 
@@ -77,3 +78,22 @@ def test_an_environment_without_the_worker_is_a_usage_error(default_size_run, tm
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
     with pytest.raises(UsageError, match="--old-python: .* has no usable ffnbench timing worker"):
         remeasure(run_dir, run_dir, old_python=str(tmp_path / "bare" / "bin" / "python"))
+
+
+@pytest.mark.parametrize(("layout", "runs"), [("gate/worker.py", "new"), ("worker.py", "old")])
+def test_a_worker_starts_in_an_environment_of_either_layout(tmp_path, layout, runs):
+    """--old-python may name an environment from before bench/ was arranged by concern, whose worker
+    is ffnbench.bench.worker and whose ffnbench.bench.gate is a module, not a package."""
+    bench = tmp_path / "ffnbench" / "bench"
+    bench.mkdir(parents=True)
+    for init in (tmp_path / "ffnbench" / "__init__.py", bench / "__init__.py"):
+        init.write_text("")
+    if layout == "worker.py":
+        (bench / "gate.py").write_text("")
+    else:
+        (bench / "gate").mkdir()
+        (bench / "gate" / "__init__.py").write_text("")
+    (bench / layout).write_text(f"print('{runs} worker', __name__)\n")
+    result = subprocess.run([sys.executable, "-P", "-c", LAUNCH_WORKER], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=60)
+    assert result.stdout.strip() == f"{runs} worker __main__", result.stderr

@@ -145,8 +145,20 @@ class ReportedTimer:
         return fn()
 
 
+# The worker module of whichever revision the environment holds: ffnbench.bench.gate.worker since
+# bench/ was arranged by concern, ffnbench.bench.worker before (where ffnbench.bench.gate was a
+# module, so looking for a submodule of it fails).
+LAUNCH_WORKER = """import importlib.util, runpy
+try:
+    moved = importlib.util.find_spec("ffnbench.bench.gate.worker") is not None
+except ModuleNotFoundError:
+    moved = False
+runpy.run_module("ffnbench.bench.gate.worker" if moved else "ffnbench.bench.worker", run_name="__main__")
+"""
+
+
 class Worker:
-    """A `python -m ffnbench.bench.gate.worker` process in a given environment, driven request by reply."""
+    """A worker process (bench/gate/worker.py) in a given environment, driven request by reply."""
 
     def __init__(self, python: str, side: str):
         self.python, self.side = python, side
@@ -155,7 +167,7 @@ class Worker:
         try:
             # -P: the working directory is not on sys.path, so a checkout there cannot shadow the
             # environment's own ffnbench.
-            self.proc = subprocess.Popen([python, "-P", "-m", "ffnbench.bench.gate.worker"], stdin=subprocess.PIPE,
+            self.proc = subprocess.Popen([python, "-P", "-c", LAUNCH_WORKER], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=self.log, text=True)
         except OSError as e:
             self.log.close()
