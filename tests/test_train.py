@@ -134,3 +134,26 @@ def test_gpt2_init_gives_both_designs_the_same_shared_weights(d_ff):
     shared = {k: v for k, v in models["A"].state_dict().items() if ".ffn." not in k}
     other = {k: v for k, v in models["B"].state_dict().items() if ".ffn." not in k}
     assert shared.keys() == other.keys() and all(torch.equal(shared[k], other[k]) for k in shared)
+
+
+SEEDS = TRAINED / "seeds"
+
+
+@pytest.mark.parametrize("path", sorted(SEEDS.glob("*/*/manifest.json")), ids=lambda p: "/".join(p.parts[-3:-1]))
+def test_every_committed_seed_is_what_its_manifest_says(path):
+    """models/trained/seeds/DESIGN/SEED: weights matching their hash, trained with the fair-training
+    defaults at the seed its folder names, and loadable as the config it records."""
+    manifest = json.loads(path.read_text())
+    design, seed = path.parts[-3], int(path.parts[-2])
+    assert manifest["sha256"] == sha256_file(path.parent / "model.safetensors")
+    assert (manifest["config"]["design"], manifest["config"]["seed"], manifest["train"]["seed"]) == (design, seed, seed)
+    assert manifest["train"]["init"] == "gpt2" and manifest["train"]["decay_vectors"] is False
+    assert manifest["validation_bits_per_byte"] is not None
+    CausalLM(LMConfig(**manifest["config"])).load_state_dict(load_file(str(path.parent / "model.safetensors")))
+
+
+def test_the_seeds_of_a_design_share_one_learning_rate():
+    rates = {}
+    for path in SEEDS.glob("*/*/manifest.json"):
+        rates.setdefault(path.parts[-3], set()).add(json.loads(path.read_text())["train"]["lr"])
+    assert rates and all(len(r) == 1 for r in rates.values()), rates
