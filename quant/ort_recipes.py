@@ -111,12 +111,18 @@ def _histograms_only_for(calibrator, tensors: set[str]) -> None:
     calibrator.collector.histogram_dict = {k: v for k, v in histograms.items() if k in tensors}
 
 
+def other_matmuls(model: onnx.ModelProto, nodes: list[str] | None) -> list[str]:
+    """The MatMuls not among `nodes` (none where `nodes` is None: every MatMul quantizes), for the
+    quantizers that exclude nodes rather than restrict to them."""
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in nodes] if nodes else []
+
+
 def int4(src: Path, dst: Path, cfg: OrtInt4, nodes: list[str] | None = None) -> None:
     """`nodes`: the MatMuls to quantize (None: every one). MatMulNBitsQuantizer's nodes_to_include
     adds nodes to those it quantizes anyway (every MatMul with a constant weight), so the others
     are excluded instead."""
     source = onnx.load(str(src))
-    others = [n.name for n in source.graph.node if n.op_type == "MatMul" and n.name not in nodes] if nodes else []
+    others = other_matmuls(source, nodes)
     if cfg.algorithm == "hqq":
         algo = HQQWeightOnlyQuantConfig(block_size=cfg.block_size, bits=4)
     else:
@@ -190,7 +196,7 @@ def uint8_zero_points(model: onnx.ModelProto, originals: dict[str, onnx.TensorPr
 
 def bnb4(src: Path, dst: Path, cfg: OrtBnb4, nodes: list[str] | None = None) -> None:
     model = onnx.load(str(src))
-    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in nodes] if nodes else []
+    others = other_matmuls(model, nodes)
     with _quiet():
         quantizer = MatMulBnb4Quantizer(model, BNB4_TYPES[cfg.quant_type], cfg.block_size, nodes_to_exclude=others)
         quantizer.process()

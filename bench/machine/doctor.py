@@ -1,8 +1,5 @@
 """`ffnbench doctor`: the stack, the CPU's int8 capabilities, runtimes and devices, and warnings."""
 
-import contextlib
-import io
-import logging
 import os
 
 import onnxruntime as ort
@@ -13,27 +10,18 @@ from ffnbench.versions import stack_versions
 
 
 def bitsandbytes_info() -> dict:
-    """Whether bitsandbytes imports, its native backend, and the torch devices it can run on here."""
-    try:
-        # Its import logs about optional kernel packages it does not need on this path.
-        with contextlib.redirect_stderr(io.StringIO()):
-            logging.disable(logging.WARNING)
-            try:
-                import bitsandbytes
-                from bitsandbytes import cextension
-            finally:
-                logging.disable(logging.NOTSET)
-    except ImportError as e:
-        return {"installed": False, "reason": f"bitsandbytes does not import: {e}"}
-    from ffnbench.quant.bnb_recipes import BackendMissing, cpu_4bit_kernels
+    """Whether bitsandbytes imports (as the recipes import it), its native backend, its 4-bit CPU
+    kernel, and the torch devices it can run on here."""
+    from ffnbench.quant.bnb_recipes import BackendMissing, cpu_4bit_kernels, import_bnb
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     try:
-        cpu_4bit = cpu_4bit_kernels()
-    except BackendMissing as e:  # imported above, yet not usable through the recipes' own import
+        bitsandbytes = import_bnb()
+    except BackendMissing as e:
         return {"installed": False, "reason": str(e)}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     return {"installed": True, "version": bitsandbytes.__version__,
-            "native_backend": getattr(cextension, "BNB_BACKEND", None), "devices": devices, "cpu_4bit": cpu_4bit}
+            "native_backend": getattr(bitsandbytes.cextension, "BNB_BACKEND", None), "devices": devices,
+            "cpu_4bit": cpu_4bit_kernels()}
 
 
 def cuda_info() -> dict:
