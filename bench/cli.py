@@ -262,18 +262,36 @@ def cmd_run(args) -> int:
         from ffnbench.bench.report.report import write
 
         print(f"wrote {write(args.out)}")
+        _print_downstream(Path(args.out))
     return 0
 
 
 def _print_drift(results: list[dict]) -> None:
-    """The measured drift at the trained pair's FFN inputs: printed, not assumed."""
+    """The measured drift at the trained pair's FFN inputs (first seed): printed, not assumed."""
     from ffnbench.bench.traffic.drift_stats import per_layer
 
     measured = [r for r in results if r.get("drift_stats")]
+    first = min((r.get("seed", 0) for r in measured), default=0)
     if measured:
-        print("drift at the FFN inputs, fp32 (per layer: positive-mean share/mean shift in std/rms spread):")
-    for r in measured:
+        print(f"drift at the FFN inputs, fp32, seed {first} (per layer: positive-mean share/mean shift in std/"
+              "rms spread):")
+    for r in (r for r in measured if r.get("seed", 0) == first):
         print(f"  {r['design']} {r['scenario']:<12} {per_layer(r['drift_stats'])}")
+
+
+def _print_downstream(out: Path) -> None:
+    """The downstream verdict per scenario, counted by family, as downstream.json holds it."""
+    from ffnbench.bench.report.downstream_verdict import DOWNSTREAM_JSON, VERDICTS
+
+    path = out / DOWNSTREAM_JSON
+    found = [v for v in json.loads(path.read_text()) if v["family"] != "fp32"] if path.exists() else []
+    if found:
+        print(f"downstream, A vs B by recipe family (95 % intervals over seeds and windows; {path}):")
+    for scenario in dict.fromkeys(v["scenario"] for v in found):
+        rows = [v for v in found if v["scenario"] == scenario]
+        counts = ", ".join(f"{verdict} {n}" for verdict in VERDICTS
+                           if (n := sum(v["verdict"] == verdict for v in rows)))
+        print(f"  {scenario:<12} {counts}" + (f" ({rows[0]['reason']})" if rows[0]["reason"] else ""))
 
 
 def cmd_merge(args) -> int:

@@ -14,10 +14,15 @@ from ffnbench.bench.traffic.scenarios import NAMED, TEXT_DOMAINS, Replay, Scenar
 from ffnbench.errors import UsageError
 from ffnbench.models import DESIGNS, PRESETS, FFNBlock, FFNConfig, build_model, preset
 from ffnbench.models.lm import INJECT
-from ffnbench.quant import RECIPES, recipe_config
+from ffnbench.models.pair import trained_seeds
+from ffnbench.quant import FAMILIES, RECIPES, recipe_config
 
 QUICK_RECIPES = ("fp32", "ort-int8-dynamic", "ort-int4-rtn", "bnb-int8", "bnb-nf4")
 QUICK_LM_RECIPES = ("fp32", "ort-int8-dynamic", "bnb-nf4")
+# One recipe a family (quant.recipes.FAMILIES): the families are the independent evidence, and the
+# three seeds of both designs at 64 windows and five drift draws fit `default`'s ten minutes no other way.
+DEFAULT_LM_RECIPES = ("fp32", *(members[0] for members in FAMILIES.values()))
+DEFAULT_LM_SCENARIOS = ("clean", "magnitude-2", "production", "domain-code")
 
 
 @dataclass
@@ -60,7 +65,14 @@ class RunConfig:
     # text domain (domain-code).
     lm_recipes: list[str] = field(default_factory=list)
     lm_scenarios: list[str] = field(default_factory=lambda: ["clean", "production", "domain-code"])
-    lm_windows: int = 16  # held-out windows of 128 bytes a scenario
+    lm_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # committed training seeds, each design
+    # Held-out windows of 128 bytes a scenario. 64 resolve a 10 % KL ratio between the designs on
+    # clean text; the spread between training seeds is the larger term (docs/downstream.md).
+    lm_windows: int = 64
+    lm_draws: int = 5  # independent draws of a synthetic drift, the windows dealt among them in turn
+    # A model is healthy under a scenario while its fp32 bits per byte stay within this of its clean
+    # figure; a verdict needs both designs healthy (DESIGN.md).
+    healthy_delta_bpb: float = 0.1
     lm_inject: str = "ffn-input"  # where a synthetic drift enters: each FFN's input, or "residual"
     user_scenarios: dict[str, Scenario | Replay] = field(default_factory=dict)
     # The folder the config's files (weights, replays) are relative to; a run records it relative to
@@ -152,11 +164,13 @@ class RunConfig:
         self._check_lm(known_recipes, known_scenarios)
         for model, overrides in self.per_model.items():
             self._check_per_model(model, overrides)
-        for name in ("n_requests", "seq_len", "calibration_requests", "threads", "lm_windows"):
+        for name in ("n_requests", "seq_len", "calibration_requests", "threads", "lm_windows", "lm_draws"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name}: must be positive, got {getattr(self, name)}")
         if not self.delta > 0:
             raise UsageError(f"delta: must be positive, got {self.delta}")
+        if not self.healthy_delta_bpb > 0:
+            raise UsageError(f"healthy_delta_bpb: must be positive, got {self.healthy_delta_bpb}")
         if self.seed < 0:
             raise UsageError(f"seed: must be >= 0, got {self.seed}")
         if self.device not in ("cpu", "cuda"):
@@ -206,6 +220,11 @@ class RunConfig:
                                  "(lm cells read text); calibrate on a synthetic scenario, or drop QDQ from lm_recipes")
         if self.lm_recipes and not self.lm_scenarios:
             raise UsageError("lm_scenarios: empty; name at least one (e.g. clean) or set lm_recipes = []")
+        for design in (d for d in self.designs if d in ("A", "B")) if self.lm_recipes else ():
+            committed = trained_seeds(design)
+            if not self.lm_seeds or any(s not in committed for s in self.lm_seeds):
+                raise UsageError(f"lm_seeds: {self.lm_seeds} are not all committed training seeds of design {design}; "
+                                 f"choose from {', '.join(map(str, committed))}")
         if self.lm_inject not in INJECT:
             raise UsageError(f"lm_inject: unknown '{self.lm_inject}'; choose one of {', '.join(INJECT)}")
 
@@ -243,21 +262,22 @@ LLAMA_7B = {"designs": ["A", "B"], "scenarios": ["production"], "n_requests": 4,
             "max_runnable_seconds": 1.5}
 
 PRESETS_RUN = {
-    "quick": RunConfig(preset="quick", lm_recipes=list(QUICK_LM_RECIPES), lm_windows=8),
+    "quick": RunConfig(preset="quick", lm_recipes=list(QUICK_LM_RECIPES), lm_windows=8, lm_draws=2, lm_seeds=[0]),
     "default": RunConfig(preset="default", models=["default"], recipes=list(RECIPES), scenarios=list(NAMED),
-                         lm_recipes=list(RECIPES), lm_scenarios=[*NAMED, *TEXT_DOMAINS]),
+                         lm_recipes=list(DEFAULT_LM_RECIPES), lm_scenarios=list(DEFAULT_LM_SCENARIOS)),
     "full": RunConfig(preset="full", designs=list(DESIGNS), models=["small", "default", "llama-7b"],
                       recipes=list(RECIPES), scenarios=list(NAMED), lm_recipes=list(RECIPES),
                       lm_scenarios=[*NAMED, *TEXT_DOMAINS], per_model={"llama-7b": LLAMA_7B}),
 }
 
 LIST_KEYS = ("designs", "models", "recipes", "scenarios", "calibration", "lm_recipes", "lm_scenarios")
+INT_LIST_KEYS = ("lm_seeds",)
 SHAPE_KEYS = ("decode", "prefill")
 SCALAR_KEYS = {"preset": str, "n_requests": int, "seq_len": int, "seed": int, "calibration_requests": int,
                "delta": float, "threads": int, "device": str, "residual": bool, "latency": bool, "warmup": int,
                "min_iterations": int, "min_seconds": float, "max_iterations": int, "max_seconds": float,
                "max_runnable_seconds": float, "memory": bool, "diagnose": bool, "ort_spinning": bool, "lm_windows": int,
-               "lm_inject": str}
+               "lm_inject": str, "lm_draws": int, "healthy_delta_bpb": float}
 
 
 PER_MODEL_KEYS = ("designs", "scenarios", "n_requests", "seq_len", "calibration_requests", "decode", "prefill",
@@ -306,10 +326,11 @@ def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
                                      f"{', '.join(PER_MODEL_KEYS)}")
             cfg.per_model = {name: {k: _value(path, k, v, f"[per_model.{name}] ") for k, v in table.items()}
                              for name, table in value.items()}
-        elif key in (*LIST_KEYS, *SHAPE_KEYS, *SCALAR_KEYS):
+        elif key in (*LIST_KEYS, *INT_LIST_KEYS, *SHAPE_KEYS, *SCALAR_KEYS):
             setattr(cfg, key, _value(path, key, value))
         else:
-            known = ", ".join([*LIST_KEYS, *SHAPE_KEYS, *SCALAR_KEYS, "scenario", "recipe", "model", "per_model"])
+            known = ", ".join([*LIST_KEYS, *INT_LIST_KEYS, *SHAPE_KEYS, *SCALAR_KEYS, "scenario", "recipe", "model",
+                               "per_model"])
             raise UsageError(f"config {path}: unknown key '{key}'; known keys: {known}")
     return cfg
 
@@ -319,6 +340,10 @@ def _value(path: Path, key: str, value, where: str = ""):
     if key in LIST_KEYS:
         if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise UsageError(f"config {path}: {where}'{key}' must be a list of strings, e.g. {key} = [\"A\", \"B\"]")
+        return list(value)
+    if key in INT_LIST_KEYS:
+        if not (isinstance(value, list) and all(type(v) is int for v in value)):
+            raise UsageError(f"config {path}: {where}'{key}' must be a list of integers, e.g. {key} = [0, 1, 2]")
         return list(value)
     if key in SHAPE_KEYS:
         if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)):

@@ -13,7 +13,7 @@ import numpy as np
 from ffnbench import files
 from ffnbench.bench.cells import diagnosis, latency_cells, lm_cells, memory, metrics, prebuild
 from ffnbench.bench.cells.cell_record import artifact_summary, finite, recording
-from ffnbench.bench.cells.lm_cells import LM_DESIGNS, LM_MODEL, LMSubject, measure_lm
+from ffnbench.bench.cells.lm_cells import LM_DESIGNS, LMSubject, lm_model, measure_lm, seed_of
 from ffnbench.bench.cells.runnables import Runnable, TorchRunnable, ort_has_cuda, runnable_for
 from ffnbench.bench.config import RunConfig
 from ffnbench.bench.machine import doctor, fit, u8s8
@@ -46,7 +46,8 @@ class Cell:
 
 def plan(config: RunConfig) -> list[Cell]:
     """Every cell of the matrix, ordered by model size, then accuracy before latency; the trained
-    pair's lm cells last, for the run's designs among the pair's and its recipes among lm_recipes."""
+    pair's lm cells last, for the run's designs among the pair's, its recipes among lm_recipes and
+    each training seed of lm_seeds."""
     cells = []
     for model in config.models:
         mc = config.for_model(model)
@@ -58,9 +59,9 @@ def plan(config: RunConfig) -> list[Cell]:
                 cells += [Cell(design, model, recipe, shape, cal, kind="latency") for cal in _calibrations(mc, recipe)]
     lm_designs = [d for d in config.designs if d in LM_DESIGNS]
     lm_recipes = [r for r in config.recipes if r in config.lm_recipes]
-    for design, recipe in itertools.product(lm_designs, lm_recipes):
+    for seed, design, recipe in itertools.product(config.lm_seeds, lm_designs, lm_recipes):
         for cal in _calibrations(config, recipe):
-            cells += [Cell(design, LM_MODEL, recipe, s, cal, kind="lm") for s in config.lm_scenarios]
+            cells += [Cell(design, lm_model(seed), recipe, s, cal, kind="lm") for s in config.lm_scenarios]
     return cells
 
 
@@ -96,11 +97,9 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
     finished = store.finished()
     todo = [cell for cell in cells if cell.key not in finished]
     with Progress(len(todo), progress) as bar:
-        for (lm, model), group in itertools.groupby(todo, key=lambda c: (c.kind == "lm", c.model)):
+        lm = [c for c in todo if c.kind == "lm"]
+        for model, group in itertools.groupby((c for c in todo if c.kind != "lm"), key=lambda c: c.model):
             group = list(group)
-            if lm:
-                run_lm(group, config, store, bar)
-                continue
             mc = config.for_model(model)
             designs = list(dict.fromkeys(c.design for c in group))
             accuracy = [c for c in group if c.kind == "accuracy"]
@@ -125,23 +124,32 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
                 for record in measure_latency(subjects, shape_cells, mc, peaks, memory_mb):
                     store.append(record)
                     bar.update()
+        if lm:
+            run_lm(lm, config, store, bar)
     return store.results()
 
 
 def run_lm(cells: list[Cell], config: RunConfig, store: RunStore, bar: Progress) -> None:
-    """The trained pair's cells. Their ONNX Runtime artifacts are built in worker processes while
-    the others (fp32, bitsandbytes, torch) are measured: ORT's entropy calibration of one trained
-    model is about 27 s of single-threaded Python, and the two designs' ran one after the other."""
+    """The trained pair's cells, one model (design and training seed) after another, each model's
+    references dropped when its cells are done. Their ONNX Runtime artifacts are built in worker
+    processes while the others (fp32, bitsandbytes, torch) are measured: ORT's entropy calibration of
+    one trained model is about 27 s of single-threaded Python."""
+    groups = {}
+    for cell in cells:
+        groups.setdefault((cell.design, cell.model), []).append(cell)
     subjects = {}
-    for design in dict.fromkeys(c.design for c in cells):
-        bar.phase(f"trained {design}: export (whole model)")
-        subjects[design] = LMSubject(config, design, store.out / "artifacts")
-    jobs = prebuild.builds(subjects, cells)
-    calibrated = any(job["calibration"] is not None for _, job in jobs)  # else the workers' start costs more
-    with prebuild.pool(config) if calibrated else contextlib.nullcontext() as pool:
-        pending = prebuild.submit(pool, jobs) if pool else {}
-        bar.phase(f"trained pair: {len(cells)} whole-model cells")
-        _measure_beside_builds(cells, subjects, pending, config, measure_lm, store, bar, "trained")
+    for design, model in groups:
+        bar.phase(f"{model} {design}: export (whole model)")
+        subjects[design, model] = LMSubject(config, design, seed_of(model), store.out / "artifacts")
+    jobs = {key: prebuild.builds({key[0]: subjects[key]}, group) for key, group in groups.items()}
+    calibrated = any(job["calibration"] is not None for js in jobs.values() for _, job in js)  # else starting
+    with prebuild.pool(config) if calibrated else contextlib.nullcontext() as pool:  # workers costs more
+        pending = {key: prebuild.submit(pool, js) if pool else {} for key, js in jobs.items()}
+        for (design, model), group in groups.items():
+            bar.phase(f"{model} {design}: {len(group)} whole-model cells")
+            _measure_beside_builds(group, {design: subjects[design, model]}, pending[design, model], config,
+                                   measure_lm, store, bar, model)
+            subjects[design, model].release()
 
 
 def _measure_beside_builds(cells: list[Cell], subjects: dict, pending: dict, config: RunConfig, measure_cell,

@@ -1,5 +1,5 @@
-"""The committed trained pair (models/trained/A and B), and any checkpoint `ffnbench train` wrote,
-loaded only when its weights match the hash its manifest records."""
+"""The committed trained pair (models/trained/seeds/DESIGN/SEED: three training seeds a design), and
+any checkpoint `ffnbench train` wrote, loaded only when its weights match the hash its manifest records."""
 
 import dataclasses
 import json
@@ -17,8 +17,13 @@ TRAINED = Path(__file__).resolve().parent / "trained"
 CHECKPOINT_KIND = "ffnbench.lm"
 
 
-def trained_dir(design: str) -> Path:
-    return TRAINED / design
+def trained_dir(design: str, seed: int = 0) -> Path:
+    return TRAINED / "seeds" / design / str(seed)
+
+
+def trained_seeds(design: str) -> list[int]:
+    """The committed training seeds of a design, in order."""
+    return sorted(int(p.name) for p in (TRAINED / "seeds" / design).glob("*") if (p / "manifest.json").is_file())
 
 
 def load_lm(path: Path, design: str | None = None) -> tuple[CausalLM, dict]:
@@ -55,14 +60,14 @@ def load_lm(path: Path, design: str | None = None) -> tuple[CausalLM, dict]:
     return model.eval(), manifest
 
 
-def trained_ffn(design: str, layer: int, residual: bool = True) -> FFNBlock:
-    """The FFN sublayer of layer `layer` of the committed trained pair's design-`design` model, as a
-    standalone FFNBlock (its own norm), with the residual as asked."""
-    model, manifest = load_lm(trained_dir(design), design)
+def trained_ffn(design: str, layer: int, residual: bool = True, seed: int = 0) -> FFNBlock:
+    """The FFN sublayer of layer `layer` of the committed design-`design` model of training seed
+    `seed`, as a standalone FFNBlock (its own norm), with the residual as asked."""
+    model, manifest = load_lm(trained_dir(design, seed), design)
     if not isinstance(layer, int) or not 0 <= layer < model.cfg.n_layers:
         raise UsageError(f"layer: the trained pair has layers 0-{model.cfg.n_layers - 1}, got {layer!r}")
     ffn = model.blocks[layer].ffn
     block = FFNBlock(dataclasses.replace(ffn.cfg, residual=residual))
     block.load_state_dict(ffn.state_dict())
-    block.source = {"kind": "trained", "name": f"trained/{design}", "sha256": manifest["sha256"], "layer": layer}
+    block.source = {"kind": "trained", "name": f"trained/{design}/{seed}", "sha256": manifest["sha256"], "layer": layer}
     return block.eval()

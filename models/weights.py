@@ -87,7 +87,8 @@ def rebuild(cfg: FFNConfig, source: dict, files_dir: str | Path | None = None) -
     if source["kind"] == "trained":
         from ffnbench.models.pair import trained_ffn  # the pair loads CausalLM, which builds on this module
 
-        block = trained_ffn(source["name"].removeprefix("trained/"), source["layer"], residual=cfg.residual)
+        design, _, seed = source["name"].removeprefix("trained/").partition("/")
+        block = trained_ffn(design, source["layer"], residual=cfg.residual, seed=int(seed or 0))
         if block.source["sha256"] != source["sha256"]:
             raise UsageError(f"weights: the trained pair's {source['name']} is not the one exported (sha256 "
                              f"{source['sha256']}); restore it (git checkout) or re-export")

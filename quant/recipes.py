@@ -134,6 +134,23 @@ RECIPES = {
     "torch-bf16": TorchHalf(dtype="bfloat16"),
 }
 
+# Recipes that compute the same thing: one kernel behind several names (the int8 pairs differ in a
+# range or threshold, the QDQ trio in calibration, the int4 pair in how the codes are fitted) or one
+# number format in two runtimes (NF4 and FP4 blocks of 64 in bitsandbytes and ONNX Runtime, which
+# agree within a few percent on the trained pair). Evidence is counted by family, not by name. The
+# first of each is the one the `default` preset runs.
+FAMILIES = {
+    "int8-dynamic": ("ort-int8-dynamic", "ort-int8-dynamic-fullrange"),
+    "int8-static": ("ort-int8-qdq-minmax", "ort-int8-qdq-percentile", "ort-int8-qdq-entropy"),
+    "int8-llm": ("bnb-int8", "bnb-int8-outlier"),
+    "int4": ("ort-int4-rtn", "ort-int4-hqq"),
+    "nf4": ("bnb-nf4", "ort-nf4", "bnb-nf4-dq"),
+    "fp4": ("ort-fp4", "bnb-fp4"),
+    "fp16": ("torch-fp16",),
+    "bf16": ("torch-bf16",),
+}
+FAMILY_OF = {recipe: family for family, members in FAMILIES.items() for recipe in members} | {"fp32": "fp32"}
+
 # Values a field may take, where not any value of its type will do.
 CHOICES = {
     "method": ("minmax", "percentile", "entropy"),

@@ -5,7 +5,7 @@ import pytest
 from ffnbench.bench.config import QUICK_LM_RECIPES, QUICK_RECIPES, Replay, load_toml, preset_config
 from ffnbench.bench.traffic.scenarios import Scenario
 from ffnbench.errors import UsageError
-from ffnbench.quant import RECIPES
+from ffnbench.quant import FAMILIES, FAMILY_OF, RECIPES
 
 
 def test_presets():
@@ -16,7 +16,12 @@ def test_presets():
     assert default.recipes == list(RECIPES) and default.models == ["default"] and "shift-8" in default.scenarios
     assert set(preset_config("full").designs) == {"A", "B", "ln-swiglu", "rms-gelu"}
     assert quick.lm_recipes == list(QUICK_LM_RECIPES) and set(quick.lm_recipes) <= set(quick.recipes)
-    assert default.lm_recipes == list(RECIPES) and {"shift-8", "domain-code"} <= set(default.lm_scenarios)
+    # default: one recipe of each family, every seed; full: every recipe; quick: one seed, for gates
+    assert {FAMILY_OF[r] for r in default.lm_recipes} == {"fp32", *FAMILIES} == {FAMILY_OF[r] for r in RECIPES}
+    assert len(default.lm_recipes) == len(FAMILIES) + 1 and default.lm_seeds == [0, 1, 2]
+    assert {"production", "domain-code"} <= set(default.lm_scenarios) and default.lm_windows >= 64
+    assert preset_config("full").lm_recipes == list(RECIPES) and "shift-8" in preset_config("full").lm_scenarios
+    assert quick.lm_seeds == [0]
     with pytest.raises(UsageError, match="--preset: unknown 'huge'"):
         preset_config("huge")
 
@@ -80,6 +85,9 @@ def test_toml_errors_name_the_key(tmp_path, text, needle):
     ("lm_scenarios", [], "lm_scenarios: empty"),
     ("lm_inject", "middle", "lm_inject: unknown 'middle'"),
     ("lm_windows", 0, "lm_windows: must be positive"),
+    ("lm_draws", 0, "lm_draws: must be positive"),
+    ("lm_seeds", [], r"lm_seeds: \[\] are not all committed training seeds of design A"),
+    ("healthy_delta_bpb", 0.0, "healthy_delta_bpb: must be positive"),
     ("per_model", {"llama-7b": {"prefill": [1, 128]}}, "per_model: 'llama-7b' is not one of the run's models"),
     ("per_model", {"small": {"scenarios": ["nowhere"]}}, "per_model.small: scenarios: unknown 'nowhere'"),
     ("per_model", {"small": {"designs": ["ln-swiglu"]}}, r"per_model.small: its designs \(ln-swiglu\) are none of"),
@@ -90,6 +98,15 @@ def test_check_rejects_unknown_names(axis, value, needle):
     setattr(cfg, axis, value)
     with pytest.raises(UsageError, match=needle):
         cfg.check()
+
+
+def test_lm_seeds_in_a_config_file_are_integers(tmp_path):
+    (tmp_path / "run.toml").write_text('lm_seeds = [0, 2]\nlm_draws = 7\n')
+    config = load_toml(tmp_path / "run.toml").check()
+    assert config.lm_seeds == [0, 2] and config.lm_draws == 7
+    (tmp_path / "run.toml").write_text('lm_seeds = ["0"]\n')
+    with pytest.raises(UsageError, match="'lm_seeds' must be a list of integers, e.g. lm_seeds = \\[0, 1, 2\\]"):
+        load_toml(tmp_path / "run.toml")
 
 
 def test_missing_config_file(tmp_path):

@@ -15,7 +15,7 @@ from ffnbench.bench.cells import lm_cells
 from ffnbench.bench.cells.cell_record import finite
 from ffnbench.bench.cells.lm_cells import LMSubject, windows
 from ffnbench.bench.cells.lm_metrics import LM_METRICS
-from ffnbench.bench.cells.lm_runnables import LMOrt, evaluate
+from ffnbench.bench.cells.lm_runnables import LMOrt
 from ffnbench.bench.gate.checks import checks
 from ffnbench.bench.gate.gate import gate, write_baseline
 from ffnbench.bench.report import report
@@ -35,7 +35,7 @@ def lm_run(tmp_path_factory, seed_exports):
     out = seed_exports(tmp_path_factory.mktemp("lm") / "run")
     config = RunConfig(models=["tiny"], designs=["B"], recipes=LM_RECIPES, scenarios=["clean"], n_requests=1,
                        seq_len=4, latency=False, lm_recipes=LM_RECIPES,
-                       lm_scenarios=["clean", "production", "domain-code"], lm_windows=4)
+                       lm_scenarios=["clean", "production", "domain-code"], lm_windows=4, lm_seeds=[0], lm_draws=2)
     quantize_here = lm_cells.quantize
     with pytest.MonkeyPatch.context() as patch:  # what this process quantizes, the workers aside
         patch.setattr(lm_cells, "quantize", lambda source, recipe, *a, **k: (
@@ -62,7 +62,7 @@ def test_a_calibrated_artifact_built_by_the_workers_is_the_one_the_run_would_bui
     config, out, cells = lm_run
     assert sorted(QUANTIZED_HERE) == ["bnb-nf4", "fp32"]  # every ONNX Runtime artifact came from the workers
     cell = cells[("ort-int8-qdq-minmax", "clean")]
-    subject = LMSubject(config, "B", out / "artifacts")
+    subject = LMSubject(config, "B", 0, out / "artifacts")
     built, job = subject.artifact_job("ort-int8-qdq-minmax", "clean")
     assert built.as_posix().endswith(cell["artifact"]["dir"])
     again = quantize(job.pop("source"), job.pop("recipe"), tmp_path / "again", **job)
@@ -74,10 +74,10 @@ def test_fp32_agrees_with_torch_in_every_runtime(lm_run):
     for scenario in ("clean", "production", "domain-code"):  # the ORT export, drift fed as inputs
         metrics = cells[("fp32", scenario)]["metrics"]
         assert metrics["kl_to_fp32"] <= 1e-6 and metrics["top1_agreement"] >= 0.999
-    subject = LMSubject(config, "B", out / "artifacts")  # finds the run's export by content
+    subject = LMSubject(config, "B", 0, out / "artifacts")  # finds the run's export by content
     ref_logits, _ = subject.reference("production")
     for runnable in (subject.reference_runnable, LMOrt(subject.export.path)):
-        logits, _ = evaluate(runnable, subject.batches("production"))
+        logits, _ = subject.evaluate(runnable, "production")
         assert np.max(np.abs(logits - ref_logits)) <= 1e-4
 
 
@@ -113,7 +113,7 @@ def test_every_recipe_quantizes_exactly_the_ffn_matmuls_as_its_graph_shows(lm_ru
         assert quantized_matmuls(onnx.load(str(export_dir / "model.onnx")), graph) == ffn
     qdq = json.loads((out / cells[("ort-int8-qdq-minmax", "clean")]["artifact"]["dir"] / "manifest.json").read_text())
     assert qdq["quantized_nodes"] == ffn
-    subject = LMSubject(lm_run[0], "B", out / "artifacts")
+    subject = LMSubject(lm_run[0], "B", 0, out / "artifacts")
     for recipe in ("bnb-int8", "bnb-nf4", "torch-fp16"):
         model = quantize(subject.model, recipe, tmp_path / recipe).module
         changed = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)
@@ -164,11 +164,11 @@ def test_the_gate_judges_lm_cells_by_delta_bpb(lm_run, tmp_path):
     shutil.copytree(out, worse, ignore=shutil.ignore_patterns("artifacts"))
     cells = [json.loads(line) for line in (worse / "results.jsonl").read_text().splitlines()]
     for cell in cells:
-        if cell["key"] == "B/trained/bnb-nf4/lm:domain-code/cal=-":
+        if cell["key"] == "B/trained-s0/bnb-nf4/lm:domain-code/cal=-":
             cell["metrics"]["delta_bpb"] += 0.05
     (worse / "results.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells))
     failures = gate(tmp_path / "baseline.json", worse, checks()).failures
-    assert [(f.cell, f.metric) for f in failures] == [("B/trained/bnb-nf4/lm:domain-code/cal=-", "delta_bpb")]
+    assert [(f.cell, f.metric) for f in failures] == [("B/trained-s0/bnb-nf4/lm:domain-code/cal=-", "delta_bpb")]
 
 
 def test_the_report_has_a_downstream_section_with_the_training_curves(lm_run):
@@ -176,17 +176,18 @@ def test_the_report_has_a_downstream_section_with_the_training_curves(lm_run):
     text = report.write(out).read_text()
     downstream = text[text.index("## Downstream: the trained pair"):text.index("## Caveats")]
     assert (out / "plots" / "training_curves.png").stat().st_size > 10_000
-    assert "### A vs B under `production`" in downstream and "### Drift at the FFN inputs, measured" in downstream
+    assert "### A vs B under `production`, per recipe" in downstream
+    assert "### Drift at the FFN inputs, measured" in downstream
     kl = cells[("bnb-nf4", "production")]["metrics"]["kl_to_fp32"]
     assert f"{kl:.2e}" in downstream  # the table shows the cell's own number
-    assert "| B | domain-code | " in downstream and "| B | 1,902,976 | 1200 |" in downstream
+    assert "| B | domain-code | " in downstream and "| B | 0 | 1,902,976 | 1200 |" in downstream
 
 
 def test_a_changed_checkpoint_stops_a_run_before_anything_is_written(tmp_path, monkeypatch):
     from ffnbench.models import pair
 
     shutil.copytree(pair.TRAINED, tmp_path / "trained")
-    (tmp_path / "trained" / "A" / "model.safetensors").write_bytes(b"not the weights")
+    (tmp_path / "trained" / "seeds" / "A" / "0" / "model.safetensors").write_bytes(b"not the weights")
     monkeypatch.setattr(pair, "TRAINED", tmp_path / "trained")
     config = RunConfig(models=["tiny"], designs=["A"], recipes=["fp32"], scenarios=["clean"], latency=False,
                        lm_recipes=["fp32"])
@@ -208,3 +209,69 @@ def test_non_finite_values_are_recorded_as_absent():
     assert finite({"a": 1.0, "b": float("inf"), "c": None}) == {"a": 1.0, "b": None, "c": None}
     assert finite([float("nan"), 2.0]) == [None, 2.0]
     assert lm_cells._max([None, float("inf"), 3.0]) == 3.0 and lm_cells._max([None]) is None
+
+
+@pytest.fixture(scope="module")
+def pair_run(tmp_path_factory, seed_exports):
+    """Both designs, two training seeds each: what the downstream verdict needs, at its smallest."""
+    out = seed_exports(tmp_path_factory.mktemp("pair") / "run")
+    config = RunConfig(models=["tiny"], recipes=["fp32", "ort-int8-dynamic"], scenarios=["clean"], n_requests=1,
+                       seq_len=4, latency=False, lm_recipes=["fp32", "ort-int8-dynamic"],
+                       lm_scenarios=["clean", "production"], lm_windows=6, lm_seeds=[0, 1], lm_draws=3)
+    cells = [c for c in run(config, out, progress=False) if c["kind"] == "lm"]
+    report.write(out)
+    return config, out, cells
+
+
+def test_the_run_writes_its_verdicts_from_the_cells_own_windows(pair_run):
+    _, out, cells = pair_run
+    found = {(v["scenario"], v["family"]): v for v in json.loads((out / "downstream.json").read_text())}
+    assert set(found) == {("clean", "int8-dynamic"), ("production", "int8-dynamic"), ("production", "fp32")}
+    assert {c["model"] for c in cells} == {"trained-s0", "trained-s1"} and len(cells) == 2 * 2 * 2 * 2
+    for scenario in ("clean", "production"):
+        verdict = found[scenario, "int8-dynamic"]
+        assert verdict["recipes"] == ["ort-int8-dynamic"] and verdict["seeds"] == 2 and verdict["windows"] == 6
+
+        kl = {d: np.mean([c["metrics"]["kl_to_fp32"] for c in cells
+                          if (c["design"], c["recipe"], c["scenario"]) == (d, "ort-int8-dynamic", scenario)])
+              for d in ("A", "B")}
+        assert verdict["kl_ratio"] == pytest.approx(kl["A"] / kl["B"], rel=1e-5)
+        assert verdict["ci95"][0] <= verdict["kl_ratio"] <= verdict["ci95"][1]
+        resolved = "A" if verdict["ci95"][1] < 1 else "B" if verdict["ci95"][0] > 1 else "none"
+        assert verdict["verdict"] in ("broken", resolved)
+
+
+def test_a_scenario_whose_fp32_models_the_drift_breaks_gets_no_verdict(pair_run):
+    """Under `production` at the FFN inputs the committed models lose bits per byte in fp32 alone;
+    the verdict is `broken` exactly where an fp32 cell says so."""
+    _, out, cells = pair_run
+    found = json.loads((out / "downstream.json").read_text())
+    for scenario in ("clean", "production"):
+        fp32 = [c for c in cells if c["recipe"] == "fp32" and c["scenario"] == scenario]
+        unhealthy = any(c["metrics"]["delta_bpb"] > 0.1 or c["metrics"]["bits_per_byte"] >= c["order0_bits_per_byte"]
+                        for c in fp32)
+        assert {v["verdict"] == "broken" for v in found if v["scenario"] == scenario} == {unhealthy}
+    assert any(c["metrics"]["delta_bpb"] > 0.1 for c in cells if c["recipe"] == "fp32"
+               and c["scenario"] == "production")
+    text = (out / "report.md").read_text()
+    assert "- `production`: **broken**, no verdict: " in text and (out / "plots" / "downstream_intervals.png").exists()
+
+
+def test_drift_draws_take_turns_over_the_windows_and_are_the_same_for_both_designs(pair_run):
+    config, out, cells = pair_run
+    subjects = [LMSubject(config, design, 1, out / "artifacts") for design in ("A", "B")]
+    tokens = subjects[0].text("production")[:, :-1]
+    batches = [s._feeds("production", tokens, config.seed, 3) for s in subjects]
+    (a, order), (b, order_b) = batches
+    assert order.tolist() == order_b.tolist() == [0, 3, 1, 4, 2, 5]  # production mixes a draw's windows in one call
+    assert [len(f["tokens"]) for f in a] == [2, 2, 2]
+    assert not np.allclose(a[0]["drift_offset"], a[1]["drift_offset"])  # each draw shifts other features
+    assert [f["drift_scale"].tolist() for f in a] == [f["drift_scale"].tolist() for f in b]
+    assert {c["draws"] for c in cells if c["scenario"] == "production"} == {3}
+    assert {c["draws"] for c in cells if c["scenario"] == "clean"} == {3}  # clean is synthetic, with no drift
+
+
+def test_lm_seeds_must_be_committed_ones():
+    with pytest.raises(UsageError, match=r"lm_seeds: \[0, 7\] are not all committed training seeds of design A; "
+                                          "choose from 0, 1, 2"):
+        RunConfig(lm_recipes=["fp32"], lm_seeds=[0, 7]).check()

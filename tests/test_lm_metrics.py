@@ -35,8 +35,32 @@ def test_a_sure_right_guess_costs_nothing_and_kl_matches_its_formula():
 def test_non_finite_logits_leave_only_the_rate():
     logits = np.zeros((1, 4, 256))
     logits[0, 0, 0] = np.nan
-    values = lm_metrics.prediction_metrics(np.zeros_like(logits), logits, np.zeros((1, 4), np.int64))
+    per_window = lm_metrics.window_metrics(np.zeros_like(logits), logits, np.zeros((1, 4), np.int64), np.zeros(1))
+    values = lm_metrics.prediction_metrics(np.zeros_like(logits), logits, per_window)
+    assert per_window is None
     assert values["nonfinite_rate"] == pytest.approx(1 / logits.size) and values["kl_to_fp32"] is None
+
+
+def test_per_window_figures_are_each_windows_own_and_average_to_the_cells():
+    rng = np.random.default_rng(0)
+    ref, got = rng.normal(size=(3, 5, 256)), rng.normal(size=(3, 5, 256))
+    targets = rng.integers(256, size=(3, 5))
+    undrifted = np.array([8.0, 7.0, 6.0])
+    per_window = lm_metrics.window_metrics(ref, got, targets, undrifted)
+    for w in range(3):
+        assert per_window["kl_to_fp32"][w] == pytest.approx(lm_metrics.kl_to_fp32(ref[w:w + 1], got[w:w + 1]))
+        assert per_window["bits_per_byte"][w] == pytest.approx(lm_metrics.bits_per_byte(got[w:w + 1], targets[w:w + 1]))
+    assert per_window["delta_bpb"] == pytest.approx(per_window["bits_per_byte"] - undrifted)
+    values = lm_metrics.prediction_metrics(ref, got, per_window)
+    assert values["kl_to_fp32"] == pytest.approx(lm_metrics.kl_to_fp32(ref, got))
+    assert values["bits_per_byte"] == pytest.approx(lm_metrics.bits_per_byte(got, targets))
+
+
+def test_order0_is_the_cross_entropy_of_add_one_smoothed_byte_frequencies():
+    train = np.array([0, 0, 0, 1], np.uint8)  # counts 4, 2 and 1 for every other byte: 260 in all
+    expected = -(np.log2(4 / 260) + np.log2(2 / 260) + np.log2(1 / 260)) / 3
+    assert lm_metrics.order0_bits_per_byte(train, np.array([[0, 1, 7]])) == pytest.approx(expected)
+    assert lm_metrics.order0_bits_per_byte(np.arange(256), np.arange(256)) == pytest.approx(8.0)
 
 
 def test_spikes_are_the_worst_token_over_a_typical_one():

@@ -1,15 +1,19 @@
-"""Whole-model (lm) cells: the committed trained pair under a recipe and a scenario, on held-out text.
+"""Whole-model (lm) cells: one training seed of the committed trained pair under a recipe and a
+scenario, on held-out text.
 
 A recipe applies to the FFN sublayers of every block (attention and the head stay fp32). A
 synthetic scenario drifts the states entering every FFN norm (`lm_inject = "ffn-input"`) or the
 residual stream (`"residual"`), its mean shift in units of each feature's std at that layer (measured
-on clean text); a text domain (`domain-code`) is real drift: other text through the model unchanged.
-Every metric compares with fp32 torch of the same design on the same text and drift.
+on clean text), in `lm_draws` independent draws dealt to the windows in turn; a text domain
+(`domain-code`) is real drift: other text through the model unchanged. Every metric compares with
+fp32 torch of the same model on the same text and drift, and is kept per window too, so that the
+report's intervals can resample seeds and windows (report/downstream_verdict.py).
 """
 
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import math
 import shutil
@@ -32,8 +36,20 @@ from ffnbench.quant import RECIPES, Skipped, load_artifact, quantize
 from ffnbench.quant.calibration import LMCalibration
 from ffnbench.versions import stack_versions
 
-LM_MODEL = "trained"  # the model name of lm cells: the committed pair
+LM_MODEL = "trained"  # lm cells' model names: trained-s0, trained-s1, ... one a training seed
 LM_DESIGNS = ("A", "B")  # the designs the pair was trained in
+# Tap metrics and drift statistics read the first windows only: a reference keeps their taps for
+# every recipe, and 16 windows (2,048 tokens) a scenario is what they always read.
+TAP_WINDOWS = 16
+DRAW_STRIDE = 1000  # draw d of a synthetic drift uses seed + 1000·d (calibration uses seed + 1)
+
+
+def lm_model(seed: int) -> str:
+    return f"{LM_MODEL}-s{seed}"
+
+
+def seed_of(model: str) -> int:
+    return int(model.removeprefix(f"{LM_MODEL}-s"))
 
 
 def windows(data: np.ndarray, n: int, context: int, name: str) -> np.ndarray:
@@ -52,8 +68,8 @@ def _corpus(name: str) -> corpus.Corpus:
 
 def check(config) -> None:
     """Everything lm cells read, before a run writes anything: checkpoints by hash, texts by length."""
-    for design in (d for d in config.designs if d in LM_DESIGNS):
-        model, _ = load_lm(trained_dir(design), design)
+    for design, seed in itertools.product((d for d in config.designs if d in LM_DESIGNS), config.lm_seeds):
+        model, _ = load_lm(trained_dir(design, seed), design)
         for domain in {"prose", *(TEXT_DOMAINS[s] for s in config.lm_scenarios if s in TEXT_DOMAINS)}:
             train, held_out = _corpus(domain).split()
             windows(held_out, 1, model.cfg.context, f"{domain} (held out)")
@@ -61,14 +77,16 @@ def check(config) -> None:
 
 
 class LMSubject:
-    """One design of the trained pair: its checkpoint and export, texts, drifts, references, artifacts."""
+    """One design and training seed of the trained pair: its checkpoint and export, texts, drifts,
+    references, artifacts."""
 
-    def __init__(self, config, design: str, artifacts: Path):
-        self.config, self.design, self.artifacts = config, design, artifacts
-        self.model, checkpoint = load_lm(trained_dir(design), design)
-        self.model.source = {"kind": "checkpoint", "name": f"trained/{design}", "sha256": checkpoint["sha256"]}
+    def __init__(self, config, design: str, seed: int, artifacts: Path):
+        self.config, self.design, self.seed, self.artifacts = config, design, seed, artifacts
+        self.model, checkpoint = load_lm(trained_dir(design, seed), design)
+        name = f"trained/{design}/{seed}"
+        self.model.source = {"kind": "checkpoint", "name": name, "sha256": checkpoint["sha256"]}
         self.cfg = self.model.cfg
-        self.checkpoint = summary(checkpoint, f"trained/{design}") | {"corpus_read_sha256": _corpus("prose").sha256}
+        self.checkpoint = summary(checkpoint, name) | {"corpus_read_sha256": _corpus("prose").sha256}
         self.reference_runnable = LMTorch(self.model, config.lm_inject, threads=config.threads)
         self._references: dict[str, tuple] = {}
         self._runnables: dict[tuple, tuple] = {}
@@ -100,44 +118,73 @@ class LMSubject:
     @functools.cached_property
     def feature_std(self) -> np.ndarray:
         """(n_layers, d_model): each feature's std at each FFN input on clean held-out prose."""
-        _, taps = evaluate(self.reference_runnable, self._feeds(None, self.text("clean")[:, :-1], self.config.seed))
+        _, taps = evaluate(self.reference_runnable, self._feeds(None, self.text("clean")[:, :-1], self.config.seed)[0])
         return np.stack([taps[f"ffn_in.{i}"].reshape(-1, self.cfg.d_model).std(axis=0)
                          for i in range(self.cfg.n_layers)])
 
-    def _feeds(self, scenario: str | None, tokens: np.ndarray, seed: int) -> list[dict]:
-        """The graph inputs for `tokens` under the scenario (None or a text domain: no synthetic drift):
-        one call for a mixed batch, else one a request."""
+    def _feeds(self, scenario: str | None, tokens: np.ndarray, seed: int, draws: int = 1) -> tuple[list[dict],
+                                                                                                     np.ndarray]:
+        """The graph inputs for `tokens` under the scenario (None or a text domain: no synthetic drift),
+        and the window each of their requests holds. Window i gets draw i % draws of the drift (draw d
+        from seed + DRAW_STRIDE·d); a draw's windows go in one call for a mixed batch, else one each."""
         layers, width, n = self.cfg.n_layers, self.cfg.d_model, len(tokens)
         if scenario is None or scenario in TEXT_DOMAINS:
-            gain, offset, scale, mixed = np.ones((layers, width)), np.zeros((layers, width)), np.ones(n), False
-        else:
-            spec = self.config.scenario(scenario)
-            g, o, scale = spec.affine(n, width, seed)
+            no_drift = np.ones((layers, width)), np.zeros((layers, width))
+            return [feeds(tokens[i:i + 1], *no_drift, np.ones(1)) for i in range(n)], np.arange(n)
+        spec = self.config.scenario(scenario)
+        batches, order = [], []
+        for draw in range(min(draws, n)):
+            windows_of_draw = np.arange(draw, n, draws)
+            g, o, scale = spec.affine(len(windows_of_draw), width, seed + DRAW_STRIDE * draw)
             # The offset is in units of each feature's clean std, measured only where there is one.
-            offset = o[None] * self.feature_std if o.any() else np.zeros((layers, width))
-            gain, mixed = np.tile(g, (layers, 1)), spec.mixed_batch
-        if mixed:
-            return [feeds(tokens, gain, offset, scale)]
-        return [feeds(tokens[i:i + 1], gain, offset, scale[i:i + 1]) for i in range(n)]
+            gain, offset = np.tile(g, (layers, 1)), o[None] * self.feature_std if o.any() else np.zeros((layers, width))
+            if spec.mixed_batch:
+                batches.append(feeds(tokens[windows_of_draw], gain, offset, scale))
+            else:
+                batches += [feeds(tokens[w:w + 1], gain, offset, scale[j:j + 1]) for j, w in enumerate(windows_of_draw)]
+            order.append(windows_of_draw)
+        return batches, np.concatenate(order)
 
-    def batches(self, scenario: str) -> list[dict]:
-        return self._feeds(scenario, self.text(scenario)[:, :-1], self.config.seed)
+    def draws(self, scenario: str) -> int:
+        return 1 if scenario in TEXT_DOMAINS else min(self.config.lm_draws, self.config.lm_windows)
+
+    def evaluate(self, runnable, scenario: str, taps_kept: int | None = None) -> tuple[np.ndarray, dict]:
+        """(logits, taps) over the scenario's windows in window order, taps of the first `taps_kept`
+        windows only where given."""
+        batches, order = self._feeds(scenario, self.text(scenario)[:, :-1], self.config.seed, self.draws(scenario))
+        logits, taps = evaluate(runnable, batches)
+        back = np.argsort(order)
+        kept = back if taps_kept is None else back[:taps_kept]
+        return logits[back], {name: value[kept] for name, value in taps.items()}
 
     def reference(self, scenario: str) -> tuple[np.ndarray, dict]:
+        """fp32 torch under the scenario: logits of every window, taps of the first TAP_WINDOWS."""
         if scenario not in self._references:
-            self._references[scenario] = evaluate(self.reference_runnable, self.batches(scenario))
+            self._references[scenario] = self.evaluate(self.reference_runnable, scenario, TAP_WINDOWS)
         return self._references[scenario]
 
-    def undrifted_bpb(self, scenario: str) -> float:
-        """fp32 bits per byte on the same text without synthetic drift: what delta_bpb is measured from."""
+    def undrifted_bits(self, scenario: str) -> np.ndarray:
+        """fp32 bits per byte of each window of the same text without synthetic drift: what delta_bpb
+        is measured from."""
         base = scenario if scenario in TEXT_DOMAINS else "clean"
-        return lm_metrics.bits_per_byte(self.reference(base)[0], self.text(base)[:, 1:])
+        return lm_metrics.window_bits(self.reference(base)[0], self.text(base)[:, 1:])
+
+    def order0_bpb(self, scenario: str) -> float:
+        """Bits per byte of a byte-frequency model of the domain's training split on the same windows:
+        the trivial model a working language model must beat."""
+        train, _ = _corpus(TEXT_DOMAINS.get(scenario, "prose")).split()
+        return lm_metrics.order0_bits_per_byte(train, self.text(scenario)[:, 1:])
+
+    def release(self) -> None:
+        """Drop references and runnables once the subject's cells are done (a reference holds ~70 MB)."""
+        self._references.clear()
+        self._runnables.clear()
 
     def calibration(self, name: str) -> LMCalibration:
         """Training-split text (never the evaluated held-out part) under the scenario's drift, seed + 1."""
         tokens = self.text(name, part="train", n=self.config.calibration_requests)[:, :-1]
-        one_each = [f for batch in self._feeds(name, tokens, self.config.seed + 1) for f in _split(batch)]
-        return LMCalibration(name, tuple(one_each))
+        batches, _ = self._feeds(name, tokens, self.config.seed + 1)
+        return LMCalibration(name, tuple(f for batch in batches for f in _split(batch)))
 
     def artifact_job(self, recipe: str, calibration: str | None) -> tuple[Path, dict]:
         """Where the recipe's artifact goes (named by what it is made from) and quantize()'s arguments."""
@@ -230,21 +277,24 @@ def _pooled(taps: dict, layers: int) -> dict[str, np.ndarray]:
 
 
 def measure_lm(subject: LMSubject, cell) -> dict:
-    record = {"key": cell.key, "kind": "lm", "design": cell.design, "model": cell.model, "recipe": cell.recipe,
-              "scenario": cell.scenario, "calibration": cell.calibration, "inject": subject.config.lm_inject}
+    record = {"key": cell.key, "kind": "lm", "design": cell.design, "model": cell.model, "seed": subject.seed,
+              "recipe": cell.recipe, "scenario": cell.scenario, "calibration": cell.calibration,
+              "inject": subject.config.lm_inject}
     layers = subject.cfg.n_layers
     with recording(record):
         runnable, manifest = subject.runnable(cell.recipe, cell.calibration)
         ref_logits, ref_taps = subject.reference(cell.scenario)
-        logits, taps = evaluate(runnable, subject.batches(cell.scenario))
-        values = lm_metrics.prediction_metrics(ref_logits, logits, subject.text(cell.scenario)[:, 1:])
-        bpb = values["bits_per_byte"]
-        values["delta_bpb"] = None if bpb is None else bpb - subject.undrifted_bpb(cell.scenario)
+        logits, taps = subject.evaluate(runnable, cell.scenario)
+        targets = subject.text(cell.scenario)[:, 1:]
+        per_window = lm_metrics.window_metrics(ref_logits, logits, targets, subject.undrifted_bits(cell.scenario))
+        values = lm_metrics.prediction_metrics(ref_logits, logits, per_window)
         spikes = [lm_metrics.spikes(x) for x in down_inputs(taps, layers)]
         values["spike_ratio"] = _max(s[0] for s in spikes)
         values["spike_token_share"] = _max(s[1] for s in spikes)
-        values |= metrics.tap_metrics(_pooled(ref_taps, layers), _pooled(taps, layers), subject.config.delta)
-        record |= {"status": "ok", "metrics": finite(values),
+        first = {name: value[:TAP_WINDOWS] for name, value in taps.items()}
+        values |= metrics.tap_metrics(_pooled(ref_taps, layers), _pooled(first, layers), subject.config.delta)
+        record |= {"status": "ok", "metrics": finite(values), "draws": subject.draws(cell.scenario),
+                   "windows": per_window and {k: [float(f"{x:.7g}") for x in v] for k, v in per_window.items()},
                    "checkpoint": subject.checkpoint if cell.recipe == "fp32" else
                    {k: subject.checkpoint[k] for k in ("name", "sha256")},
                    "layers": {"spike_ratio": finite([s[0] for s in spikes]),
@@ -252,7 +302,8 @@ def measure_lm(subject: LMSubject, cell) -> dict:
                               "norm_positive_fraction": finite([metrics.norm_positive_fraction(taps[f"norm_out.{i}"])
                                                                 for i in range(layers)])},
                    "runtime": runnable.describe(), "artifact": artifact_summary(manifest)}
-        if cell.recipe == "fp32":  # what each FFN norm sees under this scenario, per layer
+        if cell.recipe == "fp32":  # what each FFN norm sees under this scenario, per layer; the trivial model
             record["drift_stats"] = [finite(drift_stats(ref_taps[f"ffn_in.{i}"])) for i in range(layers)]
+            record["order0_bits_per_byte"] = subject.order0_bpb(cell.scenario)
     return record
 

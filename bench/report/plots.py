@@ -69,18 +69,37 @@ def bars(groups: list[str], values: dict[str, list[float | None]], errors: dict[
     return path
 
 
-def training_curves(curves: dict[str, dict], path: Path) -> Path:
-    """Training loss in bits per byte per design; each curve holds means over `every`-step bins."""
+def training_curves(curves: dict[tuple[str, int], dict], path: Path) -> Path:
+    """Training loss in bits per byte per (design, seed); each curve holds means over `every`-step bins."""
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for design, curve in curves.items():
+    for (design, seed), curve in curves.items():
         steps = (np.arange(len(curve["bits"])) + 0.5) * curve["every"]
-        ax.plot(steps, curve["bits"], label=design, color=STYLE.get(design, {}).get("color"),
-                linestyle=STYLE.get(design, {}).get("linestyle"))
+        ax.plot(steps, curve["bits"], label=f"{design} seed {seed}", color=STYLE.get(design, {}).get("color"),
+                linestyle=STYLE.get(design, {}).get("linestyle"), alpha=0.9 - 0.2 * min(seed, 3))
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (bits per byte)")
     ax.set_title("The trained pair")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def intervals(rows: list[tuple[str, float, float, float, str]], xlabel: str, title: str, path: Path) -> Path:
+    """A forest plot: one row per (label, point, low, high, verdict), log x, a line at 1 (no difference)."""
+    colors = {"A": STYLE["A"]["color"], "B": STYLE["B"]["color"], "none": "#555555", "broken": "#bbbbbb"}
+    fig, ax = plt.subplots(figsize=(7.0, 0.9 + 0.28 * len(rows)))
+    for y, (_, point, low, high, verdict) in enumerate(reversed(rows)):
+        ax.errorbar(point, y, xerr=[[point - low], [high - point]], fmt="o", color=colors.get(verdict, "#555555"),
+                    capsize=3, markersize=4)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)], fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -8,7 +8,7 @@ import numpy as np
 from ffnbench import files
 from ffnbench.bench.cells import latency
 from ffnbench.bench.report import downstream as report_downstream
-from ffnbench.bench.report import plots
+from ffnbench.bench.report import downstream_verdict, plots
 from ffnbench.bench.report import timing as report_latency
 from ffnbench.bench.report.formatting import number as _f
 from ffnbench.bench.store import label, load_run
@@ -31,7 +31,9 @@ class Run:
                     for c in self.ok if c.get("kind", "accuracy") == "accuracy"}
         self.lat = {(c["design"], c["model"], label(c), c["shape"]["name"]): c["metrics"]
                     for c in self.ok if c.get("kind") == "latency"}
-        self.lm = {(c["design"], label(c), c["scenario"]): c for c in self.ok if c.get("kind") == "lm"}
+        self.lm = {}  # (design, recipe, scenario) -> its cells, one a training seed
+        for c in sorted((c for c in self.ok if c.get("kind") == "lm"), key=lambda c: c.get("seed", 0)):
+            self.lm.setdefault((c["design"], label(c), c["scenario"]), []).append(c)
         self.designs = list(dict.fromkeys(c["design"] for c in cells))
         self.models = list(dict.fromkeys(c["model"] for c in cells if c.get("kind") != "lm"))
         self.recipes = list(dict.fromkeys(label(c) for c in cells))
@@ -146,12 +148,12 @@ def caveats(run: Run) -> list[str]:
     if wide:
         out.append(f"{len(wide)} latency cells have a p50 interval wider than ±10 %: treat their absolute times "
                    "as noisy; the paired ratios are steadier.")
-    for design, checkpoint in sorted(report_downstream.checkpoints(run).items()):
+    for (design, seed), checkpoint in report_downstream.checkpoints(run).items():
         read = checkpoint.get("corpus_read_sha256")
         if read and read != checkpoint["corpus"]["sha256"]:
-            out.append(f"The prose this Python ships (sha256 `{read[:12]}`) is not the text trained pair {design} "
-                       f"was trained on (`{checkpoint['corpus']['sha256'][:12]}`): its held-out part may overlap "
-                       "training text, so bits per byte there are optimistic.")
+            out.append(f"The prose this Python ships (sha256 `{read[:12]}`) is not the text trained model {design} "
+                       f"(seed {seed}) was trained on (`{checkpoint['corpus']['sha256'][:12]}`): its held-out part "
+                       "may overlap training text, so bits per byte there are optimistic.")
     if run.not_ok:
         out.append(f"{len(run.not_ok)} cells were skipped or failed (listed at the end).")
     return out
@@ -253,7 +255,10 @@ def write(run_dir: Path) -> Path:
                       f"(δ = {m.get('config', {}).get('delta')}), the share of pre-activations whose sign flips, "
                       "and the share of positive norm outputs.", "", *seed_tables(run, model, scenario), ""]
         lines += report_latency.section(run, model, plot_dir)
-    lines += report_downstream.section(run, plot_dir, sublayer)
+    if run.lm:
+        found = downstream_verdict.comparisons(run.lm, m.get("config", {}).get("healthy_delta_bpb", 0.1))
+        downstream_verdict.write(run.dir, found)
+        lines += report_downstream.section(run, plot_dir, sublayer, found)
     lines += ["## Caveats", "", *[f"- {c}" for c in caveats(run)], ""]
     lines += _machine(m)
     if run.not_ok:

@@ -1,0 +1,110 @@
+"""The downstream verdict's statistics on records made here: intervals from seeds and windows,
+families pooled, `broken` from the fp32 models' own figures, and the scenario's summary."""
+
+import numpy as np
+import pytest
+
+from ffnbench.bench.report import downstream_verdict as dv
+from ffnbench.quant import FAMILIES, FAMILY_OF, RECIPES
+
+
+def cell(design, recipe, scenario, seed, kl, delta, bpb=1.8, order0=4.7, draws=5):
+    kl, delta = np.asarray(kl, float), np.asarray(delta, float)
+    return {"design": design, "recipe": recipe, "scenario": scenario, "seed": seed, "draws": draws,
+            "order0_bits_per_byte": order0,
+            "metrics": {"kl_to_fp32": kl.mean(), "delta_bpb": delta.mean(), "bits_per_byte": bpb},
+            "windows": {"kl_to_fp32": list(kl), "delta_bpb": list(delta), "bits_per_byte": list(bpb + delta)}}
+
+
+def index(cells):
+    lm = {}
+    for c in cells:
+        lm.setdefault((c["design"], c["recipe"], c["scenario"]), []).append(c)
+    return lm
+
+
+def healthy_fp32(scenario="clean", seeds=3, windows=32):
+    return [cell(d, "fp32", scenario, s, np.zeros(windows), np.zeros(windows)) for d in "AB" for s in range(seeds)]
+
+
+def test_every_recipe_is_in_exactly_one_family():
+    members = [r for family in FAMILIES.values() for r in family]
+    assert sorted(members) == sorted(set(RECIPES) - {"fp32"})
+    assert FAMILY_OF["ort-nf4"] == FAMILY_OF["bnb-nf4"] != FAMILY_OF["bnb-fp4"]
+
+
+def test_a_ratio_that_holds_in_every_seed_and_window_is_resolved():
+    rng = np.random.default_rng(1)
+    cells = healthy_fp32()
+    for s in range(3):
+        b = rng.uniform(1e-3, 2e-3, 32)
+        cells += [cell("A", "ort-int8-dynamic", "clean", s, b / 2, np.zeros(32)),
+                  cell("B", "ort-int8-dynamic", "clean", s, b, np.zeros(32))]
+    (found,) = [c for c in dv.comparisons(index(cells), 0.1) if c.family == "int8-dynamic"]
+    assert found.kl_ratio == pytest.approx(0.5) and found.ci95 == pytest.approx([0.5, 0.5])
+    assert found.verdict == "A" and (found.seeds, found.windows, found.draws) == (3, 32, 5)
+
+
+def test_seeds_that_disagree_widen_the_interval_to_no_difference():
+    """Each seed's windows say one thing firmly; the seeds say opposite things: only resampling the
+    seeds shows that the design is not what decides."""
+    cells = healthy_fp32()
+    for s, factor in enumerate([0.5, 2.0, 1.0]):
+        cells += [cell("A", "bnb-nf4", "clean", s, np.full(32, factor), np.zeros(32)),
+                  cell("B", "bnb-nf4", "clean", s, np.ones(32), np.zeros(32))]
+    (found,) = dv.comparisons(index(cells), 0.1)
+    assert found.ci95[0] < 1 < found.ci95[1] and found.verdict == "none"
+    assert dv.summary([found], "clean") == "none"
+
+
+def test_a_family_pools_its_recipes_and_keeps_each_members_ratio():
+    cells = healthy_fp32()
+    for s in range(3):
+        cells += [cell("A", "bnb-nf4", "clean", s, np.full(8, 1.0), np.zeros(8)),
+                  cell("B", "bnb-nf4", "clean", s, np.full(8, 2.0), np.zeros(8)),
+                  cell("A", "ort-nf4", "clean", s, np.full(8, 3.0), np.zeros(8)),
+                  cell("B", "ort-nf4", "clean", s, np.full(8, 2.0), np.zeros(8))]
+    (found,) = dv.comparisons(index(cells), 0.1)
+    assert found.family == "nf4" and found.recipes == ["bnb-nf4", "ort-nf4"]
+    assert found.kl_ratio == pytest.approx(1.0) and found.members == pytest.approx({"bnb-nf4": 0.5, "ort-nf4": 1.5})
+
+
+def test_delta_bpb_difference_resamples_the_same_windows_for_both_designs():
+    """B's delta is A's plus 0.1 in every window: paired, the difference has no spread at all."""
+    rng = np.random.default_rng(2)
+    cells = healthy_fp32("shift-1")
+    for s in range(3):
+        delta = rng.normal(0.0, 0.02, 16)
+        cells += [cell("A", "ort-int4-rtn", "shift-1", s, np.ones(16), delta),
+                  cell("B", "ort-int4-rtn", "shift-1", s, np.ones(16), delta + 0.1)]
+    found = {c.family: c for c in dv.comparisons(index(cells), 0.1)}
+    assert found["int4"].delta_bpb_diff == pytest.approx(-0.1)
+    assert found["int4"].delta_bpb_ci95 == pytest.approx([-0.1, -0.1])
+    assert found["fp32"].verdict == "none"  # both fp32 models cost nothing here
+
+
+@pytest.mark.parametrize("bpb, delta, reason", [(4.9, 0.0, "no better than a byte-frequency model (4.70)"),
+                                                (2.0, 0.25, "+0.25 bits per byte, past the 0.1-bit")])
+def test_a_scenario_whose_fp32_model_does_not_work_is_broken_not_decided(bpb, delta, reason):
+    cells = [cell(d, "fp32", "production", s, np.zeros(8), np.zeros(8)) for d in "AB" for s in range(3)]
+    cells[4] = cell("B", "fp32", "production", 1, np.zeros(8), np.full(8, delta), bpb=bpb)
+    for s in range(3):
+        cells += [cell("A", "ort-int8-dynamic", "production", s, np.full(8, 1.0), np.zeros(8)),
+                  cell("B", "ort-int8-dynamic", "production", s, np.full(8, 9.0), np.zeros(8))]
+    found = dv.comparisons(index(cells), 0.1)
+    assert {c.verdict for c in found} == {"broken"} and reason in found[0].reason and "B (seed 1)" in found[0].reason
+    assert dv.summary(found, "production") == "broken"
+    assert dv.health(index(cells), "production", threshold=0.3 if delta else 0.1) == (
+        None if delta else found[0].reason)
+
+
+def test_families_that_split_make_a_mixed_scenario():
+    cells = healthy_fp32()
+    for s in range(3):
+        cells += [cell("A", "ort-int8-dynamic", "clean", s, np.full(8, 1.0), np.zeros(8)),
+                  cell("B", "ort-int8-dynamic", "clean", s, np.full(8, 2.0), np.zeros(8)),
+                  cell("A", "bnb-int8", "clean", s, np.full(8, 2.0), np.zeros(8)),
+                  cell("B", "bnb-int8", "clean", s, np.full(8, 1.0), np.zeros(8))]
+    found = dv.comparisons(index(cells), 0.1)
+    assert {c.family: c.verdict for c in found} == {"int8-dynamic": "A", "int8-llm": "B"}
+    assert dv.summary(found, "clean") == "mixed"
