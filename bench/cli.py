@@ -364,6 +364,7 @@ def cmd_report(args) -> int:
     from ffnbench.bench.report.report import write
 
     print(f"wrote {write(args.run_dir)}")
+    _print_downstream(Path(args.run_dir))
     return 0
 
 

@@ -26,27 +26,32 @@ from ffnbench.quant.ort_recipes import quantized_matmuls
 
 LM_RECIPES = ["fp32", "ort-int8-dynamic", "bnb-nf4", "ort-int8-qdq-minmax"]  # the last built by workers
 QUANTIZED_HERE: list[str] = []  # the recipes lm_run quantized in this process
+ALL_LM_CELLS: list[dict] = []  # every cell of lm_run, both designs and seeds
 
 
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory, seed_exports):
-    """Design B (the one with three FFN MatMuls a layer): every quick lm recipe and a calibrated one,
-    clean, production and the real second domain, 4 held-out windows each."""
+    """Both designs, two training seeds each (what the downstream verdict needs, at its smallest):
+    every quick lm recipe and a calibrated one, clean, production and the real second domain, 6
+    held-out windows each, a synthetic drift in 3 draws. Returns design B's seed-0 cells (B has three
+    FFN MatMuls a layer) by (recipe, scenario); `pair_run` gives all of them."""
     out = seed_exports(tmp_path_factory.mktemp("lm") / "run")
-    config = RunConfig(models=["tiny"], designs=["B"], recipes=LM_RECIPES, scenarios=["clean"], n_requests=1,
+    config = RunConfig(models=["tiny"], recipes=LM_RECIPES, scenarios=["clean"], n_requests=1,
                        seq_len=4, latency=False, lm_recipes=LM_RECIPES,
-                       lm_scenarios=["clean", "production", "domain-code"], lm_windows=4, lm_seeds=[0], lm_draws=2)
+                       lm_scenarios=["clean", "production", "domain-code"], lm_windows=6, lm_seeds=[0, 1], lm_draws=3)
     quantize_here = lm_cells.quantize
     with pytest.MonkeyPatch.context() as patch:  # what this process quantizes, the workers aside
         patch.setattr(lm_cells, "quantize", lambda source, recipe, *a, **k: (
             QUANTIZED_HERE.append(recipe), quantize_here(source, recipe, *a, **k))[1])
         cells = [c for c in run(config, out, progress=False) if c["kind"] == "lm"]
-    return config, out, {(c["recipe"], c["scenario"]): c for c in cells}
+    report.write(out)
+    ALL_LM_CELLS.extend(cells)
+    return config, out, {(c["recipe"], c["scenario"]): c for c in cells if (c["design"], c["seed"]) == ("B", 0)}
 
 
 def test_every_lm_cell_measures_every_metric(lm_run):
     _, _, cells = lm_run
-    assert len(cells) == len(LM_RECIPES) * 3 and all(c["status"] == "ok" for c in cells.values()), cells
+    assert len(cells) == len(LM_RECIPES) * 3 and all(c["status"] == "ok" for c in ALL_LM_CELLS), cells
     for cell in cells.values():
         assert set(LM_METRICS) <= cell["metrics"].keys()
         assert all(cell["metrics"][m] is not None for m in LM_METRICS), cell["metrics"]
@@ -60,7 +65,7 @@ def test_a_calibrated_artifact_built_by_the_workers_is_the_one_the_run_would_bui
     """The run quantizes calibrated ONNX Runtime recipes in worker processes, meanwhile measuring the
     other cells; quantizing the same job here gives the same file."""
     config, out, cells = lm_run
-    assert sorted(QUANTIZED_HERE) == ["bnb-nf4", "fp32"]  # every ONNX Runtime artifact came from the workers
+    assert set(QUANTIZED_HERE) == {"bnb-nf4", "fp32"}  # every ONNX Runtime artifact came from the workers
     cell = cells[("ort-int8-qdq-minmax", "clean")]
     subject = LMSubject(config, "B", 0, out / "artifacts")
     built, job = subject.artifact_job("ort-int8-qdq-minmax", "clean")
@@ -178,9 +183,10 @@ def test_the_report_has_a_downstream_section_with_the_training_curves(lm_run):
     assert (out / "plots" / "training_curves.png").stat().st_size > 10_000
     assert "### A vs B under `production`, per recipe" in downstream
     assert "### Drift at the FFN inputs, measured" in downstream
-    kl = cells[("bnb-nf4", "production")]["metrics"]["kl_to_fp32"]
-    assert f"{kl:.2e}" in downstream  # the table shows the cell's own number
-    assert "| B | domain-code | " in downstream and "| B | 0 | 1,902,976 | 1200 |" in downstream
+    kl = [np.mean([c["metrics"]["kl_to_fp32"] for c in ALL_LM_CELLS
+                   if (c["design"], c["recipe"], c["scenario"]) == (d, "bnb-nf4", "domain-code")]) for d in "AB"]
+    assert f"| bnb-nf4 | {kl[0]:.2e} | {kl[1]:.2e} | " in downstream  # the cells' own numbers, over seeds
+    assert "| B | domain-code | " in downstream and "| B | 1 | 1,902,976 | 1200 |" in downstream
 
 
 def test_a_changed_checkpoint_stops_a_run_before_anything_is_written(tmp_path, monkeypatch):
@@ -212,23 +218,19 @@ def test_non_finite_values_are_recorded_as_absent():
 
 
 @pytest.fixture(scope="module")
-def pair_run(tmp_path_factory, seed_exports):
-    """Both designs, two training seeds each: what the downstream verdict needs, at its smallest."""
-    out = seed_exports(tmp_path_factory.mktemp("pair") / "run")
-    config = RunConfig(models=["tiny"], recipes=["fp32", "ort-int8-dynamic"], scenarios=["clean"], n_requests=1,
-                       seq_len=4, latency=False, lm_recipes=["fp32", "ort-int8-dynamic"],
-                       lm_scenarios=["clean", "production"], lm_windows=6, lm_seeds=[0, 1], lm_draws=3)
-    cells = [c for c in run(config, out, progress=False) if c["kind"] == "lm"]
-    report.write(out)
-    return config, out, cells
+def pair_run(lm_run):
+    config, out, _ = lm_run
+    return config, out, ALL_LM_CELLS
 
 
 def test_the_run_writes_its_verdicts_from_the_cells_own_windows(pair_run):
     _, out, cells = pair_run
     found = {(v["scenario"], v["family"]): v for v in json.loads((out / "downstream.json").read_text())}
-    assert set(found) == {("clean", "int8-dynamic"), ("production", "int8-dynamic"), ("production", "fp32")}
-    assert {c["model"] for c in cells} == {"trained-s0", "trained-s1"} and len(cells) == 2 * 2 * 2 * 2
-    for scenario in ("clean", "production"):
+    families = ("int8-dynamic", "nf4", "int8-static")
+    assert set(found) == {(s, f) for s in ("clean", "production", "domain-code") for f in families} | {
+        ("production", "fp32")}
+    assert {c["model"] for c in cells} == {"trained-s0", "trained-s1"} and len(cells) == 2 * 2 * 4 * 3
+    for scenario in ("clean", "production", "domain-code"):
         verdict = found[scenario, "int8-dynamic"]
         assert verdict["recipes"] == ["ort-int8-dynamic"] and verdict["seeds"] == 2 and verdict["windows"] == 6
 
@@ -246,7 +248,7 @@ def test_a_scenario_whose_fp32_models_the_drift_breaks_gets_no_verdict(pair_run)
     the verdict is `broken` exactly where an fp32 cell says so."""
     _, out, cells = pair_run
     found = json.loads((out / "downstream.json").read_text())
-    for scenario in ("clean", "production"):
+    for scenario in ("clean", "production", "domain-code"):
         fp32 = [c for c in cells if c["recipe"] == "fp32" and c["scenario"] == scenario]
         unhealthy = any(c["metrics"]["delta_bpb"] > 0.1 or c["metrics"]["bits_per_byte"] >= c["order0_bits_per_byte"]
                         for c in fp32)
@@ -269,6 +271,7 @@ def test_drift_draws_take_turns_over_the_windows_and_are_the_same_for_both_desig
     assert [f["drift_scale"].tolist() for f in a] == [f["drift_scale"].tolist() for f in b]
     assert {c["draws"] for c in cells if c["scenario"] == "production"} == {3}
     assert {c["draws"] for c in cells if c["scenario"] == "clean"} == {3}  # clean is synthetic, with no drift
+    assert {c["draws"] for c in cells if c["scenario"] == "domain-code"} == {1}  # real text: nothing drawn
 
 
 def test_lm_seeds_must_be_committed_ones():
