@@ -8,10 +8,11 @@ from ffnbench.bench.report import downstream_verdict as dv
 from ffnbench.quant import FAMILIES, FAMILY_OF, RECIPES
 
 
-def cell(design, recipe, scenario, seed, kl, delta, bpb=1.8, order0=4.7, draws=5):
+def cell(design, recipe, scenario, seed, kl, delta, bpb=1.8, reference=None, draws=5):
+    """A record as measure_lm writes it; `reference`: what its fp32 reference scores (healthy here)."""
     kl, delta = np.asarray(kl, float), np.asarray(delta, float)
     return {"design": design, "recipe": recipe, "scenario": scenario, "seed": seed, "draws": draws,
-            "order0_bits_per_byte": order0,
+            "reference": reference or {"bits_per_byte": 1.8, "delta_bpb": 0.0, "order0_bits_per_byte": 4.7},
             "metrics": {"kl_to_fp32": kl.mean(), "delta_bpb": delta.mean(), "bits_per_byte": bpb},
             "windows": {"kl_to_fp32": list(kl), "delta_bpb": list(delta), "bits_per_byte": list(bpb + delta)}}
 
@@ -86,16 +87,25 @@ def test_delta_bpb_difference_resamples_the_same_windows_for_both_designs():
 @pytest.mark.parametrize("bpb, delta, reason", [(4.9, 0.0, "no better than a byte-frequency model (4.70)"),
                                                 (2.0, 0.25, "+0.25 bits per byte, past the 0.1-bit")])
 def test_a_scenario_whose_fp32_model_does_not_work_is_broken_not_decided(bpb, delta, reason):
-    cells = [cell(d, "fp32", "production", s, np.zeros(8), np.zeros(8)) for d in "AB" for s in range(3)]
-    cells[4] = cell("B", "fp32", "production", 1, np.zeros(8), np.full(8, delta), bpb=bpb)
+    """Seed 1 of B does not work under the drift: every family's verdict is `broken`, from the
+    reference figures the quantized cells carry (no fp32 cell ran)."""
+    sick = {"bits_per_byte": bpb, "delta_bpb": delta, "order0_bits_per_byte": 4.7}
+    cells = []
     for s in range(3):
         cells += [cell("A", "ort-int8-dynamic", "production", s, np.full(8, 1.0), np.zeros(8)),
-                  cell("B", "ort-int8-dynamic", "production", s, np.full(8, 9.0), np.zeros(8))]
+                  cell("B", "ort-int8-dynamic", "production", s, np.full(8, 9.0), np.zeros(8),
+                       reference=sick if s == 1 else None)]
     found = dv.comparisons(index(cells), 0.1)
-    assert {c.verdict for c in found} == {"broken"} and reason in found[0].reason and "B (seed 1)" in found[0].reason
+    assert [c.verdict for c in found] == ["broken"] and reason in found[0].reason and "B (seed 1)" in found[0].reason
     assert dv.summary(found, "production") == "broken"
     assert dv.health(index(cells), "production", threshold=0.3 if delta else 0.1) == (
         None if delta else found[0].reason)
+
+
+def test_cells_without_reference_figures_give_no_verdict():
+    cells = [cell(d, "bnb-nf4", "clean", 0, np.ones(4), np.zeros(4)) for d in "AB"]
+    del cells[1]["reference"]
+    assert "record no fp32 reference figures" in dv.health(index(cells), "clean", 0.1)
 
 
 def test_families_that_split_make_a_mixed_scenario():

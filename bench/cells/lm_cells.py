@@ -89,6 +89,7 @@ class LMSubject:
         self.checkpoint = summary(checkpoint, name) | {"corpus_read_sha256": _corpus("prose").sha256}
         self.reference_runnable = LMTorch(self.model, config.lm_inject, threads=config.threads)
         self._references: dict[str, tuple] = {}
+        self._health: dict[str, dict] = {}
         self._runnables: dict[tuple, tuple] = {}
 
     @functools.cached_property
@@ -169,11 +170,19 @@ class LMSubject:
         base = scenario if scenario in TEXT_DOMAINS else "clean"
         return lm_metrics.window_bits(self.reference(base)[0], self.text(base)[:, 1:])
 
-    def order0_bpb(self, scenario: str) -> float:
-        """Bits per byte of a byte-frequency model of the domain's training split on the same windows:
-        the trivial model a working language model must beat."""
-        train, _ = _corpus(TEXT_DOMAINS.get(scenario, "prose")).split()
-        return lm_metrics.order0_bits_per_byte(train, self.text(scenario)[:, 1:])
+    def reference_health(self, scenario: str) -> dict:
+        """What the fp32 reference itself scores under the scenario, recorded in every cell so that a
+        verdict can refuse a broken reference whichever recipes ran: its bits per byte, their change
+        from the same text undrifted, and a byte-frequency model of the domain's training split on
+        the same windows (the trivial model a working language model must beat)."""
+        if scenario not in self._health:
+            targets = self.text(scenario)[:, 1:]
+            bits = lm_metrics.window_bits(self.reference(scenario)[0], targets)
+            train, _ = _corpus(TEXT_DOMAINS.get(scenario, "prose")).split()
+            self._health[scenario] = {"bits_per_byte": float(bits.mean()),
+                                      "delta_bpb": float(np.mean(bits - self.undrifted_bits(scenario))),
+                                      "order0_bits_per_byte": lm_metrics.order0_bits_per_byte(train, targets)}
+        return self._health[scenario]
 
     def release(self) -> None:
         """Drop references and runnables once the subject's cells are done (a reference holds ~70 MB)."""
@@ -294,6 +303,7 @@ def measure_lm(subject: LMSubject, cell) -> dict:
         first = {name: value[:TAP_WINDOWS] for name, value in taps.items()}
         values |= metrics.tap_metrics(_pooled(ref_taps, layers), _pooled(first, layers), subject.config.delta)
         record |= {"status": "ok", "metrics": finite(values), "draws": subject.draws(cell.scenario),
+                   "reference": subject.reference_health(cell.scenario),
                    "windows": per_window and {k: [float(f"{x:.7g}") for x in v] for k, v in per_window.items()},
                    "checkpoint": subject.checkpoint if cell.recipe == "fp32" else
                    {k: subject.checkpoint[k] for k in ("name", "sha256")},
@@ -302,8 +312,7 @@ def measure_lm(subject: LMSubject, cell) -> dict:
                               "norm_positive_fraction": finite([metrics.norm_positive_fraction(taps[f"norm_out.{i}"])
                                                                 for i in range(layers)])},
                    "runtime": runnable.describe(), "artifact": artifact_summary(manifest)}
-        if cell.recipe == "fp32":  # what each FFN norm sees under this scenario, per layer; the trivial model
+        if cell.recipe == "fp32":  # what each FFN norm sees under this scenario, per layer
             record["drift_stats"] = [finite(drift_stats(ref_taps[f"ffn_in.{i}"])) for i in range(layers)]
-            record["order0_bits_per_byte"] = subject.order0_bpb(cell.scenario)
     return record
 

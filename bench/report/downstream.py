@@ -147,7 +147,7 @@ def _drift_damage(run, scenarios: list[str], found: list[Comparison], threshold:
              "| scenario | bits per byte A | B | order-0 | delta_bpb A | B | A − B [95 % CI] | healthy |",
              "|---|---|---|---|---|---|---|---|"]
     for scenario, (a, b) in rows:
-        order0 = a[0].get("order0_bits_per_byte")
+        order0 = (a[0].get("reference") or {}).get("order0_bits_per_byte")
         diff = fp32.get(scenario)
         broken = any(c.scenario == scenario and c.verdict == "broken" for c in found)
         lines.append(f"| {scenario} | {_f(_mean(a, 'bits_per_byte'))} | {_f(_mean(b, 'bits_per_byte'))} | "

@@ -65,20 +65,22 @@ def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def health(lm: dict, scenario: str, threshold: float) -> str | None:
     """Why the scenario's fp32 models do not work (any seed of either design), or None when they do:
-    fp32 bits per byte at or above the order-0 byte model's, or the drift costing more than
-    `threshold` bits per byte against the same text undrifted."""
-    for design in ("A", "B"):
-        for cell in lm.get((design, "fp32", scenario), []):
-            m, seed = cell["metrics"], cell.get("seed", 0)
-            order0 = cell.get("order0_bits_per_byte")
-            if m.get("bits_per_byte") is None:
-                return f"fp32 {design} (seed {seed}) gives non-finite logits"
-            if order0 is not None and m["bits_per_byte"] >= order0:
-                return (f"fp32 {design} (seed {seed}) scores {m['bits_per_byte']:.2f} bits per byte, no better than "
-                        f"a byte-frequency model ({order0:.2f})")
-            if m["delta_bpb"] > threshold:
-                return (f"the drift alone costs fp32 {design} (seed {seed}) {m['delta_bpb']:+.2f} bits per byte, past "
-                        f"the {threshold:g}-bit health threshold")
+    the fp32 reference's bits per byte (every lm cell records its reference's) at or above the
+    order-0 byte model's, or the drift costing it more than `threshold` bits per byte against the
+    same text undrifted. A scenario with no cell of a design has nothing to check and no verdict."""
+    references = {}
+    for (design, _, s), cells in lm.items():
+        for cell in cells if s == scenario else ():
+            references.setdefault((design, cell.get("seed", 0)), cell.get("reference"))
+    for (design, seed), ref in sorted(references.items()):
+        if ref is None:
+            return f"the {design} cells (seed {seed}) record no fp32 reference figures (a run before they did)"
+        if ref["bits_per_byte"] >= ref["order0_bits_per_byte"]:
+            return (f"fp32 {design} (seed {seed}) scores {ref['bits_per_byte']:.2f} bits per byte, no better than "
+                    f"a byte-frequency model ({ref['order0_bits_per_byte']:.2f})")
+        if ref["delta_bpb"] > threshold:
+            return (f"the drift alone costs fp32 {design} (seed {seed}) {ref['delta_bpb']:+.2f} bits per byte, past "
+                    f"the {threshold:g}-bit health threshold")
     return None
 
 
