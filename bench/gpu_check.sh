@@ -6,7 +6,9 @@
 set -euo pipefail
 out=${1:?usage: bench/gpu_check.sh OUT_DIR}
 cd "$(dirname "$0")/.."
-ffnbench=(python -m ffnbench)
+# -P: not the checkout's own ffnbench/ folder (cwd) before the installed package, which maps
+# ffnbench.bench and the others to their folders; found on a GPU machine's editable install.
+ffnbench=("${PYTHON:-python3}" -P -m ffnbench)
 mkdir -p "$out"
 "${ffnbench[@]}" doctor --json --device cuda > "$out/doctor.json"
 time "${ffnbench[@]}" run --preset quick --device cuda --out "$out/quick"

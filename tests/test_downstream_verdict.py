@@ -67,7 +67,61 @@ def test_a_family_pools_its_recipes_and_keeps_each_members_ratio():
                   cell("B", "ort-nf4", "clean", s, np.full(8, 2.0), np.zeros(8))]
     (found,) = dv.comparisons(index(cells), 0.1)
     assert found.family == "nf4" and found.recipes == ["bnb-nf4", "ort-nf4"]
-    assert found.kl_ratio == pytest.approx(1.0) and found.members == pytest.approx({"bnb-nf4": 0.5, "ort-nf4": 1.5})
+    assert found.kl_ratio == pytest.approx(1.0)
+    assert {r: m["kl_ratio"] for r, m in found.members.items()} == pytest.approx({"bnb-nf4": 0.5, "ort-nf4": 1.5})
+    assert found.members["bnb-nf4"]["ci95"] == pytest.approx([0.5, 0.5]) and not found.left_out
+
+
+def test_a_member_without_figures_is_left_out_and_said_so():
+    cells = healthy_fp32()
+    for s in range(3):
+        cells += [cell("A", "bnb-nf4", "clean", s, np.full(8, 1.0), np.zeros(8)),
+                  cell("B", "bnb-nf4", "clean", s, np.full(8, 2.0), np.zeros(8)),
+                  cell("A", "ort-nf4", "clean", s, np.full(8, 3.0), np.zeros(8)),
+                  cell("B", "ort-nf4", "clean", s, np.full(8, 2.0), np.zeros(8))]
+    cells[-1] = {**cells[-1], "windows": None, "metrics": {**cells[-1]["metrics"], "nonfinite_rate": 0.25}}
+    (found,) = [c for c in dv.comparisons(index(cells), 0.1) if c.family == "nf4"]
+    assert found.recipes == ["bnb-nf4"] and found.kl_ratio == pytest.approx(0.5)
+    assert found.left_out == {"ort-nf4": "B seed 2: non-finite logits (nonfinite_rate 0.25)"}
+
+
+def width(ci):
+    return np.log(ci[1] / ci[0])
+
+
+def test_seeds_that_read_the_same_windows_add_no_window_evidence():
+    """Every seed reads the same windows: three identical seeds are one seed's evidence, not three
+    independent samples of windows (which would narrow the interval by about the square root of 3)."""
+    rng = np.random.default_rng(3)
+    a, b = rng.lognormal(0, 0.5, 64), rng.lognormal(0, 0.5, 64)
+    draw_of = np.arange(64)
+    one = dv.interval(a[None], b[None], "ratio", draw_of)
+    three = dv.interval(np.tile(a, (3, 1)), np.tile(b, (3, 1)), "ratio", draw_of)
+    assert three[0] == pytest.approx(one[0]) and width(three[1:]) > 0.85 * width(one[1:])
+
+
+def test_drift_draws_are_resampled_as_groups():
+    """Windows of one draw move together: the interval must show the draws' spread, which treating
+    the 64 windows as independent hides."""
+    rng = np.random.default_rng(4)
+    draw_of = np.arange(64) % 5
+    effect = np.exp(rng.normal(0, 0.4, 5))[draw_of]  # each draw scales A's KL its own way
+    a, b = (effect * rng.lognormal(0, 0.05, 64))[None], rng.lognormal(0, 0.05, 64)[None]
+    grouped = dv.interval(a, b, "ratio", draw_of)
+    independent = dv.interval(a, b, "ratio", np.arange(64))
+    assert width(grouped[1:]) > 1.5 * width(independent[1:])
+
+
+def test_three_seeds_widen_the_interval_to_the_student_t_one():
+    """Per-seed ratios 0.94, 0.85 and 0.89 with windows that agree: the percentile bootstrap over
+    three seeds alone would claim A; the t interval over the seeds (2 degrees of freedom) holds 1."""
+    per_seed = np.array([0.94, 0.85, 0.89])
+    b = np.ones((3, 32))
+    found = dv.interval(per_seed[:, None] * b, b, "ratio", np.arange(32) % 5)
+    logs = np.log(per_seed)
+    half = 4.3026527 * logs.std(ddof=1) / np.sqrt(3)  # t(0.975, 2) = 4.3026527
+    assert found[1:] == pytest.approx([np.exp(logs.mean() - half), np.exp(logs.mean() + half)], rel=1e-6)
+    assert found[1] < 1 < found[2]
 
 
 def test_delta_bpb_difference_resamples_the_same_windows_for_both_designs():
@@ -105,7 +159,7 @@ def test_a_scenario_whose_fp32_model_does_not_work_is_broken_not_decided(bpb, de
 def test_cells_without_reference_figures_give_no_verdict():
     cells = [cell(d, "bnb-nf4", "clean", 0, np.ones(4), np.zeros(4)) for d in "AB"]
     del cells[1]["reference"]
-    assert "record no fp32 reference figures" in dv.health(index(cells), "clean", 0.1)
+    assert "no fp32 reference figures" in dv.health(index(cells), "clean", 0.1)
 
 
 def test_families_that_split_make_a_mixed_scenario():

@@ -20,6 +20,7 @@ from ffnbench.bench.gate.checks import checks
 from ffnbench.bench.gate.gate import gate, write_baseline
 from ffnbench.bench.report import report
 from ffnbench.errors import UsageError
+from ffnbench.export.lm_export import feeds
 from ffnbench.models.lm import CausalLM, LMConfig
 from ffnbench.quant import Calibration, quantize
 from ffnbench.quant.ort_recipes import quantized_matmuls
@@ -281,3 +282,21 @@ def test_lm_seeds_must_be_committed_ones():
     with pytest.raises(UsageError, match=r"lm_seeds: \[0, 7\] are not all committed training seeds of design A; "
                                           "choose from 0, 1, 2"):
         RunConfig(lm_recipes=["fp32"], lm_seeds=[0, 7]).check()
+
+
+def test_each_row_of_an_evaluation_is_its_window_under_its_own_draw(lm_run):
+    """Re-derived from the scenario's definition, window by window: window w gets draw w % draws
+    (seed + 1000·draw), and the rows come back in window order whatever order the calls ran in."""
+    config, out, _ = lm_run
+    subject = LMSubject(config, "B", 0, out / "artifacts")
+    logits, _ = subject.evaluate(subject.reference_runnable, "production")
+    tokens, spec, n = subject.text("production")[:, :-1], config.scenario("production"), config.lm_windows
+    for w in (0, 1, 4, 5):
+        draw = w % config.lm_draws
+        gain, offset, scale = spec.affine(len(range(draw, n, config.lm_draws)), subject.cfg.d_model,
+                                          config.seed + 1000 * draw)
+        layers = subject.cfg.n_layers
+        alone, _ = subject.reference_runnable.run(feeds(tokens[w:w + 1], np.tile(gain, (layers, 1)),
+                                                        offset[None] * subject.feature_std,
+                                                        scale[w // config.lm_draws:w // config.lm_draws + 1]))
+        assert np.max(np.abs(alone[0] - logits[w])) <= 1e-4, w

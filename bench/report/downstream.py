@@ -13,9 +13,7 @@ from pathlib import Path
 from ffnbench.bench.report import plots
 from ffnbench.bench.report.downstream_verdict import Comparison, per_recipe, summary
 from ffnbench.bench.report.formatting import number
-from ffnbench.bench.traffic.scenarios import TEXT_DOMAINS
 
-HEADLINE_SCENARIOS = ("production", *TEXT_DOMAINS)
 SUBLAYER_RESOLVED_DB = 0.5  # the sublayer verdict's own "leads" threshold (report.verdict)
 
 
@@ -70,7 +68,7 @@ def section(run, plot_dir: Path, sublayer: tuple[str, str, float] | None, found:
     lines += _training(run, plot_dir)
     lines += ["### Downstream verdict", "", *verdict(run, found, scenarios, sublayer, threshold), ""]
     lines += _verdict_table(found, run, plot_dir)
-    for scenario in (s for s in HEADLINE_SCENARIOS if s in scenarios):
+    for scenario in scenarios:
         lines += _ab_table(run, scenario, recipes, detail)
     lines += _drift_damage(run, scenarios, found, threshold)
     lines += _drift_statistics(run, scenarios, designs)
@@ -97,17 +95,19 @@ def _verdict_table(found: list[Comparison], run, plot_dir: Path) -> list[str]:
     rows = [c for c in found if c.family != "fp32"]
     if not rows:
         return []
-    first = rows[0]
-    lines = [f"Per family and scenario ({first.seeds} seeds a design, {first.windows} windows, synthetic drifts in "
-             f"up to {max(c.draws for c in rows)} draws; written to `downstream.json`). KL ratio A/B below 1: "
-             "quantizing A's FFNs costs less; `none`: the interval holds 1." + (
+    seeds, windows = max(c.seeds for c in rows), max(c.windows for c in rows)
+    lines = [f"Per family and scenario ({seeds} seeds a design, {windows} windows, synthetic drifts in up to "
+             f"{max(c.draws for c in rows)} draws; written to `downstream.json`). KL ratio A/B below 1: quantizing "
+             "A's FFNs costs less; `none`: the interval holds 1." + (
                  " **One training seed a design**: these intervals cover windows and drift draws only, not how "
                  "another seed would train; run `default` (three seeds) before acting on them."
-                 if first.seeds == 1 else ""), "",
+                 if seeds == 1 else ""), "",
              "| scenario | family | recipes | kl_to_fp32 ratio A/B [95 % CI] | delta_bpb A − B [95 % CI] | verdict |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {c.scenario} | {c.family} | {', '.join(c.recipes)} | {_ci(c.kl_ratio, c.ci95)} | "
               f"{_ci(c.delta_bpb_diff, c.delta_bpb_ci95, '+.3f')} | **{c.verdict}** |" for c in rows]
+    left_out = [f"`{r}` under `{c.scenario}` ({why})" for c in rows for r, why in c.left_out.items()]
+    lines += ["", "Left out of their family: " + "; ".join(left_out) + "."] if left_out else []
     plotted = [(f"{c.scenario} · {c.family}", c.kl_ratio, *c.ci95, c.verdict) for c in rows if c.kl_ratio]
     if plotted:
         path = plots.intervals(plotted, "kl_to_fp32 ratio A/B (95 % CI; left of 1: A loses less)",

@@ -1,10 +1,14 @@
 """The downstream verdict: A vs B per recipe family and scenario, from the lm cells' per-window
 figures, with 95 % intervals; written to downstream.json beside report.md.
 
-The interval is a two-level percentile bootstrap: it resamples training seeds, then windows within
-each drawn seed. A and B are paired at both levels: seed s of A and of B saw the same batches in the
-same order, and window w is the same text under the same drift draw for both. Evidence counts by
-family (quant.recipes.FAMILIES), and only where both designs' fp32 models still work under the
+The interval comes from the sources of variation there are. A percentile bootstrap resamples
+training seeds, then the drift draws, then windows within each drawn draw. Every seed reads the same
+windows under the same draws, so one window resample serves all seeds of a replicate, and A and B
+are paired at every level: seed s of A and of B saw the same batches in the same order. Three seeds
+are too few for a percentile bootstrap at the top (three values make ten distinct resamples, and
+their spread understates the seeds'), so the interval is widened where needed to cover the Student-t
+interval over the per-seed figures too (two degrees of freedom for three seeds). Evidence counts
+by family (quant.recipes.FAMILIES), and only where both designs' fp32 models still work under the
 scenario: otherwise the verdict is `broken`.
 """
 
@@ -13,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from ffnbench import files
 from ffnbench.bench.traffic.scenarios import TEXT_DOMAINS
@@ -40,42 +45,71 @@ class Comparison:
     windows: int
     draws: int
     reason: str | None = None  # why a verdict is `broken`
-    members: dict[str, float] = field(default_factory=dict)  # each recipe's own kl_ratio
+    members: dict[str, dict] = field(default_factory=dict)  # each recipe's own kl_ratio and ci95
+    left_out: dict[str, str] = field(default_factory=dict)  # family recipes without figures to compare, and why
 
 
-def two_level_bootstrap(a: np.ndarray, b: np.ndarray, statistic, seed: int = 0) -> tuple[float, float, float]:
-    """(point, low, high) of statistic(A, B) where A, B are (resamples, seeds, windows): seeds drawn
-    with replacement, then windows within each; the same draws for both designs (paired)."""
-    n_seeds, n_windows = a.shape
+def window_resamples(draw_of: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(RESAMPLES, windows) window indices: each slot of draws takes a draw at random, then as many of
+    that draw's windows at random as the slot's own draw has (the draws deal windows in turn, so
+    their counts differ by one at most)."""
+    table = [np.flatnonzero(draw_of == d) for d in np.unique(draw_of)]
+    counts = np.array([len(t) for t in table])
+    padded = np.zeros((len(table), counts.max()), np.int64)
+    for d, members in enumerate(table):
+        padded[d, :len(members)] = members
+    picked = rng.integers(len(table), size=(RESAMPLES, len(table)))
+    columns = []
+    for slot, size in enumerate(counts):
+        draw = picked[:, slot]
+        position = (rng.random((RESAMPLES, size)) * counts[draw][:, None]).astype(np.int64)
+        columns.append(padded[draw[:, None], position])
+    return np.concatenate(columns, axis=1)
+
+
+def interval(a: np.ndarray, b: np.ndarray, kind: str, draw_of: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """(point, low, high) of A/B (`kind` "ratio") or A − B ("difference") of the mean of (seeds,
+    windows) figures: the paired bootstrap over seeds, draws and windows, widened to cover the
+    Student-t interval over the seeds' own figures where there are two seeds or more."""
+    def statistic(x, y):
+        return x.mean(axis=(-2, -1)) / y.mean(axis=(-2, -1)) if kind == "ratio" else \
+            x.mean(axis=(-2, -1)) - y.mean(axis=(-2, -1))
+
     rng = np.random.default_rng(seed)
-    seeds = rng.integers(n_seeds, size=(RESAMPLES, n_seeds, 1))
-    windows = rng.integers(n_windows, size=(RESAMPLES, n_seeds, n_windows))
-    values = statistic(a[seeds, windows], b[seeds, windows])
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(statistic(a[None], b[None])[0]), float(low), float(high)
-
-
-def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return a.mean(axis=(1, 2)) / b.mean(axis=(1, 2))
-
-
-def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return a.mean(axis=(1, 2)) - b.mean(axis=(1, 2))
+    seeds = rng.integers(len(a), size=(RESAMPLES, len(a), 1))
+    windows = window_resamples(draw_of, rng)[:, None, :]
+    low, high = np.percentile(statistic(a[seeds, windows], b[seeds, windows]), [2.5, 97.5])
+    point = float(statistic(a, b))
+    if len(a) > 1:
+        per_seed = statistic(a[:, None], b[:, None])
+        values = np.log(per_seed) if kind == "ratio" else per_seed
+        half = stats.t.ppf(0.975, len(a) - 1) * values.std(ddof=1) / np.sqrt(len(a))
+        t_low, t_high = values.mean() - half, values.mean() + half
+        if kind == "ratio":
+            t_low, t_high = np.exp(t_low), np.exp(t_high)
+        low, high = min(low, t_low), max(high, t_high)
+    return point, float(low), float(high)
 
 
 def health(lm: dict, scenario: str, threshold: float) -> str | None:
     """Why the scenario's fp32 models do not work (any seed of either design), or None when they do:
-    the fp32 reference's bits per byte (every lm cell records its reference's) at or above the
-    order-0 byte model's, or the drift costing it more than `threshold` bits per byte against the
-    same text undrifted. A scenario with no cell of a design has nothing to check and no verdict."""
+    the fp32 reference's bits per byte (every lm cell records its reference's; a run made before
+    they did falls back on its fp32 cells) at or above the order-0 byte model's, or the drift costing
+    it more than `threshold` bits per byte against the same text undrifted."""
     references = {}
-    for (design, _, s), cells in lm.items():
+    for (design, recipe, s), cells in lm.items():
         for cell in cells if s == scenario else ():
-            references.setdefault((design, cell.get("seed", 0)), cell.get("reference"))
+            key = (design, cell.get("seed", 0))
+            if cell.get("reference"):
+                references[key] = cell["reference"]
+            elif recipe == "fp32":
+                references.setdefault(key, {"order0_bits_per_byte": None, **cell["metrics"]})
+            else:
+                references.setdefault(key, None)
     for (design, seed), ref in sorted(references.items()):
-        if ref is None:
-            return f"the {design} cells (seed {seed}) record no fp32 reference figures (a run before they did)"
-        if ref["bits_per_byte"] >= ref["order0_bits_per_byte"]:
+        if ref is None or ref.get("bits_per_byte") is None:
+            return f"nothing shows how fp32 {design} (seed {seed}) fares under it (no fp32 reference figures)"
+        if ref["order0_bits_per_byte"] is not None and ref["bits_per_byte"] >= ref["order0_bits_per_byte"]:
             return (f"fp32 {design} (seed {seed}) scores {ref['bits_per_byte']:.2f} bits per byte, no better than "
                     f"a byte-frequency model ({ref['order0_bits_per_byte']:.2f})")
         if ref["delta_bpb"] > threshold:
@@ -89,20 +123,35 @@ def _windows(lm: dict, design: str, recipe: str, scenario: str) -> dict[int, dic
     return {c.get("seed", 0): c for c in lm.get((design, recipe, scenario), []) if c.get("windows")}
 
 
+def _shape(cell: dict) -> tuple[int, int]:
+    return len(cell["windows"]["kl_to_fp32"]), cell.get("draws", 1)
+
+
 def compare(lm: dict, scenario: str, family: str, recipes: list[str], broken: str | None) -> Comparison | None:
-    """A vs B for `recipes` pooled (each window's figure averaged over the recipes), over the seeds
-    every recipe has in both designs; None where there are none."""
+    """A vs B for the family's recipes pooled (each window's figure averaged over them), over the
+    seeds they have in both designs; None where no recipe has any. A recipe with fewer seeds, other
+    windows, or no per-window figures (skipped, failed, non-finite logits) is left out, and said."""
     per = {(d, r): _windows(lm, d, r, scenario) for d in ("A", "B") for r in recipes}
-    seeds = sorted(set.intersection(*(set(v) for v in per.values()))) if per else []
+    seeds_of = {r: sorted(set(per["A", r]) & set(per["B", r])) for r in recipes}
+    seeds = max(seeds_of.values(), key=len)
     if not seeds:
         return None
+    shape = _shape(per["A", next(r for r in recipes if seeds_of[r] == seeds)][seeds[0]])
+    used = [r for r in recipes if set(seeds) <= set(seeds_of[r])
+            and all(_shape(per[d, r][s]) == shape for d in ("A", "B") for s in seeds)]
+    left_out = {r: _why_left_out(lm, r, scenario, seeds) for r in recipes if r not in used}
+    draw_of = np.arange(shape[0]) % shape[1]
 
-    def stack(design: str, metric: str, members=recipes) -> np.ndarray:
+    def stack(design: str, metric: str, members) -> np.ndarray:
         return np.mean([[per[design, r][s]["windows"][metric] for s in seeds] for r in members], axis=0)
 
-    diff = two_level_bootstrap(stack("A", "delta_bpb"), stack("B", "delta_bpb"), _difference)
-    kl_a, kl_b = stack("A", "kl_to_fp32"), stack("B", "kl_to_fp32")
-    ratio = two_level_bootstrap(kl_a, kl_b, _ratio) if family != "fp32" and kl_b.mean() > 0 else None
+    diff = interval(stack("A", "delta_bpb", used), stack("B", "delta_bpb", used), "difference", draw_of)
+    ratio, members = None, {}
+    if family != "fp32" and stack("B", "kl_to_fp32", used).mean() > 0:
+        ratio = interval(stack("A", "kl_to_fp32", used), stack("B", "kl_to_fp32", used), "ratio", draw_of)
+        for r in used if len(recipes) > 1 else ():
+            own = interval(stack("A", "kl_to_fp32", [r]), stack("B", "kl_to_fp32", [r]), "ratio", draw_of)
+            members[r] = {"kl_ratio": own[0], "ci95": [own[1], own[2]]}
     if broken:
         verdict = "broken"
     elif family == "fp32":  # fp32 itself: which design the drift costs less
@@ -111,12 +160,20 @@ def compare(lm: dict, scenario: str, family: str, recipes: list[str], broken: st
         verdict = "none"
     else:
         verdict = "A" if ratio[2] < 1 else "B" if ratio[1] > 1 else "none"
-    members = {r: float(stack("A", "kl_to_fp32", [r]).mean() / stack("B", "kl_to_fp32", [r]).mean())
-               for r in recipes if ratio is not None and len(recipes) > 1}
-    cell = per["A", recipes[0]][seeds[0]]
-    return Comparison(scenario, family, list(recipes), ratio and ratio[0], ratio and [ratio[1], ratio[2]],
-                      diff[0], [diff[1], diff[2]], verdict, len(seeds), len(cell["windows"]["kl_to_fp32"]),
-                      cell.get("draws", 1), broken, members)
+    return Comparison(scenario, family, used, ratio and ratio[0], ratio and [ratio[1], ratio[2]],
+                      diff[0], [diff[1], diff[2]], verdict, len(seeds), *shape, broken, members, left_out)
+
+
+def _why_left_out(lm: dict, recipe: str, scenario: str, seeds: list[int]) -> str:
+    for design in ("A", "B"):
+        cells = {c.get("seed", 0): c for c in lm.get((design, recipe, scenario), [])}
+        for seed in seeds:
+            if seed not in cells:
+                return f"no {design} cell of seed {seed}"
+            if not cells[seed].get("windows"):
+                rate = cells[seed]["metrics"]["nonfinite_rate"]
+                return f"{design} seed {seed}: non-finite logits (nonfinite_rate {rate:.2g})"
+    return "other windows or drift draws than the family's"
 
 
 def comparisons(lm: dict, threshold: float) -> list[Comparison]:

@@ -92,8 +92,8 @@ def intervals(rows: list[tuple[str, float, float, float, str]], xlabel: str, tit
     colors = {"A": STYLE["A"]["color"], "B": STYLE["B"]["color"], "none": "#555555", "broken": "#bbbbbb"}
     fig, ax = plt.subplots(figsize=(7.0, 0.9 + 0.28 * len(rows)))
     for y, (_, point, low, high, verdict) in enumerate(reversed(rows)):
-        ax.errorbar(point, y, xerr=[[point - low], [high - point]], fmt="o", color=colors.get(verdict, "#555555"),
-                    capsize=3, markersize=4)
+        ax.errorbar(point, y, xerr=[[max(point - low, 0)], [max(high - point, 0)]], fmt="o", capsize=3,
+                    color=colors.get(verdict, "#555555"), markersize=4)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)], fontsize=7)
     ax.set_xscale("log")
