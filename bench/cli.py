@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--layers", required=True, help="comma-separated layer numbers, e.g. 0,6,11")
     capture.add_argument("--out", required=True, help="a new .safetensors file (a .json file beside it too)")
     capture.add_argument("--max-windows", type=int, default=64, help="windows of 128 tokens at most (default 64)")
+    capture.add_argument("--reference", help="a text of the model's usual traffic (e.g. clean prose): each layer's "
+                         "domain_shift_std measures the captured states against it")
 
     report = sub.add_parser("report", help="write report.md and plots/*.png for a run directory")
     report.add_argument("run_dir")
@@ -268,13 +270,12 @@ def cmd_run(args) -> int:
 
 def _print_drift(results: list[dict]) -> None:
     """The measured drift at the trained pair's FFN inputs (first seed): printed, not assumed."""
-    from ffnbench.bench.traffic.drift_stats import per_layer
+    from ffnbench.bench.traffic.drift_stats import PER_LAYER_LEGEND, per_layer
 
     measured = [r for r in results if r.get("drift_stats")]
     first = min((r.get("seed", 0) for r in measured), default=0)
     if measured:
-        print(f"drift at the FFN inputs, fp32, seed {first} (per layer: positive-mean share/mean shift in std/"
-              "rms spread):")
+        print(f"drift at the FFN inputs, fp32, seed {first} (per layer: {PER_LAYER_LEGEND}):")
     for r in (r for r in measured if r.get("seed", 0) == first):
         print(f"  {r['design']} {r['scenario']:<12} {per_layer(r['drift_stats'])}")
 
@@ -388,7 +389,7 @@ def cmd_capture(args) -> int:
     from ffnbench.bench.traffic.capture import capture, parse_layers, summary_lines
 
     record = capture(Path(args.checkpoint), Path(args.text), parse_layers(args.layers), Path(args.out),
-                     max_windows=args.max_windows)
+                     max_windows=args.max_windows, reference_path=args.reference and Path(args.reference))
     for line in summary_lines(record):
         print(line)
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json').name} ({record['checkpoint']['name']}, "

@@ -17,7 +17,7 @@ from ffnbench.bench.gate.checks import checks
 from ffnbench.bench.gate.gate import gate, write_baseline
 from ffnbench.bench.traffic import tiny_hf
 from ffnbench.bench.traffic.capture import capture
-from ffnbench.bench.traffic.drift_stats import drift_stats
+from ffnbench.bench.traffic.drift_stats import drift_stats, moments
 from ffnbench.errors import UsageError
 from ffnbench.models import load_safetensors
 from ffnbench.models.pair import load_lm, trained_dir
@@ -70,6 +70,23 @@ def test_the_trained_pair_captures_the_states_entering_its_ffn_norms(text, tmp_p
         stats = {k: v for k, v in record["layers"][str(layer)].items() if k not in ("shape", "tensor")}
         assert stats == drift_stats(states[f"layer.{layer}"])
     assert record["checkpoint"]["sha256"] == load_lm(trained_dir("B"))[1]["sha256"]
+
+
+def test_a_reference_text_measures_the_domain_shift_of_the_captured_states(text, tmp_path):
+    """Code against prose through the same model moves the FFN inputs; prose against itself does not."""
+    from ffnbench.models.corpus import prose
+
+    reference = tmp_path / "prose.txt"
+    reference.write_bytes(prose().data[:8 * 128].tobytes())
+    code = capture(trained_dir("B"), text, [1], tmp_path / "code.safetensors", max_windows=8, reference_path=reference)
+    itself = capture(trained_dir("B"), reference, [1], tmp_path / "prose.safetensors", max_windows=8,
+                     reference_path=reference)
+    assert itself["layers"]["1"]["domain_shift_std"] == 0.0
+    assert code["layers"]["1"]["domain_shift_std"] > 0.1 and code["reference"]["file"] == "prose.txt"
+    states = load_file(str(tmp_path / "code.safetensors"))["layer.1"]
+    prose_states = load_file(str(tmp_path / "prose.safetensors"))["layer.1"]
+    assert code["layers"]["1"] == {"tensor": "layer.1", "shape": [8, 128, 192],
+                                   **drift_stats(states, moments(prose_states))}
 
 
 def test_a_trained_layer_runs_and_gates_on_its_own_captured_traffic(text, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ffnbench.bench.cells import lm_metrics
-from ffnbench.bench.traffic.drift_stats import drift_stats
+from ffnbench.bench.traffic.drift_stats import drift_stats, moments
 from ffnbench.bench.traffic.scenarios import NAMED, Scenario
 
 
@@ -73,11 +73,43 @@ def test_spikes_are_the_worst_token_over_a_typical_one():
 
 def test_drift_stats_recover_what_a_scenario_sets():
     clean = drift_stats(NAMED["clean"].generate(200, 8, 64))
-    assert 0.3 < clean["positive_mean_fraction"] < 0.7 and abs(clean["mean_shift_std"]) < 0.05
-    assert clean["rms_spread"] < 0.05
+    assert 0.3 < clean["positive_mean_fraction"] < 0.7 and clean["abs_mean_shift_std"] < 0.1
+    assert clean["rms_spread"] < 0.05 and clean["token_mean_energy"] < 0.05 and clean["domain_shift_std"] is None
     shifted = drift_stats(NAMED["shift-4"].generate(200, 8, 64))
-    # 90 % of features shifted by 4 std on average: about 3.6 std, nearly all features positive.
-    assert shifted["positive_mean_fraction"] > 0.8 and shifted["mean_shift_std"] == pytest.approx(3.6, abs=0.5)
+    # 90 % of features shifted by 4 std on average, each by its own amount in 2-6 std: scale-free, each
+    # feature's |mean| over its std is about 4 (shifted) or 0 (the rest), so about 3.6 on average.
+    assert shifted["positive_mean_fraction"] > 0.8 and shifted["abs_mean_shift_std"] == pytest.approx(3.6, abs=0.6)
+    # A token carries its features' shared offset: mean² / mean-square = 3.6² / (1 + E[o²]) ≈ 0.75.
+    assert 0.6 < shifted["token_mean_energy"] < 0.9
     spread = drift_stats(Scenario("m", magnitude_sigma=1.5).generate(400, 4, 32))
     assert spread["rms_spread"] == pytest.approx(1.5, abs=0.15)
+    assert spread["abs_mean_shift_std"] < 0.15  # scale is removed per request before any mean is taken
     assert drift_stats(np.ones((1, 4, 8)))["rms_spread"] is None  # one request has no spread
+
+
+def test_signs_that_cancel_still_count_as_shift():
+    """Half the features shifted up, half down: the signed mean reads about 0, the |mean| does not."""
+    h = np.random.default_rng(0).standard_normal((50, 16, 32))
+    h[..., :16] += 2.0
+    h[..., 16:] -= 2.0
+    stats = drift_stats(h)
+    assert abs(stats["mean_shift_std_signed"]) < 0.1 and stats["abs_mean_shift_std"] == pytest.approx(2.0, abs=0.15)
+    assert stats["token_mean_energy"] < 0.1  # the shared offset across features is 0
+
+
+def test_massive_channels_are_found_and_their_stability_measured():
+    h = np.random.default_rng(1).standard_normal((20, 16, 64))
+    stats = drift_stats(h)
+    assert stats["massive_ratio"] < 10 and stats["massive_channels_stable"] < 0.1
+    h[..., 7] = 3000.0  # one channel carries a persistent value about 4,500 times the median |x|
+    stats = drift_stats(h)
+    assert stats["massive_channels_stable"] == 1.0 and stats["massive_ratio"] > 1000
+
+
+def test_domain_shift_is_measured_against_the_reference_moments():
+    rng = np.random.default_rng(2)
+    reference = rng.standard_normal((40, 16, 32))
+    same, moved = rng.standard_normal((40, 16, 32)), rng.standard_normal((40, 16, 32))
+    moved[..., :8] += 1.0  # a quarter of the features move by one (scale-free) reference std
+    assert drift_stats(same, moments(reference))["domain_shift_std"] < 0.1
+    assert drift_stats(moved, moments(reference))["domain_shift_std"] == pytest.approx(0.25, abs=0.08)

@@ -6,12 +6,31 @@ import pytest
 from ffnbench.bench.traffic.scenarios import NAMED, Replay, Scenario, scenario
 from ffnbench.errors import UsageError
 
+# DESIGN.md's named scenarios, and `massive` (issue 24: the drift real models have).
 DESIGN_MD_NAMES = {"clean", "shift-0.5", "shift-1", "shift-2", "shift-4", "shift-8", "magnitude-1", "magnitude-2",
-                   "outliers", "production"}
+                   "outliers", "production", "massive"}
 
 
 def test_named_scenarios_are_those_of_design_md():
     assert set(NAMED) == DESIGN_MD_NAMES
+
+
+def test_massive_puts_a_persistent_offset_on_a_few_fixed_channels():
+    """Three channels, 10^3 to 10^4 times the median |x|, the same channels and signs in every
+    request and seed; the statistics that measure the mechanism find them."""
+    from ffnbench.bench.traffic.drift_stats import drift_stats
+
+    a, b = NAMED["massive"].generate(6, 32, 128, seed=1), NAMED["massive"].generate(6, 32, 128, seed=2)
+    means = a.mean(axis=(0, 1))
+    channels = np.flatnonzero(np.abs(means) > 100)
+    assert len(channels) == 3 and np.array_equal(np.sign(means[channels]), np.sign(b.mean(axis=(0, 1))[channels]))
+    typical = np.median(np.abs(a))
+    assert all(1e3 <= abs(means[c]) / typical <= 1.2e4 for c in channels)
+    stats = drift_stats(a)
+    assert stats["massive_ratio"] > 1e3 and stats["massive_channels_stable"] > 0.3
+    assert Scenario("m").massive_offset(16).tolist() == [0.0] * 16
+    with pytest.raises(UsageError, match="massive_channels and massive_from_layer must be >= 0"):
+        Scenario("m", massive_channels=-1)
 
 
 @pytest.mark.parametrize("name", sorted(DESIGN_MD_NAMES))

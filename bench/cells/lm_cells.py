@@ -25,7 +25,7 @@ from ffnbench import files
 from ffnbench.bench.cells import lm_metrics, metrics
 from ffnbench.bench.cells.cell_record import artifact_summary, finite, recording
 from ffnbench.bench.cells.lm_runnables import LMTorch, evaluate, lm_runnable_for
-from ffnbench.bench.traffic.drift_stats import drift_stats
+from ffnbench.bench.traffic.drift_stats import drift_stats, moments
 from ffnbench.bench.traffic.scenarios import TEXT_DOMAINS
 from ffnbench.errors import UsageError
 from ffnbench.export import NATIVE_OPSET, ExportedModel
@@ -123,6 +123,13 @@ class LMSubject:
         return np.stack([taps[f"ffn_in.{i}"].reshape(-1, self.cfg.d_model).std(axis=0)
                          for i in range(self.cfg.n_layers)])
 
+    @functools.cached_property
+    def clean_moments(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each layer's scale-free feature moments at the FFN input on clean held-out prose: the
+        reference of domain_shift_std."""
+        taps = self.reference("clean")[1]
+        return [moments(taps[f"ffn_in.{i}"]) for i in range(self.cfg.n_layers)]
+
     def _feeds(self, scenario: str | None, tokens: np.ndarray, seed: int, draws: int = 1) -> tuple[list[dict],
                                                                                                      np.ndarray]:
         """The graph inputs for `tokens` under the scenario (None or a text domain: no synthetic drift),
@@ -137,8 +144,11 @@ class LMSubject:
         for draw in range(min(draws, n)):
             windows_of_draw = np.arange(draw, n, draws)
             g, o, scale = spec.affine(len(windows_of_draw), width, seed + DRAW_STRIDE * draw)
-            # The offset is in units of each feature's clean std, measured only where there is one.
-            gain, offset = np.tile(g, (layers, 1)), o[None] * self.feature_std if o.any() else np.zeros((layers, width))
+            # The offset is in units of each feature's clean std, measured only where there is one;
+            # massive channels carry theirs from massive_from_layer on.
+            massive = spec.massive_offset(width)[None] * (np.arange(layers) >= spec.massive_from_layer)[:, None]
+            o = o[None] + massive
+            gain, offset = np.tile(g, (layers, 1)), o * self.feature_std if o.any() else np.zeros((layers, width))
             if spec.mixed_batch:
                 batches.append(feeds(tokens[windows_of_draw], gain, offset, scale))
             else:
@@ -313,6 +323,7 @@ def measure_lm(subject: LMSubject, cell) -> dict:
                                                                 for i in range(layers)])},
                    "runtime": runnable.describe(), "artifact": artifact_summary(manifest)}
         if cell.recipe == "fp32":  # what each FFN norm sees under this scenario, per layer
-            record["drift_stats"] = [finite(drift_stats(ref_taps[f"ffn_in.{i}"])) for i in range(layers)]
+            record["drift_stats"] = [finite(drift_stats(ref_taps[f"ffn_in.{i}"], subject.clean_moments[i]))
+                                     for i in range(layers)]
     return record
 

@@ -169,15 +169,17 @@ def _drift_statistics(run, scenarios: list[str], designs: list[str]) -> list[str
         return []
     layers = len(next(iter(stats.values())))
     lines = ["### Drift at the FFN inputs, measured", "",
-             "Per layer: share of features with a positive mean / signed mean shift in units of feature std / spread "
-             "(std) of log per-request RMS, of the states entering each FFN norm, fp32, first seed, first 16 "
-             "windows. `clean` and the text domains are real states; the synthetic scenarios show what they "
-             "inject.", "",
+             "Per layer, of the states entering each FFN norm (fp32, first seed, first 16 windows; each request "
+             "divided by its RMS first): share of features with a positive mean / mean |feature mean| in feature "
+             "std / share of a token's energy in its cross-feature mean / mean |feature mean − clean prose's| in "
+             "clean std / largest |x| over the median / spread (std) of log per-request RMS. `clean` and the text "
+             "domains are real states; the synthetic scenarios show what they inject.", "",
              "| design | scenario | " + " | ".join(f"layer {i}" for i in range(layers)) + " |",
              "|---|---|" + "---|" * layers]
     for (design, scenario), per_layer in stats.items():
-        cells = [f"{s['positive_mean_fraction']:.2f} / {s['mean_shift_std']:+.2f} / {number(s['rms_spread'], 2)}"
-                 for s in per_layer]
+        cells = [f"{s['positive_mean_fraction']:.2f} / {s['abs_mean_shift_std']:.2f} / {s['token_mean_energy']:.2f} / "
+                 f"{number(s.get('domain_shift_std'), 2)} / {number(s['massive_ratio'], 0)} / "
+                 f"{number(s['rms_spread'], 2)}" for s in per_layer]
         lines.append(f"| {design} | {scenario} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 

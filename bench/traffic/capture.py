@@ -18,7 +18,7 @@ from safetensors.numpy import save_file
 
 from ffnbench import files
 from ffnbench.bench.traffic import hf_capture
-from ffnbench.bench.traffic.drift_stats import drift_stats, per_layer
+from ffnbench.bench.traffic.drift_stats import PER_LAYER_LEGEND, drift_stats, moments, per_layer
 from ffnbench.errors import UsageError
 from ffnbench.models.pair import load_lm
 from ffnbench.versions import stack_versions
@@ -67,8 +67,11 @@ def capture_trained(checkpoint: Path, text: bytes, layers: list[int], max_window
                             "sha256": manifest["sha256"]})
 
 
-def capture(checkpoint: Path, text_path: Path, layers: list[int], out: Path, max_windows: int = 64) -> dict:
-    """Capture, then write out (safetensors) and out.json; returns the JSON record."""
+def capture(checkpoint: Path, text_path: Path, layers: list[int], out: Path, max_windows: int = 64,
+            reference_path: Path | None = None) -> dict:
+    """Capture, then write out (safetensors) and out.json; returns the JSON record. With
+    `reference_path` (a text of the model's usual traffic, e.g. clean prose), each layer's
+    domain_shift_std measures the captured states against that text's through the same model."""
     checkpoint, out = Path(checkpoint), Path(out)
     if out.suffix != ".safetensors":
         raise UsageError(f"--out: {out} must end in .safetensors (the states replay from it)")
@@ -79,23 +82,15 @@ def capture(checkpoint: Path, text_path: Path, layers: list[int], out: Path, max
     if max_windows <= 0:
         raise UsageError(f"--max-windows: must be positive, got {max_windows}")
     text = read_text(text_path)
-    if (checkpoint / "manifest.json").is_file():
-        result = capture_trained(checkpoint, text, layers, max_windows)
-    elif (checkpoint / "config.json").is_file():
-        hf = hf_capture.open_checkpoint(checkpoint)
-        _check_layers(layers, hf.n_layers)
-        result = Capture(hf.run(text, layers, max_windows), hf.source)
-    else:
-        raise UsageError(f"--checkpoint: {checkpoint} holds neither an ffnbench checkpoint (manifest.json) nor a "
-                         "Hugging Face one (config.json); point at the model's directory")
-    for layer, states in result.states.items():
-        bad = int(states.size - np.count_nonzero(np.isfinite(states)))
-        if bad:
-            raise UsageError(f"capture: layer {layer} produced {bad} NaN/Inf values; the checkpoint or text is broken")
+    reference = read_text(reference_path) if reference_path is not None else None
+    result = _capture_states(checkpoint, text, layers, max_windows)
+    baseline = _capture_states(checkpoint, reference, layers, max_windows).states if reference else {}
     record = {
         "kind": "ffnbench.capture", "file": out.name, "checkpoint": result.source,
-        "text": {"file": Path(text_path).name, "bytes": len(text), "sha256": hashlib.sha256(text).hexdigest()},
-        "layers": {str(layer): {"tensor": f"layer.{layer}", "shape": list(states.shape), **drift_stats(states)}
+        "text": _describe_text(text_path, text),
+        "reference": _describe_text(reference_path, reference) if reference else None,
+        "layers": {str(layer): {"tensor": f"layer.{layer}", "shape": list(states.shape),
+                                **drift_stats(states, moments(baseline[layer]) if baseline else None)}
                    for layer, states in result.states.items()},
         "versions": stack_versions() | _transformers_version(result.source),
     }
@@ -117,10 +112,31 @@ def capture(checkpoint: Path, text_path: Path, layers: list[int], out: Path, max
     return record
 
 
+def _capture_states(checkpoint: Path, text: bytes, layers: list[int], max_windows: int) -> Capture:
+    if (checkpoint / "manifest.json").is_file():
+        result = capture_trained(checkpoint, text, layers, max_windows)
+    elif (checkpoint / "config.json").is_file():
+        hf = hf_capture.open_checkpoint(checkpoint)
+        _check_layers(layers, hf.n_layers)
+        result = Capture(hf.run(text, layers, max_windows), hf.source)
+    else:
+        raise UsageError(f"--checkpoint: {checkpoint} holds neither an ffnbench checkpoint (manifest.json) nor a "
+                         "Hugging Face one (config.json); point at the model's directory")
+    for layer, states in result.states.items():
+        bad = int(states.size - np.count_nonzero(np.isfinite(states)))
+        if bad:
+            raise UsageError(f"capture: layer {layer} produced {bad} NaN/Inf values; the checkpoint or text is broken")
+    return result
+
+
+def _describe_text(path: Path, text: bytes) -> dict:
+    return {"file": Path(path).name, "bytes": len(text), "sha256": hashlib.sha256(text).hexdigest()}
+
+
 def summary_lines(record: dict) -> list[str]:
     """One terminal line a layer: its tensor, shape and drift statistics."""
-    return [f"layer {layer}: {stats['shape']} {per_layer([stats]).removeprefix('L0 ')} "
-            "(positive-mean share/mean shift in std/rms spread)" for layer, stats in record["layers"].items()]
+    return [f"layer {layer}: {stats['shape']} {per_layer([stats]).removeprefix('L0 ')} ({PER_LAYER_LEGEND})"
+            for layer, stats in record["layers"].items()]
 
 
 def _transformers_version(source: dict) -> dict:

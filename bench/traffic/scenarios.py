@@ -22,6 +22,12 @@ class Scenario:
     outlier_channels: int = 0  # features whose values are scaled by outlier_scale
     outlier_scale: float = 1.0
     mixed_batch: bool = False  # True: all requests share one batch (one dynamic-quant range)
+    # Massive activations (Sun et al. 2024): a few fixed channels carry a persistent offset of
+    # massive_scale to 10 × massive_scale times the median |x|, each with its own fixed sign, the same
+    # channels in every request and draw; in a whole model from layer massive_from_layer on.
+    massive_channels: int = 0
+    massive_scale: float = 1000.0
+    massive_from_layer: int = 1
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.mean_shift) and self.mean_shift >= 0):
@@ -32,6 +38,10 @@ class Scenario:
             raise UsageError(f"scenario {self.name}: magnitude_sigma must be finite and >= 0")
         if self.outlier_channels < 0 or not (np.isfinite(self.outlier_scale) and self.outlier_scale > 0):
             raise UsageError(f"scenario {self.name}: outlier_channels must be >= 0 and outlier_scale > 0")
+        if self.massive_channels < 0 or not (np.isfinite(self.massive_scale) and self.massive_scale > 0) \
+                or self.massive_from_layer < 0:
+            raise UsageError(f"scenario {self.name}: massive_channels and massive_from_layer must be >= 0 and "
+                             "massive_scale > 0")
 
     def generate(self, n_requests: int, seq_len: int, d_model: int, seed: int = 0) -> np.ndarray:
         """Hidden states (n_requests, seq_len, d_model), float32, identical bit for bit per seed."""
@@ -40,7 +50,20 @@ class Scenario:
                 raise UsageError(f"scenario {self.name}: {field} must be positive, got {value}")
         base = _rng(seed, "base").standard_normal((n_requests, seq_len, d_model))
         gain, offset, scale = self.affine(n_requests, d_model, seed)
+        offset = offset + self.massive_offset(d_model)
         return ((base * gain + offset) * scale[:, None, None]).astype(np.float32)
+
+    def massive_offset(self, d_model: int) -> np.ndarray:
+        """(d_model,) the massive channels' persistent offsets in units of the feature std (the median
+        |x| of unit-std states is 0.6745 of it); zero elsewhere. Fixed channels and signs, not drawn
+        per seed: a model's massive channels are its own, whatever the request."""
+        offset = np.zeros(d_model)
+        if self.massive_channels:
+            rng = _rng(0, "massive")
+            channels = rng.choice(d_model, min(self.massive_channels, d_model), replace=False)
+            size = self.massive_scale * MEDIAN_ABS_NORMAL * 10 ** rng.random(len(channels))
+            offset[channels] = np.where(rng.random(len(channels)) < 0.5, -1.0, 1.0) * size
+        return offset
 
     def affine(self, n_requests: int, d_model: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The drift as (h·gain + offset)·scale on unit-std states: gain and offset per feature
@@ -191,6 +214,9 @@ class Replay:
                 "calibration_share": self.calibration_share, **drift}
 
 
+MEDIAN_ABS_NORMAL = 0.6745  # the median |x| of a standard normal, in its std
+
+
 def _rng(seed: int, stream: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(stream.encode())])
 
@@ -204,6 +230,7 @@ NAMED = {
     "outliers": Scenario("outliers", outlier_channels=4, outlier_scale=20.0),
     "production": Scenario("production", mean_shift=4.0, shift_fraction=0.9, magnitude_sigma=1.5,
                            mixed_batch=True),
+    "massive": Scenario("massive", massive_channels=3, massive_scale=1000.0),
 }
 
 
