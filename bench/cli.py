@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch", type=int, help="sequences a step (default: TrainConfig's)")
     train.add_argument("--seed", type=int, help="initialisation and data order (default 0)")
     train.add_argument("--lr", type=float, help="peak learning rate (default: TrainConfig's)")
+    train.add_argument("--init-from", help="fine-tune: start from this checkpoint directory's weights")
+    train.add_argument("--drift", help="named scenarios a share of the requests carries while training, e.g. "
+                       "production,massive (a model that lives with its drift)")
+    train.add_argument("--drift-share", type=float, default=0.5, help="share of requests drifted (default 0.5)")
+    train.add_argument("--inject", default="ffn-input", help="where the drift enters: ffn-input or residual")
 
     capture = sub.add_parser("capture", help="hidden states entering chosen FFN norms of a real model, over a text")
     capture.add_argument("--checkpoint", required=True,
@@ -288,11 +293,13 @@ def _print_downstream(out: Path) -> None:
     found = [v for v in json.loads(path.read_text()) if v["family"] != "fp32"] if path.exists() else []
     if found:
         print(f"downstream, A vs B by recipe family (95 % intervals over seeds and windows; {path}):")
-    for scenario in dict.fromkeys(v["scenario"] for v in found):
-        rows = [v for v in found if v["scenario"] == scenario]
+    pairs = list(dict.fromkeys(v.get("pair", "trained") for v in found))
+    for pair, scenario in dict.fromkeys((v.get("pair", "trained"), v["scenario"]) for v in found):
+        rows = [v for v in found if (v.get("pair", "trained"), v["scenario"]) == (pair, scenario)]
         counts = ", ".join(f"{verdict} {n}" for verdict in VERDICTS
                            if (n := sum(v["verdict"] == verdict for v in rows)))
-        print(f"  {scenario:<12} {counts}" + (f" ({rows[0]['reason']})" if rows[0]["reason"] else ""))
+        where = f"{pair} {scenario}" if len(pairs) > 1 else scenario
+        print(f"  {where:<12} {counts}" + (f" ({rows[0]['reason']})" if rows[0]["reason"] else ""))
 
 
 def cmd_merge(args) -> int:
@@ -375,14 +382,24 @@ def cmd_train(args) -> int:
 
     seed = {} if args.seed is None else {"seed": args.seed}
     lm_cfg = LMConfig(design=args.design, **seed)
-    cfg = TrainConfig(**{k: getattr(args, k) for k in ("steps", "batch", "lr") if getattr(args, k) is not None},
-                      **seed)
-    m = train(lm_cfg, cfg, args.out)
+    cfg = TrainConfig(**{k: getattr(args, k) for k in ("steps", "batch", "lr", "init_from") if getattr(args, k)
+                         is not None}, **seed)
+    m = train(lm_cfg, cfg, args.out, drift=_drift_sampler(args, lm_cfg, cfg) if args.drift else None)
     print(f"wrote {args.out}: design {args.design}, {m['parameters']:,} parameters, {m['steps']} steps, "
           f"final loss {m['losses'][-1]:.3f} nats, validation {m['validation_bits_per_byte']:.3f} and held-out "
           f"{m['held_out_bits_per_byte']:.3f} bits per byte "
           f"({m['corpus']['source']}, sha256 {m['corpus']['sha256'][:12]})")
     return 0
+
+
+def _drift_sampler(args, lm_cfg, cfg):
+    from ffnbench.bench.traffic.drift_training import DriftSampler, probe_windows
+    from ffnbench.bench.traffic.scenarios import scenario
+    from ffnbench.models import corpus
+
+    scenarios = {name: scenario(name) for name in args.drift.split(",") if name}
+    train_bytes = corpus.prose().split_validation()[0]
+    return DriftSampler(scenarios, args.drift_share, args.inject, probe_windows(train_bytes, lm_cfg.context), cfg.seed)
 
 
 def cmd_capture(args) -> int:

@@ -14,7 +14,7 @@ from ffnbench.bench.traffic.scenarios import NAMED, TEXT_DOMAINS, Replay, Scenar
 from ffnbench.errors import UsageError
 from ffnbench.models import DESIGNS, PRESETS, FFNBlock, FFNConfig, build_model, preset
 from ffnbench.models.lm import INJECT
-from ffnbench.models.pair import trained_seeds
+from ffnbench.models.pair import KINDS, trained_seeds
 from ffnbench.quant import FAMILIES, RECIPES, recipe_config
 
 QUICK_RECIPES = ("fp32", "ort-int8-dynamic", "ort-int4-rtn", "bnb-int8", "bnb-nf4")
@@ -66,6 +66,8 @@ class RunConfig:
     lm_recipes: list[str] = field(default_factory=list)
     lm_scenarios: list[str] = field(default_factory=lambda: ["clean", "production", "domain-code"])
     lm_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # committed training seeds, each design
+    # Which committed models: "trained" (on clean prose) and/or "drift" (fine-tuned with drift present).
+    lm_models: list[str] = field(default_factory=lambda: ["trained"])
     # Held-out windows of 128 bytes a scenario. 64 resolve a 10 % KL ratio between the designs on
     # clean text; the spread between training seeds is the larger term (docs/downstream.md).
     lm_windows: int = 64
@@ -220,11 +222,16 @@ class RunConfig:
                                  "(lm cells read text); calibrate on a synthetic scenario, or drop QDQ from lm_recipes")
         if self.lm_recipes and not self.lm_scenarios:
             raise UsageError("lm_scenarios: empty; name at least one (e.g. clean) or set lm_recipes = []")
-        for design in (d for d in self.designs if d in ("A", "B")) if self.lm_recipes else ():
-            committed = trained_seeds(design)
-            if not self.lm_seeds or any(s not in committed for s in self.lm_seeds):
-                raise UsageError(f"lm_seeds: {self.lm_seeds} are not all committed training seeds of design {design}; "
-                                 f"choose from {', '.join(map(str, committed))}")
+        for kind in self.lm_models if self.lm_recipes else ():
+            if kind not in KINDS:
+                raise UsageError(f"lm_models: unknown '{kind}'; choose from {', '.join(KINDS)}")
+            for design in (d for d in self.designs if d in ("A", "B")):
+                committed = trained_seeds(design, kind)
+                if not self.lm_seeds or any(s not in committed for s in self.lm_seeds):
+                    raise UsageError(f"lm_seeds: {self.lm_seeds} are not all committed training seeds of the {kind} "
+                                     f"design {design}; choose from {', '.join(map(str, committed)) or 'none'}")
+        if self.lm_recipes and not self.lm_models:
+            raise UsageError(f"lm_models: empty; name at least one of {', '.join(KINDS)} or set lm_recipes = []")
         if self.lm_inject not in INJECT:
             raise UsageError(f"lm_inject: unknown '{self.lm_inject}'; choose one of {', '.join(INJECT)}")
 
@@ -270,7 +277,8 @@ PRESETS_RUN = {
                       lm_scenarios=[*NAMED, *TEXT_DOMAINS], per_model={"llama-7b": LLAMA_7B}),
 }
 
-LIST_KEYS = ("designs", "models", "recipes", "scenarios", "calibration", "lm_recipes", "lm_scenarios")
+LIST_KEYS = ("designs", "models", "recipes", "scenarios", "calibration", "lm_recipes", "lm_scenarios",
+             "lm_models")
 INT_LIST_KEYS = ("lm_seeds",)
 SHAPE_KEYS = ("decode", "prefill")
 SCALAR_KEYS = {"preset": str, "n_requests": int, "seq_len": int, "seed": int, "calibration_requests": int,

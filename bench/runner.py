@@ -13,7 +13,7 @@ import numpy as np
 from ffnbench import files
 from ffnbench.bench.cells import diagnosis, latency_cells, lm_cells, memory, metrics, prebuild
 from ffnbench.bench.cells.cell_record import artifact_summary, finite, recording
-from ffnbench.bench.cells.lm_cells import LM_DESIGNS, LMSubject, lm_model, measure_lm, seed_of
+from ffnbench.bench.cells.lm_cells import LM_DESIGNS, LMSubject, kind_and_seed, lm_model, measure_lm
 from ffnbench.bench.cells.runnables import Runnable, TorchRunnable, ort_has_cuda, runnable_for
 from ffnbench.bench.config import RunConfig
 from ffnbench.bench.machine import doctor, fit, u8s8
@@ -46,8 +46,8 @@ class Cell:
 
 def plan(config: RunConfig) -> list[Cell]:
     """Every cell of the matrix, ordered by model size, then accuracy before latency; the trained
-    pair's lm cells last, for the run's designs among the pair's, its recipes among lm_recipes and
-    each training seed of lm_seeds."""
+    pair's lm cells last, for the run's designs among the pair's, its recipes among lm_recipes, each
+    kind of committed model in lm_models and each training seed of lm_seeds."""
     cells = []
     for model in config.models:
         mc = config.for_model(model)
@@ -59,9 +59,9 @@ def plan(config: RunConfig) -> list[Cell]:
                 cells += [Cell(design, model, recipe, shape, cal, kind="latency") for cal in _calibrations(mc, recipe)]
     lm_designs = [d for d in config.designs if d in LM_DESIGNS]
     lm_recipes = [r for r in config.recipes if r in config.lm_recipes]
-    for seed, design, recipe in itertools.product(config.lm_seeds, lm_designs, lm_recipes):
+    for kind, seed, design, recipe in itertools.product(config.lm_models, config.lm_seeds, lm_designs, lm_recipes):
         for cal in _calibrations(config, recipe):
-            cells += [Cell(design, lm_model(seed), recipe, s, cal, kind="lm") for s in config.lm_scenarios]
+            cells += [Cell(design, lm_model(seed, kind), recipe, s, cal, kind="lm") for s in config.lm_scenarios]
     return cells
 
 
@@ -140,7 +140,8 @@ def run_lm(cells: list[Cell], config: RunConfig, store: RunStore, bar: Progress)
     subjects = {}
     for design, model in groups:
         bar.phase(f"{model} {design}: export (whole model)")
-        subjects[design, model] = LMSubject(config, design, seed_of(model), store.out / "artifacts")
+        kind, seed = kind_and_seed(model)
+        subjects[design, model] = LMSubject(config, design, seed, store.out / "artifacts", kind)
     jobs = {key: prebuild.builds({key[0]: subjects[key]}, group) for key, group in groups.items()}
     calibrated = any(job["calibration"] is not None for js in jobs.values() for _, job in js)  # else starting
     with prebuild.pool(config) if calibrated else contextlib.nullcontext() as pool:  # workers costs more

@@ -91,8 +91,9 @@ class Block(nn.Module):
 @dataclass(frozen=True)
 class Drift:
     """A per-request affine change of the hidden states entering every FFN: (h·gain + offset)·scale,
-    gain and offset (n_layers, d_model) per layer, scale (batch,) per request. The identity
-    (gain 1, offset 0, scale 1) leaves a forward bit for bit as without it."""
+    gain and offset (n_layers, d_model) per layer, or (n_layers, batch, 1, d_model) where each request
+    has its own (drift training), scale (batch,) per request. The identity (gain 1, offset 0,
+    scale 1) leaves a forward bit for bit as without it."""
 
     gain: torch.Tensor
     offset: torch.Tensor
@@ -140,7 +141,7 @@ class CausalLM(nn.Module):
             h = block(h, drift, inject, taps)
         return self.head(self.norm(h))
 
-    def loss(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Mean next-byte cross-entropy (nats) over a batch of sequences (B, T+1)."""
-        logits = self(tokens[:, :-1])
+    def loss(self, tokens: torch.Tensor, drift: Drift | None = None, inject: str = "ffn-input") -> torch.Tensor:
+        """Mean next-byte cross-entropy (nats) over a batch of sequences (B, T+1), under `drift`."""
+        logits = self(tokens[:, :-1], drift, inject)
         return F.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))

@@ -17,13 +17,18 @@ TRAINED = Path(__file__).resolve().parent / "trained"
 CHECKPOINT_KIND = "ffnbench.lm"
 
 
-def trained_dir(design: str, seed: int = 0) -> Path:
-    return TRAINED / "seeds" / design / str(seed)
+# The committed models by kind: "trained" (models/trained/seeds: trained on clean prose) and "drift"
+# (models/trained/drift: the same seeds fine-tuned with drift on a share of requests).
+KINDS = {"trained": "seeds", "drift": "drift"}
 
 
-def trained_seeds(design: str) -> list[int]:
-    """The committed training seeds of a design, in order."""
-    return sorted(int(p.name) for p in (TRAINED / "seeds" / design).glob("*") if (p / "manifest.json").is_file())
+def trained_dir(design: str, seed: int = 0, kind: str = "trained") -> Path:
+    return TRAINED / KINDS[kind] / design / str(seed)
+
+
+def trained_seeds(design: str, kind: str = "trained") -> list[int]:
+    """The committed training seeds of a design and kind, in order."""
+    return sorted(int(p.name) for p in (TRAINED / KINDS[kind] / design).glob("*") if (p / "manifest.json").is_file())
 
 
 def load_lm(path: Path, design: str | None = None) -> tuple[CausalLM, dict]:

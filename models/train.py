@@ -21,6 +21,7 @@ from ffnbench import files
 from ffnbench.errors import UsageError
 from ffnbench.models import corpus
 from ffnbench.models.lm import CausalLM, LMConfig
+from ffnbench.models.pair import load_lm
 from ffnbench.versions import stack_versions
 
 INITS = ("gpt2", "ffn-synthetic")
@@ -41,6 +42,8 @@ class TrainConfig:
     init: str = "gpt2"
     decay_vectors: bool = False  # weight decay on gains and biases too (checkpoints before it: True)
     validation: bool = True  # hold VALIDATION of the training bytes out to score (checkpoints before it: False)
+    # Fine-tuning: start from this checkpoint's weights (same design and config) instead of an init.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "eval_batch"):
@@ -105,6 +108,16 @@ def gpt2_init_(model: CausalLM, seed: int) -> None:
                 module.weight.fill_(1.0)
 
 
+def _load_start(path: str, lm_cfg: LMConfig, model: CausalLM) -> dict:
+    """Load a checkpoint's weights into `model` (its config must be lm_cfg's); what the manifest records."""
+    start, manifest = load_lm(Path(path), lm_cfg.design)
+    if start.cfg != lm_cfg:
+        raise UsageError(f"--init-from: {path} holds {start.cfg}, not the model asked for ({lm_cfg}); give --seed "
+                         "the checkpoint's")
+    model.load_state_dict(start.state_dict())
+    return {"path": str(path), "sha256": manifest["sha256"]}
+
+
 def parameter_groups(model: CausalLM, cfg: TrainConfig) -> list[dict]:
     """Weight decay on matrices and embeddings; on gains and biases (1-d) only with decay_vectors."""
     matrices = [p for p in model.parameters() if p.ndim >= 2]
@@ -113,9 +126,12 @@ def parameter_groups(model: CausalLM, cfg: TrainConfig) -> list[dict]:
             {"params": vectors, "weight_decay": cfg.weight_decay if cfg.decay_vectors else 0.0}]
 
 
-def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress: bool | None = None) -> dict:
+def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress: bool | None = None,
+          drift=None) -> dict:
     """Train one CausalLM on the prose corpus; write it to `out` (nothing half-written) and return its
-    manifest (the losses of every step among it)."""
+    manifest (the losses of every step among it). `drift(step, model, batch) -> (Drift | None,
+    inject)` puts a drift on the states of each step's requests (bench/traffic/drift_training.py);
+    its describe() goes into the manifest."""
     text = corpus.prose()
     train_bytes, validation, held_out = text.split_validation()
     if not cfg.validation:
@@ -128,15 +144,19 @@ def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress:
         raise UsageError(f"--out: {out} already exists; choose a new directory")
     torch.manual_seed(lm_cfg.seed)  # nothing should draw from it; pinned anyway for determinism
     model = CausalLM(lm_cfg)
-    if cfg.init == "gpt2":
+    start = None
+    if cfg.init_from is not None:
+        start = _load_start(cfg.init_from, lm_cfg, model)
+    elif cfg.init == "gpt2":
         gpt2_init_(model, lm_cfg.seed)
     optimiser = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: schedule(step, cfg))
     losses, started = [], time.perf_counter()
     model.train()
-    for tokens in tqdm(batches(train_bytes, lm_cfg.context, cfg), total=cfg.steps, unit="step", file=sys.stderr,
-                       disable=None if progress is None else not progress, desc=f"train {lm_cfg.design}"):
-        loss = model.loss(tokens)
+    for step, tokens in enumerate(tqdm(batches(train_bytes, lm_cfg.context, cfg), total=cfg.steps, unit="step",
+                                       file=sys.stderr, disable=None if progress is None else not progress,
+                                       desc=f"train {lm_cfg.design}")):
+        loss = model.loss(tokens, *drift(step, model, len(tokens))) if drift else model.loss(tokens)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -151,6 +171,7 @@ def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress:
         else None,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(time.perf_counter() - started, 1), "versions": stack_versions(),
+        "init_from": start, "drift": drift.describe() if drift else None,
     }
     if out is not None:
         with files.staged_dir(Path(out)) as stage:

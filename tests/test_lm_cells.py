@@ -279,8 +279,8 @@ def test_drift_draws_take_turns_over_the_windows_and_are_the_same_for_both_desig
 
 
 def test_lm_seeds_must_be_committed_ones():
-    with pytest.raises(UsageError, match=r"lm_seeds: \[0, 7\] are not all committed training seeds of design A; "
-                                          "choose from 0, 1, 2"):
+    with pytest.raises(UsageError, match=r"lm_seeds: \[0, 7\] are not all committed training seeds of the trained "
+                                          "design A; choose from 0, 1, 2"):
         RunConfig(lm_recipes=["fp32"], lm_seeds=[0, 7]).check()
 
 
@@ -300,3 +300,27 @@ def test_each_row_of_an_evaluation_is_its_window_under_its_own_draw(lm_run):
                                                         offset[None] * subject.feature_std,
                                                         scale[w // config.lm_draws:w // config.lm_draws + 1]))
         assert np.max(np.abs(alone[0] - logits[w])) <= 1e-4, w
+
+
+def test_a_run_measures_each_kind_of_committed_model_on_its_own(tmp_path, monkeypatch, seed_exports):
+    """lm_models names which committed models run: each kind gets its own cells, verdicts and report
+    section (here a stand-in "drift" set: copies of seed 0, so both kinds must agree exactly)."""
+    from ffnbench.models import pair
+
+    shutil.copytree(pair.TRAINED / "seeds", tmp_path / "trained" / "seeds")
+    shutil.copytree(pair.TRAINED / "seeds", tmp_path / "trained" / "drift", ignore=shutil.ignore_patterns("1", "2"))
+    monkeypatch.setattr(pair, "TRAINED", tmp_path / "trained")
+    config = RunConfig(models=["tiny"], recipes=["fp32", "ort-int8-dynamic"], scenarios=["clean"], n_requests=1,
+                       seq_len=4, latency=False, lm_recipes=["fp32", "ort-int8-dynamic"], lm_scenarios=["clean"],
+                       lm_windows=4, lm_draws=2, lm_seeds=[0], lm_models=["trained", "drift"])
+    out = seed_exports(tmp_path / "run")
+    cells = [c for c in run(config, out, progress=False) if c["kind"] == "lm"]
+    assert {(c["model"], c["pair"]) for c in cells} == {("trained-s0", "trained"), ("drift-s0", "drift")}
+    by = {(c["pair"], c["design"], c["recipe"]): c["metrics"]["kl_to_fp32"] for c in cells}
+    assert all(by["drift", d, r] == by["trained", d, r] for _, d, r in by)
+    text = report.write(out).read_text()
+    assert text.index("## Downstream: the drift-trained pair") < text.index("## Downstream: the trained pair")
+    found = json.loads((out / "downstream.json").read_text())
+    assert sorted(v["pair"] for v in found) == ["drift", "trained"]
+    with pytest.raises(UsageError, match="lm_seeds: \\[1\\] are not all committed training seeds of the drift design"):
+        RunConfig(lm_recipes=["fp32"], lm_seeds=[1], lm_models=["drift"]).check()

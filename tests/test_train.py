@@ -154,3 +154,14 @@ def test_the_seeds_of_a_design_share_one_learning_rate():
     for path in SEEDS.glob("*/*/manifest.json"):
         rates.setdefault(path.parts[-3], set()).add(json.loads(path.read_text())["train"]["lr"])
     assert rates and all(len(r) == 1 for r in rates.values()), rates
+
+
+def test_fine_tuning_starts_from_the_checkpoint_and_records_it(tmp_path):
+    start = train(SMALL, TrainConfig(steps=2, batch=2, eval_batch=4), tmp_path / "start", progress=False)
+    again = train(SMALL, TrainConfig(steps=1, batch=2, eval_batch=4, lr=1e-12, init_from=str(tmp_path / "start")),
+                  tmp_path / "tuned", progress=False)
+    assert again["init_from"] == {"path": str(tmp_path / "start"), "sha256": start["sha256"]}
+    # A step of lr 1e-12 leaves the weights where the checkpoint had them: the held-out figure too.
+    assert again["held_out_bits_per_byte"] == pytest.approx(start["held_out_bits_per_byte"], abs=1e-4)
+    with pytest.raises(UsageError, match="holds design A, not B"):
+        train(replace(SMALL, design="B"), TrainConfig(steps=1, init_from=str(tmp_path / "start")), progress=False)

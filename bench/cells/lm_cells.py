@@ -36,7 +36,6 @@ from ffnbench.quant import RECIPES, Skipped, load_artifact, quantize
 from ffnbench.quant.calibration import LMCalibration
 from ffnbench.versions import stack_versions
 
-LM_MODEL = "trained"  # lm cells' model names: trained-s0, trained-s1, ... one a training seed
 LM_DESIGNS = ("A", "B")  # the designs the pair was trained in
 # Tap metrics and drift statistics read the first windows only: a reference keeps their taps for
 # every recipe, and 16 windows (2,048 tokens) a scenario is what they always read.
@@ -44,12 +43,14 @@ TAP_WINDOWS = 16
 DRAW_STRIDE = 1000  # draw d of a synthetic drift uses seed + 1000·d (calibration uses seed + 1)
 
 
-def lm_model(seed: int) -> str:
-    return f"{LM_MODEL}-s{seed}"
+def lm_model(seed: int, kind: str = "trained") -> str:
+    """An lm cell's model name: the kind of committed model and its training seed, e.g. drift-s1."""
+    return f"{kind}-s{seed}"
 
 
-def seed_of(model: str) -> int:
-    return int(model.removeprefix(f"{LM_MODEL}-s"))
+def kind_and_seed(model: str) -> tuple[str, int]:
+    kind, _, seed = model.rpartition("-s")
+    return kind, int(seed)
 
 
 def windows(data: np.ndarray, n: int, context: int, name: str) -> np.ndarray:
@@ -68,8 +69,9 @@ def _corpus(name: str) -> corpus.Corpus:
 
 def check(config) -> None:
     """Everything lm cells read, before a run writes anything: checkpoints by hash, texts by length."""
-    for design, seed in itertools.product((d for d in config.designs if d in LM_DESIGNS), config.lm_seeds):
-        model, _ = load_lm(trained_dir(design, seed), design)
+    for kind, design, seed in itertools.product(config.lm_models, (d for d in config.designs if d in LM_DESIGNS),
+                                                config.lm_seeds):
+        model, _ = load_lm(trained_dir(design, seed, kind), design)
         for domain in {"prose", *(TEXT_DOMAINS[s] for s in config.lm_scenarios if s in TEXT_DOMAINS)}:
             train, held_out = _corpus(domain).split()
             windows(held_out, 1, model.cfg.context, f"{domain} (held out)")
@@ -80,10 +82,10 @@ class LMSubject:
     """One design and training seed of the trained pair: its checkpoint and export, texts, drifts,
     references, artifacts."""
 
-    def __init__(self, config, design: str, seed: int, artifacts: Path):
-        self.config, self.design, self.seed, self.artifacts = config, design, seed, artifacts
-        self.model, checkpoint = load_lm(trained_dir(design, seed), design)
-        name = f"trained/{design}/{seed}"
+    def __init__(self, config, design: str, seed: int, artifacts: Path, kind: str = "trained"):
+        self.config, self.design, self.seed, self.kind, self.artifacts = config, design, seed, kind, artifacts
+        self.model, checkpoint = load_lm(trained_dir(design, seed, kind), design)
+        name = f"{kind}/{design}/{seed}"
         self.model.source = {"kind": "checkpoint", "name": name, "sha256": checkpoint["sha256"]}
         self.cfg = self.model.cfg
         self.checkpoint = summary(checkpoint, name) | {"corpus_read_sha256": _corpus("prose").sha256}
@@ -296,7 +298,8 @@ def _pooled(taps: dict, layers: int) -> dict[str, np.ndarray]:
 
 
 def measure_lm(subject: LMSubject, cell) -> dict:
-    record = {"key": cell.key, "kind": "lm", "design": cell.design, "model": cell.model, "seed": subject.seed,
+    record = {"key": cell.key, "kind": "lm", "design": cell.design, "model": cell.model, "pair": subject.kind,
+              "seed": subject.seed,
               "recipe": cell.recipe, "scenario": cell.scenario, "calibration": cell.calibration,
               "inject": subject.config.lm_inject}
     layers = subject.cfg.n_layers

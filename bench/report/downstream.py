@@ -33,29 +33,34 @@ def _mean(cells: list[dict], metric: str):
     return None if not values or None in values else statistics.fmean(values)
 
 
-def checkpoints(run) -> dict[tuple[str, int], dict]:
+def checkpoints(lm: dict) -> dict[tuple[str, int], dict]:
     """(design, seed) -> the checkpoint summary its fp32 lm cells record (identity, held-out bpb, curve)."""
     found = {}
-    for (design, recipe, _), cells in run.lm.items():
+    for (design, recipe, _), cells in lm.items():
         for cell in cells if recipe == "fp32" else ():
             if "loss_curve" in (cell.get("checkpoint") or {}):
                 found.setdefault((design, cell.get("seed", 0)), cell["checkpoint"])
     return dict(sorted(found.items()))
 
 
-def section(run, plot_dir: Path, sublayer: tuple[str, str, float] | None, found: list[Comparison]) -> list[str]:
-    """Markdown lines for the lm cells of `run` (a report.Run); [] when it has none. `sublayer`:
-    (model, scenario, median A − B centered SQNR) of the sublayer verdict, to set beside this one;
-    `found`: the run's comparisons (downstream_verdict.comparisons)."""
-    if not run.lm:
+TITLES = {"trained": "the trained pair", "drift": "the drift-trained pair"}
+
+
+def section(run, plot_dir: Path, sublayer: tuple[str, str, float] | None, found: list[Comparison],
+            kind: str = "trained") -> list[str]:
+    """Markdown lines for the lm cells of `run` (a report.Run) on one kind of committed model; []
+    when it has none. `sublayer`: (model, scenario, median A − B centered SQNR) of the sublayer
+    verdict, to set beside this one; `found`: those cells' comparisons (downstream_verdict)."""
+    lm = run.lm_pairs.get(kind, {})
+    if not lm:
         return []
     config = run.manifest.get("config", {})
-    designs = [d for d in ("A", "B") if any(k[0] == d for k in run.lm)]
-    scenarios = list(dict.fromkeys(k[2] for k in run.lm))
-    recipes = list(dict.fromkeys(k[1] for k in run.lm))
+    designs = [d for d in ("A", "B") if any(k[0] == d for k in lm)]
+    scenarios = list(dict.fromkeys(k[2] for k in lm))
+    recipes = list(dict.fromkeys(k[1] for k in lm))
     threshold = config.get("healthy_delta_bpb", 0.1)
-    detail = per_recipe(run.lm, threshold)
-    lines = ["## Downstream: the trained pair", "",
+    detail = per_recipe(lm, threshold)
+    lines = [f"## Downstream: {TITLES.get(kind, kind)}", "",
              "Byte-level language models per design, trained here on the same text with the same everything but "
              "the FFN sublayers, several training seeds each; each recipe quantizes the FFN sublayers of every block "
              "(attention and head stay fp32), and each scenario drifts the states entering every FFN norm (`inject = "
@@ -65,33 +70,38 @@ def section(run, plot_dir: Path, sublayer: tuple[str, str, float] | None, found:
              "without synthetic drift, so it includes the drift's own cost. Every A-vs-B figure is a mean over seeds "
              "with a 95 % interval that resamples training seeds and, within them, windows (paired: the same "
              "windows and drift draws for A and B).", ""]
-    lines += _training(run, plot_dir)
-    lines += ["### Downstream verdict", "", *verdict(run, found, scenarios, sublayer, threshold), ""]
-    lines += _verdict_table(found, run, plot_dir)
+    lines += _training(lm, run.dir, plot_dir, kind)
+    lines += ["### Downstream verdict", "", *verdict(found, scenarios, sublayer), ""]
+    lines += _verdict_table(found, run.dir, plot_dir, kind)
     for scenario in scenarios:
-        lines += _ab_table(run, scenario, recipes, detail)
-    lines += _drift_damage(run, scenarios, found, threshold)
-    lines += _drift_statistics(run, scenarios, designs)
-    lines += _spikes(run, scenarios, designs)
+        lines += _ab_table(lm, scenario, recipes, detail)
+    lines += _drift_damage(lm, scenarios, found, threshold)
+    lines += _drift_statistics(lm, scenarios, designs)
+    lines += _spikes(lm, scenarios, designs)
     return lines
 
 
-def _training(run, plot_dir: Path) -> list[str]:
-    found = checkpoints(run)
+def _training(lm: dict, run_dir: Path, plot_dir: Path, kind: str) -> list[str]:
+    found = checkpoints(lm)
     if not found:
         return []
     lines = ["| design | seed | parameters | steps | held-out bits per byte | checkpoint sha256 |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {d} | {s} | {c['parameters']:,} | {c['steps']} | {c['held_out_bits_per_byte']:.3f} | "
               f"`{c['sha256'][:12]}` |" for (d, s), c in found.items()]
-    path = plots.training_curves({k: c["loss_curve"] for k, c in found.items()}, plot_dir / "training_curves.png")
+    path = plots.training_curves({k: c["loss_curve"] for k, c in found.items()},
+                                 plot_dir / f"training_curves{_suffix(kind)}.png")
     corpus = next(iter(found.values()))["corpus"]
     return [*lines, "", f"Trained on `{corpus['source']}` ({corpus['bytes']:,} bytes, sha256 "
             f"`{corpus['sha256'][:12]}`), the last {corpus['held_out']:.0%} held out.", "",
-            f"![training curves]({path.relative_to(run.dir)})", ""]
+            f"![training curves]({path.relative_to(run_dir)})", ""]
 
 
-def _verdict_table(found: list[Comparison], run, plot_dir: Path) -> list[str]:
+def _suffix(kind: str) -> str:
+    return "" if kind == "trained" else f"_{kind}"
+
+
+def _verdict_table(found: list[Comparison], run_dir: Path, plot_dir: Path, kind: str) -> list[str]:
     rows = [c for c in found if c.family != "fp32"]
     if not rows:
         return []
@@ -111,18 +121,18 @@ def _verdict_table(found: list[Comparison], run, plot_dir: Path) -> list[str]:
     plotted = [(f"{c.scenario} · {c.family}", c.kl_ratio, *c.ci95, c.verdict) for c in rows if c.kl_ratio]
     if plotted:
         path = plots.intervals(plotted, "kl_to_fp32 ratio A/B (95 % CI; left of 1: A loses less)",
-                               "Downstream: A vs B per family", plot_dir / "downstream_intervals.png")
-        lines += ["", f"![downstream intervals]({path.relative_to(run.dir)})"]
+                               "Downstream: A vs B per family", plot_dir / f"downstream_intervals{_suffix(kind)}.png")
+        lines += ["", f"![downstream intervals]({path.relative_to(run_dir)})"]
     return [*lines, ""]
 
 
-def _ab_table(run, scenario: str, recipes: list[str], detail: dict) -> list[str]:
+def _ab_table(lm: dict, scenario: str, recipes: list[str], detail: dict) -> list[str]:
     lines = [f"### A vs B under `{scenario}`, per recipe", "",
              "Means over seeds; the ratio's interval as in the verdict table.", "",
              "| recipe | kl_to_fp32 A | B | ratio A/B [95 % CI] | delta_bpb A | B | top1 A | B |",
              "|---|---|---|---|---|---|---|---|"]
     for recipe in recipes:
-        cells = [run.lm.get((d, recipe, scenario), []) for d in ("A", "B")]
+        cells = [lm.get((d, recipe, scenario), []) for d in ("A", "B")]
         if not any(cells) or recipe == "fp32":
             continue
         c = detail.get((recipe, scenario))
@@ -133,8 +143,8 @@ def _ab_table(run, scenario: str, recipes: list[str], detail: dict) -> list[str]
     return [*lines, ""]
 
 
-def _drift_damage(run, scenarios: list[str], found: list[Comparison], threshold: float) -> list[str]:
-    rows = [(s, [run.lm.get((d, "fp32", s), []) for d in ("A", "B")]) for s in scenarios]
+def _drift_damage(lm: dict, scenarios: list[str], found: list[Comparison], threshold: float) -> list[str]:
+    rows = [(s, [lm.get((d, "fp32", s), []) for d in ("A", "B")]) for s in scenarios]
     rows = [(s, cells) for s, cells in rows if all(cells)]
     if not rows:
         return []
@@ -157,13 +167,13 @@ def _drift_damage(run, scenarios: list[str], found: list[Comparison], threshold:
     return [*lines, ""]
 
 
-def _first_seed(run, design: str, scenario: str) -> dict | None:
-    cells = run.lm.get((design, "fp32", scenario))
+def _first_seed(lm: dict, design: str, scenario: str) -> dict | None:
+    cells = lm.get((design, "fp32", scenario))
     return cells[0] if cells else None
 
 
-def _drift_statistics(run, scenarios: list[str], designs: list[str]) -> list[str]:
-    stats = {(d, s): (_first_seed(run, d, s) or {}).get("drift_stats") for d in designs for s in scenarios}
+def _drift_statistics(lm: dict, scenarios: list[str], designs: list[str]) -> list[str]:
+    stats = {(d, s): (_first_seed(lm, d, s) or {}).get("drift_stats") for d in designs for s in scenarios}
     stats = {k: v for k, v in stats.items() if v}
     if not stats:
         return []
@@ -184,8 +194,8 @@ def _drift_statistics(run, scenarios: list[str], designs: list[str]) -> list[str
     return [*lines, ""]
 
 
-def _spikes(run, scenarios: list[str], designs: list[str]) -> list[str]:
-    rows = [(d, s, _first_seed(run, d, s)) for d in designs for s in scenarios if _first_seed(run, d, s)]
+def _spikes(lm: dict, scenarios: list[str], designs: list[str]) -> list[str]:
+    rows = [(d, s, _first_seed(lm, d, s)) for d in designs for s in scenarios if _first_seed(lm, d, s)]
     if not rows:
         return []
     layers = len(rows[0][2]["layers"]["spike_ratio"])
@@ -200,8 +210,7 @@ def _spikes(run, scenarios: list[str], designs: list[str]) -> list[str]:
     return [*lines, ""]
 
 
-def verdict(run, found: list[Comparison], scenarios: list[str], sublayer: tuple[str, str, float] | None,
-            threshold: float) -> list[str]:
+def verdict(found: list[Comparison], scenarios: list[str], sublayer: tuple[str, str, float] | None) -> list[str]:
     """Per scenario: which design loses less to quantizing its FFNs, counted by family, or why not."""
     if not any(c.family != "fp32" for c in found):
         return ["No A-vs-B comparison: the run has no quantized lm cells with per-window figures for both designs "

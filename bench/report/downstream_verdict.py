@@ -47,6 +47,7 @@ class Comparison:
     reason: str | None = None  # why a verdict is `broken`
     members: dict[str, dict] = field(default_factory=dict)  # each recipe's own kl_ratio and ci95
     left_out: dict[str, str] = field(default_factory=dict)  # family recipes without figures to compare, and why
+    pair: str = "trained"  # which committed models: "trained" on clean prose, or "drift"-trained
 
 
 def window_resamples(draw_of: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -176,7 +177,7 @@ def _why_left_out(lm: dict, recipe: str, scenario: str, seeds: list[int]) -> str
     return "other windows or drift draws than the family's"
 
 
-def comparisons(lm: dict, threshold: float) -> list[Comparison]:
+def comparisons(lm: dict, threshold: float, pair: str = "trained") -> list[Comparison]:
     """Every family under every scenario with both designs' cells; fp32 rows only where a synthetic
     drift has a cost to compare (not `clean`, not a text domain, where delta_bpb is 0 by definition)."""
     scenarios = list(dict.fromkeys(k[2] for k in lm))
@@ -191,6 +192,7 @@ def comparisons(lm: dict, threshold: float) -> list[Comparison]:
                 continue
             found = compare(lm, scenario, family, recipes, broken)
             if found:
+                found.pair = pair
                 out.append(found)
     return out
 

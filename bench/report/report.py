@@ -31,9 +31,11 @@ class Run:
                     for c in self.ok if c.get("kind", "accuracy") == "accuracy"}
         self.lat = {(c["design"], c["model"], label(c), c["shape"]["name"]): c["metrics"]
                     for c in self.ok if c.get("kind") == "latency"}
-        self.lm = {}  # (design, recipe, scenario) -> its cells, one a training seed
+        # kind of committed model ("trained", "drift") -> (design, recipe, scenario) -> its cells, a seed each
+        self.lm_pairs: dict[str, dict] = {}
         for c in sorted((c for c in self.ok if c.get("kind") == "lm"), key=lambda c: c.get("seed", 0)):
-            self.lm.setdefault((c["design"], label(c), c["scenario"]), []).append(c)
+            pair = self.lm_pairs.setdefault(c.get("pair", "trained"), {})
+            pair.setdefault((c["design"], label(c), c["scenario"]), []).append(c)
         self.designs = list(dict.fromkeys(c["design"] for c in cells))
         self.models = list(dict.fromkeys(c["model"] for c in cells if c.get("kind") != "lm"))
         self.recipes = list(dict.fromkeys(label(c) for c in cells))
@@ -133,7 +135,7 @@ def caveats(run: Run) -> list[str]:
     if run.acc:
         out.append("Sublayer weights are seeded and synthetic (1/sqrt(fan_in) scale), not trained; real activations "
                    "have outlier structure these do not. " + ("The Downstream section measures the trained pair."
-                                                               if run.lm else "Add lm cells (`lm_recipes`) to "
+                                                               if run.lm_pairs else "Add lm cells (`lm_recipes`) to "
                                                                "measure the trained pair."))
     if "magnitude-2" in run.scenarios and "clean" in run.scenarios:
         diffs = [abs(m["centered_sqnr_db"] - run.acc[(d, mo, r, "clean")]["centered_sqnr_db"])
@@ -148,7 +150,7 @@ def caveats(run: Run) -> list[str]:
     if wide:
         out.append(f"{len(wide)} latency cells have a p50 interval wider than ±10 %: treat their absolute times "
                    "as noisy; the paired ratios are steadier.")
-    for (design, seed), checkpoint in report_downstream.checkpoints(run).items():
+    for (design, seed), checkpoint in report_downstream.checkpoints(run.lm_pairs.get("trained", {})).items():
         read = checkpoint.get("corpus_read_sha256")
         if read and read != checkpoint["corpus"]["sha256"]:
             out.append(f"The prose this Python ships (sha256 `{read[:12]}`) is not the text trained model {design} "
@@ -255,10 +257,13 @@ def write(run_dir: Path) -> Path:
                       f"(δ = {m.get('config', {}).get('delta')}), the share of pre-activations whose sign flips, "
                       "and the share of positive norm outputs.", "", *seed_tables(run, model, scenario), ""]
         lines += report_latency.section(run, model, plot_dir)
-    if run.lm:
-        found = downstream_verdict.comparisons(run.lm, m.get("config", {}).get("healthy_delta_bpb", 0.1))
-        downstream_verdict.write(run.dir, found)
-        lines += report_downstream.section(run, plot_dir, sublayer, found)
+    if run.lm_pairs:
+        threshold = m.get("config", {}).get("healthy_delta_bpb", 0.1)
+        found = {kind: downstream_verdict.comparisons(lm, threshold, kind) for kind, lm in run.lm_pairs.items()}
+        downstream_verdict.write(run.dir, [c for comparisons in found.values() for c in comparisons])
+        # The drift-trained pair first where there is one: a model that works under the drift is the answer.
+        for kind in sorted(found, key=lambda k: k != "drift"):
+            lines += report_downstream.section(run, plot_dir, sublayer, found[kind], kind)
     lines += ["## Caveats", "", *[f"- {c}" for c in caveats(run)], ""]
     lines += _machine(m)
     if run.not_ok:
