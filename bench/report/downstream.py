@@ -10,11 +10,13 @@ import functools
 import statistics
 from pathlib import Path
 
-from ffnbench.bench.report import plots
+from ffnbench.bench.report import dose_response, plots
 from ffnbench.bench.report.downstream_verdict import Comparison, per_recipe, summary
 from ffnbench.bench.report.formatting import number
 
 SUBLAYER_RESOLVED_DB = 0.5  # the sublayer verdict's own "leads" threshold (report.verdict)
+STAT_COLUMNS = (("positive_mean_fraction", 2), ("abs_mean_shift_std", 2), ("token_mean_energy", 2),
+                ("domain_shift_std", 2), ("massive_ratio", 0), ("rms_spread", 2))
 
 
 _f = functools.partial(number, digits=3)  # bits per byte and KL need the third digit
@@ -73,6 +75,8 @@ def section(run, plot_dir: Path, sublayer: tuple[str, str, float] | None, found:
     lines += _training(lm, run.dir, plot_dir, kind)
     lines += ["### Downstream verdict", "", *verdict(found, scenarios, sublayer), ""]
     lines += _verdict_table(found, run.dir, plot_dir, kind)
+    inject = config.get("lm_inject", "ffn-input")
+    lines += dose_response.section(lm, run.dir, plot_dir, _suffix(kind), threshold, inject)
     for scenario in scenarios:
         lines += _ab_table(lm, scenario, recipes, detail)
     lines += _drift_damage(lm, scenarios, found, threshold)
@@ -187,9 +191,8 @@ def _drift_statistics(lm: dict, scenarios: list[str], designs: list[str]) -> lis
              "| design | scenario | " + " | ".join(f"layer {i}" for i in range(layers)) + " |",
              "|---|---|" + "---|" * layers]
     for (design, scenario), per_layer in stats.items():
-        cells = [f"{s['positive_mean_fraction']:.2f} / {s['abs_mean_shift_std']:.2f} / {s['token_mean_energy']:.2f} / "
-                 f"{number(s.get('domain_shift_std'), 2)} / {number(s['massive_ratio'], 0)} / "
-                 f"{number(s['rms_spread'], 2)}" for s in per_layer]
+        # .get: runs before these statistics (issue 24) record fewer; theirs show as dashes
+        cells = [" / ".join(number(s.get(k), digits) for k, digits in STAT_COLUMNS) for s in per_layer]
         lines.append(f"| {design} | {scenario} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 

@@ -13,10 +13,7 @@ from ffnbench.bench.report import timing as report_latency
 from ffnbench.bench.report.formatting import number as _f
 from ffnbench.bench.store import label, load_run
 from ffnbench.bench.traffic import model_specs
-from ffnbench.bench.traffic.scenarios import NAMED
-
-SHIFTS = {name: s.mean_shift for name, s in NAMED.items() if name == "clean" or name.startswith("shift-")}
-MAGNITUDES = {"clean": 0.0, "magnitude-1": 1.0, "magnitude-2": 2.0}
+from ffnbench.bench.traffic.scenarios import MAGNITUDES, SHIFTS
 
 
 class Run:

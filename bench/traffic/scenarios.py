@@ -234,6 +234,11 @@ NAMED = {
 }
 
 
+# Drift strength as an axis: the named scenarios along mean shift (feature std) and along request
+# magnitude (sigma), each from `clean`, for dose-response curves.
+SHIFTS = {name: spec.mean_shift for name, spec in NAMED.items() if name == "clean" or name.startswith("shift-")}
+MAGNITUDES = {"clean": 0.0, "magnitude-1": 1.0, "magnitude-2": 2.0}
+
 # Real drift for whole-model (lm) cells: held-out text of a domain the trained pair never saw,
 # through the model unchanged, scenario name -> corpus name (models/corpus.py).
 TEXT_DOMAINS = {"domain-code": "code"}

@@ -1,0 +1,94 @@
+"""Dose-response of the trained models: fp32's own cost and each family's quantization cost (KL to
+fp32) against drift strength, A and B on one figure, with the strength at which each design's fp32
+stops being healthy and where each family's KL has doubled from `clean`.
+
+Drawn from whichever named scenarios along an axis the run's lm cells cover (three or more
+levels): mean shift (`clean`, `shift-0.5` … `shift-8`) and request magnitude (`clean`,
+`magnitude-1`, `magnitude-2`), at the run's injection point (`lm_inject`), labelled with it.
+"""
+
+import statistics
+from pathlib import Path
+
+from ffnbench.bench.report import plots
+from ffnbench.bench.traffic.scenarios import MAGNITUDES, SHIFTS
+from ffnbench.quant import FAMILY_OF
+
+AXES = (("shift", SHIFTS, "mean shift (feature std)"), ("magnitude", MAGNITUDES, "request magnitude σ"))
+
+
+def _mean(lm: dict, design: str, recipes: list[str], scenario: str, metric: str) -> float | None:
+    """The metric averaged over seeds, then over the recipes (a family); None where a cell lacks it."""
+    values = [[c["metrics"].get(metric) for c in lm.get((design, r, scenario), [])] for r in recipes]
+    if not all(values) or any(v is None for per in values for v in per):
+        return None
+    return statistics.fmean(statistics.fmean(per) for per in values)
+
+
+def _worst_fp32(lm: dict, design: str, scenario: str) -> float | None:
+    """The largest drift cost of the design's fp32 reference over its seeds (health holds for all)."""
+    costs = [(c.get("reference") or c["metrics"]).get("delta_bpb") for r in {k[1] for k in lm}
+             for c in lm.get((design, r, scenario), [])]
+    costs = [c for c in costs if c is not None]
+    return max(costs) if costs else None
+
+
+def healthy_up_to(lm: dict, design: str, levels: list[tuple[float, str]], threshold: float) -> str:
+    """Where the design's fp32 stops being healthy along the levels (every seed's drift cost within
+    `threshold`)."""
+    last = None
+    for x, scenario in levels:
+        cost = _worst_fp32(lm, design, scenario)
+        if cost is None:
+            continue
+        if cost > threshold:
+            return (f"healthy up to {last:g}, not at {x:g} (+{cost:.2f} bit)" if last is not None
+                    else f"not healthy at {x:g} already (+{cost:.2f} bit)")
+        last = x
+    return f"healthy at every level measured (up to {last:g})"
+
+
+def kl_doubles(lm: dict, design: str, recipes: list[str], levels: list[tuple[float, str]]) -> float | None:
+    """The first level at which the family's KL is at least twice its `clean` KL; None if never."""
+    base = _mean(lm, design, recipes, "clean", "kl_to_fp32")
+    for x, scenario in levels:
+        kl = _mean(lm, design, recipes, scenario, "kl_to_fp32")
+        if base and kl is not None and kl >= 2 * base:
+            return x
+    return None
+
+
+def section(lm: dict, run_dir: Path, plot_dir: Path, suffix: str, threshold: float, inject: str) -> list[str]:
+    lines = []
+    families: dict[str, list[str]] = {}
+    for recipe in dict.fromkeys(k[1] for k in lm):
+        if recipe != "fp32":
+            families.setdefault(FAMILY_OF.get(recipe.split("@")[0], recipe), []).append(recipe)
+    for name, axis, xlabel in AXES:
+        levels = sorted((x, s) for s, x in axis.items() if any(k[2] == s for k in lm))
+        if len(levels) < 3:
+            continue
+        series = {"fp32 delta_bpb": {d: [(x, _worst_fp32(lm, d, s)) for x, s in levels
+                                         if _worst_fp32(lm, d, s) is not None] for d in "AB"}}
+        for family, recipes in families.items():
+            series[f"{family} kl_to_fp32"] = {d: [(x, kl) for x, s in levels
+                                                  if (kl := _mean(lm, d, recipes, s, "kl_to_fp32")) is not None]
+                                              for d in "AB"}
+        series = {panel: {d: p for d, p in by.items() if p} for panel, by in series.items()}
+        series = {panel: by for panel, by in series.items() if by}
+        path = plots.curves(series, xlabel, "delta_bpb / KL (nats)",
+                            f"Dose-response: {name}, injected at {inject}",
+                            plot_dir / f"dose_response_{name}{suffix}.png")
+        lines += [f"### Dose-response: {name} (injected at `{inject}`)", "",
+                  f"fp32 is healthy while its drift cost stays within {threshold:g} bit a byte for every seed:"]
+        lines += [f"- {d}: {healthy_up_to(lm, d, levels, threshold)}." for d in "AB"]
+        doubled = [f"{family} A {_level(kl_doubles(lm, 'A', recipes, levels))}, B "
+                   f"{_level(kl_doubles(lm, 'B', recipes, levels))}" for family, recipes in families.items()]
+        if doubled:
+            lines += ["", "Where quantization's KL to fp32 has doubled from `clean`: " + "; ".join(doubled) + "."]
+        lines += ["", f"![dose-response {name}]({path.relative_to(run_dir)})", ""]
+    return lines
+
+
+def _level(x: float | None) -> str:
+    return "not within the levels measured" if x is None else f"at {x:g}"

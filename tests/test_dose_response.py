@@ -1,0 +1,42 @@
+"""Dose-response: where each design's fp32 stops being healthy and where a family's KL doubles,
+read from lm records made here; the figure is drawn."""
+
+import numpy as np
+from test_downstream_verdict import cell, index
+
+from ffnbench.bench.report import dose_response
+from ffnbench.bench.traffic.scenarios import SHIFTS
+
+
+def records():
+    """A's fp32 drift cost 0.05 per unit of shift, B's 0.3; int8 KL grows with shift, B's twice as fast."""
+    cells = []
+    for scenario, shift in SHIFTS.items():
+        for design, cost, growth in (("A", 0.05, 0.5), ("B", 0.3, 1.0)):
+            for seed in range(2):
+                reference = {"bits_per_byte": 1.8 + cost * shift, "delta_bpb": cost * shift + 0.01 * seed,
+                             "order0_bits_per_byte": 4.7}
+                cells += [cell(design, "fp32", scenario, seed, np.zeros(4), np.full(4, cost * shift),
+                               reference=reference),
+                          cell(design, "ort-int8-dynamic", scenario, seed, np.full(4, 1e-3 * (1 + growth * shift)),
+                               np.zeros(4), reference=reference)]
+    return index(cells)
+
+
+def test_healthy_range_and_doubling_are_read_along_the_axis():
+    lm, levels = records(), sorted((x, s) for s, x in SHIFTS.items())
+    # The worst seed decides: seed 1 costs 0.01 bit more.
+    assert dose_response.healthy_up_to(lm, "A", levels, 0.1) == "healthy up to 1, not at 2 (+0.11 bit)"
+    assert dose_response.healthy_up_to(lm, "B", levels, 0.1) == "healthy up to 0, not at 0.5 (+0.16 bit)"
+    assert dose_response.healthy_up_to(lm, "B", levels[1:], 0.1) == "not healthy at 0.5 already (+0.16 bit)"
+    assert dose_response.healthy_up_to(lm, "A", levels[:3], 0.1) == "healthy at every level measured (up to 1)"
+    assert dose_response.kl_doubles(lm, "A", ["ort-int8-dynamic"], levels) == 2  # 1 + 0.5·2 = 2× clean
+    assert dose_response.kl_doubles(lm, "B", ["ort-int8-dynamic"], levels) == 1
+
+
+def test_the_section_draws_one_figure_an_axis_it_covers(tmp_path):
+    lines = dose_response.section(records(), tmp_path, tmp_path, "", 0.1, "ffn-input")
+    assert "### Dose-response: shift (injected at `ffn-input`)" in lines
+    assert not any("magnitude" in line for line in lines)  # only clean of that axis: no curve to draw
+    assert (tmp_path / "dose_response_shift.png").stat().st_size > 10_000
+    assert any("int8-dynamic A at 2, B at 1" in line for line in lines)
