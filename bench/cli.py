@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="initialisation and data order (default 0)")
     train.add_argument("--lr", type=float, help="peak learning rate (default: TrainConfig's)")
     train.add_argument("--init-from", help="fine-tune: start from this checkpoint directory's weights")
+    train.add_argument("--store-dtype", help="float32 (default) or float16: how model.safetensors stores the weights")
     train.add_argument("--drift", help="named scenarios a share of the requests carries while training, e.g. "
                        "production,massive (a model that lives with its drift)")
     train.add_argument("--drift-share", type=float, default=0.5, help="share of requests drifted (default 0.5)")
@@ -382,8 +383,8 @@ def cmd_train(args) -> int:
 
     seed = {} if args.seed is None else {"seed": args.seed}
     lm_cfg = LMConfig(design=args.design, **seed)
-    cfg = TrainConfig(**{k: getattr(args, k) for k in ("steps", "batch", "lr", "init_from") if getattr(args, k)
-                         is not None}, **seed)
+    cfg = TrainConfig(**{k: getattr(args, k) for k in ("steps", "batch", "lr", "init_from", "store_dtype")
+                         if getattr(args, k) is not None}, **seed)
     m = train(lm_cfg, cfg, args.out, drift=_drift_sampler(args, lm_cfg, cfg) if args.drift else None)
     print(f"wrote {args.out}: design {args.design}, {m['parameters']:,} parameters, {m['steps']} steps, "
           f"final loss {m['losses'][-1]:.3f} nats, validation {m['validation_bits_per_byte']:.3f} and held-out "

@@ -25,6 +25,7 @@ from ffnbench.models.pair import load_lm
 from ffnbench.versions import stack_versions
 
 INITS = ("gpt2", "ffn-synthetic")
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class TrainConfig:
     validation: bool = True  # hold VALIDATION of the training bytes out to score (checkpoints before it: False)
     # Fine-tuning: start from this checkpoint's weights (same design and config) instead of an init.
     init_from: str | None = None
+    # How model.safetensors stores the weights. float16 halves a checkpoint (the committed ones share a
+    # 64 MB budget); the model then is the upcast fp16 weights, which every figure is measured on.
+    store_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "eval_batch"):
@@ -53,6 +57,8 @@ class TrainConfig:
             raise UsageError("lr must be positive, warmup and weight_decay >= 0")
         if self.init not in INITS:
             raise UsageError(f"init: unknown '{self.init}'; choose one of {', '.join(INITS)}")
+        if self.store_dtype not in STORE_DTYPES:
+            raise UsageError(f"store_dtype: unknown '{self.store_dtype}'; choose one of {', '.join(STORE_DTYPES)}")
 
 
 def schedule(step: int, cfg: TrainConfig) -> float:
@@ -163,6 +169,9 @@ def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress:
         optimiser.step()
         scheduler.step()
         losses.append(round(loss.item(), 5))
+    with torch.no_grad():  # what is stored is what is measured
+        for p in model.parameters():
+            p.copy_(p.to(STORE_DTYPES[cfg.store_dtype]))
     manifest = {
         "kind": "ffnbench.lm", "config": lm_cfg.to_dict(), "train": dataclasses.asdict(cfg),
         "corpus": text.describe(), "steps": cfg.steps, "losses": losses,
@@ -175,7 +184,8 @@ def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress:
     }
     if out is not None:
         with files.staged_dir(Path(out)) as stage:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(stage / "model.safetensors"))
+            save_file({k: v.to(STORE_DTYPES[cfg.store_dtype]).contiguous() for k, v in model.state_dict().items()},
+                      str(stage / "model.safetensors"))
             manifest["sha256"] = files.sha256_file(stage / "model.safetensors")
             files.write_json(stage / "manifest.json", manifest)
     return manifest

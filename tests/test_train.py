@@ -165,3 +165,22 @@ def test_fine_tuning_starts_from_the_checkpoint_and_records_it(tmp_path):
     assert again["held_out_bits_per_byte"] == pytest.approx(start["held_out_bits_per_byte"], abs=1e-4)
     with pytest.raises(UsageError, match="holds design A, not B"):
         train(replace(SMALL, design="B"), TrainConfig(steps=1, init_from=str(tmp_path / "start")), progress=False)
+
+
+def test_a_float16_checkpoint_is_what_its_manifest_measured(tmp_path):
+    """Stored in fp16, loaded as the upcast weights: the manifest's held-out figure is theirs."""
+    from safetensors.numpy import load_file as load_numpy
+
+    from ffnbench.models.pair import load_lm
+
+    m = train(SMALL, TrainConfig(steps=2, batch=2, eval_batch=4, store_dtype="float16"), tmp_path / "half",
+              progress=False)
+    stored = load_numpy(str(tmp_path / "half" / "model.safetensors"))
+    assert {v.dtype for v in stored.values()} == {np.dtype("float16")} and m["train"]["store_dtype"] == "float16"
+    model, _ = load_lm(tmp_path / "half")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert np.array_equal(model.head.weight.detach().numpy(), stored["head.weight"].astype(np.float32))
+    _, held_out = corpus.prose().split()
+    assert bits_per_byte(model, held_out, 64) == pytest.approx(m["held_out_bits_per_byte"], abs=1e-6)
+    with pytest.raises(UsageError, match="store_dtype: unknown 'int8'"):
+        TrainConfig(store_dtype="int8")

@@ -110,7 +110,8 @@ def _verdict_table(found: list[Comparison], run_dir: Path, plot_dir: Path, kind:
     if not rows:
         return []
     seeds, windows = max(c.seeds for c in rows), max(c.windows for c in rows)
-    lines = [f"Per family and scenario ({seeds} seeds a design, {windows} windows, synthetic drifts in up to "
+    lines = [f"Per family and scenario ({seeds} seed{'s' * (seeds != 1)} a design, {windows} windows, synthetic "
+             "drifts in up to "
              f"{max(c.draws for c in rows)} draws; written to `downstream.json`). KL ratio A/B below 1: quantizing "
              "A's FFNs costs less; `none`: the interval holds 1." + (
                  " **One training seed a design**: these intervals cover windows and drift draws only, not how "
