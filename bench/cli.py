@@ -280,10 +280,10 @@ def _print_drift(results: list[dict]) -> None:
 
     measured = [r for r in results if r.get("drift_stats")]
     first = min((r.get("seed", 0) for r in measured), default=0)
-    if measured:
-        print(f"drift at the FFN inputs, fp32, seed {first} (per layer: {PER_LAYER_LEGEND}):")
-    for r in (r for r in measured if r.get("seed", 0) == first):
-        print(f"  {r['design']} {r['scenario']:<12} {per_layer(r['drift_stats'])}")
+    for pair in dict.fromkeys(r.get("pair", "trained") for r in measured):
+        print(f"drift at the FFN inputs, fp32, {pair} models, seed {first} (per layer: {PER_LAYER_LEGEND}):")
+        for r in (r for r in measured if r.get("seed", 0) == first and r.get("pair", "trained") == pair):
+            print(f"  {r['design']} {r['scenario']:<12} {per_layer(r['drift_stats'])}")
 
 
 def _print_downstream(out: Path) -> None:

@@ -170,8 +170,12 @@ def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress:
         scheduler.step()
         losses.append(round(loss.item(), 5))
     with torch.no_grad():  # what is stored is what is measured
-        for p in model.parameters():
-            p.copy_(p.to(STORE_DTYPES[cfg.store_dtype]))
+        for name, p in model.named_parameters():
+            stored = p.to(STORE_DTYPES[cfg.store_dtype])
+            if not torch.isfinite(stored).all():
+                raise UsageError(f"--store-dtype {cfg.store_dtype}: {name} holds values past its range "
+                                 f"(max |w| {p.abs().max().item():.3g}); store float32")
+            p.copy_(stored)
     manifest = {
         "kind": "ffnbench.lm", "config": lm_cfg.to_dict(), "train": dataclasses.asdict(cfg),
         "corpus": text.describe(), "steps": cfg.steps, "losses": losses,

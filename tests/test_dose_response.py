@@ -34,6 +34,16 @@ def test_healthy_range_and_doubling_are_read_along_the_axis():
     assert dose_response.kl_doubles(lm, "B", ["ort-int8-dynamic"], levels) == 1
 
 
+def test_one_design_or_a_run_without_fp32_figures_is_said_not_crashed(tmp_path):
+    lm = {k: v for k, v in records().items() if k[0] == "A"}
+    lines = dose_response.section(lm, tmp_path, tmp_path, "", 0.1, "residual")
+    assert "- A: healthy up to 1, not at 2 (+0.11 bit)." in lines and not any(line.startswith("- B") for line in lines)
+    old = {k: [{**c, "reference": None} for c in cells] for k, cells in records().items() if k[1] != "fp32"}
+    levels = sorted((x, s) for s, x in SHIFTS.items())
+    # A quantized cell's own delta_bpb holds the quantization too: it never stands in for fp32's.
+    assert dose_response.healthy_up_to(old, "A", levels, 0.1) == "no fp32 figures"
+
+
 def test_the_section_draws_one_figure_an_axis_it_covers(tmp_path):
     lines = dose_response.section(records(), tmp_path, tmp_path, "", 0.1, "ffn-input")
     assert "### Dose-response: shift (injected at `ffn-input`)" in lines

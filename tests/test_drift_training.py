@@ -48,8 +48,10 @@ def test_bad_drift_settings_are_refused():
         sampler({})
 
 
-def test_a_drift_trained_model_records_its_drift(tmp_path):
-    m = train(SMALL, TrainConfig(steps=2, batch=4, eval_batch=4), tmp_path / "m", progress=False,
-              drift=sampler({"production": NAMED["production"]}, share=1.0))
+def test_a_drift_trained_model_records_its_drift_and_trains_under_it(tmp_path):
+    cfg = TrainConfig(steps=3, batch=4, eval_batch=4)
+    m = train(SMALL, cfg, tmp_path / "m", progress=False, drift=sampler({"production": NAMED["production"]}, share=1.0))
+    plain = train(SMALL, cfg, tmp_path / "plain", progress=False)
     assert m["drift"]["share"] == 1.0 and m["drift"]["scenarios"]["production"]["mean_shift"] == 4.0
-    assert all(np.isfinite(m["losses"]))
+    # The same seed, data and steps: the drifted steps' losses are those of other inputs.
+    assert m["losses"][0] != plain["losses"][0] and all(np.isfinite(m["losses"]))

@@ -304,11 +304,12 @@ def test_each_row_of_an_evaluation_is_its_window_under_its_own_draw(lm_run):
 
 def test_a_run_measures_each_kind_of_committed_model_on_its_own(tmp_path, monkeypatch, seed_exports):
     """lm_models names which committed models run: each kind gets its own cells, verdicts and report
-    section (here a stand-in "drift" set: copies of seed 0, so both kinds must agree exactly)."""
+    section (here a stand-in "drift" set: seed 1's models as drift seed 0, so the kinds must differ)."""
     from ffnbench.models import pair
 
     shutil.copytree(pair.TRAINED / "seeds", tmp_path / "trained" / "seeds")
-    shutil.copytree(pair.TRAINED / "seeds", tmp_path / "trained" / "drift", ignore=shutil.ignore_patterns("1", "2"))
+    for design in ("A", "B"):
+        shutil.copytree(pair.TRAINED / "seeds" / design / "1", tmp_path / "trained" / "drift" / design / "0")
     monkeypatch.setattr(pair, "TRAINED", tmp_path / "trained")
     config = RunConfig(models=["tiny"], recipes=["fp32", "ort-int8-dynamic"], scenarios=["clean"], n_requests=1,
                        seq_len=4, latency=False, lm_recipes=["fp32", "ort-int8-dynamic"], lm_scenarios=["clean"],
@@ -316,8 +317,12 @@ def test_a_run_measures_each_kind_of_committed_model_on_its_own(tmp_path, monkey
     out = seed_exports(tmp_path / "run")
     cells = [c for c in run(config, out, progress=False) if c["kind"] == "lm"]
     assert {(c["model"], c["pair"]) for c in cells} == {("trained-s0", "trained"), ("drift-s0", "drift")}
-    by = {(c["pair"], c["design"], c["recipe"]): c["metrics"]["kl_to_fp32"] for c in cells}
-    assert all(by["drift", d, r] == by["trained", d, r] for _, d, r in by)
+    by = {(c["pair"], c["design"], c["recipe"]): c for c in cells}
+    for _, design, recipe in by:
+        drift, trained = by["drift", design, recipe], by["trained", design, recipe]
+        assert drift["metrics"]["bits_per_byte"] != trained["metrics"]["bits_per_byte"]
+        assert drift["checkpoint"]["sha256"] == json.loads(
+            (pair.TRAINED / "seeds" / design / "1" / "manifest.json").read_text())["sha256"]
     text = report.write(out).read_text()
     assert text.index("## Downstream: the drift-trained pair") < text.index("## Downstream: the trained pair")
     found = json.loads((out / "downstream.json").read_text())

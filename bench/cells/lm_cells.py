@@ -127,9 +127,11 @@ class LMSubject:
 
     @functools.cached_property
     def clean_moments(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each layer's scale-free feature moments at the FFN input on clean held-out prose: the
-        reference of domain_shift_std."""
-        taps = self.reference("clean")[1]
+        """Each layer's scale-free feature moments at the FFN input on clean prose of the training
+        split, TAP_WINDOWS windows: the reference of domain_shift_std, disjoint from the windows any
+        cell reads, so that `clean` itself shows the noise floor."""
+        tokens = self.text("clean", part="train", n=TAP_WINDOWS)[:, :-1]
+        _, taps = evaluate(self.reference_runnable, self._feeds(None, tokens, self.config.seed)[0])
         return [moments(taps[f"ffn_in.{i}"]) for i in range(self.cfg.n_layers)]
 
     def _feeds(self, scenario: str | None, tokens: np.ndarray, seed: int, draws: int = 1) -> tuple[list[dict],

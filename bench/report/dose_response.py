@@ -26,9 +26,10 @@ def _mean(lm: dict, design: str, recipes: list[str], scenario: str, metric: str)
 
 
 def _worst_fp32(lm: dict, design: str, scenario: str) -> float | None:
-    """The largest drift cost of the design's fp32 reference over its seeds (health holds for all)."""
-    costs = [(c.get("reference") or c["metrics"]).get("delta_bpb") for r in {k[1] for k in lm}
-             for c in lm.get((design, r, scenario), [])]
+    """The largest drift cost of the design's fp32 reference over its seeds (health holds for all):
+    every cell records its reference's; a run before they did has it in its fp32 cells only."""
+    costs = [c["reference"]["delta_bpb"] if c.get("reference") else c["metrics"].get("delta_bpb") if r == "fp32"
+             else None for r in {k[1] for k in lm} for c in lm.get((design, r, scenario), [])]
     costs = [c for c in costs if c is not None]
     return max(costs) if costs else None
 
@@ -45,7 +46,7 @@ def healthy_up_to(lm: dict, design: str, levels: list[tuple[float, str]], thresh
             return (f"healthy up to {last:g}, not at {x:g} (+{cost:.2f} bit)" if last is not None
                     else f"not healthy at {x:g} already (+{cost:.2f} bit)")
         last = x
-    return f"healthy at every level measured (up to {last:g})"
+    return "no fp32 figures" if last is None else f"healthy at every level measured (up to {last:g})"
 
 
 def kl_doubles(lm: dict, design: str, recipes: list[str], levels: list[tuple[float, str]]) -> float | None:
@@ -64,16 +65,17 @@ def section(lm: dict, run_dir: Path, plot_dir: Path, suffix: str, threshold: flo
     for recipe in dict.fromkeys(k[1] for k in lm):
         if recipe != "fp32":
             families.setdefault(FAMILY_OF.get(recipe.split("@")[0], recipe), []).append(recipe)
+    designs = [d for d in "AB" if any(k[0] == d for k in lm)]
     for name, axis, xlabel in AXES:
         levels = sorted((x, s) for s, x in axis.items() if any(k[2] == s for k in lm))
         if len(levels) < 3:
             continue
         series = {"fp32 delta_bpb": {d: [(x, _worst_fp32(lm, d, s)) for x, s in levels
-                                         if _worst_fp32(lm, d, s) is not None] for d in "AB"}}
+                                         if _worst_fp32(lm, d, s) is not None] for d in designs}}
         for family, recipes in families.items():
             series[f"{family} kl_to_fp32"] = {d: [(x, kl) for x, s in levels
                                                   if (kl := _mean(lm, d, recipes, s, "kl_to_fp32")) is not None]
-                                              for d in "AB"}
+                                              for d in designs}
         series = {panel: {d: p for d, p in by.items() if p} for panel, by in series.items()}
         series = {panel: by for panel, by in series.items() if by}
         path = plots.curves(series, xlabel, "delta_bpb / KL (nats)",
@@ -81,9 +83,9 @@ def section(lm: dict, run_dir: Path, plot_dir: Path, suffix: str, threshold: flo
                             plot_dir / f"dose_response_{name}{suffix}.png")
         lines += [f"### Dose-response: {name} (injected at `{inject}`)", "",
                   f"fp32 is healthy while its drift cost stays within {threshold:g} bit a byte for every seed:"]
-        lines += [f"- {d}: {healthy_up_to(lm, d, levels, threshold)}." for d in "AB"]
-        doubled = [f"{family} A {_level(kl_doubles(lm, 'A', recipes, levels))}, B "
-                   f"{_level(kl_doubles(lm, 'B', recipes, levels))}" for family, recipes in families.items()]
+        lines += [f"- {d}: {healthy_up_to(lm, d, levels, threshold)}." for d in designs]
+        doubled = [f"{family} " + ", ".join(f"{d} {_level(kl_doubles(lm, d, recipes, levels))}" for d in designs)
+                   for family, recipes in families.items()]
         if doubled:
             lines += ["", "Where quantization's KL to fp32 has doubled from `clean`: " + "; ".join(doubled) + "."]
         lines += ["", f"![dose-response {name}]({path.relative_to(run_dir)})", ""]

@@ -16,7 +16,7 @@ from ffnbench.bench.report.formatting import number
 
 SUBLAYER_RESOLVED_DB = 0.5  # the sublayer verdict's own "leads" threshold (report.verdict)
 STAT_COLUMNS = (("positive_mean_fraction", 2), ("abs_mean_shift_std", 2), ("token_mean_energy", 2),
-                ("domain_shift_std", 2), ("massive_ratio", 0), ("rms_spread", 2))
+                ("domain_shift_std", 2), ("massive_ratio", 0), ("massive_channels_stable", 2), ("rms_spread", 2))
 
 
 _f = functools.partial(number, digits=3)  # bits per byte and KL need the third digit
@@ -187,8 +187,9 @@ def _drift_statistics(lm: dict, scenarios: list[str], designs: list[str]) -> lis
              "Per layer, of the states entering each FFN norm (fp32, first seed, first 16 windows; each request "
              "divided by its RMS first): share of features with a positive mean / mean |feature mean| in feature "
              "std / share of a token's energy in its cross-feature mean / mean |feature mean − clean prose's| in "
-             "clean std / largest |x| over the median / spread (std) of log per-request RMS. `clean` and the text "
-             "domains are real states; the synthetic scenarios show what they inject.", "",
+             "clean std (clean prose of the training split) / largest |x| over the median / share of tokens whose "
+             "top channel is the most common one / spread (std) of log per-request RMS. `clean` and the text domains "
+             "are real states; the synthetic scenarios show what they inject.", "",
              "| design | scenario | " + " | ".join(f"layer {i}" for i in range(layers)) + " |",
              "|---|---|" + "---|" * layers]
     for (design, scenario), per_layer in stats.items():
