@@ -28,6 +28,12 @@ def healthy_fp32(scenario="clean", seeds=3, windows=32):
     return [cell(d, "fp32", scenario, s, np.zeros(windows), np.zeros(windows)) for d in "AB" for s in range(seeds)]
 
 
+def constant_kl(kl: dict[tuple[str, str], float], seeds: int = 3, windows: int = 8) -> list[dict]:
+    """Cells on `clean` whose every window has the (design, recipe)'s KL, for every seed."""
+    return [cell(design, recipe, "clean", s, np.full(windows, value), np.zeros(windows))
+            for s in range(seeds) for (design, recipe), value in kl.items()]
+
+
 def test_every_recipe_is_in_exactly_one_family():
     members = [r for family in FAMILIES.values() for r in family]
     assert sorted(members) == sorted(set(RECIPES) - {"fp32"})
@@ -59,12 +65,8 @@ def test_seeds_that_disagree_widen_the_interval_to_no_difference():
 
 
 def test_a_family_pools_its_recipes_and_keeps_each_members_ratio():
-    cells = healthy_fp32()
-    for s in range(3):
-        cells += [cell("A", "bnb-nf4", "clean", s, np.full(8, 1.0), np.zeros(8)),
-                  cell("B", "bnb-nf4", "clean", s, np.full(8, 2.0), np.zeros(8)),
-                  cell("A", "ort-nf4", "clean", s, np.full(8, 3.0), np.zeros(8)),
-                  cell("B", "ort-nf4", "clean", s, np.full(8, 2.0), np.zeros(8))]
+    cells = healthy_fp32() + constant_kl({("A", "bnb-nf4"): 1.0, ("B", "bnb-nf4"): 2.0, ("A", "ort-nf4"): 3.0,
+                                          ("B", "ort-nf4"): 2.0})
     (found,) = dv.comparisons(index(cells), 0.1)
     assert found.family == "nf4" and found.recipes == ["bnb-nf4", "ort-nf4"]
     assert found.kl_ratio == pytest.approx(1.0)
@@ -73,12 +75,8 @@ def test_a_family_pools_its_recipes_and_keeps_each_members_ratio():
 
 
 def test_a_member_without_figures_is_left_out_and_said_so():
-    cells = healthy_fp32()
-    for s in range(3):
-        cells += [cell("A", "bnb-nf4", "clean", s, np.full(8, 1.0), np.zeros(8)),
-                  cell("B", "bnb-nf4", "clean", s, np.full(8, 2.0), np.zeros(8)),
-                  cell("A", "ort-nf4", "clean", s, np.full(8, 3.0), np.zeros(8)),
-                  cell("B", "ort-nf4", "clean", s, np.full(8, 2.0), np.zeros(8))]
+    cells = healthy_fp32() + constant_kl({("A", "bnb-nf4"): 1.0, ("B", "bnb-nf4"): 2.0, ("A", "ort-nf4"): 3.0,
+                                          ("B", "ort-nf4"): 2.0})
     cells[-1] = {**cells[-1], "windows": None, "metrics": {**cells[-1]["metrics"], "nonfinite_rate": 0.25}}
     (found,) = [c for c in dv.comparisons(index(cells), 0.1) if c.family == "nf4"]
     assert found.recipes == ["bnb-nf4"] and found.kl_ratio == pytest.approx(0.5)
@@ -163,12 +161,8 @@ def test_cells_without_reference_figures_give_no_verdict():
 
 
 def test_families_that_split_make_a_mixed_scenario():
-    cells = healthy_fp32()
-    for s in range(3):
-        cells += [cell("A", "ort-int8-dynamic", "clean", s, np.full(8, 1.0), np.zeros(8)),
-                  cell("B", "ort-int8-dynamic", "clean", s, np.full(8, 2.0), np.zeros(8)),
-                  cell("A", "bnb-int8", "clean", s, np.full(8, 2.0), np.zeros(8)),
-                  cell("B", "bnb-int8", "clean", s, np.full(8, 1.0), np.zeros(8))]
+    cells = healthy_fp32() + constant_kl({("A", "ort-int8-dynamic"): 1.0, ("B", "ort-int8-dynamic"): 2.0,
+                                          ("A", "bnb-int8"): 2.0, ("B", "bnb-int8"): 1.0})
     found = dv.comparisons(index(cells), 0.1)
     assert {c.family: c.verdict for c in found} == {"int8-dynamic": "A", "int8-llm": "B"}
     assert dv.summary(found, "clean") == "mixed"

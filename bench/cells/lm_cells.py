@@ -25,7 +25,7 @@ from ffnbench import files
 from ffnbench.bench.cells import lm_metrics, metrics
 from ffnbench.bench.cells.cell_record import artifact_summary, finite, recording
 from ffnbench.bench.cells.lm_runnables import LMTorch, evaluate, lm_runnable_for
-from ffnbench.bench.traffic.drift_stats import drift_stats, moments
+from ffnbench.bench.traffic.drift_stats import drift_stats, ffn_input_std, moments
 from ffnbench.bench.traffic.scenarios import TEXT_DOMAINS
 from ffnbench.errors import UsageError
 from ffnbench.export import NATIVE_OPSET, ExportedModel
@@ -92,6 +92,7 @@ class LMSubject:
         self.reference_runnable = LMTorch(self.model, config.lm_inject, threads=config.threads)
         self._references: dict[str, tuple] = {}
         self._health: dict[str, dict] = {}
+        self._undrifted: dict[str, np.ndarray] = {}
         self._runnables: dict[tuple, tuple] = {}
 
     @functools.cached_property
@@ -122,8 +123,7 @@ class LMSubject:
     def feature_std(self) -> np.ndarray:
         """(n_layers, d_model): each feature's std at each FFN input on clean held-out prose."""
         _, taps = evaluate(self.reference_runnable, self._feeds(None, self.text("clean")[:, :-1], self.config.seed)[0])
-        return np.stack([taps[f"ffn_in.{i}"].reshape(-1, self.cfg.d_model).std(axis=0)
-                         for i in range(self.cfg.n_layers)])
+        return ffn_input_std(taps, self.cfg.n_layers)
 
     @functools.cached_property
     def clean_moments(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -182,7 +182,9 @@ class LMSubject:
         """fp32 bits per byte of each window of the same text without synthetic drift: what delta_bpb
         is measured from."""
         base = scenario if scenario in TEXT_DOMAINS else "clean"
-        return lm_metrics.window_bits(self.reference(base)[0], self.text(base)[:, 1:])
+        if base not in self._undrifted:  # every cell of the text reads it: one log-softmax a text
+            self._undrifted[base] = lm_metrics.window_bits(self.reference(base)[0], self.text(base)[:, 1:])
+        return self._undrifted[base]
 
     def reference_health(self, scenario: str) -> dict:
         """What the fp32 reference itself scores under the scenario, recorded in every cell so that a
@@ -200,8 +202,8 @@ class LMSubject:
 
     def release(self) -> None:
         """Drop references and runnables once the subject's cells are done (a reference holds ~70 MB)."""
-        self._references.clear()
-        self._runnables.clear()
+        for cache in (self._references, self._runnables, self._health, self._undrifted):
+            cache.clear()
 
     def calibration(self, name: str) -> LMCalibration:
         """Training-split text (never the evaluated held-out part) under the scenario's drift, seed + 1."""

@@ -11,18 +11,16 @@ import statistics
 from pathlib import Path
 
 from ffnbench.bench.report import plots
+from ffnbench.bench.report.downstream_verdict import families, seed_mean
 from ffnbench.bench.traffic.scenarios import MAGNITUDES, SHIFTS
-from ffnbench.quant import FAMILY_OF
 
 AXES = (("shift", SHIFTS, "mean shift (feature std)"), ("magnitude", MAGNITUDES, "request magnitude σ"))
 
 
 def _mean(lm: dict, design: str, recipes: list[str], scenario: str, metric: str) -> float | None:
     """The metric averaged over seeds, then over the recipes (a family); None where a cell lacks it."""
-    values = [[c["metrics"].get(metric) for c in lm.get((design, r, scenario), [])] for r in recipes]
-    if not all(values) or any(v is None for per in values for v in per):
-        return None
-    return statistics.fmean(statistics.fmean(per) for per in values)
+    means = [seed_mean(lm.get((design, r, scenario), []), metric) for r in recipes]
+    return None if None in means else statistics.fmean(means)
 
 
 def _worst_fp32(lm: dict, design: str, scenario: str) -> float | None:
@@ -61,10 +59,7 @@ def kl_doubles(lm: dict, design: str, recipes: list[str], levels: list[tuple[flo
 
 def section(lm: dict, run_dir: Path, plot_dir: Path, suffix: str, threshold: float, inject: str) -> list[str]:
     lines = []
-    families: dict[str, list[str]] = {}
-    for recipe in dict.fromkeys(k[1] for k in lm):
-        if recipe != "fp32":
-            families.setdefault(FAMILY_OF.get(recipe.split("@")[0], recipe), []).append(recipe)
+    quantized = {family: recipes for family, recipes in families(lm).items() if family != "fp32"}
     designs = [d for d in "AB" if any(k[0] == d for k in lm)]
     for name, axis, xlabel in AXES:
         levels = sorted((x, s) for s, x in axis.items() if any(k[2] == s for k in lm))
@@ -72,7 +67,7 @@ def section(lm: dict, run_dir: Path, plot_dir: Path, suffix: str, threshold: flo
             continue
         series = {"fp32 delta_bpb": {d: [(x, _worst_fp32(lm, d, s)) for x, s in levels
                                          if _worst_fp32(lm, d, s) is not None] for d in designs}}
-        for family, recipes in families.items():
+        for family, recipes in quantized.items():
             series[f"{family} kl_to_fp32"] = {d: [(x, kl) for x, s in levels
                                                   if (kl := _mean(lm, d, recipes, s, "kl_to_fp32")) is not None]
                                               for d in designs}
@@ -85,7 +80,7 @@ def section(lm: dict, run_dir: Path, plot_dir: Path, suffix: str, threshold: flo
                   f"fp32 is healthy while its drift cost stays within {threshold:g} bit a byte for every seed:"]
         lines += [f"- {d}: {healthy_up_to(lm, d, levels, threshold)}." for d in designs]
         doubled = [f"{family} " + ", ".join(f"{d} {_level(kl_doubles(lm, d, recipes, levels))}" for d in designs)
-                   for family, recipes in families.items()]
+                   for family, recipes in quantized.items()]
         if doubled:
             lines += ["", "Where quantization's KL to fp32 has doubled from `clean`: " + "; ".join(doubled) + "."]
         lines += ["", f"![dose-response {name}]({path.relative_to(run_dir)})", ""]

@@ -7,11 +7,10 @@ agreement), what the drift alone costs in fp32, and the measured drift statistic
 """
 
 import functools
-import statistics
 from pathlib import Path
 
 from ffnbench.bench.report import dose_response, plots
-from ffnbench.bench.report.downstream_verdict import Comparison, per_recipe, summary
+from ffnbench.bench.report.downstream_verdict import Comparison, per_recipe, seed_mean, summary
 from ffnbench.bench.report.formatting import number
 
 SUBLAYER_RESOLVED_DB = 0.5  # the sublayer verdict's own "leads" threshold (report.verdict)
@@ -29,10 +28,6 @@ def _e(value) -> str:
 def _ci(point, ci, fmt: str = ".2f") -> str:
     return "–" if point is None else f"{point:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
-
-def _mean(cells: list[dict], metric: str):
-    values = [c["metrics"].get(metric) for c in cells]
-    return None if not values or None in values else statistics.fmean(values)
 
 
 def checkpoints(lm: dict) -> dict[tuple[str, int], dict]:
@@ -61,7 +56,7 @@ def section(run, plot_dir: Path, sublayer: tuple[str, str, float] | None, found:
     scenarios = list(dict.fromkeys(k[2] for k in lm))
     recipes = list(dict.fromkeys(k[1] for k in lm))
     threshold = config.get("healthy_delta_bpb", 0.1)
-    detail = per_recipe(lm, threshold)
+    detail = per_recipe(lm, threshold, found)
     lines = [f"## Downstream: {TITLES.get(kind, kind)}", "",
              "Byte-level language models per design, trained here on the same text with the same everything but "
              "the FFN sublayers, several training seeds each; each recipe quantizes the FFN sublayers of every block "
@@ -141,10 +136,10 @@ def _ab_table(lm: dict, scenario: str, recipes: list[str], detail: dict) -> list
         if not any(cells) or recipe == "fp32":
             continue
         c = detail.get((recipe, scenario))
-        lines.append(f"| {recipe} | {_e(_mean(cells[0], 'kl_to_fp32'))} | {_e(_mean(cells[1], 'kl_to_fp32'))} | "
-                     f"{_ci(c.kl_ratio, c.ci95) if c else '–'} | {_f(_mean(cells[0], 'delta_bpb'))} | "
-                     f"{_f(_mean(cells[1], 'delta_bpb'))} | {_f(_mean(cells[0], 'top1_agreement'))} | "
-                     f"{_f(_mean(cells[1], 'top1_agreement'))} |")
+        kl, delta, top1 = ([seed_mean(design, metric) for design in cells]
+                           for metric in ("kl_to_fp32", "delta_bpb", "top1_agreement"))
+        lines.append(f"| {recipe} | {_e(kl[0])} | {_e(kl[1])} | {_ci(c.kl_ratio, c.ci95) if c else '–'} | "
+                     f"{_f(delta[0])} | {_f(delta[1])} | {_f(top1[0])} | {_f(top1[1])} |")
     return [*lines, ""]
 
 
@@ -165,8 +160,8 @@ def _drift_damage(lm: dict, scenarios: list[str], found: list[Comparison], thres
         order0 = (a[0].get("reference") or {}).get("order0_bits_per_byte")
         diff = fp32.get(scenario)
         broken = any(c.scenario == scenario and c.verdict == "broken" for c in found)
-        lines.append(f"| {scenario} | {_f(_mean(a, 'bits_per_byte'))} | {_f(_mean(b, 'bits_per_byte'))} | "
-                     f"{_f(order0)} | {_f(_mean(a, 'delta_bpb'))} | {_f(_mean(b, 'delta_bpb'))} | "
+        lines.append(f"| {scenario} | {_f(seed_mean(a, 'bits_per_byte'))} | {_f(seed_mean(b, 'bits_per_byte'))} | "
+                     f"{_f(order0)} | {_f(seed_mean(a, 'delta_bpb'))} | {_f(seed_mean(b, 'delta_bpb'))} | "
                      f"{_ci(diff.delta_bpb_diff, diff.delta_bpb_ci95, '+.3f') if diff else '–'} | "
                      f"{'no' if broken else 'yes'} |")
     return [*lines, ""]

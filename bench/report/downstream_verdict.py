@@ -12,6 +12,7 @@ by family (quant.recipes.FAMILIES), and only where both designs' fp32 models sti
 scenario: otherwise the verdict is `broken`.
 """
 
+import statistics
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -177,17 +178,28 @@ def _why_left_out(lm: dict, recipe: str, scenario: str, seeds: list[int]) -> str
     return "other windows or drift draws than the family's"
 
 
+def families(lm: dict) -> dict[str, list[str]]:
+    """family -> the lm cells' recipes in it (a calibrated recipe by its base; fp32 is its own)."""
+    found = defaultdict(list)
+    for recipe in dict.fromkeys(k[1] for k in lm):
+        found[FAMILY_OF.get(recipe.split("@")[0], recipe)].append(recipe)
+    return dict(found)
+
+
+def seed_mean(cells: list[dict], metric: str) -> float | None:
+    """A metric's mean over a recipe's cells (one a seed); None where any lacks it."""
+    values = [c["metrics"].get(metric) for c in cells]
+    return None if not values or None in values else statistics.fmean(values)
+
+
 def comparisons(lm: dict, threshold: float, pair: str = "trained") -> list[Comparison]:
     """Every family under every scenario with both designs' cells; fp32 rows only where a synthetic
     drift has a cost to compare (not `clean`, not a text domain, where delta_bpb is 0 by definition)."""
     scenarios = list(dict.fromkeys(k[2] for k in lm))
-    families = defaultdict(list)
-    for recipe in dict.fromkeys(k[1] for k in lm):
-        families[FAMILY_OF.get(recipe.split("@")[0], recipe)].append(recipe)
     out = []
     for scenario in scenarios:
         broken = health(lm, scenario, threshold)
-        for family, recipes in families.items():
+        for family, recipes in families(lm).items():
             if family == "fp32" and (scenario == "clean" or scenario in TEXT_DOMAINS):
                 continue
             found = compare(lm, scenario, family, recipes, broken)
@@ -197,13 +209,15 @@ def comparisons(lm: dict, threshold: float, pair: str = "trained") -> list[Compa
     return out
 
 
-def per_recipe(lm: dict, threshold: float) -> dict[tuple[str, str], Comparison]:
-    """(recipe, scenario) -> that recipe alone, A vs B: the report's detail tables."""
-    out = {}
+def per_recipe(lm: dict, threshold: float, found: list[Comparison]) -> dict[tuple[str, str], Comparison]:
+    """(recipe, scenario) -> that recipe alone, A vs B: the report's detail tables. A family of one
+    recipe (every family in `default`) is that recipe's comparison already."""
+    single_families = {family for family, recipes in families(lm).items() if len(recipes) == 1}
+    out = {(c.recipes[0], c.scenario): c for c in found if c.family in single_families and c.recipes}
+    broken = {scenario: health(lm, scenario, threshold) for scenario in dict.fromkeys(k[2] for k in lm)}
     for recipe, scenario in dict.fromkeys((k[1], k[2]) for k in lm):
-        found = compare(lm, scenario, recipe, [recipe], health(lm, scenario, threshold))
-        if found:
-            out[recipe, scenario] = found
+        if (recipe, scenario) not in out and (single := compare(lm, scenario, recipe, [recipe], broken[scenario])):
+            out[recipe, scenario] = single
     return out
 
 

@@ -40,6 +40,13 @@ def moments(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return flat.mean(axis=0), flat.std(axis=0)
 
 
+def ffn_input_std(taps: dict, n_layers: int) -> np.ndarray:
+    """(n_layers, d_model): each feature's std at each FFN input ("ffn_in.N" taps): the unit in which
+    a scenario's offsets are given to a whole model."""
+    return np.stack([np.asarray(taps[f"ffn_in.{i}"]).reshape(-1, np.shape(taps[f"ffn_in.{i}"])[-1]).std(axis=0)
+                     for i in range(n_layers)])
+
+
 def _per_std(values: np.ndarray, std: np.ndarray) -> np.ndarray:
     return values / np.where(std > 0, std, 1.0)
 
@@ -56,7 +63,6 @@ def drift_stats(h: np.ndarray, reference: tuple[np.ndarray, np.ndarray] | None =
     typical = float(np.median(magnitude))
     top = np.argmax(magnitude, axis=1)
     log_rms = np.log(np.sqrt(np.mean(h**2, axis=(1, 2))))
-    raw = h.reshape(-1, width)
     return {
         "positive_mean_fraction": float(np.mean(mean > 0)),
         "abs_mean_shift_std": float(np.mean(np.abs(_per_std(mean, std)))),
@@ -66,7 +72,7 @@ def drift_stats(h: np.ndarray, reference: tuple[np.ndarray, np.ndarray] | None =
         "massive_ratio": float(magnitude.max() / typical) if typical > 0 else None,
         "massive_channels_stable": float(np.bincount(top, minlength=width).max() / len(top)),
         "rms_spread": float(np.std(log_rms)) if len(h) > 1 else None,
-        "mean_shift_std_signed": float(np.mean(_per_std(raw.mean(axis=0), raw.std(axis=0)))),
+        "mean_shift_std_signed": float(np.mean(_per_std(tokens.mean(axis=0), tokens.std(axis=0)))),
     }
 
 

@@ -11,6 +11,7 @@ of training text every `REFRESH` steps, since the model they describe is changin
 import numpy as np
 import torch
 
+from ffnbench.bench.traffic.drift_stats import ffn_input_std
 from ffnbench.bench.traffic.scenarios import Scenario
 from ffnbench.errors import UsageError
 from ffnbench.models.lm import INJECT, CausalLM, Drift
@@ -69,5 +70,4 @@ def clean_feature_std(model: CausalLM, tokens: torch.Tensor) -> np.ndarray:
     taps: dict = {}
     model(tokens, taps=taps)
     model.train(was_training)
-    return np.stack([taps[f"ffn_in.{i}"].reshape(-1, model.cfg.d_model).std(dim=0).numpy()
-                     for i in range(model.cfg.n_layers)])
+    return ffn_input_std(taps, model.cfg.n_layers)
