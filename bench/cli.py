@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a byte-level causal LM whose FFN sublayers are one design")
     train.add_argument("--design", required=True, help="A, B, ln-swiglu or rms-gelu")
     train.add_argument("--out", required=True, help="a new directory for model.safetensors and manifest.json")
-    train.add_argument("--steps", type=int, help="optimiser steps (default: TrainConfig's)")
+    train.add_argument("--steps", type=int, help="optimiser steps (default: TrainConfig's); 0 with --init-from "
+                       "stores that checkpoint again, e.g. in float16")
     train.add_argument("--batch", type=int, help="sequences a step (default: TrainConfig's)")
     train.add_argument("--seed", type=int, help="initialisation and data order (default 0)")
     train.add_argument("--lr", type=float, help="peak learning rate (default: TrainConfig's)")
@@ -381,6 +382,9 @@ def cmd_train(args) -> int:
     from ffnbench.models.lm import LMConfig
     from ffnbench.models.train import TrainConfig, train
 
+    if args.drift and args.steps == 0:
+        raise UsageError("--drift: with --steps 0 nothing trains (the checkpoint is only stored again); "
+                         "drop --drift or give --steps")
     seed = {} if args.seed is None else {"seed": args.seed}
     lm_cfg = LMConfig(design=args.design, **seed)
     cfg = TrainConfig(**{k: getattr(args, k) for k in ("steps", "batch", "lr", "init_from", "store_dtype")

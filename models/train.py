@@ -47,12 +47,16 @@ class TrainConfig:
     init_from: str | None = None
     # How model.safetensors stores the weights. float16 halves a checkpoint (the committed ones share a
     # 64 MB budget); the model then is the upcast fp16 weights, which every figure is measured on.
+    # With init_from and steps = 0 nothing trains: the start is stored again in this dtype.
     store_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "eval_batch"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise UsageError(f"{name}: must be a positive integer, got {getattr(self, name)!r}")
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0 or \
+                    (getattr(self, name) == 0 and (name != "steps" or self.init_from is None)):
+                raise UsageError(f"{name}: must be a positive integer, got {getattr(self, name)!r}"
+                                 + (" (0 steps only with --init-from: store a checkpoint again)"
+                                    if name == "steps" else ""))
         if not self.lr > 0 or self.warmup < 0 or self.weight_decay < 0:
             raise UsageError("lr must be positive, warmup and weight_decay >= 0")
         if self.init not in INITS:
@@ -148,6 +152,8 @@ def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress:
                              f"context ({lm_cfg.context + 1} bytes); use a shorter context")
     if out is not None and Path(out).exists():
         raise UsageError(f"--out: {out} already exists; choose a new directory")
+    if cfg.steps == 0:
+        return restore(lm_cfg.design, cfg, held_out, validation, out)
     torch.manual_seed(lm_cfg.seed)  # nothing should draw from it; pinned anyway for determinism
     model = CausalLM(lm_cfg)
     start = None
@@ -169,13 +175,7 @@ def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress:
         optimiser.step()
         scheduler.step()
         losses.append(round(loss.item(), 5))
-    with torch.no_grad():  # what is stored is what is measured
-        for name, p in model.named_parameters():
-            stored = p.to(STORE_DTYPES[cfg.store_dtype])
-            if not torch.isfinite(stored).all():
-                raise UsageError(f"--store-dtype {cfg.store_dtype}: {name} holds values past its range "
-                                 f"(max |w| {p.abs().max().item():.3g}); store float32")
-            p.copy_(stored)
+    cast_(model, cfg.store_dtype)
     manifest = {
         "kind": "ffnbench.lm", "config": lm_cfg.to_dict(), "train": dataclasses.asdict(cfg),
         "corpus": text.describe(), "steps": cfg.steps, "losses": losses,
@@ -187,9 +187,41 @@ def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress:
         "init_from": start, "drift": drift.describe() if drift else None,
     }
     if out is not None:
-        with files.staged_dir(Path(out)) as stage:
-            save_file({k: v.to(STORE_DTYPES[cfg.store_dtype]).contiguous() for k, v in model.state_dict().items()},
-                      str(stage / "model.safetensors"))
-            manifest["sha256"] = files.sha256_file(stage / "model.safetensors")
-            files.write_json(stage / "manifest.json", manifest)
+        save(model, manifest, cfg.store_dtype, Path(out))
     return manifest
+
+
+def restore(design: str, cfg: TrainConfig, held_out: np.ndarray, validation: np.ndarray | None, out: Path | None) -> dict:
+    """The checkpoint cfg.init_from stored again in cfg.store_dtype, nothing trained: its manifest's
+    record of how it was trained kept, its bits per byte re-measured on the cast weights, and the
+    file it came from (`stored_from`) hashed, so the fp32 original can be found (git history)."""
+    model, manifest = load_lm(Path(cfg.init_from), design)
+    cast_(model, cfg.store_dtype)
+    manifest = {**manifest, "train": {**manifest["train"], "store_dtype": cfg.store_dtype},
+                "stored_from": {"path": str(cfg.init_from), "sha256": manifest["sha256"]},
+                "held_out_bits_per_byte": bits_per_byte(model, held_out, cfg.eval_batch),
+                "validation_bits_per_byte": bits_per_byte(model, validation, cfg.eval_batch)
+                if validation is not None and manifest.get("validation_bits_per_byte") is not None else None}
+    if out is not None:
+        save(model, manifest, cfg.store_dtype, Path(out))
+    return manifest
+
+
+@torch.no_grad()
+def cast_(model: CausalLM, store_dtype: str) -> None:
+    """Round the weights to store_dtype in place, so that what is stored is what is measured."""
+    for name, p in model.named_parameters():
+        stored = p.to(STORE_DTYPES[store_dtype])
+        if not torch.isfinite(stored).all():
+            raise UsageError(f"--store-dtype {store_dtype}: {name} holds values past its range "
+                             f"(max |w| {p.abs().max().item():.3g}); store float32")
+        p.copy_(stored)
+
+
+def save(model: CausalLM, manifest: dict, store_dtype: str, out: Path) -> None:
+    """model.safetensors in store_dtype and manifest.json (with the weights' sha256), all or nothing."""
+    with files.staged_dir(out) as stage:
+        save_file({k: v.to(STORE_DTYPES[store_dtype]).contiguous() for k, v in model.state_dict().items()},
+                  str(stage / "model.safetensors"))
+        manifest["sha256"] = files.sha256_file(stage / "model.safetensors")
+        files.write_json(stage / "manifest.json", manifest)

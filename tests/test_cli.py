@@ -259,7 +259,8 @@ def test_gate_refuses_a_tolerance_unit_that_does_not_fit_its_metric(cli, tmp_pat
 
 @pytest.mark.parametrize(("args", "needle"), [
     (["--design", "C"], "design: unknown 'C'"),
-    (["--design", "A", "--steps", "0"], "steps: must be a positive integer"),
+    (["--design", "A", "--steps", "0"], "0 steps only with --init-from"),
+    (["--design", "A", "--steps", "0", "--init-from", "x", "--drift", "production"], "with --steps 0 nothing trains"),
     (["--design", "A", "--lr", "0"], "lr must be positive"),
 ])
 def test_train_bad_input_is_one_line_exit_2_and_writes_nothing(cli, tmp_path, args, needle):

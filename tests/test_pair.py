@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from ffnbench.errors import UsageError
-from ffnbench.models.pair import load_lm, trained_dir
+from ffnbench.models.pair import TRAINED, load_lm, trained_dir
 
 
 @pytest.fixture
@@ -46,3 +46,14 @@ def test_a_checkpoint_of_another_shape_is_refused(copy_of_b):
     (copy_of_b / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UsageError, match="its weights do not fit its config"):
         load_lm(copy_of_b)
+
+
+def test_the_committed_checkpoints_fit_the_repository_budget():
+    """Every committed checkpoint together within 64 MB (the clone stays lean), each stored in float16
+    and naming the fp32 file it was rounded from or the checkpoint it was fine-tuned from."""
+    weights = list(TRAINED.glob("*/*/*/model.safetensors"))
+    assert weights and sum(w.stat().st_size for w in weights) <= 64 * 2**20
+    for w in weights:
+        manifest = json.loads((w.parent / "manifest.json").read_text())
+        assert manifest["train"]["store_dtype"] == "float16", w
+        assert (manifest.get("stored_from") or manifest.get("init_from"))["sha256"], w

@@ -17,6 +17,7 @@ from ffnbench.errors import UsageError
 from ffnbench.files import sha256_file
 from ffnbench.models import corpus
 from ffnbench.models.lm import CausalLM, LMConfig
+from ffnbench.models.pair import load_lm
 from ffnbench.models.train import TrainConfig, batches, bits_per_byte, gpt2_init_, parameter_groups, train
 
 SMALL = LMConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, context=16)
@@ -171,8 +172,6 @@ def test_a_float16_checkpoint_is_what_its_manifest_measured(tmp_path):
     """Stored in fp16, loaded as the upcast weights: the manifest's held-out figure is theirs."""
     from safetensors.numpy import load_file as load_numpy
 
-    from ffnbench.models.pair import load_lm
-
     m = train(SMALL, TrainConfig(steps=2, batch=2, eval_batch=4, store_dtype="float16"), tmp_path / "half",
               progress=False)
     stored = load_numpy(str(tmp_path / "half" / "model.safetensors"))
@@ -184,3 +183,24 @@ def test_a_float16_checkpoint_is_what_its_manifest_measured(tmp_path):
     assert bits_per_byte(model, held_out, 64) == pytest.approx(m["held_out_bits_per_byte"], abs=1e-6)
     with pytest.raises(UsageError, match="store_dtype: unknown 'int8'"):
         TrainConfig(store_dtype="int8")
+
+
+def test_zero_steps_store_a_checkpoint_again_in_float16(tmp_path):
+    """--steps 0 --init-from: the same model rounded to fp16, its training record kept, its figures
+    re-measured on the rounded weights, and the fp32 file it came from hashed."""
+    from safetensors.numpy import load_file as load_numpy
+
+    start = train(SMALL, TrainConfig(steps=2, batch=2, eval_batch=4), tmp_path / "fp32", progress=False)
+    half = train(SMALL, TrainConfig(steps=0, eval_batch=4, init_from=str(tmp_path / "fp32"), store_dtype="float16"),
+                 tmp_path / "fp16", progress=False)
+    assert half["stored_from"] == {"path": str(tmp_path / "fp32"), "sha256": start["sha256"]}
+    assert half["losses"] == start["losses"] and half["train"]["steps"] == 2 and half["sha256"] != start["sha256"]
+    original = load_numpy(str(tmp_path / "fp32" / "model.safetensors"))
+    stored = load_numpy(str(tmp_path / "fp16" / "model.safetensors"))
+    assert all(np.array_equal(stored[k], v.astype(np.float16)) for k, v in original.items())
+    model, _ = load_lm(tmp_path / "fp16")
+    _, held_out = corpus.prose().split()
+    assert bits_per_byte(model, held_out, 64) == pytest.approx(half["held_out_bits_per_byte"], abs=1e-6)
+    assert half["held_out_bits_per_byte"] == pytest.approx(start["held_out_bits_per_byte"], abs=0.01)
+    with pytest.raises(UsageError, match="0 steps only with --init-from"):
+        TrainConfig(steps=0)
