@@ -10,7 +10,7 @@ from pathlib import Path
 from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.bench.traffic import model_specs
 from ffnbench.bench.traffic.model_specs import ModelSpec
-from ffnbench.bench.traffic.scenarios import NAMED, TEXT_DOMAINS, Replay, Scenario
+from ffnbench.bench.traffic.scenarios import MAGNITUDES, NAMED, SHIFTS, TEXT_DOMAINS, Replay, Scenario
 from ffnbench.errors import UsageError
 from ffnbench.models import DESIGNS, PRESETS, FFNBlock, FFNConfig, build_model, preset
 from ffnbench.models.lm import INJECT
@@ -19,10 +19,14 @@ from ffnbench.quant import FAMILIES, RECIPES, recipe_config
 
 QUICK_RECIPES = ("fp32", "ort-int8-dynamic", "ort-int4-rtn", "bnb-int8", "bnb-nf4")
 QUICK_LM_RECIPES = ("fp32", "ort-int8-dynamic", "bnb-nf4")
-# One recipe a family (quant.recipes.FAMILIES): the families are the independent evidence, and the
-# three seeds of both designs at 64 windows and five drift draws fit `default`'s ten minutes no other way.
+# One recipe a family (quant.recipes.FAMILIES): the families are the independent evidence, and
+# `default` must stay within ten minutes on 2 cores: both kinds of committed model (the drift-trained
+# pair, the answer, and the trained pair, its contrast) × three seeds at 32 windows, and the
+# dose-response on seed 0 of the trained pair at 16 windows, fit no other way.
 DEFAULT_LM_RECIPES = ("fp32", *(members[0] for members in FAMILIES.values()))
-DEFAULT_LM_SCENARIOS = ("clean", "magnitude-2", "production", "domain-code")
+DEFAULT_LM_SCENARIOS = ("clean", "production", "massive", "domain-code")
+# Every level of the two strength axes (scenarios.SHIFTS, MAGNITUDES), `clean` their zero.
+DOSE_SCENARIOS = tuple(dict.fromkeys([*SHIFTS, *MAGNITUDES]))
 
 
 @dataclass
@@ -76,6 +80,14 @@ class RunConfig:
     # figure; a verdict needs both designs healthy (DESIGN.md).
     healthy_delta_bpb: float = 0.1
     lm_inject: str = "ffn-input"  # where a synthetic drift enters: each FFN's input, or "residual"
+    # Dose-response cells: the lm recipes under each of dose_scenarios (levels of one drift's
+    # strength), injected at each of dose_inject, on dose_models' dose_seeds; their own cells
+    # (model names trained-s0@residual, …), drawn as curves, never in a verdict. [] for none.
+    dose_scenarios: list[str] = field(default_factory=list)
+    dose_inject: list[str] = field(default_factory=lambda: list(INJECT))
+    dose_models: list[str] = field(default_factory=lambda: ["trained"])
+    dose_seeds: list[int] = field(default_factory=lambda: [0])
+    dose_windows: int = 16  # held-out windows a dose-response cell reads (lm_windows for the matrix)
     user_scenarios: dict[str, Scenario | Replay] = field(default_factory=dict)
     # The folder the config's files (weights, replays) are relative to; a run records it relative to
     # itself, so a re-timing finds them from the run directory.
@@ -166,7 +178,8 @@ class RunConfig:
         self._check_lm(known_recipes, known_scenarios)
         for model, overrides in self.per_model.items():
             self._check_per_model(model, overrides)
-        for name in ("n_requests", "seq_len", "calibration_requests", "threads", "lm_windows", "lm_draws"):
+        for name in ("n_requests", "seq_len", "calibration_requests", "threads", "lm_windows", "lm_draws",
+                     "dose_windows"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name}: must be positive, got {getattr(self, name)}")
         if not self.delta > 0:
@@ -222,18 +235,38 @@ class RunConfig:
                                  "(lm cells read text); calibrate on a synthetic scenario, or drop QDQ from lm_recipes")
         if self.lm_recipes and not self.lm_scenarios:
             raise UsageError("lm_scenarios: empty; name at least one (e.g. clean) or set lm_recipes = []")
-        for kind in self.lm_models if self.lm_recipes else ():
-            if kind not in KINDS:
-                raise UsageError(f"lm_models: unknown '{kind}'; choose from {', '.join(KINDS)}")
-            for design in (d for d in self.designs if d in ("A", "B")):
-                committed = trained_seeds(design, kind)
-                if not self.lm_seeds or any(s not in committed for s in self.lm_seeds):
-                    raise UsageError(f"lm_seeds: {self.lm_seeds} are not all committed training seeds of the {kind} "
-                                     f"design {design}; choose from {', '.join(map(str, committed)) or 'none'}")
-        if self.lm_recipes and not self.lm_models:
-            raise UsageError(f"lm_models: empty; name at least one of {', '.join(KINDS)} or set lm_recipes = []")
+        if self.lm_recipes:
+            self._check_models("lm", self.lm_models, self.lm_seeds)
         if self.lm_inject not in INJECT:
             raise UsageError(f"lm_inject: unknown '{self.lm_inject}'; choose one of {', '.join(INJECT)}")
+        if self.lm_recipes and self.dose_scenarios:
+            self._check_dose(known_scenarios)
+
+    def _check_models(self, prefix: str, kinds: list[str], seeds: list[int]) -> None:
+        """Each kind of committed model known and holding every seed asked, for the run's designs."""
+        if not kinds:
+            raise UsageError(f"{prefix}_models: empty; name at least one of {', '.join(KINDS)} or set "
+                             f"{'lm_recipes' if prefix == 'lm' else 'dose_scenarios'} = []")
+        for kind in kinds:
+            if kind not in KINDS:
+                raise UsageError(f"{prefix}_models: unknown '{kind}'; choose from {', '.join(KINDS)}")
+            for design in (d for d in self.designs if d in ("A", "B")):
+                committed = trained_seeds(design, kind)
+                if not seeds or any(s not in committed for s in seeds):
+                    raise UsageError(f"{prefix}_seeds: {seeds} are not all committed training seeds of the {kind} "
+                                     f"design {design}; choose from {', '.join(map(str, committed)) or 'none'}")
+
+    def _check_dose(self, known_scenarios: dict) -> None:
+        synthetic = [name for name, spec in known_scenarios.items() if isinstance(spec, Scenario)]
+        for name in self.dose_scenarios:
+            if name not in synthetic:
+                raise UsageError(f"dose_scenarios: '{name}' is not a synthetic scenario (a dose is a drift's "
+                                 f"strength); choose from {', '.join(synthetic)}")
+        for inject in self.dose_inject or [None]:
+            if inject not in INJECT:
+                raise UsageError(f"dose_inject: {'empty' if inject is None else f'unknown {inject!r}'}; choose from "
+                                 f"{', '.join(INJECT)}")
+        self._check_models("dose", self.dose_models, self.dose_seeds)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -271,21 +304,26 @@ LLAMA_7B = {"designs": ["A", "B"], "scenarios": ["production"], "n_requests": 4,
 PRESETS_RUN = {
     "quick": RunConfig(preset="quick", lm_recipes=list(QUICK_LM_RECIPES), lm_windows=8, lm_draws=2, lm_seeds=[0]),
     "default": RunConfig(preset="default", models=["default"], recipes=list(RECIPES), scenarios=list(NAMED),
-                         lm_recipes=list(DEFAULT_LM_RECIPES), lm_scenarios=list(DEFAULT_LM_SCENARIOS)),
+                         lm_recipes=list(DEFAULT_LM_RECIPES), lm_scenarios=list(DEFAULT_LM_SCENARIOS),
+                         lm_models=["drift", "trained"], lm_windows=32, dose_scenarios=list(DOSE_SCENARIOS)),
     "full": RunConfig(preset="full", designs=list(DESIGNS), models=["small", "default", "llama-7b"],
                       recipes=list(RECIPES), scenarios=list(NAMED), lm_recipes=list(RECIPES),
-                      lm_scenarios=[*NAMED, *TEXT_DOMAINS], per_model={"llama-7b": LLAMA_7B}),
+                      lm_scenarios=[*NAMED, *TEXT_DOMAINS], lm_models=["drift", "trained"],
+                      # the matrix holds every level at ffn-input already: the dose adds the residual stream
+                      dose_scenarios=list(DOSE_SCENARIOS), dose_inject=["residual"], dose_seeds=[0, 1, 2],
+                      dose_windows=64,
+                      per_model={"llama-7b": LLAMA_7B}),
 }
 
 LIST_KEYS = ("designs", "models", "recipes", "scenarios", "calibration", "lm_recipes", "lm_scenarios",
-             "lm_models")
-INT_LIST_KEYS = ("lm_seeds",)
+             "lm_models", "dose_scenarios", "dose_inject", "dose_models")
+INT_LIST_KEYS = ("lm_seeds", "dose_seeds")
 SHAPE_KEYS = ("decode", "prefill")
 SCALAR_KEYS = {"preset": str, "n_requests": int, "seq_len": int, "seed": int, "calibration_requests": int,
                "delta": float, "threads": int, "device": str, "residual": bool, "latency": bool, "warmup": int,
                "min_iterations": int, "min_seconds": float, "max_iterations": int, "max_seconds": float,
                "max_runnable_seconds": float, "memory": bool, "diagnose": bool, "ort_spinning": bool, "lm_windows": int,
-               "lm_inject": str, "lm_draws": int, "healthy_delta_bpb": float}
+               "lm_inject": str, "lm_draws": int, "healthy_delta_bpb": float, "dose_windows": int}
 
 
 PER_MODEL_KEYS = ("designs", "scenarios", "n_requests", "seq_len", "calibration_requests", "decode", "prefill",

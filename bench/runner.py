@@ -1,6 +1,7 @@
 """`run(config, out) -> results`: build -> export -> quantize -> measure -> record, cell by cell."""
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -13,7 +14,7 @@ import numpy as np
 from ffnbench import files
 from ffnbench.bench.cells import diagnosis, latency_cells, lm_cells, memory, metrics, prebuild
 from ffnbench.bench.cells.cell_record import artifact_summary, finite, recording
-from ffnbench.bench.cells.lm_cells import LM_DESIGNS, LMSubject, kind_and_seed, lm_model, measure_lm
+from ffnbench.bench.cells.lm_cells import LM_DESIGNS, LMSubject, lm_model, measure_lm, parse_lm_model
 from ffnbench.bench.cells.runnables import Runnable, TorchRunnable, ort_has_cuda, runnable_for
 from ffnbench.bench.config import RunConfig
 from ffnbench.bench.machine import doctor, fit, u8s8
@@ -62,6 +63,11 @@ def plan(config: RunConfig) -> list[Cell]:
     for kind, seed, design, recipe in itertools.product(config.lm_models, config.lm_seeds, lm_designs, lm_recipes):
         for cal in _calibrations(config, recipe):
             cells += [Cell(design, lm_model(seed, kind), recipe, s, cal, kind="lm") for s in config.lm_scenarios]
+    for kind, seed, inject, design, recipe in itertools.product(config.dose_models, config.dose_seeds,
+                                                                config.dose_inject, lm_designs, lm_recipes):
+        for cal in _calibrations(config, recipe):
+            cells += [Cell(design, lm_model(seed, kind, inject), recipe, s, cal, kind="lm")
+                      for s in config.dose_scenarios]
     return cells
 
 
@@ -140,9 +146,15 @@ def run_lm(cells: list[Cell], config: RunConfig, store: RunStore, bar: Progress)
     subjects = {}
     for design, model in groups:
         bar.phase(f"{model} {design}: export (whole model)")
-        kind, seed = kind_and_seed(model)
-        subjects[design, model] = LMSubject(config, design, seed, store.out / "artifacts", kind)
-    jobs = {key: prebuild.builds({key[0]: subjects[key]}, group) for key, group in groups.items()}
+        kind, seed, inject = parse_lm_model(model)
+        own = dataclasses.replace(config, lm_windows=config.dose_windows) if inject else config  # a dose cell
+        subjects[design, model] = LMSubject(own, design, seed, store.out / "artifacts", kind, inject)
+    jobs, seen = {}, set()
+    for key, group in groups.items():
+        # A dose cell at the matrix's injection point shares the matrix model's artifacts: built once,
+        # by the earlier group, which has waited for them before the later one starts.
+        jobs[key] = [(out, job) for out, job in prebuild.builds({key[0]: subjects[key]}, group) if out not in seen]
+        seen |= {out for out, _ in jobs[key]}
     calibrated = any(job["calibration"] is not None for js in jobs.values() for _, job in js)  # else starting
     with prebuild.pool(config) if calibrated else contextlib.nullcontext() as pool:  # workers costs more
         pending = {key: prebuild.submit(pool, js) if pool else {} for key, js in jobs.items()}

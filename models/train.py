@@ -191,7 +191,8 @@ def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress:
     return manifest
 
 
-def restore(design: str, cfg: TrainConfig, held_out: np.ndarray, validation: np.ndarray | None, out: Path | None) -> dict:
+def restore(design: str, cfg: TrainConfig, held_out: np.ndarray, validation: np.ndarray | None,
+            out: Path | None) -> dict:
     """The checkpoint cfg.init_from stored again in cfg.store_dtype, nothing trained: its manifest's
     record of how it was trained kept, its bits per byte re-measured on the cast weights, and the
     file it came from (`stored_from`) hashed, so the fp32 original can be found (git history)."""

@@ -2,7 +2,7 @@
 
 from ffnbench.quant.api import Artifact, Skipped, load_artifact, quantize
 from ffnbench.quant.calibration import Calibration
-from ffnbench.quant.recipes import FAMILIES, FAMILY_OF, RECIPES, recipe_config
+from ffnbench.quant.recipes import FAMILIES, FAMILY_OF, RECIPES, batch_invariant, recipe_config
 
-__all__ = ["FAMILIES", "FAMILY_OF", "RECIPES", "Artifact", "Calibration", "Skipped", "load_artifact", "quantize",
-           "recipe_config"]
+__all__ = ["FAMILIES", "FAMILY_OF", "RECIPES", "Artifact", "Calibration", "Skipped", "batch_invariant",
+           "load_artifact", "quantize", "recipe_config"]

@@ -22,6 +22,8 @@ class OrtDynamicInt8:
 
     runtime: ClassVar[str] = "ort"
     bits: ClassVar[int] = 8
+    # One activation range per call: requests batched together share it (see batch_invariant).
+    per_call_range: ClassVar[bool] = True
     per_channel: bool = True
     # None: decided by the measured U8S8 probe (7-bit weights where the int16 pair sum saturates).
     reduce_range: bool | None = None
@@ -86,6 +88,11 @@ class BnbInt8:
     runtime: ClassVar[str] = "bnb"
     bits: ClassVar[int] = 8
     threshold: float = 0.0
+
+    @property
+    def per_call_range(self) -> bool:
+        """With a threshold the fp16 outlier columns are those any token of the call crosses it in."""
+        return self.threshold > 0
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,13 @@ CHOICES = {
     "compute_dtype": ("float32", "float16", "bfloat16"),
     "dtype": ("float16", "bfloat16"),
 }
+
+
+def batch_invariant(recipe) -> bool:
+    """Whether a request's output is the same alone or batched with others: false where an
+    activation range or outlier set is taken over the whole call (dynamic int8 per tensor,
+    LLM.int8 with a threshold); weight-only, static and per-token schemes are invariant."""
+    return not getattr(recipe, "per_call_range", False)
 
 
 def recipe_config(name: str, **params):

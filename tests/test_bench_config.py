@@ -19,7 +19,12 @@ def test_presets():
     # default: one recipe of each family, every seed; full: every recipe; quick: one seed, for gates
     assert {FAMILY_OF[r] for r in default.lm_recipes} == {"fp32", *FAMILIES} == {FAMILY_OF[r] for r in RECIPES}
     assert len(default.lm_recipes) == len(FAMILIES) + 1 and default.lm_seeds == [0, 1, 2]
-    assert {"production", "domain-code"} <= set(default.lm_scenarios) and default.lm_windows >= 64
+    assert {"production", "massive", "domain-code"} <= set(default.lm_scenarios) and default.lm_windows >= 32
+    # The drift-trained pair is the answer, the trained pair its contrast; the dose-response at both
+    # injection points covers each axis from clean to its strongest level.
+    assert default.lm_models == ["drift", "trained"] and set(default.dose_inject) == {"ffn-input", "residual"}
+    assert set(default.dose_scenarios) == {"clean", "shift-0.5", "shift-1", "shift-2", "shift-4", "shift-8",
+                                           "magnitude-1", "magnitude-2"}
     assert preset_config("full").lm_recipes == list(RECIPES) and "shift-8" in preset_config("full").lm_scenarios
     assert quick.lm_seeds == [0]
     with pytest.raises(UsageError, match="--preset: unknown 'huge'"):
@@ -97,6 +102,21 @@ def test_toml_errors_name_the_key(tmp_path, text, needle):
 ])
 def test_check_rejects_unknown_names(axis, value, needle):
     cfg = preset_config("quick")
+    setattr(cfg, axis, value)
+    with pytest.raises(UsageError, match=needle):
+        cfg.check()
+
+
+@pytest.mark.parametrize(("axis", "value", "needle"), [
+    ("dose_scenarios", ["domain-code"], "dose_scenarios: 'domain-code' is not a synthetic scenario"),
+    ("dose_inject", [], "dose_inject: empty"),
+    ("dose_inject", ["middle"], "dose_inject: unknown 'middle'"),
+    ("dose_seeds", [7], r"dose_seeds: \[7\] are not all committed training seeds of the trained design A"),
+    ("dose_models", ["fancy"], "dose_models: unknown 'fancy'"),
+])
+def test_check_rejects_a_bad_dose_response(axis, value, needle):
+    cfg = preset_config("quick")
+    cfg.dose_scenarios = ["clean", "shift-1", "shift-4"]
     setattr(cfg, axis, value)
     with pytest.raises(UsageError, match=needle):
         cfg.check()

@@ -2,6 +2,7 @@
 read from lm records made here; the figure is drawn."""
 
 import numpy as np
+import pytest
 from test_downstream_verdict import cell, index
 
 from ffnbench.bench.report import dose_response
@@ -27,7 +28,7 @@ def test_healthy_range_and_doubling_are_read_along_the_axis():
     lm, levels = records(), sorted((x, s) for s, x in SHIFTS.items())
     # The worst seed decides: seed 1 costs 0.01 bit more.
     assert dose_response.healthy_up_to(lm, "A", levels, 0.1) == "healthy up to 1, not at 2 (+0.11 bit)"
-    assert dose_response.healthy_up_to(lm, "B", levels, 0.1) == "healthy up to 0, not at 0.5 (+0.16 bit)"
+    assert dose_response.healthy_up_to(lm, "B", levels, 0.1) == "healthy at 0 (clean) only, not at 0.5 (+0.16 bit)"
     assert dose_response.healthy_up_to(lm, "B", levels[1:], 0.1) == "not healthy at 0.5 already (+0.16 bit)"
     assert dose_response.healthy_up_to(lm, "A", levels[:3], 0.1) == "healthy at every level measured (up to 1)"
     assert dose_response.kl_doubles(lm, "A", ["ort-int8-dynamic"], levels) == 2  # 1 + 0.5·2 = 2× clean
@@ -50,3 +51,34 @@ def test_the_section_draws_one_figure_an_axis_it_covers(tmp_path):
     assert not any("magnitude" in line for line in lines)  # only clean of that axis: no curve to draw
     assert (tmp_path / "dose_response_shift.png").stat().st_size > 10_000
     assert any("int8-dynamic A at 2, B at 1" in line for line in lines)
+    # Each level's fp32 drift cost with its interval: every window and seed costs the same here.
+    assert "| 2 | +0.10 [+0.10, +0.10] | +0.60 [+0.60, +0.60] |" in lines
+
+
+def test_a_run_measures_the_dose_at_both_injection_points_apart_from_the_matrix(tmp_path, seed_exports):
+    """dose_scenarios: cells of their own per injection point (never in a verdict), one figure an
+    injection point; the same drift costs differently where it enters."""
+    import json
+
+    from ffnbench.bench import RunConfig, run
+    from ffnbench.bench.report import report
+
+    config = RunConfig(designs=["B"], models=["tiny"], recipes=["fp32"], scenarios=["clean"], n_requests=1,
+                       seq_len=4, latency=False, lm_recipes=["fp32"], lm_scenarios=["clean"], lm_windows=4, lm_draws=2,
+                       lm_seeds=[0], dose_scenarios=["clean", "shift-1", "shift-4"], dose_windows=4)
+    out = seed_exports(tmp_path / "run")
+    cells = {(c["design"], c["model"], c["scenario"]): c for c in run(config, out, progress=False)
+             if c["kind"] == "lm"}
+    assert {m for _, m, _ in cells} == {"trained-s0", "trained-s0@ffn-input", "trained-s0@residual"}
+    at = {inject: cells["B", f"trained-s0@{inject}", "shift-1"] for inject in ("ffn-input", "residual")}
+    assert {c["inject"] for c in at.values()} == {"ffn-input", "residual"}
+    assert at["ffn-input"]["metrics"]["bits_per_byte"] != at["residual"]["metrics"]["bits_per_byte"]
+    # The ffn-input dose cell under clean is the matrix's own cell measured again: the same figure.
+    assert cells["B", "trained-s0@ffn-input", "clean"]["metrics"]["bits_per_byte"] == \
+        pytest.approx(cells["B", "trained-s0", "clean"]["metrics"]["bits_per_byte"], abs=1e-9)
+    text = report.write(out).read_text()
+    for inject in ("ffn-input", "residual"):
+        assert f"### Dose-response: shift (injected at `{inject}`)" in text
+        assert (out / "plots" / f"dose_response_shift_{inject}.png").stat().st_size > 10_000
+        assert f"### Drift at the FFN inputs, measured: the dose-response levels, injected at `{inject}`" in text
+    assert {v["scenario"] for v in json.loads((out / "downstream.json").read_text())} <= {"clean"}

@@ -166,3 +166,16 @@ def test_families_that_split_make_a_mixed_scenario():
     found = dv.comparisons(index(cells), 0.1)
     assert {c.family: c.verdict for c in found} == {"int8-dynamic": "A", "int8-llm": "B"}
     assert dv.summary(found, "clean") == "mixed"
+
+
+def test_one_designs_mean_has_the_interval_of_a_mean_over_windows():
+    """design_mean: one seed, one draw, windows independent: the bootstrap's 95 % interval of the
+    mean is close to mean ± 1.96 standard errors."""
+    rng = np.random.default_rng(3)
+    kl = rng.exponential(1e-3, 400)
+    lm = index([cell("A", "bnb-nf4", "clean", 0, kl, np.zeros(400), draws=1)])
+    point, low, high = dv.design_mean(lm, "A", ["bnb-nf4"], "clean", "kl_to_fp32")
+    half = 1.96 * kl.std(ddof=1) / np.sqrt(len(kl))
+    assert point == pytest.approx(kl.mean()) and low < point < high
+    assert (high - low) / 2 == pytest.approx(half, rel=0.15)
+    assert dv.design_mean(lm, "B", ["bnb-nf4"], "clean", "kl_to_fp32") is None

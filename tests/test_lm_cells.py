@@ -1,6 +1,7 @@
 """Whole-model (lm) cells: the trained pair exported whole, its FFN sublayers quantized, measured
 under synthetic and real drift against fp32 torch on the same text."""
 
+import dataclasses
 import json
 import shutil
 
@@ -19,10 +20,11 @@ from ffnbench.bench.cells.lm_runnables import LMOrt
 from ffnbench.bench.gate.checks import checks
 from ffnbench.bench.gate.gate import gate, write_baseline
 from ffnbench.bench.report import report
+from ffnbench.bench.traffic.scenarios import Scenario
 from ffnbench.errors import UsageError
 from ffnbench.export.lm_export import feeds
 from ffnbench.models.lm import CausalLM, LMConfig
-from ffnbench.quant import Calibration, quantize
+from ffnbench.quant import RECIPES, Calibration, batch_invariant, quantize
 from ffnbench.quant.ort_recipes import quantized_matmuls
 
 LM_RECIPES = ["fp32", "ort-int8-dynamic", "bnb-nf4", "ort-int8-qdq-minmax"]  # the last built by workers
@@ -327,5 +329,32 @@ def test_a_run_measures_each_kind_of_committed_model_on_its_own(tmp_path, monkey
     assert text.index("## Downstream: the drift-trained pair") < text.index("## Downstream: the trained pair")
     found = json.loads((out / "downstream.json").read_text())
     assert sorted(v["pair"] for v in found) == ["drift", "trained"]
-    with pytest.raises(UsageError, match="lm_seeds: \\[1\\] are not all committed training seeds of the drift design"):
-        RunConfig(lm_recipes=["fp32"], lm_seeds=[1], lm_models=["drift"]).check()
+    with pytest.raises(UsageError, match="lm_seeds: \\[7\\] are not all committed training seeds of the drift design"):
+        RunConfig(lm_recipes=["fp32"], lm_seeds=[7], lm_models=["drift"]).check()
+
+
+def test_requests_share_calls_only_where_the_recipe_cannot_tell(lm_run):
+    """batch_invariant recipes evaluate a draw's windows in one call, for speed: the same rows as one
+    window a call. ORT's dynamic int8 takes one activation range over the call, so batching would
+    change what it computes: it keeps one call a window, and the difference is there to see."""
+    config, out, _ = lm_run
+    spread = Scenario("spread", magnitude_sigma=2.0)  # requests of very different scales, one call each
+    subject = LMSubject(dataclasses.replace(config, user_scenarios={"spread": spread}), "B", 0, out / "artifacts")
+    assert not batch_invariant(RECIPES["ort-int8-dynamic"]) and not batch_invariant(RECIPES["bnb-int8-outlier"])
+    assert all(batch_invariant(RECIPES[r]) for r in ("fp32", "bnb-int8", "bnb-nf4", "ort-int4-rtn", "torch-fp16"))
+    for recipe in ("fp32", "bnb-nf4", "ort-int8-dynamic"):
+        runnable, _ = subject.runnable(recipe, None)
+        alone, _ = subject.evaluate(runnable, "spread")
+        together, _ = subject.evaluate(runnable, "spread", batched=True)
+        gap = np.max(np.abs(alone - together))
+        assert gap <= 1e-4 if recipe != "ort-int8-dynamic" else gap > 1e-3, (recipe, gap)
+
+
+def test_a_shift_is_the_same_drift_whatever_the_windows_a_cell_reads(lm_run):
+    """The feature stds that set every offset come from a fixed set of clean windows, so a dose cell
+    (dose_windows) and a matrix cell (lm_windows) of one scenario inject the same drift."""
+    config, out, _ = lm_run
+    few = LMSubject(config, "B", 0, out / "artifacts")
+    many = LMSubject(dataclasses.replace(config, lm_windows=16), "B", 0, out / "artifacts")
+    assert few.text("clean").shape[0] != many.text("clean").shape[0]
+    assert np.array_equal(few.feature_std, many.feature_std)

@@ -32,7 +32,7 @@ from ffnbench.export import NATIVE_OPSET, ExportedModel
 from ffnbench.export.lm_export import export_lm, feeds
 from ffnbench.models import corpus
 from ffnbench.models.pair import load_lm, trained_dir
-from ffnbench.quant import RECIPES, Skipped, load_artifact, quantize
+from ffnbench.quant import RECIPES, Skipped, batch_invariant, load_artifact, quantize, recipe_config
 from ffnbench.quant.calibration import LMCalibration
 from ffnbench.versions import stack_versions
 
@@ -41,16 +41,23 @@ LM_DESIGNS = ("A", "B")  # the designs the pair was trained in
 # every recipe, and 16 windows (2,048 tokens) a scenario is what they always read.
 TAP_WINDOWS = 16
 DRAW_STRIDE = 1000  # draw d of a synthetic drift uses seed + 1000·d (calibration uses seed + 1)
+# Clean held-out windows the feature stds (the unit of every offset) are measured on: a fixed count,
+# so that a shift is the same drift whatever number of windows a cell reads (matrix or dose cell).
+STD_WINDOWS = 64
 
 
-def lm_model(seed: int, kind: str = "trained") -> str:
-    """An lm cell's model name: the kind of committed model and its training seed, e.g. drift-s1."""
-    return f"{kind}-s{seed}"
+def lm_model(seed: int, kind: str = "trained", inject: str | None = None) -> str:
+    """An lm cell's model name: the kind of committed model and its training seed, e.g. drift-s1; a
+    dose-response cell names its injection point too (trained-s0@residual), so that it never mixes
+    with the matrix's cells of the same model and scenario."""
+    return f"{kind}-s{seed}" + (f"@{inject}" if inject else "")
 
 
-def kind_and_seed(model: str) -> tuple[str, int]:
-    kind, _, seed = model.rpartition("-s")
-    return kind, int(seed)
+def parse_lm_model(model: str) -> tuple[str, int, str | None]:
+    """(kind, seed, injection point or None) of an lm model name."""
+    name, _, inject = model.partition("@")
+    kind, _, seed = name.rpartition("-s")
+    return kind, int(seed), inject or None
 
 
 def windows(data: np.ndarray, n: int, context: int, name: str) -> np.ndarray:
@@ -69,8 +76,10 @@ def _corpus(name: str) -> corpus.Corpus:
 
 def check(config) -> None:
     """Everything lm cells read, before a run writes anything: checkpoints by hash, texts by length."""
-    for kind, design, seed in itertools.product(config.lm_models, (d for d in config.designs if d in LM_DESIGNS),
-                                                config.lm_seeds):
+    models = set(itertools.product(config.lm_models, config.lm_seeds))
+    if config.dose_scenarios:
+        models |= set(itertools.product(config.dose_models, config.dose_seeds))
+    for (kind, seed), design in itertools.product(sorted(models), (d for d in config.designs if d in LM_DESIGNS)):
         model, _ = load_lm(trained_dir(design, seed, kind), design)
         for domain in {"prose", *(TEXT_DOMAINS[s] for s in config.lm_scenarios if s in TEXT_DOMAINS)}:
             train, held_out = _corpus(domain).split()
@@ -82,14 +91,16 @@ class LMSubject:
     """One design and training seed of the trained pair: its checkpoint and export, texts, drifts,
     references, artifacts."""
 
-    def __init__(self, config, design: str, seed: int, artifacts: Path, kind: str = "trained"):
+    def __init__(self, config, design: str, seed: int, artifacts: Path, kind: str = "trained",
+                 inject: str | None = None):
         self.config, self.design, self.seed, self.kind, self.artifacts = config, design, seed, kind, artifacts
+        self.inject = inject or config.lm_inject
         self.model, checkpoint = load_lm(trained_dir(design, seed, kind), design)
         name = f"{kind}/{design}/{seed}"
         self.model.source = {"kind": "checkpoint", "name": name, "sha256": checkpoint["sha256"]}
         self.cfg = self.model.cfg
         self.checkpoint = summary(checkpoint, name) | {"corpus_read_sha256": _corpus("prose").sha256}
-        self.reference_runnable = LMTorch(self.model, config.lm_inject, threads=config.threads)
+        self.reference_runnable = LMTorch(self.model, self.inject, threads=config.threads)
         self._references: dict[str, tuple] = {}
         self._health: dict[str, dict] = {}
         self._undrifted: dict[str, np.ndarray] = {}
@@ -100,7 +111,7 @@ class LMSubject:
         """The whole model in ONNX, made when an ORT recipe first needs it. Exporting takes 6-8 s on 2
         cores, so an export is also kept in the user's cache (by content: checkpoint, injection,
         stack) and copied into the run from there, after its hash is checked."""
-        identity = {"checkpoint": self.model.source["sha256"], "inject": self.config.lm_inject,
+        identity = {"checkpoint": self.model.source["sha256"], "inject": self.inject,
                     "opset": NATIVE_OPSET, "versions": stack_versions(), "code": _export_code_digest()}
         name = f"lm-export-{self.design}-{files.digest(identity)}"
         out, cached = self.artifacts / name, files.cache_dir() / name
@@ -108,7 +119,7 @@ class LMSubject:
             _copy_whole(cached, out)
         if _intact(out):  # a re-run does not re-export
             return ExportedModel(out / "model.onnx", json.loads((out / "manifest.json").read_text()))
-        exported = export_lm(self.model, out, self.config.lm_inject, self.model.source)
+        exported = export_lm(self.model, out, self.inject, self.model.source)
         with contextlib.suppress(OSError):  # a read-only cache costs time, not results
             _copy_whole(out, cached)
         return exported
@@ -122,7 +133,8 @@ class LMSubject:
     @functools.cached_property
     def feature_std(self) -> np.ndarray:
         """(n_layers, d_model): each feature's std at each FFN input on clean held-out prose."""
-        _, taps = evaluate(self.reference_runnable, self._feeds(None, self.text("clean")[:, :-1], self.config.seed)[0])
+        tokens = self.text("clean", n=STD_WINDOWS)[:, :-1]
+        _, taps = evaluate(self.reference_runnable, self._feeds(None, tokens, self.config.seed, batched=True)[0])
         return ffn_input_std(taps, self.cfg.n_layers)
 
     @functools.cached_property
@@ -131,17 +143,21 @@ class LMSubject:
         split, TAP_WINDOWS windows: the reference of domain_shift_std, disjoint from the windows any
         cell reads, so that `clean` itself shows the noise floor."""
         tokens = self.text("clean", part="train", n=TAP_WINDOWS)[:, :-1]
-        _, taps = evaluate(self.reference_runnable, self._feeds(None, tokens, self.config.seed)[0])
+        _, taps = evaluate(self.reference_runnable, self._feeds(None, tokens, self.config.seed, batched=True)[0])
         return [moments(taps[f"ffn_in.{i}"]) for i in range(self.cfg.n_layers)]
 
-    def _feeds(self, scenario: str | None, tokens: np.ndarray, seed: int, draws: int = 1) -> tuple[list[dict],
-                                                                                                     np.ndarray]:
+    def _feeds(self, scenario: str | None, tokens: np.ndarray, seed: int, draws: int = 1,
+               batched: bool = False) -> tuple[list[dict], np.ndarray]:
         """The graph inputs for `tokens` under the scenario (None or a text domain: no synthetic drift),
         and the window each of their requests holds. Window i gets draw i % draws of the drift (draw d
-        from seed + DRAW_STRIDE·d); a draw's windows go in one call for a mixed batch, else one each."""
+        from seed + DRAW_STRIDE·d); a draw's windows go in one call for a mixed batch, else one each.
+        `batched`: the runnable's output per request does not depend on its batch (batch_invariant),
+        so requests share calls whatever the scenario, for speed alone."""
         layers, width, n = self.cfg.n_layers, self.cfg.d_model, len(tokens)
         if scenario is None or scenario in TEXT_DOMAINS:
             no_drift = np.ones((layers, width)), np.zeros((layers, width))
+            if batched:
+                return [feeds(tokens, *no_drift, np.ones(n))], np.arange(n)
             return [feeds(tokens[i:i + 1], *no_drift, np.ones(1)) for i in range(n)], np.arange(n)
         spec = self.config.scenario(scenario)
         batches, order = [], []
@@ -153,7 +169,7 @@ class LMSubject:
             massive = spec.massive_offset(width)[None] * (np.arange(layers) >= spec.massive_from_layer)[:, None]
             o = o[None] + massive
             gain, offset = np.tile(g, (layers, 1)), o * self.feature_std if o.any() else np.zeros((layers, width))
-            if spec.mixed_batch:
+            if spec.mixed_batch or batched:
                 batches.append(feeds(tokens[windows_of_draw], gain, offset, scale))
             else:
                 batches += [feeds(tokens[w:w + 1], gain, offset, scale[j:j + 1]) for j, w in enumerate(windows_of_draw)]
@@ -163,10 +179,12 @@ class LMSubject:
     def draws(self, scenario: str) -> int:
         return 1 if scenario in TEXT_DOMAINS else min(self.config.lm_draws, self.config.lm_windows)
 
-    def evaluate(self, runnable, scenario: str, taps_kept: int | None = None) -> tuple[np.ndarray, dict]:
+    def evaluate(self, runnable, scenario: str, taps_kept: int | None = None,
+                 batched: bool = False) -> tuple[np.ndarray, dict]:
         """(logits, taps) over the scenario's windows in window order, taps of the first `taps_kept`
-        windows only where given."""
-        batches, order = self._feeds(scenario, self.text(scenario)[:, :-1], self.config.seed, self.draws(scenario))
+        windows only where given; `batched` as for _feeds."""
+        batches, order = self._feeds(scenario, self.text(scenario)[:, :-1], self.config.seed, self.draws(scenario),
+                                     batched)
         logits, taps = evaluate(runnable, batches)
         back = np.argsort(order)
         kept = back if taps_kept is None else back[:taps_kept]
@@ -175,7 +193,7 @@ class LMSubject:
     def reference(self, scenario: str) -> tuple[np.ndarray, dict]:
         """fp32 torch under the scenario: logits of every window, taps of the first TAP_WINDOWS."""
         if scenario not in self._references:
-            self._references[scenario] = self.evaluate(self.reference_runnable, scenario, TAP_WINDOWS)
+            self._references[scenario] = self.evaluate(self.reference_runnable, scenario, TAP_WINDOWS, batched=True)
         return self._references[scenario]
 
     def undrifted_bits(self, scenario: str) -> np.ndarray:
@@ -236,7 +254,7 @@ class LMSubject:
             else:
                 artifact = quantize(job.pop("source"), job.pop("recipe"), out, **job)
             manifest = {**artifact.manifest, "dir": out.relative_to(self.artifacts.parent).as_posix()}
-            runnable = lm_runnable_for(artifact, config.lm_inject, config.threads, config.device)
+            runnable = lm_runnable_for(artifact, self.inject, config.threads, config.device)
             self._runnables[key] = (runnable, manifest)
         return self._runnables[key]
 
@@ -305,12 +323,13 @@ def measure_lm(subject: LMSubject, cell) -> dict:
     record = {"key": cell.key, "kind": "lm", "design": cell.design, "model": cell.model, "pair": subject.kind,
               "seed": subject.seed,
               "recipe": cell.recipe, "scenario": cell.scenario, "calibration": cell.calibration,
-              "inject": subject.config.lm_inject}
+              "inject": subject.inject}
     layers = subject.cfg.n_layers
     with recording(record):
         runnable, manifest = subject.runnable(cell.recipe, cell.calibration)
         ref_logits, ref_taps = subject.reference(cell.scenario)
-        logits, taps = subject.evaluate(runnable, cell.scenario)
+        base, params = subject.config.recipe_spec(cell.recipe)
+        logits, taps = subject.evaluate(runnable, cell.scenario, batched=batch_invariant(recipe_config(base, **params)))
         targets = subject.text(cell.scenario)[:, 1:]
         per_window = lm_metrics.window_metrics(ref_logits, logits, targets, subject.undrifted_bits(cell.scenario))
         values = lm_metrics.prediction_metrics(ref_logits, logits, per_window)

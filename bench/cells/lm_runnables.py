@@ -45,6 +45,9 @@ class LMOrt:
     def __init__(self, path: Path, threads: int = 2):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        # A batched call returns taps of many windows (~3.5 MB each); the arena would keep that peak
+        # for the session's life, and a subject holds a session per recipe.
+        opts.enable_cpu_mem_arena = False
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.threads = threads
@@ -67,5 +70,7 @@ def lm_runnable_for(artifact: Artifact, inject: str, threads: int, device: str =
 def evaluate(runnable: LMTorch | LMOrt, batches: list[dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Logits and taps over all batches, concatenated along requests."""
     results = [runnable.run(feeds) for feeds in batches]
+    if len(results) == 1:  # one call: nothing to join (the taps are hundreds of MB to copy)
+        return results[0]
     logits = np.concatenate([r[0] for r in results])
     return logits, {name: np.concatenate([r[1][name] for r in results]) for name in results[0][1]}

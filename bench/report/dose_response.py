@@ -2,16 +2,17 @@
 fp32) against drift strength, A and B on one figure, with the strength at which each design's fp32
 stops being healthy and where each family's KL has doubled from `clean`.
 
-Drawn from whichever named scenarios along an axis the run's lm cells cover (three or more
+Drawn from whichever named scenarios along an axis a group of lm cells covers (three or more
 levels): mean shift (`clean`, `shift-0.5` … `shift-8`) and request magnitude (`clean`,
-`magnitude-1`, `magnitude-2`), at the run's injection point (`lm_inject`), labelled with it.
+`magnitude-1`, `magnitude-2`). The dose-response cells (`dose_scenarios`) make one group per
+injection point; without them, the matrix's own cells at the run's `lm_inject`.
 """
 
 import statistics
 from pathlib import Path
 
 from ffnbench.bench.report import plots
-from ffnbench.bench.report.downstream_verdict import families, seed_mean
+from ffnbench.bench.report.downstream_verdict import design_mean, families, seed_mean
 from ffnbench.bench.traffic.scenarios import MAGNITUDES, SHIFTS
 
 AXES = (("shift", SHIFTS, "mean shift (feature std)"), ("magnitude", MAGNITUDES, "request magnitude σ"))
@@ -41,8 +42,10 @@ def healthy_up_to(lm: dict, design: str, levels: list[tuple[float, str]], thresh
         if cost is None:
             continue
         if cost > threshold:
-            return (f"healthy up to {last:g}, not at {x:g} (+{cost:.2f} bit)" if last is not None
-                    else f"not healthy at {x:g} already (+{cost:.2f} bit)")
+            if last is None:
+                return f"not healthy at {x:g} already (+{cost:.2f} bit)"
+            reach = "healthy at 0 (clean) only" if last == 0 else f"healthy up to {last:g}"
+            return f"{reach}, not at {x:g} (+{cost:.2f} bit)"
         last = x
     return "no fp32 figures" if last is None else f"healthy at every level measured (up to {last:g})"
 
@@ -61,30 +64,43 @@ def section(lm: dict, run_dir: Path, plot_dir: Path, suffix: str, threshold: flo
     lines = []
     quantized = {family: recipes for family, recipes in families(lm).items() if family != "fp32"}
     designs = [d for d in "AB" if any(k[0] == d for k in lm)]
+    seeds = sorted({c.get("seed", 0) for cells in lm.values() for c in cells})
     for name, axis, xlabel in AXES:
         levels = sorted((x, s) for s, x in axis.items() if any(k[2] == s for k in lm))
         if len(levels) < 3:
             continue
-        series = {"fp32 delta_bpb": {d: [(x, _worst_fp32(lm, d, s)) for x, s in levels
-                                         if _worst_fp32(lm, d, s) is not None] for d in designs}}
-        for family, recipes in quantized.items():
-            series[f"{family} kl_to_fp32"] = {d: [(x, kl) for x, s in levels
-                                                  if (kl := _mean(lm, d, recipes, s, "kl_to_fp32")) is not None]
-                                              for d in designs}
+        panels = {"fp32 delta_bpb": ["fp32"]} if "fp32" in families(lm) else {}
+        panels |= {f"{family} kl_to_fp32": recipes for family, recipes in quantized.items()}
+        series = {panel: {d: [(x, *m) for x, s in levels
+                              if (m := design_mean(lm, d, recipes, s, panel.rpartition(" ")[2]))]
+                          for d in designs} for panel, recipes in panels.items()}
         series = {panel: {d: p for d, p in by.items() if p} for panel, by in series.items()}
         series = {panel: by for panel, by in series.items() if by}
-        path = plots.curves(series, xlabel, "delta_bpb / KL (nats)",
+        path = plots.curves(series, xlabel, "delta_bpb (bits); KL (nats a byte, log)",
                             f"Dose-response: {name}, injected at {inject}",
-                            plot_dir / f"dose_response_{name}{suffix}.png")
+                            plot_dir / f"dose_response_{name}{suffix}.png",
+                            log_panels=tuple(p for p in series if p.endswith("kl_to_fp32")))
         lines += [f"### Dose-response: {name} (injected at `{inject}`)", "",
-                  f"fp32 is healthy while its drift cost stays within {threshold:g} bit a byte for every seed:"]
+                  f"Seeds {', '.join(map(str, seeds))}; each point the mean over seeds and windows with a 95 % "
+                  "interval (seeds, drift draws, windows), the band on the plot. fp32 is healthy while its drift "
+                  f"cost stays within {threshold:g} bit a byte for every seed:", ""]
         lines += [f"- {d}: {healthy_up_to(lm, d, levels, threshold)}." for d in designs]
+        if "fp32 delta_bpb" in series:
+            lines += ["", "| level | " + " | ".join(f"fp32 {d} delta_bpb" for d in designs) + " |",
+                      "|---|" + "---|" * len(designs)]
+            by_level = {d: {p[0]: p[1:] for p in series["fp32 delta_bpb"].get(d, [])} for d in designs}
+            lines += [f"| {x:g} | " + " | ".join(_ci(by_level[d].get(x)) for d in designs) + " |" for x, _ in levels]
         doubled = [f"{family} " + ", ".join(f"{d} {_level(kl_doubles(lm, d, recipes, levels))}" for d in designs)
                    for family, recipes in quantized.items()]
         if doubled:
-            lines += ["", "Where quantization's KL to fp32 has doubled from `clean`: " + "; ".join(doubled) + "."]
-        lines += ["", f"![dose-response {name}]({path.relative_to(run_dir)})", ""]
+            lines += ["", "Where quantization's KL to fp32 has doubled from `clean` (means over seeds and windows): "
+                      + "; ".join(doubled) + "."]
+        lines += ["", f"![dose-response {name} at {inject}]({path.relative_to(run_dir)})", ""]
     return lines
+
+
+def _ci(value: tuple[float, float, float] | None) -> str:
+    return "–" if value is None else f"{value[0]:+.2f} [{value[1]:+.2f}, {value[2]:+.2f}]"
 
 
 def _level(x: float | None) -> str:

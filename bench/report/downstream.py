@@ -49,13 +49,20 @@ def section(run, plot_dir: Path, sublayer: tuple[str, str, float] | None, found:
     when it has none. `sublayer`: (model, scenario, median A − B centered SQNR) of the sublayer
     verdict, to set beside this one; `found`: those cells' comparisons (downstream_verdict)."""
     lm = run.lm_pairs.get(kind, {})
-    if not lm:
-        return []
     config = run.manifest.get("config", {})
+    threshold = config.get("healthy_delta_bpb", 0.1)
+    doses = {inject: cells for (k, inject), cells in run.lm_dose.items() if k == kind}
+    # Where no dose cells were made at the matrix's own injection point, its cells are the curve (full).
+    curves = doses if config.get("lm_inject", "ffn-input") in doses else {config.get("lm_inject", "ffn-input"): lm,
+                                                                         **doses}
+    dose_lines = [line for inject, cells in curves.items()
+                  for line in dose_response.section(cells, run.dir, plot_dir, f"{_suffix(kind)}_{inject}", threshold,
+                                                    inject)]
+    if not lm:
+        return [f"## Downstream: {TITLES.get(kind, kind)}, dose-response only", "", *dose_lines] if dose_lines else []
     designs = [d for d in ("A", "B") if any(k[0] == d for k in lm)]
     scenarios = list(dict.fromkeys(k[2] for k in lm))
     recipes = list(dict.fromkeys(k[1] for k in lm))
-    threshold = config.get("healthy_delta_bpb", 0.1)
     detail = per_recipe(lm, threshold, found)
     lines = [f"## Downstream: {TITLES.get(kind, kind)}", "",
              "Byte-level language models per design, trained here on the same text with the same everything but "
@@ -70,12 +77,14 @@ def section(run, plot_dir: Path, sublayer: tuple[str, str, float] | None, found:
     lines += _training(lm, run.dir, plot_dir, kind)
     lines += ["### Downstream verdict", "", *verdict(found, scenarios, sublayer), ""]
     lines += _verdict_table(found, run.dir, plot_dir, kind)
-    inject = config.get("lm_inject", "ffn-input")
-    lines += dose_response.section(lm, run.dir, plot_dir, _suffix(kind), threshold, inject)
+    lines += dose_lines
     for scenario in scenarios:
         lines += _ab_table(lm, scenario, recipes, detail)
     lines += _drift_damage(lm, scenarios, found, threshold)
     lines += _drift_statistics(lm, scenarios, designs)
+    for inject, cells in doses.items():
+        lines += _drift_statistics(cells, list(dict.fromkeys(k[2] for k in cells)), designs,
+                                   f": the dose-response levels, injected at `{inject}`")
     lines += _spikes(lm, scenarios, designs)
     return lines
 
@@ -172,13 +181,13 @@ def _first_seed(lm: dict, design: str, scenario: str) -> dict | None:
     return cells[0] if cells else None
 
 
-def _drift_statistics(lm: dict, scenarios: list[str], designs: list[str]) -> list[str]:
+def _drift_statistics(lm: dict, scenarios: list[str], designs: list[str], where: str = "") -> list[str]:
     stats = {(d, s): (_first_seed(lm, d, s) or {}).get("drift_stats") for d in designs for s in scenarios}
     stats = {k: v for k, v in stats.items() if v}
     if not stats:
         return []
     layers = len(next(iter(stats.values())))
-    lines = ["### Drift at the FFN inputs, measured", "",
+    lines = [f"### Drift at the FFN inputs, measured{where}", "",
              "Per layer, of the states entering each FFN norm (fp32, first seed, first 16 windows; each request "
              "divided by its RMS first): share of features with a positive mean / mean |feature mean| in feature "
              "std / share of a token's energy in its cross-feature mean / mean |feature mean − clean prose's| in "

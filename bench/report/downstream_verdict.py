@@ -166,6 +166,20 @@ def compare(lm: dict, scenario: str, family: str, recipes: list[str], broken: st
                       diff[0], [diff[1], diff[2]], verdict, len(seeds), *shape, broken, members, left_out)
 
 
+def design_mean(lm: dict, design: str, recipes: list[str], scenario: str, metric: str) \
+        -> tuple[float, float, float] | None:
+    """(mean, low, high) of one design's per-window metric, averaged over `recipes`, over the seeds
+    every recipe has: the same bootstrap over seeds, draws and windows as an A-vs-B interval, of one
+    design alone. None where a recipe lacks per-window figures."""
+    per = [_windows(lm, design, r, scenario) for r in recipes]
+    seeds = sorted(set.intersection(*(set(p) for p in per))) if per else []
+    if not seeds or len({_shape(p[s]) for p in per for s in seeds}) != 1:
+        return None
+    values = np.mean([[p[s]["windows"][metric] for s in seeds] for p in per], axis=0)
+    windows, draws = _shape(per[0][seeds[0]])
+    return interval(values, np.zeros_like(values), "difference", np.arange(windows) % draws)
+
+
 def _why_left_out(lm: dict, recipe: str, scenario: str, seeds: list[int]) -> str:
     for design in ("A", "B"):
         cells = {c.get("seed", 0): c for c in lm.get((design, recipe, scenario), [])}

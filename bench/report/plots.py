@@ -13,23 +13,29 @@ STYLE = {"A": dict(color="#1f77b4", marker="o", linestyle="-"), "B": dict(color=
          "rms-gelu": dict(color="#9467bd", marker="v", linestyle="-.")}
 
 
-def _grid(n: int):
+def _grid(n: int, sharey: bool = True):
     cols = min(4, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False, sharey=sharey)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, axes.flat
 
 
 def curves(series: dict[str, dict[str, list[tuple[float, float]]]], xlabel: str, ylabel: str, title: str,
-           path: Path) -> Path:
-    """series: panel (recipe) -> design -> [(x, y)]; one panel per recipe, designs on the same axes."""
-    fig, axes = _grid(len(series))
+           path: Path, log_panels: tuple[str, ...] = ()) -> Path:
+    """series: panel (recipe) -> design -> [(x, y)] or [(x, y, low, high)] (an interval, drawn as a
+    band); one panel per recipe, designs on the same axes. Panels in log_panels get a log y axis of
+    their own (quantities of other units or orders of magnitude)."""
+    fig, axes = _grid(len(series), sharey=not log_panels)
     for ax, (panel, by_design) in zip(axes, series.items(), strict=False):
+        if panel in log_panels:
+            ax.set_yscale("log")
         for design, points in by_design.items():
-            xs, ys = zip(*sorted(points), strict=True)
-            ax.plot(xs, ys, label=design, **STYLE.get(design, {}))
+            columns = list(zip(*sorted(points), strict=True))
+            line, = ax.plot(columns[0], columns[1], label=design, **STYLE.get(design, {}))
+            if len(columns) == 4:
+                ax.fill_between(columns[0], columns[2], columns[3], alpha=0.2, color=line.get_color())
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.grid(alpha=0.3)

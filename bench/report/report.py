@@ -28,11 +28,15 @@ class Run:
                     for c in self.ok if c.get("kind", "accuracy") == "accuracy"}
         self.lat = {(c["design"], c["model"], label(c), c["shape"]["name"]): c["metrics"]
                     for c in self.ok if c.get("kind") == "latency"}
-        # kind of committed model ("trained", "drift") -> (design, recipe, scenario) -> its cells, a seed each
+        # kind of committed model ("trained", "drift") -> (design, recipe, scenario) -> its cells, a seed
+        # each; the dose-response cells (a model name with its injection point) apart, by (kind, inject).
         self.lm_pairs: dict[str, dict] = {}
+        self.lm_dose: dict[tuple[str, str], dict] = {}
         for c in sorted((c for c in self.ok if c.get("kind") == "lm"), key=lambda c: c.get("seed", 0)):
-            pair = self.lm_pairs.setdefault(c.get("pair", "trained"), {})
-            pair.setdefault((c["design"], label(c), c["scenario"]), []).append(c)
+            kind = c.get("pair", "trained")
+            group = self.lm_dose.setdefault((kind, c["inject"]), {}) if "@" in c["model"] else \
+                self.lm_pairs.setdefault(kind, {})
+            group.setdefault((c["design"], label(c), c["scenario"]), []).append(c)
         self.designs = list(dict.fromkeys(c["design"] for c in cells))
         self.models = list(dict.fromkeys(c["model"] for c in cells if c.get("kind") != "lm"))
         self.recipes = list(dict.fromkeys(label(c) for c in cells))
@@ -254,9 +258,10 @@ def write(run_dir: Path) -> Path:
                       f"(δ = {m.get('config', {}).get('delta')}), the share of pre-activations whose sign flips, "
                       "and the share of positive norm outputs.", "", *seed_tables(run, model, scenario), ""]
         lines += report_latency.section(run, model, plot_dir)
-    if run.lm_pairs:
+    if run.lm_pairs or run.lm_dose:
         threshold = m.get("config", {}).get("healthy_delta_bpb", 0.1)
         found = {kind: downstream_verdict.comparisons(lm, threshold, kind) for kind, lm in run.lm_pairs.items()}
+        found |= {kind: [] for kind, _ in run.lm_dose if kind not in found}
         downstream_verdict.write(run.dir, [c for comparisons in found.values() for c in comparisons])
         # The drift-trained pair first where there is one: a model that works under the drift is the answer.
         for kind in sorted(found, key=lambda k: k != "drift"):
