@@ -152,6 +152,11 @@ def test_a_scenario_whose_fp32_model_does_not_work_is_broken_not_decided(bpb, de
     assert dv.summary(found, "production") == "broken"
     assert dv.health(index(cells), "production", threshold=0.3 if delta else 0.1) == (
         None if delta else found[0].reason)
+    if delta:  # the worst of the models past the threshold is named, with how many are
+        worse = {**sick, "delta_bpb": 0.4}
+        cells[0]["reference"] = worse
+        assert dv.health(index(cells), "production", 0.1).endswith(
+            "costs fp32 A (seed 0) +0.40 bits per byte, past the 0.1-bit health threshold (2 of 6 models past it)")
 
 
 def test_cells_without_reference_figures_give_no_verdict():
