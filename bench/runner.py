@@ -14,7 +14,8 @@ import numpy as np
 from ffnbench import files
 from ffnbench.bench.cells import diagnosis, latency_cells, lm_cells, memory, metrics, prebuild
 from ffnbench.bench.cells.cell_record import artifact_summary, finite, recording
-from ffnbench.bench.cells.lm_cells import LM_DESIGNS, LMSubject, lm_model, measure_lm, parse_lm_model
+from ffnbench.bench.cells.lm_cells import LM_DESIGNS, LMSubject, measure_lm
+from ffnbench.bench.cells.lm_names import lm_model, parse_lm_model
 from ffnbench.bench.cells.runnables import Runnable, TorchRunnable, ort_has_cuda, runnable_for
 from ffnbench.bench.config import RunConfig
 from ffnbench.bench.machine import doctor, fit, u8s8

@@ -52,9 +52,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "eval_batch"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0 or \
-                    (getattr(self, name) == 0 and (name != "steps" or self.init_from is None)):
-                raise UsageError(f"{name}: must be a positive integer, got {getattr(self, name)!r}"
+            value, restoring = getattr(self, name), name == "steps" and self.init_from is not None
+            if not isinstance(value, int) or value < (0 if restoring else 1):
+                raise UsageError(f"{name}: must be a positive integer, got {value!r}"
                                  + (" (0 steps only with --init-from: store a checkpoint again)"
                                     if name == "steps" else ""))
         if not self.lr > 0 or self.warmup < 0 or self.weight_decay < 0:

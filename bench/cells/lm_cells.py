@@ -46,20 +46,6 @@ DRAW_STRIDE = 1000  # draw d of a synthetic drift uses seed + 1000·d (calibrati
 STD_WINDOWS = 64
 
 
-def lm_model(seed: int, kind: str = "trained", inject: str | None = None) -> str:
-    """An lm cell's model name: the kind of committed model and its training seed, e.g. drift-s1; a
-    dose-response cell names its injection point too (trained-s0@residual), so that it never mixes
-    with the matrix's cells of the same model and scenario."""
-    return f"{kind}-s{seed}" + (f"@{inject}" if inject else "")
-
-
-def parse_lm_model(model: str) -> tuple[str, int, str | None]:
-    """(kind, seed, injection point or None) of an lm model name."""
-    name, _, inject = model.partition("@")
-    kind, _, seed = name.rpartition("-s")
-    return kind, int(seed), inject or None
-
-
 def windows(data: np.ndarray, n: int, context: int, name: str) -> np.ndarray:
     """n windows of context + 1 bytes (inputs and next-byte targets), evenly spread over `data`."""
     if len(data) < context + 1:

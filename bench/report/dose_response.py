@@ -62,14 +62,15 @@ def kl_doubles(lm: dict, design: str, recipes: list[str], levels: list[tuple[flo
 
 def section(lm: dict, run_dir: Path, plot_dir: Path, suffix: str, threshold: float, inject: str) -> list[str]:
     lines = []
-    quantized = {family: recipes for family, recipes in families(lm).items() if family != "fp32"}
+    found = families(lm)
+    quantized = {family: recipes for family, recipes in found.items() if family != "fp32"}
     designs = [d for d in "AB" if any(k[0] == d for k in lm)]
     seeds = sorted({c.get("seed", 0) for cells in lm.values() for c in cells})
     for name, axis, xlabel in AXES:
         levels = sorted((x, s) for s, x in axis.items() if any(k[2] == s for k in lm))
         if len(levels) < 3:
             continue
-        panels = {"fp32 delta_bpb": ["fp32"]} if "fp32" in families(lm) else {}
+        panels = {"fp32 delta_bpb": found["fp32"]} if "fp32" in found else {}
         panels |= {f"{family} kl_to_fp32": recipes for family, recipes in quantized.items()}
         series = {panel: {d: [(x, *m) for x, s in levels
                               if (m := design_mean(lm, d, recipes, s, panel.rpartition(" ")[2]))]

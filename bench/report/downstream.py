@@ -53,8 +53,8 @@ def section(run, plot_dir: Path, sublayer: tuple[str, str, float] | None, found:
     threshold = config.get("healthy_delta_bpb", 0.1)
     doses = {inject: cells for (k, inject), cells in run.lm_dose.items() if k == kind}
     # Where no dose cells were made at the matrix's own injection point, its cells are the curve (full).
-    curves = doses if config.get("lm_inject", "ffn-input") in doses else {config.get("lm_inject", "ffn-input"): lm,
-                                                                         **doses}
+    matrix_inject = config.get("lm_inject", "ffn-input")
+    curves = doses if matrix_inject in doses else {matrix_inject: lm, **doses}
     dose_lines = [line for inject, cells in curves.items()
                   for line in dose_response.section(cells, run.dir, plot_dir, f"{_suffix(kind)}_{inject}", threshold,
                                                     inject)]
@@ -68,7 +68,7 @@ def section(run, plot_dir: Path, sublayer: tuple[str, str, float] | None, found:
              "Byte-level language models per design, trained here on the same text with the same everything but "
              "the FFN sublayers, several training seeds each; each recipe quantizes the FFN sublayers of every block "
              "(attention and head stay fp32), and each scenario drifts the states entering every FFN norm (`inject = "
-             f"{config.get('lm_inject', 'ffn-input')}`) or, for `domain-code`, feeds text of a domain the models "
+             f"{matrix_inject}`) or, for `domain-code`, feeds text of a domain the models "
              "never saw. Against fp32 of the same model on the same text and drift: `kl_to_fp32` (nats a byte) and "
              "`top1` isolate the quantization; `delta_bpb` is the change in bits per byte from fp32 on the same text "
              "without synthetic drift, so it includes the drift's own cost. Every A-vs-B figure is a mean over seeds "

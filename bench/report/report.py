@@ -7,6 +7,7 @@ import numpy as np
 
 from ffnbench import files
 from ffnbench.bench.cells import latency
+from ffnbench.bench.cells.lm_names import is_dose
 from ffnbench.bench.report import downstream as report_downstream
 from ffnbench.bench.report import downstream_verdict, plots
 from ffnbench.bench.report import timing as report_latency
@@ -29,12 +30,12 @@ class Run:
         self.lat = {(c["design"], c["model"], label(c), c["shape"]["name"]): c["metrics"]
                     for c in self.ok if c.get("kind") == "latency"}
         # kind of committed model ("trained", "drift") -> (design, recipe, scenario) -> its cells, a seed
-        # each; the dose-response cells (a model name with its injection point) apart, by (kind, inject).
+        # each; the dose-response cells apart, by (kind, inject).
         self.lm_pairs: dict[str, dict] = {}
         self.lm_dose: dict[tuple[str, str], dict] = {}
         for c in sorted((c for c in self.ok if c.get("kind") == "lm"), key=lambda c: c.get("seed", 0)):
             kind = c.get("pair", "trained")
-            group = self.lm_dose.setdefault((kind, c["inject"]), {}) if "@" in c["model"] else \
+            group = self.lm_dose.setdefault((kind, c["inject"]), {}) if is_dose(c["model"]) else \
                 self.lm_pairs.setdefault(kind, {})
             group.setdefault((c["design"], label(c), c["scenario"]), []).append(c)
         self.designs = list(dict.fromkeys(c["design"] for c in cells))
