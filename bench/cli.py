@@ -36,6 +36,8 @@ def _add_environment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--old-python", help="the old revision's interpreter (its .venv/bin/python): re-time every cell, "
                    "each side by its own code in a worker (without: ONNX Runtime cells only, in this process)")
     p.add_argument("--new-python", help="the new side's interpreter, if not this one")
+    p.add_argument("--processes", type=int, help="worker processes a side with --old-python/--new-python "
+                   "(default: the new run's remeasure_processes, 3); the test's unit is the process")
     p.add_argument("--weights-dir", help="where a run's [model.NAME] and replay files are, if not where its paths "
                    "point (a run directory copied to another machine); files are found by path, then by name")
 
@@ -344,6 +346,7 @@ def cmd_gate(args) -> int:
         return 0
     active = checks(_tolerances(args))
     aliases = _pairs(args.aliases, "--as", "ort-int8-dynamic=ort-int4-rtn") or None
+    processes = _processes(args)
     gate.load_baseline(args.baseline)  # an unusable baseline fails before minutes of re-timing
     gate.load_run(args.run_dir)
     if (args.old_python or args.new_python) and not args.remeasure:
@@ -353,7 +356,8 @@ def cmd_gate(args) -> int:
     if args.remeasure:
         from ffnbench.bench.gate.compare import remeasure
 
-        remeasured = remeasure(args.remeasure, args.run_dir, args.old_python, args.new_python, args.weights_dir)
+        remeasured = remeasure(args.remeasure, args.run_dir, args.old_python, args.new_python, args.weights_dir,
+                               processes)
     result = gate.gate(args.baseline, args.run_dir, active, args.allow_stack_change, args.only, aliases, remeasured,
                        args.strict_recorded_latency)
     md, xml = gate_report.write(result, args.baseline, args.run_dir, active)
@@ -362,10 +366,20 @@ def cmd_gate(args) -> int:
     return 0 if result.passed else 1
 
 
+def _processes(args) -> int | None:
+    if args.processes is not None and not (args.old_python or args.new_python):
+        raise UsageError("--processes counts the workers of each side; add --old-python (the baseline revision's "
+                         "interpreter), without which ONNX Runtime cells are re-measured in this one process")
+    if args.processes is not None and args.processes < 2:
+        raise UsageError(f"--processes: a test over worker processes needs at least 2 a side, got {args.processes}")
+    return args.processes
+
+
 def cmd_compare(args) -> int:
     from ffnbench.bench.gate.compare import remeasure, write
 
-    path = write(remeasure(args.old_run, args.new_run, args.old_python, args.new_python, args.weights_dir),
+    processes = _processes(args)
+    path = write(remeasure(args.old_run, args.new_run, args.old_python, args.new_python, args.weights_dir, processes),
                  args.new_run)
     print(f"wrote {path}")
     return 0

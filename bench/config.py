@@ -61,6 +61,9 @@ class RunConfig:
     # ORT workers spin after a call; off by default so they do not take the cores from the torch and
     # bitsandbytes calls timed beside them (measured: bnb-nf4 decode 2.8 ms with it, 0.81 without; README).
     ort_spinning: bool = False
+    # Worker processes a side when a gate or compare re-measures this run by workers (--old-python):
+    # each process is one observation of the test, so at least 2 (bench/gate/compare.py).
+    remeasure_processes: int = 3
     decode: list[int] = field(default_factory=lambda: [1, 1])  # (batch, seq)
     prefill: list[int] = field(default_factory=lambda: [8, 128])
     device: str = "cpu"
@@ -182,6 +185,9 @@ class RunConfig:
                      "dose_windows"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.remeasure_processes < 2:
+            raise UsageError(f"remeasure_processes: a test over worker processes needs at least 2 a side, got "
+                             f"{self.remeasure_processes}")
         if not self.delta > 0:
             raise UsageError(f"delta: must be positive, got {self.delta}")
         if not self.healthy_delta_bpb > 0:
@@ -323,7 +329,8 @@ SCALAR_KEYS = {"preset": str, "n_requests": int, "seq_len": int, "seed": int, "c
                "delta": float, "threads": int, "device": str, "residual": bool, "latency": bool, "warmup": int,
                "min_iterations": int, "min_seconds": float, "max_iterations": int, "max_seconds": float,
                "max_runnable_seconds": float, "memory": bool, "diagnose": bool, "ort_spinning": bool, "lm_windows": int,
-               "lm_inject": str, "lm_draws": int, "healthy_delta_bpb": float, "dose_windows": int}
+               "lm_inject": str, "lm_draws": int, "healthy_delta_bpb": float, "dose_windows": int,
+               "remeasure_processes": int}
 
 
 PER_MODEL_KEYS = ("designs", "scenarios", "n_requests", "seq_len", "calibration_requests", "decode", "prefill",

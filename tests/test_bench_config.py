@@ -99,6 +99,7 @@ def test_toml_errors_name_the_key(tmp_path, text, needle):
     ("per_model", {"small": {"scenarios": ["nowhere"]}}, "per_model.small: scenarios: unknown 'nowhere'"),
     ("per_model", {"small": {"designs": ["ln-swiglu"]}}, r"per_model.small: its designs \(ln-swiglu\) are none of"),
     ("max_runnable_seconds", 0.0, "max_runnable_seconds: must be positive"),
+    ("remeasure_processes", 1, "remeasure_processes: a test over worker processes needs at least 2 a side, got 1"),
 ])
 def test_check_rejects_unknown_names(axis, value, needle):
     cfg = preset_config("quick")

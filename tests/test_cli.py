@@ -91,6 +91,18 @@ def test_export_from_weights(cli, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "needle"), [
+    (["gate", "--baseline", "b.json", "run", "--processes", "4"], "--processes counts the workers of each side; add "
+                                                                   "--old-python"),
+    (["compare", "old", "new", "--remeasure", "--old-python", "python", "--processes", "1"],
+     "--processes: a test over worker processes needs at least 2 a side, got 1"),
+])
+def test_remeasure_processes_bad_input(cli, args, needle):
+    r = cli(*args)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("args", "needle"), [
     (["--design", "C"], "design: unknown 'C'"),
     (["--design", "A", "--preset", "huge"], "preset: unknown 'huge'"),
     (["--design", "A", "--d-model", "0"], "d_model: must be a positive integer"),

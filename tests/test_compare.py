@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from ffnbench.bench import RunConfig, run
+from ffnbench.bench.gate import compare
 from ffnbench.bench.gate.checks import checks
 from ffnbench.bench.gate.compare import LAUNCH_WORKER, remeasure, write
 from ffnbench.bench.gate.gate import gate, write_baseline
@@ -52,20 +53,38 @@ def test_bitsandbytes_cells_are_not_re_measured_by_this_process(default_size_run
     assert len(judged) == 2 and all(f.advisory and f.note.startswith("not re-measured") for f in judged)
 
 
-def test_a_doubled_bitsandbytes_forward_in_the_new_code_is_caught(tmp_path, seed_exports):
-    """Each side loads and calls its artifacts with its own code, in its own worker: the new side's
-    doubled forward shows, though both sides time the same artifact files."""
+class CountedWorker(compare.Worker):
+    """A real worker whose start is counted: (side, interpreter) in the order they were started."""
+    started: list = []
+
+    def __init__(self, python: str, side: str):
+        CountedWorker.started.append((side, python))
+        super().__init__(python, side)
+
+
+def test_a_doubled_bitsandbytes_forward_in_the_new_code_is_caught(tmp_path, seed_exports, monkeypatch):
+    """Each side loads and calls its artifacts with its own code, in three workers of its own started
+    alternately (the run's remeasure_processes): the new side's doubled forward shows, though both
+    sides time the same artifact files, and the test counts processes, not rounds."""
     run_dir = seed_exports(tmp_path / "run")
     run(RunConfig(models=["tiny"], designs=["A", "B"], recipes=["fp32", "bnb-int8"], scenarios=["clean"], n_requests=1,
                   seq_len=2, warmup=2, min_iterations=30, min_seconds=0.001, prefill=[2, 16], memory=False), run_dir,
         progress=False)
     write_baseline(run_dir, tmp_path / "baseline.json")
     doubled = doubled_forward_environment(tmp_path)
+    monkeypatch.setattr(compare, "Worker", CountedWorker)
+    CountedWorker.started = []
     ratios = remeasure(run_dir, run_dir, old_python=sys.executable, new_python=str(doubled))
+    assert CountedWorker.started == [("old", sys.executable), ("new", str(doubled))] * 3
     assert len(ratios) == 8 and all(r["code"] == "each side's own" for r in ratios.values())
+    for r in ratios.values():
+        assert r["processes"] == 3 and r["test"] == "Welch t over process medians" and r["iterations"] >= 30
+        assert r["between_process_pct"] >= 0 and r["within_process_pct"] >= 0
     result = gate(tmp_path / "baseline.json", run_dir, checks(), only="latency", remeasured=ratios)
     failed = {f.cell for f in result.failures}
     assert {k for k in ratios if "bnb-int8" in k} <= failed, [(k, r["ratio"]) for k, r in ratios.items()]
+    note = next(f.note for f in result.failures)
+    assert "in 3 processes a side (spread between them" in note and "Welch t over process medians p =" in note
     # Measured 1.6-1.8 alone; below 1.3 once in a whole-suite run on this 2-core machine.
     doubled_ratios = {k: round(r["ratio"], 2) for k, r in ratios.items() if "bnb-int8" in k}
     assert all(r > 1.2 for r in doubled_ratios.values()), doubled_ratios

@@ -1,12 +1,13 @@
-"""Mann-Whitney U and bootstrap intervals (scipy.stats) against values worked out by hand and their
-known behaviour."""
+"""Mann-Whitney U, Wilcoxon, bootstrap intervals and the test over processes (scipy.stats) against
+values worked out by hand and their known behaviour."""
 
 import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from ffnbench.bench.stats import bootstrap_ci, holm, mann_whitney_greater, wilcoxon_greater
+from ffnbench.bench.stats import bootstrap_ci, holm, mann_whitney_greater, process_ratio, wilcoxon_greater
 
 
 def test_complete_separation_without_ties_is_exact():
@@ -76,3 +77,42 @@ def test_wilcoxon_sees_a_paired_slowdown_through_shared_noise():
     assert wilcoxon_greater(1.05 * load * jitter[0], load * jitter[1]) < 0.001
     assert wilcoxon_greater(load * jitter[0], 1.05 * load * jitter[1]) > 0.99
     assert wilcoxon_greater(load, load) == 1.0
+
+
+def _in_turn(process_ms: np.ndarray, rounds: int, jitter: float, rng) -> np.ndarray:
+    """Samples as InTurn takes them: round i from process i mod n, each process at its own level."""
+    return process_ms[np.arange(rounds) % len(process_ms)] * rng.lognormal(0.0, jitter, rounds)
+
+
+def test_process_ratio_takes_each_process_median_as_one_observation():
+    """Process p's samples are i = p, p + n, ...: new at 1.2x old in every process gives 1.2 exactly,
+    the spread between processes is the sd of their log medians, none within."""
+    old = np.tile([1.0, 2.0, 4.0], 5)  # three processes at 1, 2 and 4 ms, five rounds each
+    r = process_ratio(1.2 * old, old, processes=3)
+    assert r["ratio"] == pytest.approx(1.2) and r["processes"] == 3 and r["within_process_pct"] == 0
+    assert r["between_process_pct"] == pytest.approx(100 * math.expm1(np.std(np.log([1, 2, 4]), ddof=1)))
+    # Welch's t on 3 + 3 log medians with equal spreads: df 4, the interval exp(log 1.2 +- t * se).
+    se = math.sqrt(2 * np.var(np.log([1, 2, 4]), ddof=1) / 3)
+    assert r["ci_low"] == pytest.approx(1.2 * math.exp(-2.776445 * se), rel=1e-5)
+    assert r["p_slower"] == pytest.approx(stats.t.sf(math.log(1.2) / se, 4), rel=1e-6)
+
+
+def test_a_process_constant_is_not_a_slowdown_but_one_every_process_shows_is():
+    """One pair of processes whose new side sits 18 % higher by its own constant (what issue 27
+    measured) is significant over its rounds, and not over processes; a 1.2x slowdown seen in each of
+    3 processes a side with 3 % between them is."""
+    rng = np.random.default_rng(27)
+    one_pair_new, one_pair_old = rng.lognormal(0.0, 0.02, 20) * 1.18, rng.lognormal(0.0, 0.02, 20)
+    assert wilcoxon_greater(one_pair_new, one_pair_old) < 1e-4
+    same = [process_ratio(_in_turn(rng.lognormal(0.0, 0.1, 3), 15, 0.02, rng),
+                          _in_turn(rng.lognormal(0.0, 0.1, 3), 15, 0.02, rng), 3)["p_slower"] for _ in range(2000)]
+    assert 0.03 < np.mean(np.array(same) < 0.05) < 0.07  # a valid test: its nominal rate of false alarms
+    slower = process_ratio(_in_turn(1.2 * rng.lognormal(0.0, 0.03, 3), 15, 0.02, rng),
+                           _in_turn(rng.lognormal(0.0, 0.03, 3), 15, 0.02, rng), 3)
+    assert slower["p_slower"] < 0.01 and slower["ci_low"] > 1.05
+
+
+def test_process_ratio_without_two_processes_a_side_has_no_test():
+    """One round (a side that left at once): one process median a side, no spread to test against."""
+    r = process_ratio(np.array([2.0]), np.array([1.0]), processes=3)
+    assert r["ratio"] == 2.0 and r["p_slower"] == 1.0 and r["ci_low"] is None and r["between_process_pct"] is None

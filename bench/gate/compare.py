@@ -9,11 +9,18 @@ model.onnx, run by the same ONNX Runtime (the gate refuses a stack change unless
 bitsandbytes or torch artifact is a module rebuilt by this process's code, so both sides would run
 the new code and a regression in it could never show: those cells are reported "not re-measured"
 and judged as recorded. Given the old revision's environment (`--old-python`), every cell is
-re-measured by two workers, each side loading and calling its artifacts with its own code.
+re-measured by workers, each side loading and calling its artifacts with its own code.
+
+A worker process is a sample too: each has its own address-space layout, allocator state and
+first-call repacks, a constant that its rounds cannot average away (one pair of workers timed the
+same build at new/old 1.18, Wilcoxon p 0.0006 over its 19 rounds). So each side runs in several
+workers (`remeasure_processes`, 3 by default), started alternately and called in turn, round r by
+each side's worker r mod n, and a cell is tested over the process medians, not the rounds
+(stats.process_ratio).
 """
 
 import contextlib
-import functools
+import dataclasses
 import json
 import re
 import subprocess
@@ -48,12 +55,19 @@ def _runnable(run_dir: Path, cell: dict, threads: int, config: RunConfig):
                        device=config.device if ort_has_cuda() else "cpu")
 
 
+# Rounds each worker process times a cell, at least: its median is one observation of the test.
+ROUNDS_PER_PROCESS = 5
+
+
 def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,
-              new_python: str | None = None, files_dir: Path | None = None) -> dict[str, dict]:
-    """new/old p50 ratio with a paired 95 % interval and a one-sided p of a slowdown, per latency cell
-    present in both runs. With old_python or new_python, every cell is re-timed by two workers, each
-    side's in its own interpreter (the other side's defaults to this one); without, ONNX Runtime
-    cells only, in this process. files_dir: where the runs' checkpoint and trace files are (default: here)."""
+              new_python: str | None = None, files_dir: Path | None = None,
+              processes: int | None = None) -> dict[str, dict]:
+    """new/old p50 ratio with a 95 % interval and a one-sided p of a slowdown, per latency cell
+    present in both runs. With old_python or new_python, every cell is re-timed by workers, each
+    side's in its own interpreter (the other side's defaults to this one), `processes` a side (default:
+    the new run's remeasure_processes), tested over process medians; without, ONNX Runtime cells
+    only, in this process, tested over paired rounds. files_dir: where the runs' checkpoint and trace
+    files are (default: here)."""
     old_run, new_run = Path(old_run), Path(new_run)
     (old_manifest, old_cells), (new_manifest, new_cells) = load_run(old_run, "compare"), load_run(new_run, "compare")
     files_dir = Path(files_dir) if files_dir else new_run / new_manifest["config"].get("files_dir", ".")
@@ -65,6 +79,9 @@ def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,
     if not shared:
         raise UsageError(f"compare: {old_run} and {new_run} share no measured latency cell")
     in_workers = old_python is not None or new_python is not None
+    processes = processes or config.remeasure_processes
+    if in_workers and processes < 2:
+        raise UsageError(f"--processes: a test over worker processes needs at least 2 a side, got {processes}")
     out = {} if in_workers else {
         c["key"]: {"not_remeasured": f"a {c['runtime']['runtime']} artifact runs this process's code on both sides; "
                                     "--old-python re-times it in the old environment"}
@@ -72,10 +89,13 @@ def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,
     common = [c for c in shared if c["key"] not in out]
     with contextlib.ExitStack() as stack:
         if in_workers:
-            workers = {"old": stack.enter_context(Worker(old_python or sys.executable, "old")),
-                       "new": stack.enter_context(Worker(new_python or sys.executable, "new"))}
-            for w in workers.values():
-                w.greeted()
+            workers = {"old": [], "new": []}
+            for _ in range(processes):  # started alternately, so neither side's start is the machine's quieter one
+                for side, python in (("old", old_python), ("new", new_python)):
+                    workers[side].append(stack.enter_context(Worker(python or sys.executable, side)))
+            for side_workers in workers.values():
+                for w in side_workers:
+                    w.greeted()
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ffnbench-compare-")))
         # One timing group per model and shape, as the run timed them, with that model's settings.
         for model, shape in dict.fromkeys((c["model"], c["shape"]["name"]) for c in common):
@@ -91,9 +111,15 @@ def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,
                 new_ms, old_ms = samples[f"new:{cell['key']}"], samples[f"old:{cell['key']}"]
                 rounds = min(len(new_ms), len(old_ms))  # paired by round; a side that left first has fewer
                 new_ms, old_ms = new_ms[:rounds], old_ms[:rounds]
-                out[cell["key"]] = {**latency.ratio(new_ms, old_ms), "p_slower": stats.wilcoxon_greater(new_ms, old_ms),
-                                    "old_p50_ms": float(np.median(old_ms)), "new_p50_ms": float(np.median(new_ms)),
-                                    "iterations": len(new_ms), "stopped_by": stopped_by[f"new:{cell['key']}"],
+                if in_workers:
+                    test = {**stats.process_ratio(new_ms, old_ms, processes), "test": "Welch t over process medians"}
+                else:
+                    test = {**latency.ratio(new_ms, old_ms), "p_slower": stats.wilcoxon_greater(new_ms, old_ms),
+                            "processes": 1, "test": "Wilcoxon over paired rounds", "between_process_pct": None,
+                            "within_process_pct": stats.process_ratio(new_ms, old_ms, 1)["within_process_pct"]}
+                out[cell["key"]] = {**test, "old_p50_ms": float(np.median(old_ms)),
+                                    "new_p50_ms": float(np.median(new_ms)), "iterations": len(new_ms),
+                                    "stopped_by": stopped_by[f"new:{cell['key']}"],
                                     "code": "each side's own" if in_workers else "this process's"}
     return out
 
@@ -120,22 +146,44 @@ def _time_here(sides: dict, inputs: dict, threads: dict, config: RunConfig) -> t
 
 def _time_in_workers(workers: dict, sides: dict, inputs: dict, threads: dict, config: RunConfig,
                      scratch: Path) -> tuple[dict, str]:
-    """Every cell, each side loaded and called by its own worker; the calls interleaved round-robin."""
+    """Every cell, each side loaded by all its workers and called by them in turn (InTurn); the calls
+    interleaved round-robin, sample i of a side from its worker i mod n."""
     fns = {}
     for key, by_side in sides.items():
         path = scratch / (re.sub(r"[^\w.=-]", "_", key) + ".npy")
         np.save(path, inputs[key])
         for side, (run_dir, record) in by_side.items():
-            workers[side].send(op="load", key=key, artifact_dir=str(_artifact_dir(run_dir, record)), inputs=str(path),
-                               files_dir=config.files_dir,
-                               threads=threads[side], spinning=config.ort_spinning, device=config.device)
-            fns[f"{side}:{key}"] = functools.partial(workers[side].call, key)
-        for side, (_, record) in by_side.items():  # both sides load at once; loading is not timed
-            runtime = workers[side].receive(key)["runtime"]["runtime"]
-            if runtime != record["runtime"]["runtime"]:
-                raise UsageError(f"compare: the {side} side would time {key} in {runtime}, its run timed it in "
-                                 f"{record['runtime']['runtime']}; re-measure on the device the runs used")
-    return latency.interleaved(fns, config.latency_config(), ReportedTimer())
+            for w in workers[side]:
+                w.send(op="load", key=key, artifact_dir=str(_artifact_dir(run_dir, record)), inputs=str(path),
+                       files_dir=config.files_dir, threads=threads[side], spinning=config.ort_spinning,
+                       device=config.device)
+            fns[f"{side}:{key}"] = InTurn(workers[side], key)
+        for side, (_, record) in by_side.items():  # all workers load at once; loading is not timed
+            for w in workers[side]:
+                runtime = w.receive(key)["runtime"]["runtime"]
+                if runtime != record["runtime"]["runtime"]:
+                    raise UsageError(f"compare: the {side} side would time {key} in {runtime}, its run timed it in "
+                                     f"{record['runtime']['runtime']}; re-measure on the device the runs used")
+    n = len(workers["new"])
+    cfg = config.latency_config()
+    # Every worker warms each cell up as a run would (warm-up calls go in turn too), and times it for
+    # ROUNDS_PER_PROCESS rounds at least; warm-up rounds a multiple of n keep sample i on worker i mod n.
+    least = ROUNDS_PER_PROCESS * n
+    cfg = dataclasses.replace(cfg, warmup=cfg.warmup * n, min_iterations=max(cfg.min_iterations, least),
+                              max_iterations=max(cfg.max_iterations, least))
+    return latency.interleaved(fns, cfg, ReportedTimer())
+
+
+class InTurn:
+    """One side's calls of one cell, sent to that side's workers in turn: call c to worker c mod n."""
+
+    def __init__(self, workers: list["Worker"], key: str):
+        self.workers, self.key, self.calls = workers, key, 0
+
+    def __call__(self) -> float:
+        worker_ = self.workers[self.calls % len(self.workers)]
+        self.calls += 1
+        return worker_.call(self.key)
 
 
 class ReportedTimer:
@@ -237,13 +285,21 @@ class Worker:
 
 def write(ratios: dict[str, dict], new_run: Path) -> Path:
     lines = ["# ffnbench compare: re-measured side by side", "",
-             "| cell | old p50 ms | new p50 ms | new/old | 95 % CI | p (slower) | rounds |", "|---" * 7 + "|"]
-    lines += [f"| {k} | {r['old_p50_ms']:.4f} | {r['new_p50_ms']:.4f} | {r['ratio']:.3f} | "
-              f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['p_slower']:.2g} | {r['iterations']} |"
+             "Re-measured by workers, each side in several processes: the test is over process medians, and the "
+             "spread between processes is shown beside the spread within one (as %).", "",
+             "| cell | old p50 ms | new p50 ms | new/old [95 % CI] | p (slower) | test | rounds | processes a side "
+             "| spread between processes | within |", "|---" * 10 + "|"]
+    lines += [f"| {k} | {r['old_p50_ms']:.4f} | {r['new_p50_ms']:.4f} | {latency.ratio_text(r, 3)} | "
+              f"{r['p_slower']:.2g} | {r['test']} | {r['iterations']} | {r['processes']} | "
+              f"{_pct(r.get('between_process_pct'))} | {_pct(r.get('within_process_pct'))} |"
               for k, r in ratios.items() if "not_remeasured" not in r]
-    lines += [f"| {k} | not re-measured: {r['not_remeasured']} | | | | | |"
+    lines += [f"| {k} | not re-measured: {r['not_remeasured']} | | | | | | | | |"
               for k, r in ratios.items() if "not_remeasured" in r]
     path = Path(new_run) / "compare.md"
     files.write_text(path, "\n".join(lines) + "\n")
     files.write_json(Path(new_run) / "compare.json", ratios)
     return path
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f} %"

@@ -3,8 +3,9 @@
 Accuracy is deterministic for a fixed stack and seed, so it is judged by absolute change.
 Latency fails only when the slowdown exceeds its tolerance *and* is significant. Judged by
 re-measurement (`--remeasure BASELINE_RUN`: both runs' artifacts re-timed round-robin, in this
-process or by one worker per side's environment; see compare.py), the test is a one-sided Wilcoxon
-signed-rank test on the paired rounds. Times recorded in two separate runs are only advisory
+process, where the test is a one-sided Wilcoxon signed-rank test on the paired rounds, or by several
+workers per side's environment, where the unit is the process and the test Welch's t over process
+medians; see compare.py). Times recorded in two separate runs are only advisory
 unless asked for (`strict_recorded_latency`): on a shared machine their level moves between runs
 (measured: 7 false alarms in 10 same-build pairs at +15 %, README), which no test on the
 within-run samples can see; there a one-sided Mann-Whitney U test stands in.
@@ -225,6 +226,15 @@ def _compare(old: dict, new: dict, checks: dict[str, Check], result: GateResult,
         result.findings.append(_latency_finding(old, new, metric, check, remeasured, rounds))
 
 
+def _processes_text(remeasured: dict) -> str:
+    """' in 3 processes a side (spread between them 4.1 %, within one 2.0 %)' for a re-measurement by workers."""
+    if remeasured.get("processes", 1) == 1:
+        return ""
+    between = remeasured.get("between_process_pct")
+    return (f" in {remeasured['processes']} processes a side (spread between them "
+            f"{'–' if between is None else f'{between:.1f} %'}, within one {remeasured['within_process_pct']:.1f} %)")
+
+
 def _latency_finding(old: dict, new: dict, metric: str, check: Check, remeasured: dict | None,
                      rounds: int) -> Finding:
     """A latency finding with its p-value (judged later, as one of a family), or a threshold-only
@@ -238,11 +248,11 @@ def _latency_finding(old: dict, new: dict, metric: str, check: Check, remeasured
         ratio = remeasured["ratio"]
         beyond = ratio > 1 + check.limit if check.relative else ratio * b > allowed
         note = (f"re-measured side by side by {remeasured['code']} code: new/old "
-                f"{ratio_text(remeasured, 3)} over {remeasured['iterations']} rounds")
+                f"{ratio_text(remeasured, 3)} over {remeasured['iterations']} rounds{_processes_text(remeasured)}")
         if remeasured["iterations"] < rounds:
             return Finding(new["key"], metric, b, ratio * b, allowed, True, f"{note}; fewer than the minimum {rounds} "
                            "rounds: not judged significant")
-        return Finding(new["key"], metric, b, ratio * b, allowed, not beyond, f"{note}; Wilcoxon p = "
+        return Finding(new["key"], metric, b, ratio * b, allowed, not beyond, f"{note}; {remeasured['test']} p = "
                        f"{remeasured['p_slower']:.2g}", p=remeasured["p_slower"], beyond=beyond)
     beyond = not check.passes(b, n)
     samples_old, samples_new = old["metrics"].get("samples_ms"), new["metrics"].get("samples_ms")

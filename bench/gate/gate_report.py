@@ -20,8 +20,10 @@ def markdown(result: GateResult, baseline: Path, run_dir: Path, checks: dict) ->
              f"{len(result.missing)} cells missing, {len(result.new)} new, {len(result.not_measured)} not measured "
              "in the baseline.", "",
              "Tolerances: " + ", ".join(f"`{c.spec}`" for c in checks.values()) + ". Latency fails only when beyond "
-             "its tolerance and significant: a one-sided test per cell (Wilcoxon signed-rank on re-measured paired "
-             "rounds, Mann-Whitney U on recorded samples), Holm-adjusted over all latency cells, family-wise "
+             "its tolerance and significant: a one-sided test per cell (Wilcoxon signed-rank on paired rounds "
+             "re-measured in this process, Welch's t over process medians re-measured by workers, with the spread "
+             "between processes beside the spread within one, Mann-Whitney U on recorded samples), Holm-adjusted "
+             "over all latency cells, family-wise "
              f"alpha {ALPHA}.", ""]
     lines += [f"> {n}" for n in result.notes]
     if result.failures:

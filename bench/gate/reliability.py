@@ -4,12 +4,13 @@
 
 False alarms: the quick preset run pairs+1 times on the same build; each later run is gated
 against the first four ways: latency re-measured side by side in this process (--remeasure), and
-by two workers, each side in its own environment (--old-python, here this same one), with recorded
-latency made strict, and with recorded latency advisory (no --remeasure).
+by workers, each side in its own environment (--old-python, here this same one; three processes a
+side, the test over process medians), with recorded latency made strict, and with recorded latency
+advisory (no --remeasure). Then a default-size run gated against itself by workers.
 Detection: regressions injected, each of which the gate must catch: 1 thread instead of 2
-(latency), a bitsandbytes forward run twice in the new side's code (latency, re-measured by
-workers), a 4-bit recipe in place of the int8 one (accuracy), and QDQ calibrated on the wrong
-scenario (accuracy).
+(latency), a bitsandbytes forward run twice and one bitsandbytes recipe (LLM.int8) made 1.2x slower
+in the new side's code (latency, re-measured by workers), a 4-bit recipe in place of the int8 one
+(accuracy), and QDQ calibrated on the wrong scenario (accuracy).
 """
 
 import argparse
@@ -22,25 +23,56 @@ from pathlib import Path
 EXE = str(Path(sys.executable).parent / "ffnbench")
 CHECKOUT = Path(__file__).resolve().parents[2]  # a source checkout: this tool is for developers
 
+# TorchRunnable.timed_call's line, and what the injected revisions put in its place.
+TIMED_CALL = "        return lambda: self._forward(h)\n"
+DOUBLED = "        return lambda: (self._forward(h), self._forward(h))\n"
+# LLM.int8 modules only: each call spins for a fifth of the warm call's median after the forward.
+SLOWER_INT8 = """        if not any(type(m).__name__ == "Linear8bitLt" for m in self.module.modules()):
+            return lambda: self._forward(h)
+        import statistics
+        import time
 
-def doubled_forward_environment(root: Path) -> Path:
-    """Another revision's environment: this checkout's code with TorchRunnable's timed call running
-    the forward twice, over this environment's packages. Returns its interpreter."""
+        def once():
+            start = time.perf_counter()
+            self._forward(h)
+            return time.perf_counter() - start
+
+        extra = 0.2 * statistics.median(once() for _ in range(5))
+
+        def slowed():
+            self._forward(h)
+            until = time.perf_counter() + extra
+            while time.perf_counter() < until:
+                pass
+
+        return slowed
+"""
+
+
+def injected_environment(root: Path, timed_call: str) -> Path:
+    """Another revision's environment: this checkout's code with TorchRunnable's timed call replaced
+    by `timed_call`, over this environment's packages. Returns its interpreter."""
     root = Path(root).resolve()  # .pth lines are read relative to site-packages, so absolute
     package = root / "src" / "ffnbench"
     shutil.copytree(CHECKOUT / "ffnbench", package)
     for sub in ("models", "export", "quant", "bench"):  # the installed layout (pyproject's package-dir)
         shutil.copytree(CHECKOUT / sub, package / sub)
     runnables = package / "bench" / "cells" / "runnables.py"
-    once = "        return lambda: self._forward(h)\n"
-    twice = "        return lambda: (self._forward(h), self._forward(h))\n"
-    if runnables.read_text().count(once) != 1:
+    if runnables.read_text().count(TIMED_CALL) != 1:
         raise RuntimeError(f"{runnables}: TorchRunnable.timed_call changed; update the injected regression")
-    runnables.write_text(runnables.read_text().replace(once, twice))
+    runnables.write_text(runnables.read_text().replace(TIMED_CALL, timed_call))
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
     site_packages = next((root / "venv" / "lib").glob("python3*/site-packages"))
     (site_packages / "other_revision.pth").write_text(f"{root / 'src'}\n{site.getsitepackages()[0]}\n")
     return root / "venv" / "bin" / "python"
+
+
+def doubled_forward_environment(root: Path) -> Path:
+    return injected_environment(root, DOUBLED)
+
+
+def slower_int8_environment(root: Path) -> Path:
+    return injected_environment(root, SLOWER_INT8)
 
 
 def ffnbench(*args) -> int:
@@ -48,10 +80,14 @@ def ffnbench(*args) -> int:
                           text=True).returncode
 
 
-def quick(out: Path, *extra) -> Path:
-    if ffnbench("run", "--preset", "quick", "--no-report", "--out", out, *extra) != 0:
+def run_preset(preset: str, out: Path, *extra) -> Path:
+    if ffnbench("run", "--preset", preset, "--no-report", "--out", out, *extra) != 0:
         raise SystemExit(f"run into {out} failed")
     return out
+
+
+def quick(out: Path, *extra) -> Path:
+    return run_preset("quick", out, *extra)
 
 
 def main() -> int:
@@ -75,6 +111,14 @@ def main() -> int:
                                                     "--old-python", sys.executable) != 0
         print(f"pair {i}: false alarms so far {alarms}", flush=True)
 
+    # The default size, gated against itself by workers: latency only (the default matrix's timing).
+    (root / "default-size.toml").write_text('models = ["default"]\nscenarios = ["clean"]\nlm_recipes = []\n'
+                                            'memory = false\ndiagnose = false\n')
+    default = run_preset("default", root / "default-size", "--config", root / "default-size.toml")
+    ffnbench("gate", "--update-baseline", "--baseline", root / "default-baseline.json", default)
+    default_alarm = ffnbench("gate", "--baseline", root / "default-baseline.json", default, "--only", "latency",
+                             "--remeasure", default, "--old-python", sys.executable) != 0
+
     (root / "threads1.toml").write_text("threads = 1\n")
     slow = quick(root / "threads-1", "--config", root / "threads1.toml")
     (root / "qdq.toml").write_text('recipes = ["ort-int8-qdq-minmax"]\nlatency = false\n')
@@ -89,6 +133,9 @@ def main() -> int:
         "bitsandbytes forward run twice (re-measured by workers)": ffnbench(
             "gate", "--baseline", baseline, base, "--only", "latency", "--remeasure", base,
             "--old-python", sys.executable, "--new-python", doubled_forward_environment(root / "doubled")),
+        "LLM.int8 (bnb-int8) 1.2x slower (re-measured by workers)": ffnbench(
+            "gate", "--baseline", baseline, base, "--only", "latency", "--remeasure", base,
+            "--old-python", sys.executable, "--new-python", slower_int8_environment(root / "slower-int8")),
         "ort-int4-rtn in place of ort-int8-dynamic": ffnbench("gate", "--baseline", baseline, base, "--only",
                                                               "accuracy", "--as", "ort-int8-dynamic=ort-int4-rtn"),
         "bnb-nf4 in place of bnb-int8": ffnbench("gate", "--baseline", baseline, base, "--only", "accuracy",
@@ -98,12 +145,13 @@ def main() -> int:
             "--as", "ort-int8-qdq-minmax@clean=ort-int8-qdq-minmax@production"),
     }
     print(f"false alarms over {args.pairs} same-build pairs: " + ", ".join(f"{k} {v}" for k, v in alarms.items()))
+    print(f"default size gated against itself by workers: {'FALSE ALARM' if default_alarm else 'pass'}")
     for name, code in detections.items():
         print(f"injected: {name}: {'caught (exit 1)' if code == 1 else f'MISSED (exit {code})'}")
     # The targets: the default gate (re-measured) never alarms on the same build and catches all.
     missed = sum(code != 1 for name, code in detections.items() if "strict" not in name)
-    return 1 if missed or alarms["remeasured"] or alarms["remeasured by workers"] or alarms["recorded, advisory"] \
-        else 0
+    return 1 if missed or default_alarm or alarms["remeasured"] or alarms["remeasured by workers"] \
+        or alarms["recorded, advisory"] else 0
 
 
 if __name__ == "__main__":
