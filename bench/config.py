@@ -63,7 +63,7 @@ class RunConfig:
     ort_spinning: bool = False
     # Worker processes a side when a gate or compare re-measures this run by workers (--old-python):
     # each process is one observation of the test, so at least 2 (bench/gate/compare.py).
-    remeasure_processes: int = 3
+    remeasure_processes: int = 5
     decode: list[int] = field(default_factory=lambda: [1, 1])  # (batch, seq)
     prefill: list[int] = field(default_factory=lambda: [8, 128])
     device: str = "cpu"

@@ -39,8 +39,9 @@ def text(tmp_path_factory):
 
 
 def run_own_layer(root, model_table: str, trace: str, layer: int):
-    """A run of the default recipes' quick subset over one real layer with its captured traffic, then a gate
-    of that run against a baseline made from it."""
+    """A run of the default recipes' quick subset over one real layer with its captured traffic, then
+    the gate: the run passes against a baseline made from it, and fails, on exactly that cell and
+    metric, against one whose int8 cell on the shifted traffic was 3 dB better (an injected regression)."""
     (root / "run.toml").write_text(
         f'models = ["own"]\nrecipes = ["fp32", "ort-int8-dynamic", "ort-int8-qdq-minmax", "bnb-nf4"]\n'
         f'scenarios = ["traffic", "traffic-shifted"]\ncalibration = ["traffic"]\nlatency = false\nlm_recipes = []\n'
@@ -49,7 +50,13 @@ def run_own_layer(root, model_table: str, trace: str, layer: int):
         f'[scenario.traffic-shifted]\nreplay = "{trace}"\ntensor = "layer.{layer}"\nmean_shift = 4.0\n'
         'shift_fraction = 0.9\nmagnitude_sigma = 1.5\n')
     cells = run(load_toml(root / "run.toml").check(), root / "run", progress=False)
-    write_baseline(root / "run", root / "baseline.json")
+    baseline = write_baseline(root / "run", root / "baseline.json")
+    regressed = next(k for k, c in baseline["cells"].items()
+                     if (c["recipe"], c["scenario"]) == ("ort-int8-dynamic", "traffic-shifted"))
+    baseline["cells"][regressed]["metrics"]["centered_sqnr_db"] += 3.0
+    (root / "better-baseline.json").write_text(json.dumps(baseline))
+    caught = gate(root / "better-baseline.json", root / "run", checks())
+    assert [(f.cell, f.metric) for f in caught.failures] == [(regressed, "centered_sqnr_db")], caught.failures
     return cells, gate(root / "baseline.json", root / "run", checks())
 
 

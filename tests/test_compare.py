@@ -63,12 +63,13 @@ class CountedWorker(compare.Worker):
 
 
 def test_a_doubled_bitsandbytes_forward_in_the_new_code_is_caught(tmp_path, seed_exports, monkeypatch):
-    """Each side loads and calls its artifacts with its own code, in three workers of its own started
-    alternately (the run's remeasure_processes): the new side's doubled forward shows, though both
-    sides time the same artifact files, and the test counts processes, not rounds."""
+    """Each side loads and calls its artifacts with its own code, in workers of its own started
+    alternately, as many as the run's remeasure_processes (3 here): the new side's doubled forward
+    shows, though both sides time the same artifact files, and the test counts processes, not rounds."""
     run_dir = seed_exports(tmp_path / "run")
     run(RunConfig(models=["tiny"], designs=["A", "B"], recipes=["fp32", "bnb-int8"], scenarios=["clean"], n_requests=1,
-                  seq_len=2, warmup=2, min_iterations=30, min_seconds=0.001, prefill=[2, 16], memory=False), run_dir,
+                  seq_len=2, warmup=2, min_iterations=30, min_seconds=0.001, prefill=[2, 16], memory=False,
+                  remeasure_processes=3), run_dir,
         progress=False)
     write_baseline(run_dir, tmp_path / "baseline.json")
     doubled = doubled_forward_environment(tmp_path)

@@ -1,6 +1,7 @@
 """torch -> ONNX: native opset 23 and decomposed opset 18, parity, taps, manifest, atomic writes."""
 
 import json
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -96,8 +97,12 @@ def test_failed_parity_writes_nothing(tmp_path, monkeypatch):
 
 
 def test_load_onnx_accepts_an_export(exports):
+    """The model it returns is the export's: its ops as the manifest counted them, its file's hash."""
     _, exported = exports["A", False]
-    assert load_onnx(exported.path).graph.node
+    model = load_onnx(exported.path)
+    assert dict(Counter(n.op_type for n in model.graph.node)) == exported.manifest["ops"]
+    assert model.SerializeToString() == onnx.load(str(exported.path)).SerializeToString()
+    assert sha256_file(exported.path) == exported.manifest["sha256"]
 
 
 @pytest.mark.parametrize("content", [b"this is not onnx", None])

@@ -43,6 +43,15 @@ def test_tolerance_specs_parse():
     assert checks(["p50_ms:+30%"])["p50_ms"].limit == pytest.approx(0.3)
 
 
+def test_llama_cpp_figures_gate_in_their_direction():
+    """same_top1 and delta_p_mean regress by a drop (in points), the KL percentiles by a rise."""
+    assert parse("same_top1:-0.5pp").passes(0.99, 0.986) and not parse("same_top1:-0.5pp").passes(0.99, 0.984)
+    assert parse("delta_p_mean:-1pp").passes(-0.02, -0.029) and not parse("delta_p_mean:-1pp").passes(-0.02, -0.031)
+    assert parse("kld_p99:+10%").passes(0.1, 0.109) and not parse("kld_p99:+10%").passes(0.1, 0.111)
+    with pytest.raises(UsageError, match="regresses by a drop"):
+        parse("same_top1:+1pp")
+
+
 @pytest.mark.parametrize(("spec", "needle"), [
     ("p50:+15%", "unknown metric 'p50'"),
     ("p50_ms+15%", "does not parse; the form is METRIC:[+-]NUMBER[dB|pp|%]"),

@@ -150,4 +150,7 @@ def test_uint8_zero_points_follow_the_matmulnbits_layout_with_an_odd_block_count
     x = np.random.default_rng(1).standard_normal((1, 96), np.float32)
     y = ort.InferenceSession(single.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {up.input[0]: x})
     np.testing.assert_allclose(y[0], x @ weight, rtol=1e-4, atol=1e-4)
-    assert json.dumps(kernel_paths.attributes(onnx.load(str(hqq.path))))  # attributes are JSON-ready for the record
+    # The record's attributes, through JSON as a run stores them: every MatMulNBits now uint8.
+    recorded = json.loads(json.dumps(kernel_paths.attributes(model)))
+    assert [(a["op"], a["bits"], a["block_size"], a["zero_points"]) for a in recorded] == \
+        [("MatMulNBits", 4, 32, "uint8")] * 2

@@ -190,6 +190,12 @@ def test_the_report_has_a_downstream_section_with_the_training_curves(lm_run):
                    if (c["design"], c["recipe"], c["scenario"]) == (d, "bnb-nf4", "domain-code")]) for d in "AB"]
     assert f"| bnb-nf4 | {kl[0]:.2e} | {kl[1]:.2e} | " in downstream  # the cells' own numbers, over seeds
     assert "| B | domain-code | " in downstream and "| B | 1 | 1,902,976 | 1200 |" in downstream
+    # llama.cpp's figures: the cells' own percentiles over seeds, means with their interval.
+    nf4 = [c["metrics"] for c in ALL_LM_CELLS if (c["design"], c["recipe"], c["scenario"]) == ("B", "bnb-nf4",
+                                                                                                "domain-code")]
+    row = next(line for line in downstream.splitlines() if line.startswith("| domain-code | bnb-nf4 | B | "))
+    assert f" | {np.mean([m['kld_p99'] for m in nf4]):.2e} | " in row and row.count("[") == 3, row
+    assert f" | {np.mean([m['delta_p_rms'] for m in nf4]):.4f} |" in row
 
 
 def test_a_changed_checkpoint_stops_a_run_before_anything_is_written(tmp_path, monkeypatch):

@@ -56,6 +56,38 @@ def test_per_window_figures_are_each_windows_own_and_average_to_the_cells():
     assert values["bits_per_byte"] == pytest.approx(lm_metrics.bits_per_byte(got, targets))
 
 
+def test_llama_cpp_figures_against_a_hand_worked_case():
+    """Four positions where fp32 puts p0 = e^4 / (e^4 + 255) on byte 0; the candidate agrees on three
+    and is uniform on the fourth. KL sits on that one position; the 99th and 99.9th percentiles
+    interpolate towards it (numpy's linear rule); argmax of a uniform row is byte 0, so the top byte
+    stays (same_top1 1) until another byte tops a position; delta_p is 1/256 − p0 there, 0 elsewhere."""
+    ref = np.zeros((1, 4, 256))
+    ref[..., 0] = 4.0
+    got = ref.copy()
+    got[0, 3] = 0.0
+    p0 = math.exp(4) / (math.exp(4) + 255)
+    kl = p0 * math.log(p0 * 256) + (1 - p0) * math.log((1 - p0) / 255 * 256)
+    values = lm_metrics.llama_cpp_metrics(ref, got)
+    assert values["kld_mean"] == pytest.approx(kl / 4) and values["kld_max"] == pytest.approx(kl)
+    assert values["kld_p99"] == pytest.approx(0.97 * kl) and values["kld_p999"] == pytest.approx(0.997 * kl)
+    assert values["same_top1"] == 1.0
+    assert values["delta_p_mean"] == pytest.approx((1 / 256 - p0) / 4)
+    assert values["delta_p_rms"] == pytest.approx(abs(1 / 256 - p0) / 2)
+    got[0, 2, 7] = 9.0  # now byte 7 tops position 2
+    assert lm_metrics.llama_cpp_metrics(ref, got)["same_top1"] == 0.75
+
+
+def test_a_cell_reports_the_llama_cpp_figures_and_per_window_ones_that_average_to_them():
+    rng = np.random.default_rng(2)
+    ref, got = rng.normal(size=(4, 6, 256)), rng.normal(size=(4, 6, 256))
+    per_window = lm_metrics.window_metrics(ref, got, rng.integers(256, size=(4, 6)), np.zeros(4))
+    values = lm_metrics.prediction_metrics(ref, got, per_window)
+    assert values["kld_mean"] == pytest.approx(values["kl_to_fp32"])
+    assert values["same_top1"] == values["top1_agreement"] == pytest.approx(np.mean(per_window["same_top1"]))
+    assert values["delta_p_mean"] == pytest.approx(np.mean(per_window["delta_p_mean"]))
+    assert values["kld_mean"] < values["kld_p99"] < values["kld_p999"] <= values["kld_max"]
+
+
 def test_order0_is_the_cross_entropy_of_add_one_smoothed_byte_frequencies():
     train = np.array([0, 0, 0, 1], np.uint8)  # counts 4, 2 and 1 for every other byte: 260 in all
     expected = -(np.log2(4 / 260) + np.log2(2 / 260) + np.log2(1 / 260)) / 3

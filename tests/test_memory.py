@@ -6,6 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ffnbench.bench.cells import memory
+from ffnbench.models import build_model, preset
 from ffnbench.quant import quantize
 
 
@@ -65,3 +66,28 @@ def test_without_a_resettable_high_water_mark_every_runnable_says_why(tmp_path, 
     out = memory.measure({"a": {"kind": "onnx", "path": "x.onnx", "threads": 1, "spinning": False, "inputs": "x"}},
                          {"x": _inputs()})
     assert "clear_refs is missing" in out["a"]["error"]
+
+
+@pytest.fixture(scope="module")
+def modules(tmp_path_factory):
+    """A bitsandbytes (LLM.int8) and a torch (fp16) artifact of design A at d_model 1024, d_ff 4096:
+    8 MB of fp32 weights a Linear, so what they hold stands far above the probe's noise."""
+    tmp = tmp_path_factory.mktemp("modules")
+    block = build_model(preset("small", "A", d_model=1024, d_ff=4096))
+    return {recipe: quantize(block, recipe, tmp / recipe) for recipe in ("bnb-int8", "torch-fp16")}
+
+
+def test_a_bitsandbytes_and_a_torch_module_hold_their_weights_bytes_in_either_probe(modules):
+    """resident_mb of a module runnable (the README's bitsandbytes and torch memory figures) lies within
+    0.8x-1.5x (+2 MB) of its weights' bytes: LLM.int8 keeps 1 byte a weight (8.4 MB for the two
+    Linears), torch-fp16 2 (16.8 MB); the forked and the fresh probe measure the same."""
+    weights = 2 * 1024 * 4096
+    expected_mb = {"bnb-int8": weights / 1e6, "torch-fp16": 2 * weights / 1e6}
+    requests = {r: {"kind": "module", "artifact_dir": str(a.path.parent), "threads": 1, "spinning": False,
+                    "inputs": "x"} for r, a in modules.items()}
+    forked, fresh = (memory.measure(requests, {"x": _inputs()}, fresh=f) for f in (False, True))
+    for recipe, mb in expected_mb.items():
+        for probe in (forked, fresh):
+            assert "error" not in probe[recipe], probe
+            assert 0.8 * mb <= probe[recipe]["resident_mb"] <= 1.5 * mb + 2, (recipe, probe[recipe])
+        assert abs(forked[recipe]["resident_mb"] - fresh[recipe]["resident_mb"]) < 1.0, (forked, fresh)

@@ -115,7 +115,8 @@ def test_manifest_records_size_ops_params_and_calibration(measured, setup):
     assert manifest["params"]["method"] == "entropy"
     # ORT counts bins across both signs: 256 quantized bins are int8's 128 levels a side.
     assert manifest["params"]["histogram"] == {"num_bins": 2048, "num_quantized_bins": 256}
-    assert isinstance(manifest["params"]["reduce_range"], bool) and "probe" in manifest["params"]["reduce_range_from"]
+    assert manifest["params"]["reduce_range"] is SATURATES
+    assert manifest["params"]["reduce_range_from"] == f"measured U8S8 probe (saturates: {SATURATES})"
     assert manifest["calibration"] == calibration.describe()
     assert manifest["source_model"]["sha256"] == sha256_file(designs["B"]["onnx"])
 

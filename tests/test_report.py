@@ -2,6 +2,7 @@
 
 import json
 
+import onnx
 import pytest
 
 from ffnbench.bench import RunConfig, run
@@ -10,6 +11,7 @@ from ffnbench.bench.machine import kernel_paths
 from ffnbench.bench.machine.isa import cpu_info, int8_kernels, machine_class
 from ffnbench.bench.report.report import write
 from ffnbench.errors import UsageError
+from ffnbench.files import sha256_file
 from ffnbench.quant.bnb_recipes import import_bnb
 
 
@@ -65,7 +67,14 @@ def test_diagnosed_decode_cells_say_what_ran_and_hqq_gets_its_uint8_alternative(
     assert hqq["status"] == "ok" and hqq["bits"] == 4 and {a["zero_points"] for a in hqq["attributes"]} == {"float32"}
     alternative = hqq["alternative"]
     assert alternative["p50_ms"] > 0 and alternative["speedup"]["ci_low"] <= alternative["speedup"]["ratio"]
-    assert alternative["centered_sqnr_db"] > 0 and (run_dir / alternative["path"]).is_file()
+    # The variant is another artifact: uint8 zero points on every MatMulNBits, other bytes, other
+    # weights (zero points rounded to 0..15, weights requantized), so another accuracy.
+    variant = run_dir / alternative["path"]
+    original = next(run_dir / c["artifact"]["dir"] / "model.onnx" for c in cells
+                    if c.get("kind") == "latency" and (c["design"], c["recipe"]) == ("B", "ort-int4-hqq"))
+    assert {a["zero_points"] for a in kernel_paths.attributes(onnx.load(str(variant)))} == {"uint8"}
+    assert sha256_file(variant) != sha256_file(original)
+    assert alternative["centered_sqnr_db"] != alternative["recipe_centered_sqnr_db"] > 0
     report = write(run_dir).read_text()
     simd = int8_kernels(cpu_info()["isa"])["matmulnbits"]
     assert "### What ran at decode" in report and "cannot prepack" in report

@@ -9,7 +9,8 @@ import pytest
 from ffnbench.bench import RunConfig, run
 from ffnbench.bench import runner as runner_module
 from ffnbench.bench.cells import prebuild
-from ffnbench.bench.cells.metrics import ALL_METRICS
+from ffnbench.bench.cells.metrics import ALL_METRICS, centered_sqnr_db
+from ffnbench.bench.cells.runnables import OrtRunnable
 from ffnbench.bench.traffic.scenarios import Replay
 from ffnbench.errors import UsageError
 from ffnbench.quant import Calibration, bnb_recipes
@@ -153,11 +154,18 @@ def test_calibration_mismatch_is_one_run(tmp_path, seed_exports):
 def test_replayed_hidden_states(tmp_path, seed_exports):
     states = np.random.default_rng(0).standard_normal((12, 64)).astype(np.float32) + 2
     np.save(tmp_path / "h.npy", states)
-    config = tiny_config(recipes=["fp32"], scenarios=["captured"],
+    config = tiny_config(recipes=["fp32", "ort-int8-dynamic"], scenarios=["captured"],
                          user_scenarios={"captured": Replay("captured", tmp_path / "h.npy")})
     results = run(config, seed_exports(tmp_path / "run"), progress=False)
     assert all(r["status"] == "ok" for r in results)
     assert all(r["metrics"]["fp32_drift_db"] is None for r in results)  # a capture has no unshifted twin
+    # The cells measured the captured rows: the int8 cell's SQNR recomputed from them, one batch.
+    x = config.scenario("captured").generate(config.n_requests, config.seq_len, 64)
+    assert {row.tobytes() for row in x.reshape(-1, 64)} <= {row.tobytes() for row in states}
+    for r in (r for r in results if r["recipe"] == "ort-int8-dynamic"):
+        reference = OrtRunnable(seed_exports.exports[r["design"]]).run(x)
+        y = OrtRunnable(tmp_path / "run" / r["artifact"]["dir"] / "model.onnx").run(x)
+        assert r["metrics"]["centered_sqnr_db"] == pytest.approx(centered_sqnr_db(reference, y), abs=1e-3)
 
 
 @pytest.mark.parametrize(("make", "needle"), [

@@ -13,7 +13,7 @@ from ffnbench.bench.machine import u8s8
 from ffnbench.bench.machine.isa import u8s8_saturates
 from ffnbench.bench.report import report
 from ffnbench.bench.traffic.scenarios import NAMED
-from ffnbench.quant import Calibration, quantize
+from ffnbench.quant import Calibration, load_artifact, quantize
 
 
 def test_activations_quantize_as_onnx_runtime_does(tmp_path):
@@ -68,15 +68,25 @@ def test_the_rate_counts_every_pair_once(k):
 
 
 def test_runs_record_the_rate_and_the_report_states_what_it_costs(seed_exports, tmp_path):
-    config = RunConfig(models=["tiny"], designs=["A"], scenarios=["clean", "shift-8"], n_requests=2, seq_len=8,
+    """The rate a run records for a cell is the rate of that cell's own tensors: recomputed here from
+    its artifact and its requests, one call each as the run makes them. Under shift-8 full-range
+    weights clip (B: RMSNorm keeps the shift, so activations sit high in uint8); reduce_range never does."""
+    config = RunConfig(models=["tiny"], designs=["B"], scenarios=["clean", "shift-8"], n_requests=2, seq_len=8,
                        recipes=["fp32", "ort-int8-dynamic", "ort-int8-dynamic-fullrange"], latency=False)
-    cells = {(c["recipe"], c["scenario"]): c["metrics"] for c in run(config, seed_exports(tmp_path / "run"),
-                                                                    progress=False)}
-    assert cells[("fp32", "clean")]["u8s8_saturation_rate"] is None
-    full = cells[("ort-int8-dynamic-fullrange", "shift-8")]["u8s8_saturation_rate"]
-    assert full is not None and 0 <= full < 0.05
+    records = run(config, seed_exports(tmp_path / "run"), progress=False)
+    cells = {(c["recipe"], c["scenario"]): c for c in records}
+    assert cells[("fp32", "clean")]["metrics"]["u8s8_saturation_rate"] is None
+    full_cell = cells[("ort-int8-dynamic-fullrange", "shift-8")]
+    full = full_cell["metrics"]["u8s8_saturation_rate"]
+    artifact = load_artifact(tmp_path / "run" / full_cell["artifact"]["dir"])
+    x = config.scenario("shift-8").generate(config.n_requests, config.seq_len, 64, seed=config.seed)
+    runnable = OrtRunnable(artifact.path)
+    assert 0 < full < 0.05
+    assert full == u8s8.saturation_rate(artifact.path, [runnable.taps(x[i:i + 1]) for i in range(len(x))])
+    if cells[("ort-int8-dynamic", "shift-8")]["artifact"]["params"]["reduce_range"]:
+        assert cells[("ort-int8-dynamic", "shift-8")]["metrics"]["u8s8_saturation_rate"] == 0.0
     text = report.write(tmp_path / "run").read_text()
-    assert f"ISA, model `tiny`, design A: centered SQNR of `ort-int8-dynamic` (reduce_range {u8s8_saturates()})" in text
+    assert f"ISA, model `tiny`, design B: centered SQNR of `ort-int8-dynamic` (reduce_range {u8s8_saturates()})" in text
     assert f"({full:.3%} of pair sums out of int16)" in text
 
 

@@ -8,8 +8,12 @@ import math
 
 import numpy as np
 
-LM_METRICS = ("bits_per_byte", "delta_bpb", "kl_to_fp32", "top1_agreement", "nonfinite_rate", "spike_ratio",
-              "spike_token_share")
+# The figures llama.cpp's perplexity tool reports for a quantization (KL divergence per position:
+# mean, 99th and 99.9th percentile, maximum; "same top p"; the change of a token's probability),
+# so that users can set ours beside theirs: kld_mean is kl_to_fp32, same_top1 top1_agreement.
+LLAMA_CPP_METRICS = ("kld_mean", "kld_p99", "kld_p999", "kld_max", "same_top1", "delta_p_mean", "delta_p_rms")
+LM_METRICS = ("bits_per_byte", "delta_bpb", "kl_to_fp32", "top1_agreement", *LLAMA_CPP_METRICS, "nonfinite_rate",
+              "spike_ratio", "spike_token_share")
 # A token whose largest down-projection input is this many times a typical token's takes two bits of
 # a per-tensor int8 range from every other token of its call: it "carries a spike".
 SPIKE_FACTOR = 4.0
@@ -32,10 +36,22 @@ def bits_per_byte(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(window_bits(logits, targets)))
 
 
+def position_figures(ref_logits: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
+    """Per position (requests, tokens): KL(p_fp32 ‖ p_candidate) in nats, whether the candidate's most
+    likely token is fp32's, and delta_p: the probability of fp32's most likely token, candidate minus fp32."""
+    ref, got = log_softmax(ref_logits), log_softmax(logits)
+    top = np.argmax(ref, axis=-1)[..., None]
+
+    def p_top(logp: np.ndarray) -> np.ndarray:
+        return np.exp(np.take_along_axis(logp, top, -1)[..., 0])
+
+    return {"kl": np.sum(np.exp(ref) * (ref - got), axis=-1), "same_top1": top[..., 0] == np.argmax(got, axis=-1),
+            "delta_p": p_top(got) - p_top(ref)}
+
+
 def window_kl(ref_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
     """(requests,): each window's mean over positions of KL(p_fp32 ‖ p_candidate), in nats."""
-    ref, got = log_softmax(ref_logits), log_softmax(logits)
-    kl = np.sum(np.exp(ref) * (ref - got), axis=-1)
+    kl = position_figures(ref_logits, logits)["kl"]
     return kl.reshape(len(kl), -1).mean(axis=1)
 
 
@@ -47,12 +63,29 @@ def kl_to_fp32(ref_logits: np.ndarray, logits: np.ndarray) -> float:
 def window_metrics(ref_logits: np.ndarray, logits: np.ndarray, targets: np.ndarray,
                    undrifted_bits: np.ndarray) -> dict[str, np.ndarray] | None:
     """Per window: kl_to_fp32, bits_per_byte and delta_bpb (against fp32 on the same window without
-    synthetic drift); None where a logit is not finite. Windows are of equal length, so each
-    metric's mean over windows is the cell's figure."""
+    synthetic drift), same_top1 and delta_p_mean; None where a logit is not finite. Windows are of
+    equal length, so each metric's mean over windows is the cell's figure."""
     if not np.all(np.isfinite(logits)):
         return None
     bits = window_bits(logits, targets)
-    return {"kl_to_fp32": window_kl(ref_logits, logits), "bits_per_byte": bits, "delta_bpb": bits - undrifted_bits}
+    per_position = position_figures(ref_logits, logits)
+
+    def by_window(x: np.ndarray) -> np.ndarray:
+        return x.reshape(len(x), -1).mean(axis=1)
+
+    return {"kl_to_fp32": by_window(per_position["kl"]), "bits_per_byte": bits, "delta_bpb": bits - undrifted_bits,
+            "same_top1": by_window(per_position["same_top1"].astype(np.float64)),
+            "delta_p_mean": by_window(per_position["delta_p"])}
+
+
+def llama_cpp_metrics(ref_logits: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """The LLAMA_CPP_METRICS over every position of a cell (finite logits)."""
+    per_position = position_figures(ref_logits, logits)
+    kl, delta_p = per_position["kl"].ravel(), per_position["delta_p"].ravel()
+    return {"kld_mean": float(np.mean(kl)), "kld_p99": float(np.percentile(kl, 99)),
+            "kld_p999": float(np.percentile(kl, 99.9)), "kld_max": float(np.max(kl)),
+            "same_top1": float(np.mean(per_position["same_top1"])), "delta_p_mean": float(np.mean(delta_p)),
+            "delta_p_rms": float(np.sqrt(np.mean(delta_p**2)))}
 
 
 def order0_bits_per_byte(train_bytes: np.ndarray, targets: np.ndarray) -> float:
@@ -82,11 +115,12 @@ def spikes(down_in: np.ndarray) -> tuple[float, float]:
 
 
 def prediction_metrics(ref_logits: np.ndarray, logits: np.ndarray, per_window: dict | None) -> dict:
-    """bits_per_byte, delta_bpb, kl_to_fp32 (means of the per-window figures), top1_agreement,
-    nonfinite_rate; with non-finite logits only the rate."""
+    """bits_per_byte, delta_bpb, kl_to_fp32 (means of the per-window figures), top1_agreement, the
+    LLAMA_CPP_METRICS, nonfinite_rate; with non-finite logits only the rate."""
     rate = float(1.0 - np.count_nonzero(np.isfinite(logits)) / logits.size)
     if per_window is None:
-        return {"bits_per_byte": None, "delta_bpb": None, "kl_to_fp32": None, "top1_agreement": None,
+        return {**dict.fromkeys(("bits_per_byte", "delta_bpb", "kl_to_fp32", "top1_agreement", *LLAMA_CPP_METRICS)),
                 "nonfinite_rate": rate}
-    return {**{k: float(np.mean(v)) for k, v in per_window.items()},
-            "top1_agreement": top1_agreement(ref_logits, logits), "nonfinite_rate": rate}
+    means = {k: float(np.mean(v)) for k, v in per_window.items() if k in ("bits_per_byte", "delta_bpb", "kl_to_fp32")}
+    return {**means, "top1_agreement": top1_agreement(ref_logits, logits), **llama_cpp_metrics(ref_logits, logits),
+            "nonfinite_rate": rate}

@@ -15,9 +15,11 @@ from ffnbench.errors import UsageError
 
 LATENCY_METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "tokens_per_s", "resident_mb", "peak_call_mb",
                    "model_bytes")
-FRACTIONS = {"cosine", "top1_agreement", "nonfinite_rate", "norm_positive_fraction", "preact_sign_flip_rate",
-             "spike_token_share", "u8s8_saturation_rate"}
-HIGHER_IS_BETTER = {"sqnr_db", "centered_sqnr_db", "cosine", "top1_agreement", "fp32_drift_db", "tokens_per_s"}
+FRACTIONS = {"cosine", "top1_agreement", "same_top1", "delta_p_mean", "delta_p_rms", "nonfinite_rate",
+             "norm_positive_fraction", "preact_sign_flip_rate", "spike_token_share", "u8s8_saturation_rate"}
+# delta_p_mean: a quantization takes probability from fp32's top token; a regression takes more.
+HIGHER_IS_BETTER = {"sqnr_db", "centered_sqnr_db", "cosine", "top1_agreement", "same_top1", "delta_p_mean",
+                    "fp32_drift_db", "tokens_per_s"}
 GATEABLE = tuple(dict.fromkeys((*ALL_METRICS, *LM_METRICS, *LATENCY_METRICS)))
 # delta_bpb (lm cells): 0.01 bits per byte is about 0.6 % of the trained pair's held-out 1.72-1.74.
 DEFAULTS = ("sqnr_db:-1dB", "centered_sqnr_db:-1dB", "top1_agreement:-0.5pp", "nonfinite_rate:+0",

@@ -14,7 +14,7 @@ re-measured by workers, each side loading and calling its artifacts with its own
 A worker process is a sample too: each has its own address-space layout, allocator state and
 first-call repacks, a constant that its rounds cannot average away (one pair of workers timed the
 same build at new/old 1.18, Wilcoxon p 0.0006 over its 19 rounds). So each side runs in several
-workers (`remeasure_processes`, 3 by default), started alternately and called in turn, round r by
+workers (`remeasure_processes`, 5 by default), started alternately and called in turn, round r by
 each side's worker r mod n, and a cell is tested over the process medians, not the rounds
 (stats.process_ratio).
 """
@@ -56,7 +56,7 @@ def _runnable(run_dir: Path, cell: dict, threads: int, config: RunConfig):
 
 
 # Rounds each worker process times a cell, at least: its median is one observation of the test.
-ROUNDS_PER_PROCESS = 5
+ROUNDS_PER_PROCESS = 6
 
 
 def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,

@@ -4,7 +4,7 @@
 
 False alarms: the quick preset run pairs+1 times on the same build; each later run is gated
 against the first four ways: latency re-measured side by side in this process (--remeasure), and
-by workers, each side in its own environment (--old-python, here this same one; three processes a
+by workers, each side in its own environment (--old-python, here this same one; five processes a
 side, the test over process medians), with recorded latency made strict, and with recorded latency
 advisory (no --remeasure). Then a default-size run gated against itself by workers.
 Detection: regressions injected, each of which the gate must catch: 1 thread instead of 2

@@ -9,7 +9,7 @@ agreement), what the drift alone costs in fp32, and the measured drift statistic
 import functools
 from pathlib import Path
 
-from ffnbench.bench.report import dose_response, plots
+from ffnbench.bench.report import dose_response, llama_cpp_figures, plots
 from ffnbench.bench.report.downstream_verdict import Comparison, per_recipe, seed_mean, summary
 from ffnbench.bench.report.formatting import number
 
@@ -80,6 +80,7 @@ def section(run, plot_dir: Path, sublayer: tuple[str, str, float] | None, found:
     lines += dose_lines
     for scenario in scenarios:
         lines += _ab_table(lm, scenario, recipes, detail)
+    lines += llama_cpp_figures.section(lm, scenarios, recipes)
     lines += _drift_damage(lm, scenarios, found, threshold)
     lines += _drift_statistics(lm, scenarios, designs)
     for inject, cells in doses.items():
