@@ -145,10 +145,19 @@ def _time_here(sides: dict, inputs: dict, threads: dict, config: RunConfig) -> t
 
 
 def _time_in_workers(workers: dict, sides: dict, inputs: dict, threads: dict, config: RunConfig,
-                     scratch: Path) -> tuple[dict, str]:
-    """Every cell, each side loaded by all its workers and called by them in turn (InTurn); the calls
-    interleaved round-robin, sample i of a side from its worker i mod n."""
-    fns = {}
+                     scratch: Path) -> tuple[dict, dict]:
+    """Every cell, one at a time: both sides' workers load it, call it in turn (InTurn), its old and
+    new calls interleaved round-robin (sample i of a side from its worker i mod n), then unload it, so
+    a worker holds one artifact however many workers run (ten at the default size held them all: out
+    of memory)."""
+    n = len(workers["new"])
+    cfg = config.latency_config()
+    # Every worker warms the cell up as a run would (warm-up calls go in turn too), and times it for
+    # ROUNDS_PER_PROCESS rounds at least; warm-up rounds a multiple of n keep sample i on worker i mod n.
+    least = ROUNDS_PER_PROCESS * n
+    cfg = dataclasses.replace(cfg, warmup=cfg.warmup * n, min_iterations=max(cfg.min_iterations, least),
+                              max_iterations=max(cfg.max_iterations, least))
+    samples, stopped_by = {}, {}
     for key, by_side in sides.items():
         path = scratch / (re.sub(r"[^\w.=-]", "_", key) + ".npy")
         np.save(path, inputs[key])
@@ -157,21 +166,19 @@ def _time_in_workers(workers: dict, sides: dict, inputs: dict, threads: dict, co
                 w.send(op="load", key=key, artifact_dir=str(_artifact_dir(run_dir, record)), inputs=str(path),
                        files_dir=config.files_dir, threads=threads[side], spinning=config.ort_spinning,
                        device=config.device)
-            fns[f"{side}:{key}"] = InTurn(workers[side], key)
         for side, (_, record) in by_side.items():  # all workers load at once; loading is not timed
             for w in workers[side]:
                 runtime = w.receive(key)["runtime"]["runtime"]
                 if runtime != record["runtime"]["runtime"]:
                     raise UsageError(f"compare: the {side} side would time {key} in {runtime}, its run timed it in "
                                      f"{record['runtime']['runtime']}; re-measure on the device the runs used")
-    n = len(workers["new"])
-    cfg = config.latency_config()
-    # Every worker warms each cell up as a run would (warm-up calls go in turn too), and times it for
-    # ROUNDS_PER_PROCESS rounds at least; warm-up rounds a multiple of n keep sample i on worker i mod n.
-    least = ROUNDS_PER_PROCESS * n
-    cfg = dataclasses.replace(cfg, warmup=cfg.warmup * n, min_iterations=max(cfg.min_iterations, least),
-                              max_iterations=max(cfg.max_iterations, least))
-    return latency.interleaved(fns, cfg, ReportedTimer())
+        timed, stopped = latency.interleaved({f"{side}:{key}": InTurn(workers[side], key) for side in by_side}, cfg,
+                                             ReportedTimer())
+        samples |= timed
+        stopped_by |= stopped
+        for w in (w for side in by_side for w in workers[side] if w.protocol >= 2):
+            w.ask(op="unload", key=key)
+    return samples, stopped_by
 
 
 class InTurn:
@@ -225,11 +232,12 @@ class Worker:
     def greeted(self) -> "Worker":
         """Wait for the worker's greeting (separate from starting it, so two workers load at once)."""
         hello = self._read()
-        if hello.get("protocol") != worker.PROTOCOL:
+        if hello.get("protocol") not in worker.COMPATIBLE:
             self.close()
             raise UsageError(f"--{self.side}-python: {self.python} speaks worker protocol "
-                             f"{hello.get('protocol')}, this ffnbench {worker.PROTOCOL}; re-measure with matching "
-                             "revisions")
+                             f"{hello.get('protocol')}, this ffnbench {', '.join(map(str, worker.COMPATIBLE))}; "
+                             "re-measure with matching revisions")
+        self.protocol = hello["protocol"]
         return self
 
     def _read(self) -> dict:

@@ -9,16 +9,19 @@ call itself and reports the time, so both sides meet the same machine noise roun
 likewise runs each revision in its own environment.
 
 Requests: {"op": "load", "key", "artifact_dir", "inputs" (.npy), "threads", "spinning", "device"},
-{"op": "call", "key"}, {"op": "exit"}. Replies: the greeting {"protocol", "versions"}, then one
-object per request, {"error": "..."} where it failed.
+{"op": "call", "key"}, {"op": "unload", "key"} (protocol 2: several workers a side each hold one
+cell at a time), {"op": "exit"}. Replies: the greeting {"protocol", "versions"}, then one object per
+request, {"error": "..."} where it failed.
 """
 
+import gc
 import json
 import os
 import sys
 from pathlib import Path
 
-PROTOCOL = 1
+PROTOCOL = 2
+COMPATIBLE = (1, 2)  # protocol 1 (before "unload") still times; its workers keep what they loaded
 
 
 def _load(request: dict):
@@ -70,6 +73,10 @@ def main() -> int:
             elif request["op"] == "call":
                 fn, timer = calls[request["key"]]
                 reply({"ms": timer.time_ms(fn)})
+            elif request["op"] == "unload":
+                calls.pop(request["key"], None)
+                gc.collect()
+                reply({"unloaded": request["key"]})
             elif request["op"] == "exit":
                 return 0
             else:
