@@ -7,7 +7,7 @@ process, where the test is a one-sided Wilcoxon signed-rank test on the paired r
 workers per side's environment, where the unit is the process and the test Welch's t over process
 medians; see compare.py). Times recorded in two separate runs are only advisory
 unless asked for (`strict_recorded_latency`): on a shared machine their level moves between runs
-(measured: 7 false alarms in 10 same-build pairs at +15 %, README), which no test on the
+(measured: 5 to 9 false alarms in 10 same-build pairs at +15 %, docs/gate.md), which no test on the
 within-run samples can see; there a one-sided Mann-Whitney U test stands in.
 Every latency cell is one test of a family: significant means a Holm-adjusted p below ALPHA, so
 the chance of any false alarm in one gate stays at most ALPHA however many cells it judges.
