@@ -292,9 +292,11 @@ class Worker:
 
 
 def write(ratios: dict[str, dict], new_run: Path) -> Path:
+    by_workers = any(r.get("processes", 1) > 1 for r in ratios.values())
     lines = ["# ffnbench compare: re-measured side by side", "",
              "Re-measured by workers, each side in several processes: the test is over process medians, and the "
-             "spread between processes is shown beside the spread within one (as %).", "",
+             "spread between processes is shown beside the spread within one (as %)." if by_workers else
+             "Re-measured in this process, old and new interleaved: the test is over paired rounds.", "",
              "| cell | old p50 ms | new p50 ms | new/old [95 % CI] | p (slower) | test | rounds | processes a side "
              "| spread between processes | within |", "|---" * 10 + "|"]
     lines += [f"| {k} | {r['old_p50_ms']:.4f} | {r['new_p50_ms']:.4f} | {latency.ratio_text(r, 3)} | "
