@@ -1,8 +1,10 @@
-"""The report's table of what llama.cpp's perplexity tool reports for a quantization, per recipe,
-design and scenario of the lm cells: KL divergence per position against fp32 (mean, 99th and 99.9th
-percentile, maximum), the share of positions whose most likely next token is fp32's ("same top p"),
-and delta_p, the probability of fp32's most likely token, quantized minus fp32. Means carry the
-downstream interval (training seeds and, within them, windows and drift draws)."""
+"""The report's table of the figures llama.cpp's perplexity tool reports for a quantization, per
+recipe, design and scenario of the lm cells: KL divergence per position against fp32 (mean, 99th and
+99.9th percentile, maximum), the share of positions whose most likely next token is fp32's ("same
+top p"), and delta_p as DESIGN.md defines it: the probability of fp32's most likely token, quantized
+minus fp32 (llama.cpp's own Δp may be taken on the text's next token instead; the two differ where
+fp32's top guess is wrong). Means carry the downstream interval (training seeds and, within them,
+windows and drift draws)."""
 
 from ffnbench.bench.report.downstream_verdict import design_mean, seed_mean
 from ffnbench.bench.report.formatting import number
@@ -22,7 +24,8 @@ def section(lm: dict, scenarios: list[str], recipes: list[str]) -> list[str]:
              "--kl-divergence` reports a quantization: KL divergence in nats (mean with its 95 % interval; the "
              "99th and 99.9th percentile and the maximum over a cell's positions, averaged over seeds), the share "
              "of positions whose most likely next byte is fp32's (same top-1), and Δp, the probability of fp32's "
-             "most likely byte, quantized minus fp32 (mean with interval, and RMS).", "",
+             "most likely byte, quantized minus fp32 (mean with interval, and RMS; llama.cpp's own Δp may follow "
+             "the text's next byte instead, so compare it with care).", "",
              "| scenario | recipe | design | KLD mean [95 % CI] | p99 | p99.9 | max | same top-1 [95 % CI] | "
              "Δp mean [95 % CI] | Δp RMS |", "|---" * 10 + "|"]
     for scenario, recipe, design in rows:
