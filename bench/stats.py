@@ -73,11 +73,10 @@ def process_ratio(new_ms: np.ndarray, old_ms: np.ndarray, processes: int) -> dic
     (new_logs, new_within), (old_logs, old_within) = sides
     diff = float(np.mean(new_logs) - np.mean(old_logs))
     within = float(np.median(new_within + old_within))
-    # processes: those that timed the cell on both sides (a bounded cell's few rounds reach fewer)
-    out = {"ratio": math.exp(diff), "ci_low": None, "ci_high": None, "p_slower": 1.0,
-           "processes": min(len(new_logs), len(old_logs)),
+    counted = min(len(new_logs), len(old_logs))  # processes that timed it: a bounded cell's few rounds reach fewer
+    out = {"ratio": math.exp(diff), "ci_low": None, "ci_high": None, "p_slower": 1.0, "processes": counted,
            "between_process_pct": None, "within_process_pct": _pct(within)}
-    if min(len(new_logs), len(old_logs)) < 2:  # a bounded cell's few rounds: no spread to test against
+    if counted < 2:  # no spread to test against
         return out
     var_new, var_old = np.var(new_logs, ddof=1) / len(new_logs), np.var(old_logs, ddof=1) / len(old_logs)
     se = math.sqrt(var_new + var_old)

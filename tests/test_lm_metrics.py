@@ -17,7 +17,7 @@ def test_uniform_predictions_cost_eight_bits_and_agreeing_ones_no_kl():
     assert lm_metrics.kl_to_fp32(logits, logits) == pytest.approx(0.0, abs=1e-12)
     assert lm_metrics.kl_to_fp32(logits, logits + 7.0) == pytest.approx(0.0, abs=1e-12)  # a shift is no change
     assert lm_metrics.kl_to_fp32(logits, np.zeros_like(logits)) > 0.1
-    assert lm_metrics.top1_agreement(logits, logits) == 1.0
+    assert lm_metrics.position_figures(logits, logits)["same_top1"].all()
 
 
 def test_a_sure_right_guess_costs_nothing_and_kl_matches_its_formula():
@@ -35,8 +35,9 @@ def test_a_sure_right_guess_costs_nothing_and_kl_matches_its_formula():
 def test_non_finite_logits_leave_only_the_rate():
     logits = np.zeros((1, 4, 256))
     logits[0, 0, 0] = np.nan
-    per_window = lm_metrics.window_metrics(np.zeros_like(logits), logits, np.zeros((1, 4), np.int64), np.zeros(1))
-    values = lm_metrics.prediction_metrics(np.zeros_like(logits), logits, per_window)
+    per_position = lm_metrics.position_figures(np.zeros_like(logits), logits)
+    per_window = lm_metrics.window_metrics(per_position, logits, np.zeros((1, 4), np.int64), np.zeros(1))
+    values = lm_metrics.prediction_metrics(per_position, logits, per_window)
     assert per_window is None
     assert values["nonfinite_rate"] == pytest.approx(1 / logits.size) and values["kl_to_fp32"] is None
 
@@ -46,12 +47,13 @@ def test_per_window_figures_are_each_windows_own_and_average_to_the_cells():
     ref, got = rng.normal(size=(3, 5, 256)), rng.normal(size=(3, 5, 256))
     targets = rng.integers(256, size=(3, 5))
     undrifted = np.array([8.0, 7.0, 6.0])
-    per_window = lm_metrics.window_metrics(ref, got, targets, undrifted)
+    per_position = lm_metrics.position_figures(ref, got)
+    per_window = lm_metrics.window_metrics(per_position, got, targets, undrifted)
     for w in range(3):
         assert per_window["kl_to_fp32"][w] == pytest.approx(lm_metrics.kl_to_fp32(ref[w:w + 1], got[w:w + 1]))
         assert per_window["bits_per_byte"][w] == pytest.approx(lm_metrics.bits_per_byte(got[w:w + 1], targets[w:w + 1]))
     assert per_window["delta_bpb"] == pytest.approx(per_window["bits_per_byte"] - undrifted)
-    values = lm_metrics.prediction_metrics(ref, got, per_window)
+    values = lm_metrics.prediction_metrics(per_position, got, per_window)
     assert values["kl_to_fp32"] == pytest.approx(lm_metrics.kl_to_fp32(ref, got))
     assert values["bits_per_byte"] == pytest.approx(lm_metrics.bits_per_byte(got, targets))
 
@@ -67,21 +69,22 @@ def test_llama_cpp_figures_against_a_hand_worked_case():
     got[0, 3] = 0.0
     p0 = math.exp(4) / (math.exp(4) + 255)
     kl = p0 * math.log(p0 * 256) + (1 - p0) * math.log((1 - p0) / 255 * 256)
-    values = lm_metrics.llama_cpp_metrics(ref, got)
+    values = lm_metrics.llama_cpp_metrics(lm_metrics.position_figures(ref, got))
     assert values["kld_mean"] == pytest.approx(kl / 4) and values["kld_max"] == pytest.approx(kl)
     assert values["kld_p99"] == pytest.approx(0.97 * kl) and values["kld_p999"] == pytest.approx(0.997 * kl)
     assert values["same_top1"] == 1.0
     assert values["delta_p_mean"] == pytest.approx((1 / 256 - p0) / 4)
     assert values["delta_p_rms"] == pytest.approx(abs(1 / 256 - p0) / 2)
     got[0, 2, 7] = 9.0  # now byte 7 tops position 2
-    assert lm_metrics.llama_cpp_metrics(ref, got)["same_top1"] == 0.75
+    assert lm_metrics.llama_cpp_metrics(lm_metrics.position_figures(ref, got))["same_top1"] == 0.75
 
 
 def test_a_cell_reports_the_llama_cpp_figures_and_per_window_ones_that_average_to_them():
     rng = np.random.default_rng(2)
     ref, got = rng.normal(size=(4, 6, 256)), rng.normal(size=(4, 6, 256))
-    per_window = lm_metrics.window_metrics(ref, got, rng.integers(256, size=(4, 6)), np.zeros(4))
-    values = lm_metrics.prediction_metrics(ref, got, per_window)
+    per_position = lm_metrics.position_figures(ref, got)
+    per_window = lm_metrics.window_metrics(per_position, got, rng.integers(256, size=(4, 6)), np.zeros(4))
+    values = lm_metrics.prediction_metrics(per_position, got, per_window)
     assert values["kld_mean"] == pytest.approx(values["kl_to_fp32"])
     assert values["same_top1"] == values["top1_agreement"] == pytest.approx(np.mean(per_window["same_top1"]))
     assert values["delta_p_mean"] == pytest.approx(np.mean(per_window["delta_p_mean"]))

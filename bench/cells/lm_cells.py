@@ -317,8 +317,9 @@ def measure_lm(subject: LMSubject, cell) -> dict:
         base, params = subject.config.recipe_spec(cell.recipe)
         logits, taps = subject.evaluate(runnable, cell.scenario, batched=batch_invariant(recipe_config(base, **params)))
         targets = subject.text(cell.scenario)[:, 1:]
-        per_window = lm_metrics.window_metrics(ref_logits, logits, targets, subject.undrifted_bits(cell.scenario))
-        values = lm_metrics.prediction_metrics(ref_logits, logits, per_window)
+        per_position = lm_metrics.position_figures(ref_logits, logits)
+        per_window = lm_metrics.window_metrics(per_position, logits, targets, subject.undrifted_bits(cell.scenario))
+        values = lm_metrics.prediction_metrics(per_position, logits, per_window)
         spikes = [lm_metrics.spikes(x) for x in down_inputs(taps, layers)]
         values["spike_ratio"] = _max(s[0] for s in spikes)
         values["spike_token_share"] = _max(s[1] for s in spikes)

@@ -49,26 +49,20 @@ def position_figures(ref_logits: np.ndarray, logits: np.ndarray) -> dict[str, np
             "delta_p": p_top(got) - p_top(ref)}
 
 
-def window_kl(ref_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
-    """(requests,): each window's mean over positions of KL(p_fp32 ‖ p_candidate), in nats."""
-    kl = position_figures(ref_logits, logits)["kl"]
-    return kl.reshape(len(kl), -1).mean(axis=1)
-
-
 def kl_to_fp32(ref_logits: np.ndarray, logits: np.ndarray) -> float:
     """Mean over positions of KL(p_fp32 ‖ p_candidate), in nats."""
-    return float(np.mean(window_kl(ref_logits, logits)))
+    return float(np.mean(position_figures(ref_logits, logits)["kl"]))
 
 
-def window_metrics(ref_logits: np.ndarray, logits: np.ndarray, targets: np.ndarray,
+def window_metrics(per_position: dict[str, np.ndarray], logits: np.ndarray, targets: np.ndarray,
                    undrifted_bits: np.ndarray) -> dict[str, np.ndarray] | None:
-    """Per window: kl_to_fp32, bits_per_byte and delta_bpb (against fp32 on the same window without
-    synthetic drift), same_top1 and delta_p_mean; None where a logit is not finite. Windows are of
-    equal length, so each metric's mean over windows is the cell's figure."""
+    """Per window, from a cell's position_figures and logits: kl_to_fp32, bits_per_byte and
+    delta_bpb (against fp32 on the same window without synthetic drift), same_top1 and
+    delta_p_mean; None where a logit is not finite. Windows are of equal length, so each metric's
+    mean over windows is the cell's figure."""
     if not np.all(np.isfinite(logits)):
         return None
     bits = window_bits(logits, targets)
-    per_position = position_figures(ref_logits, logits)
 
     def by_window(x: np.ndarray) -> np.ndarray:
         return x.reshape(len(x), -1).mean(axis=1)
@@ -78,9 +72,8 @@ def window_metrics(ref_logits: np.ndarray, logits: np.ndarray, targets: np.ndarr
             "delta_p_mean": by_window(per_position["delta_p"])}
 
 
-def llama_cpp_metrics(ref_logits: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-    """The LLAMA_CPP_METRICS over every position of a cell (finite logits)."""
-    per_position = position_figures(ref_logits, logits)
+def llama_cpp_metrics(per_position: dict[str, np.ndarray]) -> dict[str, float]:
+    """The LLAMA_CPP_METRICS over every position of a cell (finite logits), from its position_figures."""
     kl, delta_p = per_position["kl"].ravel(), per_position["delta_p"].ravel()
     return {"kld_mean": float(np.mean(kl)), "kld_p99": float(np.percentile(kl, 99)),
             "kld_p999": float(np.percentile(kl, 99.9)), "kld_max": float(np.max(kl)),
@@ -93,11 +86,6 @@ def order0_bits_per_byte(train_bytes: np.ndarray, targets: np.ndarray) -> float:
     figure a model that ignores context reaches."""
     counts = np.bincount(np.asarray(train_bytes, np.int64), minlength=256) + 1.0
     return float(-np.mean(np.log2(counts[np.asarray(targets, np.int64)] / counts.sum())))
-
-
-def top1_agreement(ref_logits: np.ndarray, logits: np.ndarray) -> float:
-    """Share of positions where the candidate's most likely next byte is fp32's."""
-    return float(np.mean(np.argmax(ref_logits, axis=-1) == np.argmax(logits, axis=-1)))
 
 
 def spikes(down_in: np.ndarray) -> tuple[float, float]:
@@ -114,13 +102,14 @@ def spikes(down_in: np.ndarray) -> tuple[float, float]:
     return float(m.max() / typical), float(np.mean(m > SPIKE_FACTOR * typical))
 
 
-def prediction_metrics(ref_logits: np.ndarray, logits: np.ndarray, per_window: dict | None) -> dict:
-    """bits_per_byte, delta_bpb, kl_to_fp32 (means of the per-window figures), top1_agreement, the
-    LLAMA_CPP_METRICS, nonfinite_rate; with non-finite logits only the rate."""
+def prediction_metrics(per_position: dict[str, np.ndarray], logits: np.ndarray, per_window: dict | None) -> dict:
+    """bits_per_byte, delta_bpb, kl_to_fp32 (means of the per-window figures), top1_agreement (the
+    share of positions whose most likely next byte is fp32's), the LLAMA_CPP_METRICS, nonfinite_rate;
+    with non-finite logits only the rate."""
     rate = float(1.0 - np.count_nonzero(np.isfinite(logits)) / logits.size)
     if per_window is None:
         return {**dict.fromkeys(("bits_per_byte", "delta_bpb", "kl_to_fp32", "top1_agreement", *LLAMA_CPP_METRICS)),
                 "nonfinite_rate": rate}
     means = {k: float(np.mean(v)) for k, v in per_window.items() if k in ("bits_per_byte", "delta_bpb", "kl_to_fp32")}
-    return {**means, "top1_agreement": top1_agreement(ref_logits, logits), **llama_cpp_metrics(ref_logits, logits),
-            "nonfinite_rate": rate}
+    figures = llama_cpp_metrics(per_position)
+    return {**means, "top1_agreement": figures["same_top1"], **figures, "nonfinite_rate": rate}
