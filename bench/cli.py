@@ -282,7 +282,7 @@ def _print_drift(results: list[dict]) -> None:
     from ffnbench.bench.cells.lm_names import is_dose
     from ffnbench.bench.traffic.drift_stats import PER_LAYER_LEGEND, per_layer
 
-    measured = [r for r in results if r.get("drift_stats") and not is_dose(r["model"])]
+    measured = [r for r in results if r.get("drift_stats") and r.get("kind") == "lm" and not is_dose(r["model"])]
     first = min((r.get("seed", 0) for r in measured), default=0)
     for pair in dict.fromkeys(r.get("pair", "trained") for r in measured):
         print(f"drift at the FFN inputs, fp32, {pair} models, seed {first} (per layer: {PER_LAYER_LEGEND}):")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.bench.traffic import model_specs
-from ffnbench.bench.traffic.model_specs import ModelSpec
+from ffnbench.bench.traffic.model_specs import SHIPPED_WHOLE, ModelSpec, WholeSpec
 from ffnbench.bench.traffic.scenarios import MAGNITUDES, NAMED, SHIFTS, TEXT_DOMAINS, Replay, Scenario
 from ffnbench.errors import UsageError
 from ffnbench.models import DESIGNS, PRESETS, FFNBlock, FFNConfig, build_model, preset
@@ -97,6 +97,10 @@ class RunConfig:
     files_dir: str = "."
     # Real FFN layers by name ([model.NAME]), usable in `models` beside the size presets.
     user_models: dict[str, ModelSpec] = field(default_factory=dict)
+    # Whole causal LMs ([model.NAME] with `checkpoint` or `gguf`, or the shipped "smollm2") whose FFNs
+    # the lm recipes quantize, under lm_scenarios, in lm_windows token windows: cells of their own.
+    whole_models: list[str] = field(default_factory=list)
+    user_whole: dict[str, WholeSpec] = field(default_factory=dict)
     # Recipe variants by name: {"torch-fp16-norm32": {"base": "torch-fp16", "norm_fp32": True}}
     user_recipes: dict[str, dict] = field(default_factory=dict)
     # Settings for one model size of the run ([per_model.NAME] tables): fewer designs, scenarios and
@@ -153,6 +157,10 @@ class RunConfig:
         spec = self.user_models.get(model)
         return _spec_config(spec, self.residual) if spec else preset(model, design, residual=self.residual)
 
+    def whole_spec(self, name: str) -> WholeSpec:
+        """A whole model by name: the config's [model.NAME] table, or a shipped model."""
+        return self.user_whole.get(name) or SHIPPED_WHOLE[name]
+
     def scenario(self, name: str) -> Scenario | Replay:
         return self.user_scenarios.get(name) or NAMED[name]
 
@@ -163,12 +171,23 @@ class RunConfig:
                 raise UsageError(f"recipe {name}: base must be one of {', '.join(RECIPES)}, got {spec.get('base')!r}")
             recipe_config(spec["base"], **{k: v for k, v in spec.items() if k != "base"})
         known_recipes = {**RECIPES, **self.user_recipes}
+        for model in self.models:
+            if model in self.user_whole:
+                raise UsageError(f"models: '{model}' is a whole model ([model.{model}] names a checkpoint or GGUF); "
+                                 "list it in whole_models")
+        for model in self.whole_models:
+            if model not in {**SHIPPED_WHOLE, **self.user_whole}:
+                raise UsageError(f"whole_models: '{model}' is not a whole model of the config or a shipped one "
+                                 f"({', '.join(SHIPPED_WHOLE)}); define [model.{model}] with checkpoint = \"DIR\" or "
+                                 "gguf = \"FILE.gguf\"")
+        if self.whole_models and not self.lm_recipes:
+            raise UsageError("whole_models: whole-model cells run the lm_recipes, and lm_recipes is empty; name some")
         for axis, values, known in (("designs", self.designs, DESIGNS),
                                     ("models", self.models, {**PRESETS, **self.user_models}),
                                     ("recipes", self.recipes, known_recipes),
                                     ("scenarios", self.scenarios, known_scenarios),
                                     ("calibration", self.calibration, known_scenarios)):
-            if not values:
+            if not values and not (axis == "models" and self.whole_models):  # a run of whole models alone
                 raise UsageError(f"{axis}: empty; name at least one of {', '.join(known)}")
             for value in values:
                 if value not in known:
@@ -213,7 +232,8 @@ class RunConfig:
             raise UsageError(f"per_model.{model}: unknown key '{sorted(unknown)[0]}'; "
                              f"known: {', '.join(PER_MODEL_KEYS)}")
         try:  # the table's values, checked as a run of that model alone would check them
-            dataclasses.replace(self, models=[model], per_model={}, lm_recipes=[], **overrides).check()
+            dataclasses.replace(self, models=[model], per_model={}, lm_recipes=[], whole_models=[],
+                                **overrides).check()
         except UsageError as e:
             raise UsageError(f"per_model.{model}: {e}") from None
         narrowed = self.for_model(model)
@@ -241,7 +261,7 @@ class RunConfig:
                                  "(lm cells read text); calibrate on a synthetic scenario, or drop QDQ from lm_recipes")
         if self.lm_recipes and not self.lm_scenarios:
             raise UsageError("lm_scenarios: empty; name at least one (e.g. clean) or set lm_recipes = []")
-        if self.lm_recipes:
+        if self.lm_recipes and (self.lm_models or not self.whole_models):  # whole models may run alone
             self._check_models("lm", self.lm_models, self.lm_seeds)
         if self.lm_inject not in INJECT:
             raise UsageError(f"lm_inject: unknown '{self.lm_inject}'; choose one of {', '.join(INJECT)}")
@@ -278,6 +298,8 @@ class RunConfig:
         out = dataclasses.asdict(self)
         out["user_scenarios"] = {k: v.describe() for k, v in self.user_scenarios.items()}
         out["user_models"] = {k: v.describe() for k, v in self.user_models.items()}
+        out["user_whole"] = {k: self.whole_spec(k).describe() for k in dict.fromkeys([*self.user_whole,
+                                                                                       *self.whole_models])}
         out.pop("files_dir")  # machine-specific; the run records it relative to its own directory
         return out
 
@@ -292,7 +314,10 @@ class RunConfig:
         models = {name: ModelSpec(name, base=str(files_dir), sha256=d.get("sha256"),
                                   **{k: v for k, v in d.items() if k in model_specs.KEYS})
                   for name, d in data.pop("user_models", {}).items()}
-        return cls(**data, user_scenarios=scenarios, user_models=models, files_dir=str(files_dir))
+        whole = {name: WholeSpec(name, base=str(files_dir),
+                                 **{k: v for k, v in d.items() if k in model_specs.WHOLE_KEYS})
+                 for name, d in data.pop("user_whole", {}).items()}
+        return cls(**data, user_scenarios=scenarios, user_models=models, user_whole=whole, files_dir=str(files_dir))
 
 
 @functools.cache
@@ -318,11 +343,11 @@ PRESETS_RUN = {
                       # the matrix holds every level at ffn-input already: the dose adds the residual stream
                       dose_scenarios=list(DOSE_SCENARIOS), dose_inject=["residual"], dose_seeds=[0, 1, 2],
                       dose_windows=64,
-                      per_model={"llama-7b": LLAMA_7B}),
+                      per_model={"llama-7b": LLAMA_7B}, whole_models=list(SHIPPED_WHOLE)),
 }
 
 LIST_KEYS = ("designs", "models", "recipes", "scenarios", "calibration", "lm_recipes", "lm_scenarios",
-             "lm_models", "dose_scenarios", "dose_inject", "dose_models")
+             "lm_models", "dose_scenarios", "dose_inject", "dose_models", "whole_models")
 INT_LIST_KEYS = ("lm_seeds", "dose_seeds")
 SHAPE_KEYS = ("decode", "prefill")
 SCALAR_KEYS = {"preset": str, "n_requests": int, "seq_len": int, "seed": int, "calibration_requests": int,
@@ -361,7 +386,9 @@ def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
             cfg.user_scenarios = _scenarios(path, value)
             cfg.files_dir = str(path.parent.resolve())
         elif key == "model":
-            cfg.user_models = model_specs.parse(path, value)
+            specs = model_specs.parse(path, value)
+            cfg.user_models = {k: v for k, v in specs.items() if isinstance(v, ModelSpec)}
+            cfg.user_whole = {k: v for k, v in specs.items() if isinstance(v, WholeSpec)}
             cfg.files_dir = str(path.parent.resolve())
         elif key == "recipe":
             if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):

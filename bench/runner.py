@@ -12,17 +12,20 @@ from pathlib import Path
 import numpy as np
 
 from ffnbench import files
-from ffnbench.bench.cells import diagnosis, latency_cells, lm_cells, memory, metrics, prebuild
+from ffnbench.bench.cells import diagnosis, latency_cells, lm_cells, memory, metrics, prebuild, whole_cells
 from ffnbench.bench.cells.cell_record import artifact_summary, finite, recording
 from ffnbench.bench.cells.lm_cells import LM_DESIGNS, LMSubject, measure_lm
 from ffnbench.bench.cells.lm_names import lm_model, parse_lm_model
 from ffnbench.bench.cells.runnables import Runnable, TorchRunnable, ort_has_cuda, runnable_for
+from ffnbench.bench.cells.whole_cells import WholeSubject, measure_whole
 from ffnbench.bench.config import RunConfig
 from ffnbench.bench.machine import doctor, fit, u8s8
 from ffnbench.bench.progress import Progress
 from ffnbench.bench.store import RunStore
+from ffnbench.bench.traffic import whole_model
 from ffnbench.errors import UsageError
 from ffnbench.export import NATIVE_OPSET, ExportedModel, export_onnx
+from ffnbench.models.real_lm import FAMILIES
 from ffnbench.quant import RECIPES, Calibration, Skipped, load_artifact, quantize
 from ffnbench.versions import stack_versions
 
@@ -34,7 +37,7 @@ class Cell:
     recipe: str
     scenario: str  # a scenario name, or the latency shape ("decode", "prefill") for latency cells
     calibration: str | None  # QDQ recipes only
-    kind: str = "accuracy"  # or "latency", or "lm" (a whole trained model)
+    kind: str = "accuracy"  # or "latency", or "lm" (a whole trained model), or "whole" (a user's whole model)
 
     @property
     def key(self) -> str:
@@ -49,7 +52,8 @@ class Cell:
 def plan(config: RunConfig) -> list[Cell]:
     """Every cell of the matrix, ordered by model size, then accuracy before latency; the trained
     pair's lm cells last, for the run's designs among the pair's, its recipes among lm_recipes, each
-    kind of committed model in lm_models and each training seed of lm_seeds."""
+    kind of committed model in lm_models and each training seed of lm_seeds; then the users' whole
+    models (whole_models) of the run's designs, under the same recipes and scenarios."""
     cells = []
     for model in config.models:
         mc = config.for_model(model)
@@ -69,6 +73,11 @@ def plan(config: RunConfig) -> list[Cell]:
         for cal in _calibrations(config, recipe):
             cells += [Cell(design, lm_model(seed, kind, inject), recipe, s, cal, kind="lm")
                       for s in config.dose_scenarios]
+    for name, recipe in itertools.product(config.whole_models, lm_recipes):
+        spec = config.whole_spec(name)
+        design = FAMILIES[whole_model.family_of(spec.path, spec.where)]
+        for cal in _calibrations(config, recipe) if design in config.designs else ():
+            cells += [Cell(design, name, recipe, s, cal, kind="whole") for s in config.lm_scenarios]
     return cells
 
 
@@ -104,8 +113,8 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
     finished = store.finished()
     todo = [cell for cell in cells if cell.key not in finished]
     with Progress(len(todo), progress) as bar:
-        lm = [c for c in todo if c.kind == "lm"]
-        for model, group in itertools.groupby((c for c in todo if c.kind != "lm"), key=lambda c: c.model):
+        lm = [c for c in todo if c.kind in ("lm", "whole")]
+        for model, group in itertools.groupby((c for c in todo if c not in lm), key=lambda c: c.model):
             group = list(group)
             mc = config.for_model(model)
             designs = list(dict.fromkeys(c.design for c in group))
@@ -137,15 +146,19 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
 
 
 def run_lm(cells: list[Cell], config: RunConfig, store: RunStore, bar: Progress) -> None:
-    """The trained pair's cells, one model (design and training seed) after another, each model's
-    references dropped when its cells are done. Their ONNX Runtime artifacts are built in worker
-    processes while the others (fp32, bitsandbytes, torch) are measured: ORT's entropy calibration of
-    one trained model is about 27 s of single-threaded Python."""
+    """The trained pair's cells, one model (design and training seed) after another, then each user's
+    whole model, each model's references dropped when its cells are done. Their ONNX Runtime
+    artifacts are built in worker processes while the others (fp32, bitsandbytes, torch) are
+    measured: ORT's entropy calibration of one trained model is about 27 s of single-threaded Python."""
     groups = {}
     for cell in cells:
         groups.setdefault((cell.design, cell.model), []).append(cell)
     subjects = {}
-    for design, model in groups:
+    for (design, model), group in groups.items():
+        if group[0].kind == "whole":
+            bar.phase(f"{model}: loading the whole model")
+            subjects[design, model] = WholeSubject(config, model, store.out / "artifacts")
+            continue
         bar.phase(f"{model} {design}: export (whole model)")
         kind, seed, inject = parse_lm_model(model)
         own = dataclasses.replace(config, lm_windows=config.dose_windows) if inject else config  # a dose cell
@@ -161,8 +174,9 @@ def run_lm(cells: list[Cell], config: RunConfig, store: RunStore, bar: Progress)
         pending = {key: prebuild.submit(pool, js) if pool else {} for key, js in jobs.items()}
         for (design, model), group in groups.items():
             bar.phase(f"{model} {design}: {len(group)} whole-model cells")
+            measure_cell = measure_whole if group[0].kind == "whole" else measure_lm
             _measure_beside_builds(group, {design: subjects[design, model]}, pending[design, model], config,
-                                   measure_lm, store, bar, model)
+                                   measure_cell, store, bar, model)
             subjects[design, model].release()
 
 
@@ -184,8 +198,11 @@ def _measure_beside_builds(cells: list[Cell], subjects: dict, pending: dict, con
 
 
 def _check_inputs(config: RunConfig) -> None:
-    if any(c.kind == "lm" for c in plan(config)):
+    kinds = {c.kind for c in plan(config)}
+    if "lm" in kinds:
         lm_cells.check(config)
+    if "whole" in kinds:
+        whole_cells.check(config)
     for model in config.models:
         mc = config.for_model(model)
         fit.check(mc, model, prebuild.BUILD_WORKERS)

@@ -20,6 +20,7 @@ from ffnbench import files
 from ffnbench.export.onnx_export import NATIVE_OPSET, PARITY_TOL, ExportedModel, torch_to_onnx
 from ffnbench.export.validate import check, op_histogram
 from ffnbench.models.lm import CausalLM, Drift
+from ffnbench.models.real_lm import RealLM
 from ffnbench.versions import stack_versions
 
 INPUTS = ("tokens", "drift_gain", "drift_offset", "drift_scale")
@@ -28,14 +29,17 @@ FFN_NAMESPACE = ".ffn.mlp."  # the FFN sublayers' Linear layers, in the exporter
 PARITY_SHAPES = ((2, 16), (1, 128))  # the second one the full context
 
 
-def tap_outputs(model: CausalLM) -> list[str]:
-    """The per-layer FFN tensors a whole-model export returns beside the logits, "NAME.LAYER"."""
+def tap_outputs(model: CausalLM | RealLM) -> list[str]:
+    """The per-layer FFN tensors a whole-model export returns beside the logits, "NAME.LAYER" (none
+    for a user's model: its figures read the logits)."""
+    if not model.export_taps:
+        return []
     names = ("norm_out", "act_in", "act_out") + (("up",) if model.cfg.ffn(0).activation == "swiglu" else ())
     return [f"{name}.{layer}" for layer in range(model.cfg.n_layers) for name in names]
 
 
 class _Exportable(nn.Module):
-    def __init__(self, model: CausalLM, inject: str):
+    def __init__(self, model: CausalLM | RealLM, inject: str):
         super().__init__()
         self.model, self.inject, self.taps = model, inject, tap_outputs(model)
 
@@ -52,7 +56,8 @@ def feeds(tokens: np.ndarray, gain: np.ndarray, offset: np.ndarray, scale: np.nd
             "drift_scale": np.ascontiguousarray(scale, np.float32)}
 
 
-def export_lm(model: CausalLM, out_dir: Path, inject: str = "ffn-input", source: dict | None = None) -> ExportedModel:
+def export_lm(model: CausalLM | RealLM, out_dir: Path, inject: str = "ffn-input",
+              source: dict | None = None) -> ExportedModel:
     """Export `model` to out_dir/model.onnx with manifest.json, or raise and write nothing."""
     cfg = model.cfg
     started = time.perf_counter()
@@ -64,15 +69,15 @@ def export_lm(model: CausalLM, out_dir: Path, inject: str = "ffn-input", source:
         proto = check(torch_to_onnx(wrapper, example, NATIVE_OPSET, list(INPUTS), [LOGITS, *wrapper.taps],
                                     ({0: batch, 1: seq}, None, None, {0: batch})))
         ffn = ffn_matmuls(proto)
-        per_layer = 3 if "up.0" in wrapper.taps else 2
+        per_layer = 3 if cfg.ffn(0).activation == "swiglu" else 2
         if len(ffn) != per_layer * cfg.n_layers:
             raise RuntimeError(f"export: found {len(ffn)} FFN MatMuls by module path, expected "
                                f"{per_layer * cfg.n_layers}; the exporter no longer records '{FFN_NAMESPACE}'")
         onnx.save(proto, str(stage / "model.onnx"))
         parity = parity_vs_torch(stage / "model.onnx", wrapper)
-        if parity["max_abs_err"] > PARITY_TOL:
+        if parity["max_abs_err"] > parity["tolerance"]:
             raise RuntimeError(f"export parity: ORT differs from torch by {parity['max_abs_err']:.3g} "
-                               f"(> {PARITY_TOL}); the exporter or runtime mistranslated the model")
+                               f"(> {parity['tolerance']:.3g}); the exporter or runtime mistranslated the model")
         manifest = {
             "kind": "ffnbench.lm-export", "file": "model.onnx", "sha256": files.sha256_file(stage / "model.onnx"),
             "bytes": (stage / "model.onnx").stat().st_size, "config": cfg.to_dict(), "source": source,
@@ -98,8 +103,9 @@ def parity_vs_torch(path: Path, wrapper: _Exportable, seed: int = 1234) -> dict:
     gen = torch.Generator().manual_seed(seed)
     cfg = wrapper.model.cfg
     worst, scale_seen = 0.0, 0.0
-    for batch, seq in PARITY_SHAPES:
-        tokens = torch.randint(0, 256, (batch, seq), generator=gen)
+    shapes = [[batch, min(seq, cfg.context)] for batch, seq in PARITY_SHAPES]
+    for batch, seq in shapes:
+        tokens = torch.randint(0, cfg.vocab, (batch, seq), generator=gen)
         gain = 1 + 0.1 * torch.randn(cfg.n_layers, cfg.d_model, generator=gen)
         offset = torch.randn(cfg.n_layers, cfg.d_model, generator=gen)
         scale = torch.exp(torch.randn(batch, generator=gen))
@@ -109,5 +115,9 @@ def parity_vs_torch(path: Path, wrapper: _Exportable, seed: int = 1234) -> dict:
         for e, g in zip(expected, got, strict=True):
             worst = max(worst, float(np.max(np.abs(e.numpy() - g))))
             scale_seen = max(scale_seen, float(np.max(np.abs(e.numpy()))))
-    return {"max_abs_err": worst, "max_abs_output": scale_seen, "tolerance": PARITY_TOL,
-            "shapes": [list(s) for s in PARITY_SHAPES], "seed": seed}
+    # A user's model is 30 layers deep where the pair is 4, with states in the thousands (massive
+    # activations): summation order alone moves its logits by ~4e-5 of their largest (SmolLM2: 1.3e-3
+    # at 35), so its bound is relative.
+    tolerance = PARITY_TOL * scale_seen if isinstance(wrapper.model, RealLM) else PARITY_TOL
+    return {"max_abs_err": worst, "max_abs_output": scale_seen, "tolerance": tolerance,
+            "relative": isinstance(wrapper.model, RealLM), "shapes": shapes, "seed": seed}

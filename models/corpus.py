@@ -61,7 +61,21 @@ def code(limit: int = 500_000) -> Corpus:
     return Corpus("code", f"stdlib *.py under {stdlib.name}", np.frombuffer(blob, np.uint8))
 
 
-DOMAINS = {"prose": prose, "code": code}
+def chat() -> Corpus:
+    """The prose topics as a chat: each a user's question and the topic as the assistant's answer, in
+    ChatML turns (<|im_start|>ROLE … <|im_end|>, the format of SmolLM2 and Qwen2), so that a model sees
+    its chat markup around real text."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as e:
+        raise UsageError(f"corpus chat: this Python ships no pydoc_data ({e}); use a full CPython install") from e
+    turns = (f"<|im_start|>user\nWhat does the Python documentation say about {key.replace('-', ' ')}?<|im_end|>\n"
+             f"<|im_start|>assistant\n{topics[key].strip()}<|im_end|>\n" for key in sorted(topics))
+    text = "".join(turns)
+    return Corpus("chat", "pydoc_data.topics in ChatML turns", np.frombuffer(text.encode("utf-8"), np.uint8))
+
+
+DOMAINS = {"prose": prose, "code": code, "chat": chat}
 
 
 def load(name: str) -> Corpus:

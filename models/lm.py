@@ -39,6 +39,10 @@ class LMConfig:
         if self.d_model % self.n_heads:
             raise UsageError(f"n_heads: {self.n_heads} does not divide d_model {self.d_model}; pick a divisor")
 
+    @property
+    def vocab(self) -> int:
+        return VOCAB
+
     def ffn(self, layer: int) -> FFNConfig:
         return FFNConfig(design=self.design, d_model=self.d_model, d_ff=self.d_ff, residual=True,
                          seed=self.seed * 1000 + layer)
@@ -68,11 +72,14 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Attention, then the design's FFN sublayer (its own norm) added to the residual stream."""
 
-    def __init__(self, cfg: LMConfig, layer: int):
+    def __init__(self, layer: int, attn: nn.Module, ffn: FFNBlock, tapped: tuple[str, ...] | None = None):
         super().__init__()
         self.layer = layer
-        self.attn = Attention(cfg)
-        self.ffn: FFNBlock = build_model(cfg.ffn(layer))
+        self.attn = attn
+        self.ffn = ffn
+        # The taps kept ("resid", "ffn_in", the FFN's own); None: all. A large model keeps only what
+        # its figures read: every FFN tensor of 30 layers over a batch of windows is gigabytes.
+        self.tapped = tapped
 
     def forward(self, h: torch.Tensor, drift: "Drift | None" = None, inject: str = "ffn-input",
                 taps: dict | None = None) -> torch.Tensor:
@@ -84,7 +91,8 @@ class Block(nn.Module):
         # A half-precision recipe casts the FFN sublayers only; the stream stays fp32.
         y = self.ffn.branch(x.to(self.ffn.norm.weight.dtype), ffn_taps).to(h.dtype)
         if taps is not None:
-            taps |= {f"{name}.{self.layer}": t for name, t in (("resid", h), ("ffn_in", x), *ffn_taps.items())}
+            taps |= {f"{name}.{self.layer}": t for name, t in (("resid", h), ("ffn_in", x), *ffn_taps.items())
+                     if self.tapped is None or name in self.tapped}
         return h + y
 
 
@@ -108,13 +116,15 @@ class Drift:
 
 
 class CausalLM(nn.Module):
+    export_taps = True  # its export returns each layer's FFN tensors beside the logits
+
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.cfg = cfg
         generator = torch.Generator().manual_seed(cfg.seed)
         self.embed = nn.Embedding(VOCAB, cfg.d_model)
         self.pos = nn.Embedding(cfg.context, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(i, Attention(cfg), build_model(cfg.ffn(i))) for i in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, VOCAB, bias=False)
         # Shared parts drawn from one generator in a fixed order, so both designs get the same ones;

@@ -21,6 +21,7 @@ from ffnbench.export import export_onnx, load_onnx, op_histogram
 from ffnbench.export.lm_export import export_lm
 from ffnbench.models import FFNBlock, FFNConfig, rebuild
 from ffnbench.models.lm import CausalLM
+from ffnbench.models.real_lm import RealLM
 from ffnbench.quant import bnb_recipes, ort_recipes
 from ffnbench.quant.calibration import Calibration, Reader
 from ffnbench.quant.recipes import (
@@ -126,7 +127,7 @@ def _source_onnx(source: FFNBlock | CausalLM | Path) -> Iterator[tuple[Path, dic
     """
     if isinstance(source, torch.nn.Module):
         with tempfile.TemporaryDirectory() as tmp:
-            exported = (export_lm(source, Path(tmp) / "fp32") if isinstance(source, CausalLM)
+            exported = (export_lm(source, Path(tmp) / "fp32") if isinstance(source, CausalLM | RealLM)
                         else export_onnx(source, Path(tmp) / "fp32", taps=True))
             yield exported.path, exported.manifest
         return
@@ -227,7 +228,7 @@ def _module_recipe(source: FFNBlock | CausalLM, cfg: BnbInt8 | Bnb4bit | TorchHa
         return half_block(block, cfg, device) if isinstance(cfg, TorchHalf) else \
             bnb_recipes.quantize_block(block, cfg, device)
 
-    if not isinstance(source, CausalLM):
+    if not isinstance(source, CausalLM | RealLM):
         return apply(source)
     model = copy.deepcopy(source).to(device)
     for block in model.blocks:
@@ -247,9 +248,12 @@ def _fp32(source, cfg: Fp32, stage: Path, calibration, device: str) -> Artifact:
     return Artifact("", "ort", dst, manifest, module=source if isinstance(source, torch.nn.Module) else None)
 
 
-def _save_module(block: FFNBlock | CausalLM, runtime: str, stage: Path, manifest: dict) -> Artifact:
+def _save_module(block: FFNBlock | CausalLM | RealLM, runtime: str, stage: Path, manifest: dict) -> Artifact:
     path = stage / "model.pt"
-    torch.save(block.state_dict(), path)
+    state = block.state_dict()
+    if isinstance(block, RealLM):  # what the recipe changed: its FFNs (the rest is the user's file, 0.5 GB+)
+        state = {k: v for k, v in state.items() if ".ffn." in k}
+    torch.save(state, path)
     manifest = {"config": block.cfg.to_dict(), "source": getattr(block, "source", None), **manifest}
     return Artifact("", runtime, path, manifest, module=block)
 

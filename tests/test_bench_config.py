@@ -175,3 +175,20 @@ def test_a_replay_cannot_calibrate_a_whole_model(tmp_path):
                                        '[scenario.captured]\nreplay = "h.npy"\n')
     with pytest.raises(UsageError, match="calibration: 'captured' replays hidden states, which cannot calibrate"):
         load_toml(tmp_path / "run.toml").check()
+
+
+@pytest.mark.parametrize("example", sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_every_example_config_loads_and_checks(example):
+    config = load_toml(example).check()
+    assert config.recipes and set(config.whole_models) <= {*config.user_whole, "smollm2"}
+
+
+def test_the_shipped_smollm2_example_plans_every_recipe_on_every_text_as_design_b():
+    from ffnbench.bench.runner import plan
+
+    config = load_toml(Path(__file__).resolve().parents[1] / "examples" / "smollm2.toml").check()
+    cells = [c for c in plan(config) if c.kind == "whole"]
+    assert {c.design for c in cells} == {"B"} and {c.model for c in cells} == {"smollm2"}
+    assert len(cells) == len(config.lm_recipes) * len(config.lm_scenarios) and len(cells) == len(plan(config))
+    assert config.whole_spec("smollm2").path.is_file()  # installed by `make venv`, by hash

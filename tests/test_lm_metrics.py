@@ -36,7 +36,8 @@ def test_non_finite_logits_leave_only_the_rate():
     logits = np.zeros((1, 4, 256))
     logits[0, 0, 0] = np.nan
     per_position = lm_metrics.position_figures(np.zeros_like(logits), logits)
-    per_window = lm_metrics.window_metrics(per_position, logits, np.zeros((1, 4), np.int64), np.zeros(1))
+    bits = lm_metrics.window_bits(logits, np.zeros((1, 4), np.int64))
+    per_window = lm_metrics.window_metrics(per_position, logits, bits, np.zeros(1))
     values = lm_metrics.prediction_metrics(per_position, logits, per_window)
     assert per_window is None
     assert values["nonfinite_rate"] == pytest.approx(1 / logits.size) and values["kl_to_fp32"] is None
@@ -48,7 +49,7 @@ def test_per_window_figures_are_each_windows_own_and_average_to_the_cells():
     targets = rng.integers(256, size=(3, 5))
     undrifted = np.array([8.0, 7.0, 6.0])
     per_position = lm_metrics.position_figures(ref, got)
-    per_window = lm_metrics.window_metrics(per_position, got, targets, undrifted)
+    per_window = lm_metrics.window_metrics(per_position, got, lm_metrics.window_bits(got, targets), undrifted)
     for w in range(3):
         assert per_window["kl_to_fp32"][w] == pytest.approx(lm_metrics.kl_to_fp32(ref[w:w + 1], got[w:w + 1]))
         assert per_window["bits_per_byte"][w] == pytest.approx(lm_metrics.bits_per_byte(got[w:w + 1], targets[w:w + 1]))
@@ -83,7 +84,8 @@ def test_a_cell_reports_the_llama_cpp_figures_and_per_window_ones_that_average_t
     rng = np.random.default_rng(2)
     ref, got = rng.normal(size=(4, 6, 256)), rng.normal(size=(4, 6, 256))
     per_position = lm_metrics.position_figures(ref, got)
-    per_window = lm_metrics.window_metrics(per_position, got, rng.integers(256, size=(4, 6)), np.zeros(4))
+    bits = lm_metrics.window_bits(got, rng.integers(256, size=(4, 6)))
+    per_window = lm_metrics.window_metrics(per_position, got, bits, np.zeros(4))
     values = lm_metrics.prediction_metrics(per_position, got, per_window)
     assert values["kld_mean"] == pytest.approx(values["kl_to_fp32"])
     assert values["same_top1"] == values["top1_agreement"] == pytest.approx(np.mean(per_window["same_top1"]))
@@ -148,3 +150,26 @@ def test_domain_shift_is_measured_against_the_reference_moments():
     moved[..., :8] += 1.0  # a quarter of the features move by one (scale-free) reference std
     assert drift_stats(same, moments(reference))["domain_shift_std"] < 0.1
     assert drift_stats(moved, moments(reference))["domain_shift_std"] == pytest.approx(0.25, abs=0.08)
+
+
+def test_figures_are_the_same_whatever_the_chunk_of_windows_they_are_computed_in():
+    """Nine windows cross two chunk boundaries: each window's figures are its own, as if alone."""
+    rng = np.random.default_rng(3)
+    ref, got = rng.normal(size=(9, 3, 50)), rng.normal(size=(9, 3, 50))
+    targets = rng.integers(50, size=(9, 3))
+    whole = lm_metrics.position_figures(ref, got)
+    bits = lm_metrics.window_bits(got, targets)
+    for w in range(9):
+        alone = lm_metrics._position_figures(ref[w:w + 1], got[w:w + 1])
+        assert all(np.allclose(whole[k][w], alone[k][0]) for k in alone)
+        logp = got[w] - np.log(np.exp(got[w]).sum(axis=-1, keepdims=True))
+        assert bits[w] == pytest.approx(-logp[np.arange(3), targets[w]].mean() / math.log(2))
+
+
+def test_bits_per_byte_of_a_tokenizer_divides_a_windows_bits_by_the_bytes_its_targets_cover():
+    """Two windows of two tokens, uniform over 4: each token costs 2 bits; 2 and 8 bytes covered."""
+    logits, targets = np.zeros((2, 2, 4)), np.zeros((2, 2), np.int64)
+    assert lm_metrics.window_bits(logits, targets, np.array([2, 8])) == pytest.approx([2.0, 0.5])
+    train = np.array([0, 0, 1])  # counts with add-one: 3, 2, 1, 1 of 7
+    assert lm_metrics.order0_bits_per_byte(train, np.array([[0, 1]]), vocab=4, target_bytes=np.array([4])) == \
+        pytest.approx((math.log2(7 / 3) + math.log2(7 / 2)) / 4)

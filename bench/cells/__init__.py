@@ -1,5 +1,6 @@
 """What a cell measures: accuracy (metrics, runnables in torch, ONNX Runtime and bitsandbytes),
-latency (the interleaved harness and its cells), whole-model (lm) cells, memory probes in child
+latency (the interleaved harness and its cells), whole-model cells (lm: the trained pair; whole:
+users' Hugging Face and GGUF models), memory probes in child
 processes, artifact prebuild workers, and which timed cells get a kernel-path diagnosis.
 
 Must not import `ffnbench.bench.report` or `ffnbench.bench.gate`: a cell is measured the same

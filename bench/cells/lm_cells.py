@@ -17,6 +17,7 @@ import itertools
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +47,10 @@ DRAW_STRIDE = 1000  # draw d of a synthetic drift uses seed + 1000·d (calibrati
 STD_WINDOWS = 64
 
 
-def windows(data: np.ndarray, n: int, context: int, name: str) -> np.ndarray:
-    """n windows of context + 1 bytes (inputs and next-byte targets), evenly spread over `data`."""
+def windows(data: np.ndarray, n: int, context: int, name: str, unit: str = "bytes") -> np.ndarray:
+    """n windows of context + 1 tokens (inputs and next-token targets), evenly spread over `data`."""
     if len(data) < context + 1:
-        raise UsageError(f"text {name}: {len(data)} bytes is shorter than one context of {context + 1} bytes; "
+        raise UsageError(f"text {name}: {len(data)} {unit} is shorter than one context of {context + 1} {unit}; "
                          "give more text")
     starts = np.linspace(0, len(data) - context - 1, n).astype(np.int64)
     return np.stack([data[s:s + context + 1] for s in starts]).astype(np.int64)
@@ -77,16 +78,25 @@ class LMSubject:
     """One design and training seed of the trained pair: its checkpoint and export, texts, drifts,
     references, artifacts."""
 
+    # Windows a torch or ONNX Runtime call takes at once (None: all): a user's model sets it, whose
+    # logits of one window are 25 MB.
+    max_batch: int | None = None
+    std_windows = STD_WINDOWS
+
     def __init__(self, config, design: str, seed: int, artifacts: Path, kind: str = "trained",
                  inject: str | None = None):
-        self.config, self.design, self.seed, self.kind, self.artifacts = config, design, seed, kind, artifacts
-        self.inject = inject or config.lm_inject
-        self.model, checkpoint = load_lm(trained_dir(design, seed, kind), design)
+        model, checkpoint = load_lm(trained_dir(design, seed, kind), design)
         name = f"{kind}/{design}/{seed}"
-        self.model.source = {"kind": "checkpoint", "name": name, "sha256": checkpoint["sha256"]}
-        self.cfg = self.model.cfg
+        model.source = {"kind": "checkpoint", "name": name, "sha256": checkpoint["sha256"]}
+        self._setup(config, design, model, artifacts, inject)
+        self.seed, self.kind = seed, kind
         self.checkpoint = summary(checkpoint, name) | {"corpus_read_sha256": _corpus("prose").sha256}
-        self.reference_runnable = LMTorch(self.model, self.inject, threads=config.threads)
+
+    def _setup(self, config, design: str, model, artifacts: Path, inject: str | None) -> None:
+        self.config, self.design, self.model, self.artifacts = config, design, model, artifacts
+        self.inject = inject or config.lm_inject
+        self.cfg = model.cfg
+        self.reference_runnable = LMTorch(model, self.inject, threads=config.threads)
         self._references: dict[str, tuple] = {}
         self._health: dict[str, dict] = {}
         self._undrifted: dict[str, np.ndarray] = {}
@@ -116,10 +126,19 @@ class LMSubject:
         data = held_out if part == "held_out" else train
         return windows(data, n or self.config.lm_windows, self.cfg.context, domain)
 
+    def bits(self, logits: np.ndarray, scenario: str) -> np.ndarray:
+        """Each held-out window's bits per byte under `logits` (a token is a byte)."""
+        return lm_metrics.window_bits(logits, self.text(scenario)[:, 1:])
+
+    def order0_bits(self, scenario: str) -> float:
+        """Bits per byte of the domain's byte frequencies (its training split) on the held-out windows."""
+        train, _ = _corpus(TEXT_DOMAINS.get(scenario, "prose")).split()
+        return lm_metrics.order0_bits_per_byte(train, self.text(scenario)[:, 1:])
+
     @functools.cached_property
     def feature_std(self) -> np.ndarray:
         """(n_layers, d_model): each feature's std at each FFN input on clean held-out prose."""
-        tokens = self.text("clean", n=STD_WINDOWS)[:, :-1]
+        tokens = self.text("clean", n=self.std_windows)[:, :-1]
         _, taps = evaluate(self.reference_runnable, self._feeds(None, tokens, self.config.seed, batched=True)[0])
         return ffn_input_std(taps, self.cfg.n_layers)
 
@@ -140,10 +159,12 @@ class LMSubject:
         `batched`: the runnable's output per request does not depend on its batch (batch_invariant),
         so requests share calls whatever the scenario, for speed alone."""
         layers, width, n = self.cfg.n_layers, self.cfg.d_model, len(tokens)
+        size = self.max_batch or n
         if scenario is None or scenario in TEXT_DOMAINS:
             no_drift = np.ones((layers, width)), np.zeros((layers, width))
             if batched:
-                return [feeds(tokens, *no_drift, np.ones(n))], np.arange(n)
+                return [feeds(tokens[i:i + size], *no_drift, np.ones(len(tokens[i:i + size])))
+                        for i in range(0, n, size)], np.arange(n)
             return [feeds(tokens[i:i + 1], *no_drift, np.ones(1)) for i in range(n)], np.arange(n)
         spec = self.config.scenario(scenario)
         batches, order = [], []
@@ -156,7 +177,8 @@ class LMSubject:
             o = o[None] + massive
             gain, offset = np.tile(g, (layers, 1)), o * self.feature_std if o.any() else np.zeros((layers, width))
             if spec.mixed_batch or batched:
-                batches.append(feeds(tokens[windows_of_draw], gain, offset, scale))
+                batches += [feeds(tokens[windows_of_draw[i:i + size]], gain, offset, scale[i:i + size])
+                            for i in range(0, len(windows_of_draw), size)]
             else:
                 batches += [feeds(tokens[w:w + 1], gain, offset, scale[j:j + 1]) for j, w in enumerate(windows_of_draw)]
             order.append(windows_of_draw)
@@ -187,7 +209,7 @@ class LMSubject:
         is measured from."""
         base = scenario if scenario in TEXT_DOMAINS else "clean"
         if base not in self._undrifted:  # every cell of the text reads it: one log-softmax a text
-            self._undrifted[base] = lm_metrics.window_bits(self.reference(base)[0], self.text(base)[:, 1:])
+            self._undrifted[base] = self.bits(self.reference(base)[0], base)
         return self._undrifted[base]
 
     def reference_health(self, scenario: str) -> dict:
@@ -196,12 +218,10 @@ class LMSubject:
         from the same text undrifted, and a byte-frequency model of the domain's training split on
         the same windows (the trivial model a working language model must beat)."""
         if scenario not in self._health:
-            targets = self.text(scenario)[:, 1:]
-            bits = lm_metrics.window_bits(self.reference(scenario)[0], targets)
-            train, _ = _corpus(TEXT_DOMAINS.get(scenario, "prose")).split()
+            bits = self.bits(self.reference(scenario)[0], scenario)
             self._health[scenario] = {"bits_per_byte": float(bits.mean()),
                                       "delta_bpb": float(np.mean(bits - self.undrifted_bits(scenario))),
-                                      "order0_bits_per_byte": lm_metrics.order0_bits_per_byte(train, targets)}
+                                      "order0_bits_per_byte": self.order0_bits(scenario)}
         return self._health[scenario]
 
     def release(self) -> None:
@@ -257,10 +277,10 @@ def summary(checkpoint: dict, name: str) -> dict:
 def _export_code_digest() -> str:
     """The code an export is made by: a change to it must not reuse an older cached export."""
     from ffnbench.export import lm_export, onnx_export
-    from ffnbench.models import layers, lm
+    from ffnbench.models import layers, lm, real_lm
 
     digest = hashlib.sha256()
-    for module in (lm, layers, lm_export, onnx_export):
+    for module in (lm, real_lm, layers, lm_export, onnx_export):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -305,6 +325,35 @@ def _pooled(taps: dict, layers: int) -> dict[str, np.ndarray]:
             for name in ("norm_out", "act_in", "act_out")}
 
 
+@dataclass
+class Predictions:
+    """What a cell's candidate predicted on the scenario's windows, set against fp32."""
+
+    values: dict  # lm_metrics.prediction_metrics
+    per_window: dict | None  # lm_metrics.window_metrics
+    taps: dict
+    ref_taps: dict
+    runtime: dict
+    manifest: dict
+
+    def windows(self) -> dict | None:
+        """The per-window figures as a record keeps them (7 significant digits)."""
+        return self.per_window and {k: [float(f"{x:.7g}") for x in v] for k, v in self.per_window.items()}
+
+
+def predictions(subject: LMSubject, cell) -> Predictions:
+    """The cell's candidate (recipe, calibration) over the scenario's windows, against fp32 torch."""
+    runnable, manifest = subject.runnable(cell.recipe, cell.calibration)
+    ref_logits, ref_taps = subject.reference(cell.scenario)
+    base, params = subject.config.recipe_spec(cell.recipe)
+    logits, taps = subject.evaluate(runnable, cell.scenario, batched=batch_invariant(recipe_config(base, **params)))
+    per_position = lm_metrics.position_figures(ref_logits, logits)
+    per_window = lm_metrics.window_metrics(per_position, logits, subject.bits(logits, cell.scenario),
+                                           subject.undrifted_bits(cell.scenario))
+    return Predictions(lm_metrics.prediction_metrics(per_position, logits, per_window), per_window, taps, ref_taps,
+                       runnable.describe(), manifest)
+
+
 def measure_lm(subject: LMSubject, cell) -> dict:
     record = {"key": cell.key, "kind": "lm", "design": cell.design, "model": cell.model, "pair": subject.kind,
               "seed": subject.seed,
@@ -312,14 +361,8 @@ def measure_lm(subject: LMSubject, cell) -> dict:
               "inject": subject.inject}
     layers = subject.cfg.n_layers
     with recording(record):
-        runnable, manifest = subject.runnable(cell.recipe, cell.calibration)
-        ref_logits, ref_taps = subject.reference(cell.scenario)
-        base, params = subject.config.recipe_spec(cell.recipe)
-        logits, taps = subject.evaluate(runnable, cell.scenario, batched=batch_invariant(recipe_config(base, **params)))
-        targets = subject.text(cell.scenario)[:, 1:]
-        per_position = lm_metrics.position_figures(ref_logits, logits)
-        per_window = lm_metrics.window_metrics(per_position, logits, targets, subject.undrifted_bits(cell.scenario))
-        values = lm_metrics.prediction_metrics(per_position, logits, per_window)
+        got = predictions(subject, cell)
+        values, taps, ref_taps = got.values, got.taps, got.ref_taps
         spikes = [lm_metrics.spikes(x) for x in down_inputs(taps, layers)]
         values["spike_ratio"] = _max(s[0] for s in spikes)
         values["spike_token_share"] = _max(s[1] for s in spikes)
@@ -327,14 +370,14 @@ def measure_lm(subject: LMSubject, cell) -> dict:
         values |= metrics.tap_metrics(_pooled(ref_taps, layers), _pooled(first, layers), subject.config.delta)
         record |= {"status": "ok", "metrics": finite(values), "draws": subject.draws(cell.scenario),
                    "reference": subject.reference_health(cell.scenario),
-                   "windows": per_window and {k: [float(f"{x:.7g}") for x in v] for k, v in per_window.items()},
+                   "windows": got.windows(),
                    "checkpoint": subject.checkpoint if cell.recipe == "fp32" else
                    {k: subject.checkpoint[k] for k in ("name", "sha256")},
                    "layers": {"spike_ratio": finite([s[0] for s in spikes]),
                               "spike_token_share": finite([s[1] for s in spikes]),
                               "norm_positive_fraction": finite([metrics.norm_positive_fraction(taps[f"norm_out.{i}"])
                                                                 for i in range(layers)])},
-                   "runtime": runnable.describe(), "artifact": artifact_summary(manifest)}
+                   "runtime": got.runtime, "artifact": artifact_summary(got.manifest)}
         if cell.recipe == "fp32":  # what each FFN norm sees under this scenario, per layer
             record["drift_stats"] = [finite(drift_stats(ref_taps[f"ffn_in.{i}"], subject.clean_moments[i]))
                                      for i in range(layers)]

@@ -1,7 +1,8 @@
 """Whole-model (lm) metrics: a candidate's next-byte predictions against fp32 of the same design on
 the same text and drift, plus activation spikes at each FFN's down-projection input.
 
-Logits are (requests, tokens, 256); targets the next bytes (requests, tokens).
+Logits are (requests, tokens, vocabulary: 256 bytes for the pair); targets the next tokens (requests,
+tokens).
 """
 
 import math
@@ -25,10 +26,22 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
 
 
-def window_bits(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """(requests,): each window's mean −log2 p(next byte)."""
-    logp = np.take_along_axis(log_softmax(logits), targets[..., None].astype(np.int64), axis=-1)[..., 0]
-    return -logp.reshape(len(logp), -1).mean(axis=1) / math.log(2)
+# Windows a log-softmax takes at once: over a 49,152-token vocabulary (a user's model) a whole cell's
+# logits in float64 are gigabytes, and each figure needs only its own window.
+CHUNK = 4
+
+
+def _chunks(n: int):
+    return (slice(i, i + CHUNK) for i in range(0, n, CHUNK))
+
+
+def window_bits(logits: np.ndarray, targets: np.ndarray, target_bytes: np.ndarray | None = None) -> np.ndarray:
+    """(requests,): each window's bits per byte: its mean −log2 p(next token) where a token is a byte,
+    else its summed −log2 p over the UTF-8 bytes its targets cover (`target_bytes`, one per window)."""
+    bits = np.concatenate([
+        -np.take_along_axis(log_softmax(logits[c]), targets[c][..., None].astype(np.int64), axis=-1)[..., 0]
+        .reshape(len(targets[c]), -1) / math.log(2) for c in _chunks(len(logits))])
+    return bits.mean(axis=1) if target_bytes is None else bits.sum(axis=1) / target_bytes
 
 
 def bits_per_byte(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -39,6 +52,11 @@ def bits_per_byte(logits: np.ndarray, targets: np.ndarray) -> float:
 def position_figures(ref_logits: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
     """Per position (requests, tokens): KL(p_fp32 ‖ p_candidate) in nats, whether the candidate's most
     likely token is fp32's, and delta_p: the probability of fp32's most likely token, candidate minus fp32."""
+    parts = [_position_figures(ref_logits[c], logits[c]) for c in _chunks(len(logits))]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _position_figures(ref_logits: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
     ref, got = log_softmax(ref_logits), log_softmax(logits)
     top = np.argmax(ref, axis=-1)[..., None]
 
@@ -54,15 +72,15 @@ def kl_to_fp32(ref_logits: np.ndarray, logits: np.ndarray) -> float:
     return float(np.mean(position_figures(ref_logits, logits)["kl"]))
 
 
-def window_metrics(per_position: dict[str, np.ndarray], logits: np.ndarray, targets: np.ndarray,
+def window_metrics(per_position: dict[str, np.ndarray], logits: np.ndarray, bits: np.ndarray,
                    undrifted_bits: np.ndarray) -> dict[str, np.ndarray] | None:
-    """Per window, from a cell's position_figures and logits: kl_to_fp32, bits_per_byte and
-    delta_bpb (against fp32 on the same window without synthetic drift), same_top1 and
-    delta_p_mean; None where a logit is not finite. Windows are of equal length, so each metric's
-    mean over windows is the cell's figure."""
+    """Per window, from a cell's position_figures, logits and window_bits: kl_to_fp32,
+    bits_per_byte and delta_bpb (against fp32 on the same window without synthetic drift),
+    same_top1 and delta_p_mean; None where a logit is not finite. Windows are of equal length in
+    tokens, so each metric's mean over windows is the cell's figure (bits per byte: the mean of the
+    windows', where a tokenizer gives them different byte counts)."""
     if not np.all(np.isfinite(logits)):
         return None
-    bits = window_bits(logits, targets)
 
     def by_window(x: np.ndarray) -> np.ndarray:
         return x.reshape(len(x), -1).mean(axis=1)
@@ -81,11 +99,14 @@ def llama_cpp_metrics(per_position: dict[str, np.ndarray]) -> dict[str, float]:
             "delta_p_rms": float(np.sqrt(np.mean(delta_p**2)))}
 
 
-def order0_bits_per_byte(train_bytes: np.ndarray, targets: np.ndarray) -> float:
-    """Cross-entropy of `targets` under the byte frequencies of `train_bytes` (add-one smoothed): the
-    figure a model that ignores context reaches."""
-    counts = np.bincount(np.asarray(train_bytes, np.int64), minlength=256) + 1.0
-    return float(-np.mean(np.log2(counts[np.asarray(targets, np.int64)] / counts.sum())))
+def order0_bits_per_byte(train: np.ndarray, targets: np.ndarray, vocab: int = 256,
+                         target_bytes: np.ndarray | None = None) -> float:
+    """Cross-entropy of `targets` under the token (byte) frequencies of `train` (add-one smoothed), per
+    byte of text (`target_bytes` per window where tokens are not bytes): the figure a model that
+    ignores context reaches."""
+    counts = np.bincount(np.asarray(train, np.int64), minlength=vocab) + 1.0
+    bits = -np.log2(counts[np.asarray(targets, np.int64)] / counts.sum())
+    return float(np.mean(bits) if target_bytes is None else np.sum(bits) / np.sum(target_bytes))
 
 
 def spikes(down_in: np.ndarray) -> tuple[float, float]:

@@ -132,8 +132,9 @@ def gate(baseline_path: Path, run_dir: Path, checks: dict[str, Check], allow_sta
     manifest, cells = load_run(run_dir)
     result = GateResult()
     _check_stack(baseline, manifest, allow_stack_change, result)
-    # lm cells are accuracy too: deterministic for a stack, judged by absolute change.
-    keep = {"all": ("accuracy", "lm", "latency"), "accuracy": ("accuracy", "lm"), "latency": ("latency",)}[only]
+    # lm and whole-model cells are accuracy too: deterministic for a stack, judged by absolute change.
+    keep = {"all": ("accuracy", "lm", "whole", "latency"), "accuracy": ("accuracy", "lm", "whole"),
+            "latency": ("latency",)}[only]
     base_cells = [c for c in baseline["cells"].values() if c.get("kind", "accuracy") in keep]
     base = _index(base_cells)
     run_cells = [c for c in cells if c.get("kind", "accuracy") in keep]

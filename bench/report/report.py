@@ -9,7 +9,7 @@ from ffnbench import files
 from ffnbench.bench.cells import latency
 from ffnbench.bench.cells.lm_names import is_dose
 from ffnbench.bench.report import downstream as report_downstream
-from ffnbench.bench.report import downstream_verdict, plots
+from ffnbench.bench.report import downstream_verdict, plots, variants, whole_models
 from ffnbench.bench.report import timing as report_latency
 from ffnbench.bench.report.formatting import number as _f
 from ffnbench.bench.store import label, load_run
@@ -39,7 +39,8 @@ class Run:
                 self.lm_pairs.setdefault(kind, {})
             group.setdefault((c["design"], label(c), c["scenario"]), []).append(c)
         self.designs = list(dict.fromkeys(c["design"] for c in cells))
-        self.models = list(dict.fromkeys(c["model"] for c in cells if c.get("kind") != "lm"))
+        self.models = list(dict.fromkeys(c["model"] for c in cells if c.get("kind") not in ("lm", "whole")))
+        self.whole = whole_models.index([c for c in self.ok if c.get("kind") == "whole"])
         self.recipes = list(dict.fromkeys(label(c) for c in cells))
         self.scenarios = list(dict.fromkeys(c["scenario"] for c in cells if c.get("kind", "accuracy") == "accuracy"))
 
@@ -267,6 +268,9 @@ def write(run_dir: Path) -> Path:
         # The drift-trained pair first where there is one: a model that works under the drift is the answer.
         for kind in sorted(found, key=lambda k: k != "drift"):
             lines += report_downstream.section(run, plot_dir, sublayer, found[kind], kind)
+    if run.whole:
+        lines += whole_models.section(run.whole, m.get("config", {}).get("healthy_delta_bpb", 0.1), run.dir, plot_dir)
+    lines += variants.section(run)
     lines += ["## Caveats", "", *[f"- {c}" for c in caveats(run)], ""]
     lines += _machine(m)
     if run.not_ok:

@@ -76,6 +76,18 @@ def drift_stats(h: np.ndarray, reference: tuple[np.ndarray, np.ndarray] | None =
     }
 
 
+def massive_activations(h: np.ndarray, top: int = 3) -> dict:
+    """Where a layer's massive activations sit and how large and stable they are, on raw states
+    (requests, tokens, features): the `top` channels of largest |x| with their largest |x|, the median
+    |x| over every value, and for each channel the share of tokens whose largest-|x| channel it is."""
+    tokens = np.abs(np.asarray(h, np.float64).reshape(-1, np.shape(h)[-1]))
+    peak = tokens.max(axis=0)
+    channels = np.argsort(peak)[::-1][:top]
+    leader = np.bincount(np.argmax(tokens, axis=1), minlength=tokens.shape[1]) / len(tokens)
+    return {"channels": [int(c) for c in channels], "max_abs": [float(peak[c]) for c in channels],
+            "median_abs": float(np.median(tokens)), "token_share": [float(leader[c]) for c in channels]}
+
+
 def per_layer(layers: list[dict]) -> str:
     """One terminal line for a list of per-layer statistics: 'L0 0.53/0.31/0.02/12/0.10  L1 …'
     (positive-mean share / |mean| in std / token mean energy / massive ratio / rms spread)."""

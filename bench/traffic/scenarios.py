@@ -239,9 +239,10 @@ NAMED = {
 SHIFTS = {name: spec.mean_shift for name, spec in NAMED.items() if name == "clean" or name.startswith("shift-")}
 MAGNITUDES = {"clean": 0.0, "magnitude-1": 1.0, "magnitude-2": 2.0}
 
-# Real drift for whole-model (lm) cells: held-out text of a domain the trained pair never saw,
-# through the model unchanged, scenario name -> corpus name (models/corpus.py).
-TEXT_DOMAINS = {"domain-code": "code"}
+# Real drift for whole-model (lm) cells: held-out text of another domain through the model unchanged
+# (code, which the trained pair never saw; the prose in chat markup, which it never saw either),
+# scenario name -> corpus name (models/corpus.py).
+TEXT_DOMAINS = {"domain-code": "code", "domain-chat": "chat"}
 
 
 def scenario(name: str) -> Scenario:

@@ -1,0 +1,63 @@
+"""The report's comparison of each recipe variant ([recipe.NAME] with `base = ...`) with its base
+recipe on whole-model cells (the trained pairs' and users' models): the KL ratio variant / base with
+a 95 % interval paired over the windows both read (and the training seeds and drift draws), and the
+difference in same top-1. How a run answers "does accuracy_level 0 beat 4?" with an interval rather
+than two overlapping means."""
+
+import numpy as np
+
+from ffnbench.bench.report.downstream_verdict import interval
+
+
+def groups(run) -> dict[tuple[str, str, str], dict[str, dict[int, dict]]]:
+    """(model, design, scenario) -> recipe label -> seed -> cell, over the pairs' matrix cells and whole models."""
+    out: dict = {}
+    for kind, lm in run.lm_pairs.items():
+        for (design, recipe, scenario), cells in lm.items():
+            out.setdefault((f"{kind} pair", design, scenario), {})[recipe] = {c.get("seed", 0): c for c in cells}
+    for model, cells in run.whole.items():
+        for (recipe, scenario), cell in cells.items():
+            out.setdefault((model, cell["design"], scenario), {})[recipe] = {0: cell}
+    return out
+
+
+def section(run) -> list[str]:
+    """Markdown lines; [] where the run has no variant measured beside its base."""
+    variants = {name: spec.get("base") for name, spec in
+                ((run.manifest.get("config") or {}).get("user_recipes") or {}).items()}
+    rows = []
+    for (model, design, scenario), by_recipe in groups(run).items():
+        for variant, base in variants.items():
+            if variant in by_recipe and base in by_recipe:
+                found = compare(by_recipe[variant], by_recipe[base])
+                if found:
+                    kl, top1 = found
+                    rows.append(f"| {model} | {design} | {scenario} | `{variant}` / `{base}` | {kl[0]:.3f} "
+                                f"[{kl[1]:.3f}, {kl[2]:.3f}] | {100 * top1[0]:+.1f} pp [{100 * top1[1]:+.1f}, "
+                                f"{100 * top1[2]:+.1f}] |")
+    if not rows:
+        return []
+    return ["## Recipe variants against their base", "",
+            "Each variant's KL to fp32 over its base recipe's on the same windows (ratio < 1: the variant is "
+            "closer to fp32), and the change in same top-1, with 95 % intervals paired over windows, drift draws "
+            "and training seeds.", "",
+            "| model | design | scenario | variant / base | KL ratio [95 % CI] | same top-1, variant − base |",
+            "|---|---|---|---|---|---|", *rows, ""]
+
+
+def compare(variant: dict[int, dict], base: dict[int, dict]) -> tuple[tuple, tuple] | None:
+    """((ratio, low, high) of KL, (difference, low, high) of same top-1) over the seeds both have,
+    or None where a cell lacks per-window figures or the two read different windows."""
+    seeds = sorted(set(variant) & set(base))
+    cells = [c for s in seeds for c in (variant[s], base[s])]
+    if not seeds or not all(c.get("windows") for c in cells):
+        return None
+    if len({(len(c["windows"]["kl_to_fp32"]), c.get("draws", 1)) for c in cells}) != 1:
+        return None
+    draws = np.arange(len(cells[0]["windows"]["kl_to_fp32"])) % cells[0].get("draws", 1)
+
+    def stack(side: dict, metric: str) -> np.ndarray:
+        return np.array([side[s]["windows"][metric] for s in seeds], np.float64)
+
+    return (interval(stack(variant, "kl_to_fp32"), stack(base, "kl_to_fp32"), "ratio", draws),
+            interval(stack(variant, "same_top1"), stack(base, "same_top1"), "difference", draws))
