@@ -15,7 +15,7 @@ from ffnbench.errors import UsageError
 from ffnbench.models import DESIGNS, PRESETS, FFNBlock, FFNConfig, build_model, preset
 from ffnbench.models.lm import INJECT
 from ffnbench.models.pair import KINDS, trained_seeds
-from ffnbench.quant import FAMILIES, RECIPES, recipe_config
+from ffnbench.quant import FAMILIES, RECIPES, mitigations, recipe_config
 
 QUICK_RECIPES = ("fp32", "ort-int8-dynamic", "ort-int4-rtn", "bnb-int8", "bnb-nf4")
 QUICK_LM_RECIPES = ("fp32", "ort-int8-dynamic", "bnb-nf4")
@@ -117,7 +117,8 @@ class RunConfig:
         return dataclasses.replace(self, **overrides) if overrides else self
 
     def recipe_spec(self, name: str) -> tuple[str, dict]:
-        """(base recipe, parameters) for a recipe or a user variant of one."""
+        """(base recipe, parameters) for a recipe or a user variant of one, its mitigations aside."""
+        name, _ = mitigations.parse(name)
         if name in self.user_recipes:
             spec = dict(self.user_recipes[name])
             return spec.pop("base"), spec
@@ -190,8 +191,10 @@ class RunConfig:
             if not values and not (axis == "models" and self.whole_models):  # a run of whole models alone
                 raise UsageError(f"{axis}: empty; name at least one of {', '.join(known)}")
             for value in values:
-                if value not in known:
+                if (mitigations.parse(value)[0] if axis == "recipes" else value) not in known:
                     raise UsageError(f"{axis}: unknown '{value}'; choose from {', '.join(known)}")
+                if axis == "recipes":
+                    self._check_mitigated(value)
         for model in self.models:
             if not self.model_designs(model):
                 design = self.user_models[model].design
@@ -244,7 +247,7 @@ class RunConfig:
 
     def _check_lm(self, known_recipes: dict, known_scenarios: dict) -> None:
         for recipe in self.lm_recipes:
-            if recipe not in known_recipes:
+            if mitigations.parse(recipe)[0] not in known_recipes:
                 raise UsageError(f"lm_recipes: unknown '{recipe}'; choose from {', '.join(known_recipes)}")
         for name in self.lm_scenarios:
             if name not in {**known_scenarios, **TEXT_DOMAINS}:
@@ -267,6 +270,29 @@ class RunConfig:
             raise UsageError(f"lm_inject: unknown '{self.lm_inject}'; choose one of {', '.join(INJECT)}")
         if self.lm_recipes and self.dose_scenarios:
             self._check_dose(known_scenarios)
+
+    def _check_mitigated(self, recipe: str) -> None:
+        """A mitigated recipe (RECIPE+shift, ...) runs on whole models, quantizing, after calibration."""
+        base_name, mods = mitigations.parse(recipe)
+        if not mods:
+            return
+        if recipe not in self.lm_recipes:
+            raise UsageError(f"recipes: '{recipe}' is mitigated, and mitigations run on whole models only (so far); "
+                             f"add it to lm_recipes too")
+        base, _ = self.recipe_spec(base_name)
+        if base == "fp32":
+            raise UsageError(f"recipes: '{recipe}' mitigates fp32, which quantizes nothing; mitigate a quantizing "
+                             "recipe")
+        if "keep" in mods and RECIPES[base].runtime == "torch":
+            raise UsageError(f"recipes: '{recipe}': +keep leaves a quantized layer in fp32, and {base} quantizes "
+                             "nothing to leave; drop +keep")
+
+    def mitigations_of(self, recipe: str) -> tuple[str, ...]:
+        return mitigations.parse(recipe)[1]
+
+    def sublayer_recipes(self) -> list[str]:
+        """The recipes sublayer cells run: mitigated ones run on whole models only (so far)."""
+        return [r for r in self.recipes if not self.mitigations_of(r)]
 
     def _check_models(self, prefix: str, kinds: list[str], seeds: list[int]) -> None:
         """Each kind of committed model known and holding every seed asked, for the run's designs."""

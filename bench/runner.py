@@ -57,11 +57,12 @@ def plan(config: RunConfig) -> list[Cell]:
     cells = []
     for model in config.models:
         mc = config.for_model(model)
-        for design, recipe in itertools.product(mc.model_designs(model), mc.recipes):
+        for design, recipe in itertools.product(mc.model_designs(model), mc.sublayer_recipes()):
             for cal in _calibrations(mc, recipe):
                 cells += [Cell(design, model, recipe, s, cal) for s in mc.scenarios]
         if mc.latency:
-            for shape, design, recipe in itertools.product(("decode", "prefill"), mc.model_designs(model), mc.recipes):
+            for shape, design, recipe in itertools.product(("decode", "prefill"), mc.model_designs(model),
+                                                           mc.sublayer_recipes()):
                 cells += [Cell(design, model, recipe, shape, cal, kind="latency") for cal in _calibrations(mc, recipe)]
     lm_designs = [d for d in config.designs if d in LM_DESIGNS]
     lm_recipes = [r for r in config.recipes if r in config.lm_recipes]
@@ -82,8 +83,10 @@ def plan(config: RunConfig) -> list[Cell]:
 
 
 def _calibrations(config: RunConfig, recipe: str) -> list[str | None]:
+    """The calibration scenarios a recipe's cells come in: QDQ's ranges and a mitigation's statistics."""
     base, _ = config.recipe_spec(recipe)
-    return config.calibration if getattr(RECIPES[base], "needs_calibration", False) else [None]
+    calibrated = getattr(RECIPES[base], "needs_calibration", False) or config.mitigations_of(recipe)
+    return config.calibration if calibrated else [None]
 
 
 def shard(cells: list[Cell], k: int, n: int) -> list[Cell]:

@@ -26,6 +26,7 @@ from ffnbench.versions import stack_versions
 INPUTS = ("tokens", "drift_gain", "drift_offset", "drift_scale")
 LOGITS = "logits"
 FFN_NAMESPACE = ".ffn.mlp."  # the FFN sublayers' Linear layers, in the exporter's module path
+ROTATION = "layers.Rotation"  # a mitigation's online rotation, by its class in the module path
 PARITY_SHAPES = ((2, 16), (1, 128))  # the second one the full context
 
 
@@ -68,11 +69,13 @@ def export_lm(model: CausalLM | RealLM, out_dir: Path, inject: str = "ffn-input"
     with files.staged_dir(Path(out_dir)) as stage:
         proto = check(torch_to_onnx(wrapper, example, NATIVE_OPSET, list(INPUTS), [LOGITS, *wrapper.taps],
                                     ({0: batch, 1: seq}, None, None, {0: batch})))
-        ffn = ffn_matmuls(proto)
-        per_layer = 3 if cfg.ffn(0).activation == "swiglu" else 2
-        if len(ffn) != per_layer * cfg.n_layers:
-            raise RuntimeError(f"export: found {len(ffn)} FFN MatMuls by module path, expected "
-                               f"{per_layer * cfg.n_layers}; the exporter no longer records '{FFN_NAMESPACE}'")
+        # A mitigation (quant/mitigations.py) may keep down-projections in fp32: not for quantizing.
+        kept = [f"model.{name}" for name, m in model.named_modules() if getattr(m, "keep_fp32", False)]
+        ffn = ffn_matmuls(proto, kept)
+        expected = (3 if cfg.ffn(0).activation == "swiglu" else 2) * cfg.n_layers - len(kept)
+        if len(ffn) != expected:
+            raise RuntimeError(f"export: found {len(ffn)} FFN MatMuls by module path, expected {expected}; "
+                               f"the exporter no longer records '{FFN_NAMESPACE}'")
         onnx.save(proto, str(stage / "model.onnx"))
         parity = parity_vs_torch(stage / "model.onnx", wrapper)
         if parity["max_abs_err"] > parity["tolerance"]:
@@ -89,12 +92,15 @@ def export_lm(model: CausalLM | RealLM, out_dir: Path, inject: str = "ffn-input"
     return ExportedModel(Path(out_dir) / "model.onnx", manifest)
 
 
-def ffn_matmuls(model: onnx.ModelProto) -> list[str]:
-    """Names of the MatMul nodes inside FFN sublayers: the only ones an lm recipe quantizes."""
+def ffn_matmuls(model: onnx.ModelProto, kept: list[str] = ()) -> list[str]:
+    """Names of the MatMul nodes inside FFN sublayers: the only ones an lm recipe quantizes. Not the
+    online rotations of a mitigation (fp32 by design), nor the Linear layers at the module paths in
+    `kept` (a mitigation keeps them fp32)."""
     def namespace(node) -> str:
         return next((p.value for p in node.metadata_props if p.key == "namespace"), "")
 
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and FFN_NAMESPACE in namespace(n)]
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and FFN_NAMESPACE in (ns := namespace(n))
+            and ROTATION not in ns and not any(f"{path}:" in ns for path in kept)]
 
 
 def parity_vs_torch(path: Path, wrapper: _Exportable, seed: int = 1234) -> dict:

@@ -64,6 +64,18 @@ def _upcast(norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return out.to(h.dtype)
 
 
+class Rotation(nn.Module):
+    """x @ R for an orthogonal R, online (a deployment-time mitigation, quant/mitigations.py): kept in
+    fp32 by every recipe, its weights' rotation folded into the next Linear."""
+
+    def __init__(self, matrix: torch.Tensor):
+        super().__init__()
+        self.register_buffer("matrix", matrix)
+
+    def forward(self, x):
+        return x @ self.matrix.to(x.dtype)
+
+
 class GeluMLP(nn.Module):
     """Linear -> GELU -> Linear."""
 
@@ -72,13 +84,18 @@ class GeluMLP(nn.Module):
         self.fc1 = nn.Linear(d, hidden, bias=bias)
         self.fc2 = nn.Linear(hidden, d, bias=bias)
         self.approximate = "tanh" if approximate == "tanh" else "none"
+        self.down_rotation: Rotation | None = None
+
+    @property
+    def down(self) -> nn.Linear:
+        return self.fc2
 
     def forward(self, x, taps: dict | None = None):
         a = self.fc1(x)  # (B, T, hidden)
         g = F.gelu(a, approximate=self.approximate)
         if taps is not None:
             taps.update(act_in=a, act_out=g)
-        return self.fc2(g)
+        return self.fc2(g if self.down_rotation is None else self.down_rotation(g))
 
 
 class SwiGLUMLP(nn.Module):
@@ -89,6 +106,7 @@ class SwiGLUMLP(nn.Module):
         self.gate = nn.Linear(d, hidden, bias=bias)
         self.up = nn.Linear(d, hidden, bias=bias)
         self.down = nn.Linear(hidden, d, bias=bias)
+        self.down_rotation: Rotation | None = None
 
     def forward(self, x, taps: dict | None = None):
         a = self.gate(x)  # (B, T, hidden)
@@ -96,7 +114,8 @@ class SwiGLUMLP(nn.Module):
         u = self.up(x)
         if taps is not None:
             taps.update(act_in=a, act_out=s, up=u)
-        return self.down(s * u)
+        p = s * u
+        return self.down(p if self.down_rotation is None else self.down_rotation(p))
 
 
 class FFNBlock(nn.Module):
@@ -114,6 +133,10 @@ class FFNBlock(nn.Module):
         self.tap_names = TAPS_GELU if cfg.activation == "gelu" else TAPS_SWIGLU
         # Where the weights came from, so an artifact can be rebuilt: the seed or a checkpoint.
         self.source: dict = {"kind": "seed", "seed": cfg.seed}
+        # Deployment-time mitigations (quant/mitigations.py), exact in fp32: a channel offset taken
+        # from the norm's output (RMSNorm has no bias to fold it into) and an online rotation of it.
+        self.register_buffer("in_shift", None)
+        self.in_rotation: Rotation | None = None
 
     def forward(self, h):
         return self.forward_with_taps(h, taps=None)
@@ -126,6 +149,10 @@ class FFNBlock(nn.Module):
     def branch(self, h, taps: dict | None = None):
         """MLP(Norm(h)), without the residual: what a whole model adds to its residual stream."""
         x = self.norm(h)  # (B, T, d_model)
+        if self.in_shift is not None:
+            x = x - self.in_shift.to(x.dtype)
+        if self.in_rotation is not None:
+            x = self.in_rotation(x)
         if taps is not None:
             taps["norm_out"] = x
         return self.mlp(x, taps)

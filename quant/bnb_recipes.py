@@ -32,11 +32,12 @@ def import_bnb():
 
 
 def swap_linears(block: FFNBlock, make: Callable[[nn.Linear], nn.Module]) -> FFNBlock:
-    """A copy of `block` whose every nn.Linear is replaced by make(linear); norms stay fp32."""
+    """A copy of `block` whose every nn.Linear is replaced by make(linear), but those a mitigation
+    keeps in fp32 (`keep_fp32`); norms stay fp32."""
     block = copy.deepcopy(block)
     for parent in list(block.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
+            if isinstance(child, nn.Linear) and not getattr(child, "keep_fp32", False):
                 setattr(parent, name, make(child))
     return block.eval()
 

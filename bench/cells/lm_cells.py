@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ffnbench import files
 from ffnbench.bench.cells import lm_metrics, metrics
@@ -33,7 +34,7 @@ from ffnbench.export import NATIVE_OPSET, ExportedModel
 from ffnbench.export.lm_export import export_lm, feeds
 from ffnbench.models import corpus
 from ffnbench.models.pair import load_lm, trained_dir
-from ffnbench.quant import RECIPES, Skipped, batch_invariant, load_artifact, quantize, recipe_config
+from ffnbench.quant import RECIPES, Skipped, batch_invariant, load_artifact, mitigations, quantize, recipe_config
 from ffnbench.quant.calibration import LMCalibration
 from ffnbench.versions import stack_versions
 
@@ -101,6 +102,8 @@ class LMSubject:
         self._health: dict[str, dict] = {}
         self._undrifted: dict[str, np.ndarray] = {}
         self._runnables: dict[tuple, tuple] = {}
+        self._mitigated: dict[tuple, list] = {}
+        self.mitigation_records: dict[tuple, dict] = {}
 
     @functools.cached_property
     def export(self) -> ExportedModel:
@@ -226,7 +229,7 @@ class LMSubject:
 
     def release(self) -> None:
         """Drop references and runnables once the subject's cells are done (a reference holds ~70 MB)."""
-        for cache in (self._references, self._runnables, self._health, self._undrifted):
+        for cache in (self._references, self._runnables, self._health, self._undrifted, self._mitigated):
             cache.clear()
 
     def calibration(self, name: str) -> LMCalibration:
@@ -236,19 +239,59 @@ class LMSubject:
         return LMCalibration(name, tuple(f for batch in batches for f in _split(batch)))
 
     def artifact_job(self, recipe: str, calibration: str | None) -> tuple[Path, dict]:
-        """Where the recipe's artifact goes (named by what it is made from) and quantize()'s arguments."""
+        """Where the recipe's artifact goes (named by what it is made from) and quantize()'s arguments.
+        A mitigated recipe quantizes the transformed model (`mitigated`), exported where ONNX Runtime
+        runs it."""
         config = self.config
         base, params = config.recipe_spec(recipe)
         if config.device == "cuda" and RECIPES[base].runtime in ("ort", "fp32"):
             raise Skipped("lm cells run ONNX Runtime on the CPU only")
         cal = self.calibration(calibration) if calibration else None
         on_onnx = RECIPES[base].runtime in ("ort", "fp32")  # module recipes need no export
-        identity = {"source": self.export.manifest["sha256"] if on_onnx else self.model.source["sha256"],
+        model, export = self.model, (self.export if on_onnx else None)
+        mods = config.mitigations_of(recipe)
+        if mods:
+            model, export = self.mitigated(mods, calibration, on_onnx)
+        identity = {"source": export.manifest["sha256"] if on_onnx else model.source["sha256"],
                     "recipe": base, "params": params, "device": config.device,
                     "calibration": cal.describe() if cal else None}
         out = self.artifacts / f"lm-{recipe}-{self.design}-{files.digest(identity)}"
-        return out, {"source": self.export.path if on_onnx else self.model, "recipe": base, "calibration": cal,
+        return out, {"source": export.path if on_onnx else model, "recipe": base, "calibration": cal,
                      "device": config.device, **params}
+
+    def mitigated(self, mods: tuple[str, ...], calibration: str,
+                  export: bool) -> tuple[torch.nn.Module, ExportedModel | None]:
+        """The model with `mods` applied, set from the calibration scenario's data, and its export
+        (where wanted); each made once a subject. Its equivalence to fp32 is measured on the first
+        calibration request and recorded (`self.mitigation_records`)."""
+        key = (mods, calibration)
+        if key not in self._mitigated:
+            feeds = self.calibration(calibration).requests
+
+            def collect(model) -> None:
+                runner = LMTorch(model, self.inject, threads=self.config.threads)
+                for f in feeds:
+                    runner.run(f)
+
+            model, record = mitigations.apply(self.model, mods, collect)
+            digest = files.digest({"source": self.model.source["sha256"], "record": record, "calibration": calibration})
+            model.source = {**self.model.source, "sha256": f"{self.model.source['sha256']}+{digest}",
+                            "mitigation": {**record, "calibration": calibration}}
+            ours = LMTorch(model, self.inject, threads=self.config.threads).run(feeds[0])[0]
+            theirs = self.reference_runnable.run(feeds[0])[0]
+            record["fp32_max_abs_err"] = float(np.max(np.abs(ours - theirs)))
+            record["fp32_max_abs_logit"] = float(np.max(np.abs(theirs)))
+            self.mitigation_records[key] = {**record, "calibration": calibration}
+            self._mitigated[key] = [model, None]
+        if export and self._mitigated[key][1] is None:
+            model = self._mitigated[key][0]
+            out = self.artifacts / f"lm-export-{self.design}-{model.source['sha256'][-16:]}"
+            if _intact(out):  # a re-run does not re-export
+                self._mitigated[key][1] = ExportedModel(out / "model.onnx",
+                                                        json.loads((out / "manifest.json").read_text()))
+            else:
+                self._mitigated[key][1] = export_lm(model, out, self.inject, model.source)
+        return tuple(self._mitigated[key])
 
     def runnable(self, recipe: str, calibration: str | None):
         key = (recipe, calibration)
@@ -256,7 +299,8 @@ class LMSubject:
             config = self.config
             out, job = self.artifact_job(recipe, calibration)
             if (out / "manifest.json").exists():
-                artifact = load_artifact(out, self.model, device=config.device)
+                module = job["source"] if isinstance(job["source"], torch.nn.Module) else self.model
+                artifact = load_artifact(out, module, device=config.device)
             else:
                 artifact = quantize(job.pop("source"), job.pop("recipe"), out, **job)
             manifest = {**artifact.manifest, "dir": out.relative_to(self.artifacts.parent).as_posix()}
@@ -381,5 +425,12 @@ def measure_lm(subject: LMSubject, cell) -> dict:
         if cell.recipe == "fp32":  # what each FFN norm sees under this scenario, per layer
             record["drift_stats"] = [finite(drift_stats(ref_taps[f"ffn_in.{i}"], subject.clean_moments[i]))
                                      for i in range(layers)]
+        record |= mitigation_record(subject, cell)
     return record
+
+
+def mitigation_record(subject: LMSubject, cell) -> dict:
+    """A mitigated cell's transform as it was set (per layer) and its measured fp32 equivalence."""
+    mods = subject.config.mitigations_of(cell.recipe)
+    return {"mitigation": subject.mitigation_records[mods, cell.calibration]} if mods else {}
 

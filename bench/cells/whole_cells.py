@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ffnbench.bench.cells.cell_record import artifact_summary, finite, recording
-from ffnbench.bench.cells.lm_cells import TAP_WINDOWS, LMSubject, predictions, windows
+from ffnbench.bench.cells.lm_cells import TAP_WINDOWS, LMSubject, mitigation_record, predictions, windows
 from ffnbench.bench.cells.lm_metrics import order0_bits_per_byte, window_bits
 from ffnbench.bench.traffic import whole_model
 from ffnbench.bench.traffic.drift_stats import drift_stats, massive_activations
@@ -115,4 +115,5 @@ def measure_whole(subject: WholeSubject, cell) -> dict:
             states = [got.ref_taps[f"ffn_in.{i}"][:TAP_WINDOWS] for i in range(subject.cfg.n_layers)]
             record["drift_stats"] = [finite(drift_stats(h, subject.clean_moments[i])) for i, h in enumerate(states)]
             record["massive"] = [massive_activations(h) for h in states]
+        record |= mitigation_record(subject, cell)
     return record

@@ -1,12 +1,14 @@
-"""The report's comparison of each recipe variant ([recipe.NAME] with `base = ...`) with its base
-recipe on whole-model cells (the trained pairs' and users' models): the KL ratio variant / base with
-a 95 % interval paired over the windows both read (and the training seeds and drift draws), and the
-difference in same top-1. How a run answers "does accuracy_level 0 beat 4?" with an interval rather
-than two overlapping means."""
+"""The report's comparison of each mitigated recipe (RECIPE+shift, ...) and each recipe variant
+([recipe.NAME] with `base = ...`) with its base recipe on whole-model cells (the trained pairs' and
+users' models): the KL ratio variant / base with a 95 % interval paired over the windows both read
+(and the training seeds and drift draws), and the difference in same top-1. How a run answers "does
+accuracy_level 0 beat 4?" or "how much of int8's loss does a rotation recover?" with an interval
+rather than two overlapping means."""
 
 import numpy as np
 
 from ffnbench.bench.report.downstream_verdict import interval
+from ffnbench.quant import mitigations
 
 
 def groups(run) -> dict[tuple[str, str, str], dict[str, dict[int, dict]]]:
@@ -21,28 +23,43 @@ def groups(run) -> dict[tuple[str, str, str], dict[str, dict[int, dict]]]:
     return out
 
 
+def parents(run, labels: set[str]) -> dict[str, str]:
+    """variant label -> its base's label: a [recipe.X] variant's base, and a mitigated recipe's parent
+    (RECIPE+shift@cal -> RECIPE, or RECIPE@cal where the parent is itself calibrated)."""
+    found = {}
+    for name, spec in ((run.manifest.get("config") or {}).get("user_recipes") or {}).items():
+        if spec.get("base") in labels:
+            found[name] = spec["base"]
+    for label in labels:
+        recipe, _, calibration = label.partition("@")
+        parent, mods = mitigations.parse(recipe)
+        if mods:
+            calibrated = f"{parent}@{calibration}"
+            found[label] = calibrated if calibrated in labels else parent
+    return found
+
+
 def section(run) -> list[str]:
-    """Markdown lines; [] where the run has no variant measured beside its base."""
-    variants = {name: spec.get("base") for name, spec in
-                ((run.manifest.get("config") or {}).get("user_recipes") or {}).items()}
+    """Markdown lines; [] where the run has no variant or mitigation measured beside its base."""
     rows = []
     for (model, design, scenario), by_recipe in groups(run).items():
-        for variant, base in variants.items():
+        for variant, base in parents(run, set(by_recipe)).items():
             if variant in by_recipe and base in by_recipe:
                 found = compare(by_recipe[variant], by_recipe[base])
                 if found:
                     kl, top1 = found
                     rows.append(f"| {model} | {design} | {scenario} | `{variant}` / `{base}` | {kl[0]:.3f} "
-                                f"[{kl[1]:.3f}, {kl[2]:.3f}] | {100 * top1[0]:+.1f} pp [{100 * top1[1]:+.1f}, "
-                                f"{100 * top1[2]:+.1f}] |")
+                                f"[{kl[1]:.3f}, {kl[2]:.3f}] | {1 - kl[0]:+.0%} | {100 * top1[0]:+.1f} pp "
+                                f"[{100 * top1[1]:+.1f}, {100 * top1[2]:+.1f}] |")
     if not rows:
         return []
-    return ["## Recipe variants against their base", "",
-            "Each variant's KL to fp32 over its base recipe's on the same windows (ratio < 1: the variant is "
-            "closer to fp32), and the change in same top-1, with 95 % intervals paired over windows, drift draws "
-            "and training seeds.", "",
-            "| model | design | scenario | variant / base | KL ratio [95 % CI] | same top-1, variant − base |",
-            "|---|---|---|---|---|---|", *rows, ""]
+    return ["## Mitigations and recipe variants against their base", "",
+            "Each mitigated recipe (RECIPE+shift, +smooth, +rotate, +keep, calibrated on the scenario after @) and "
+            "each [recipe] variant against its base on the same windows: KL to fp32 as a ratio (< 1: closer to "
+            "fp32), the share of the base's KL it removes (1 − ratio), and the change in same top-1, with 95 % "
+            "intervals paired over windows, drift draws and training seeds.", "",
+            "| model | design | scenario | variant / base | KL ratio [95 % CI] | KL removed | same top-1, variant − "
+            "base |", "|---|---|---|---|---|---|---|", *sorted(rows), ""]
 
 
 def compare(variant: dict[int, dict], base: dict[int, dict]) -> tuple[tuple, tuple] | None:

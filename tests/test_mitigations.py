@@ -1,0 +1,171 @@
+"""Mitigations (quant/mitigations.py): each transform, alone and composed, leaves the fp32 model's
+output as it was — in torch and through ONNX Runtime, for both designs, as a sublayer and as a whole
+model — while changing what a quantizer sees."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from ffnbench.errors import UsageError
+from ffnbench.models import FFNConfig, build_model
+from ffnbench.models.lm import CausalLM, Drift, LMConfig
+from ffnbench.quant import mitigations
+
+COMBINATIONS = [("shift",), ("smooth",), ("rotate",), ("keep",), ("shift", "smooth"), ("shift", "smooth", "rotate")]
+
+
+def _shifted(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    """Hidden states with a positive offset on most features and a few large channels."""
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, 16, d, generator=gen) + 3.0 * (torch.rand(d, generator=gen) < 0.9)
+    h[..., :2] *= 30
+    return h
+
+
+@pytest.mark.parametrize(("design", "bias", "mods"), [(d, b, m) for d, b in itertools.product("AB", (True, False))
+                                                      for m in COMBINATIONS])
+def test_a_transformed_sublayer_computes_what_the_original_did(design, bias, mods):
+    block = build_model(FFNConfig(design=design, d_model=64, d_ff=256, bias=bias, residual=False))
+    calibration, evaluation = _shifted(4, 64, seed=1), _shifted(4, 64, seed=2)
+    transformed, record = mitigations.apply(block, mods, lambda m: m(calibration))
+    with torch.no_grad():
+        assert torch.allclose(transformed(evaluation), block(evaluation), atol=1e-4, rtol=1e-4)
+    assert record["mitigations"] == list(mods) and len(record["layers"]) == 1
+    if "shift" in mods or "smooth" in mods or "rotate" in mods:  # what the MLP reads has changed
+        with torch.no_grad():
+            seen, original = {}, {}
+            transformed.forward_with_taps(evaluation, seen)
+            block.forward_with_taps(evaluation, original)
+        assert not torch.allclose(seen["norm_out"], original["norm_out"], atol=1e-3)
+    if mods == ("shift",):  # centred on the calibration data: its channel midpoints are zero
+        with torch.no_grad():
+            taps: dict = {}
+            transformed.forward_with_taps(calibration, taps)
+        x = taps["norm_out"].reshape(-1, 64)
+        assert torch.allclose(x.amax(0) + x.amin(0), torch.zeros(64), atol=1e-4)
+
+
+def test_rotations_are_hadamard_where_the_width_is_a_power_of_two_else_seeded_orthogonal():
+    for n in (64, 96):
+        r, kind = mitigations.orthogonal(n, seed=3)
+        assert torch.allclose(r @ r.T, torch.eye(n), atol=1e-5)
+        assert kind == ("hadamard" if n == 64 else "random orthogonal (seed 3)")
+    assert torch.equal(mitigations.orthogonal(96, 3)[0], mitigations.orthogonal(96, 3)[0])
+
+
+def test_keep_marks_a_down_projection_whose_calibration_spike_ratio_exceeds_the_threshold():
+    """The spike ratio is lm_metrics.spikes' of the down-projection's input (swish(gate)·up) on the
+    calibration data; the layer stays fp32 exactly when it is above the threshold."""
+    from ffnbench.bench.cells.lm_metrics import spikes
+
+    block = build_model(FFNConfig(design="B", d_model=64, d_ff=256, residual=False))
+    data = _shifted(2, 64)
+    taps: dict = {}
+    with torch.no_grad():
+        block.forward_with_taps(data, taps)
+    ratio = spikes((taps["act_out"] * taps["up"]).numpy())[0]
+    for threshold, kept in ((ratio * 0.99, True), (ratio * 1.01, False)):
+        out, record = mitigations.apply(block, ("keep",), lambda m: m(data), mitigations.Settings(threshold=threshold))
+        assert record["layers"][0]["spike_ratio"] == pytest.approx(ratio, rel=1e-5)
+        assert record["layers"][0]["kept_fp32"] is kept and out.mlp.down.keep_fp32 is kept
+
+
+@pytest.mark.parametrize("design", ["A", "B"])
+def test_a_transformed_whole_model_computes_what_the_original_did(design):
+    model = CausalLM(LMConfig(design=design, d_model=64, n_layers=2, n_heads=2, d_ff=256, context=32)).eval()
+    tokens = torch.randint(0, 256, (3, 32), generator=torch.Generator().manual_seed(0))
+    drift = Drift(torch.ones(2, 64), torch.full((2, 64), 0.5), torch.ones(3))
+
+    def collect(m):
+        with torch.no_grad():
+            m(tokens, drift)
+
+    transformed, record = mitigations.apply(model, ("shift", "smooth", "rotate"), collect)
+    with torch.no_grad():
+        assert torch.allclose(transformed(tokens[:1], drift), model(tokens[:1], drift), atol=1e-4)
+    assert len(record["layers"]) == 2 and all("rotation" in layer for layer in record["layers"])
+
+
+def test_recipe_names_carry_their_mitigations_in_a_fixed_order():
+    assert mitigations.parse("ort-int8-dynamic+smooth+shift") == ("ort-int8-dynamic", ("shift", "smooth"))
+    assert mitigations.parse("bnb-int8") == ("bnb-int8", ())
+    with pytest.raises(UsageError, match=r"unknown mitigation '\+spin'"):
+        mitigations.parse("bnb-int8+spin")
+    with pytest.raises(UsageError, match="appears twice"):
+        mitigations.parse("bnb-int8+shift+shift")
+
+
+@pytest.mark.parametrize("design", ["A", "B"])
+def test_the_transformed_export_runs_in_onnx_runtime_as_the_original_and_quantizes_no_rotation(design, tmp_path):
+    import onnxruntime as ort
+
+    from ffnbench.export.lm_export import export_lm, feeds
+
+    model = CausalLM(LMConfig(design=design, d_model=64, n_layers=2, n_heads=2, d_ff=256, context=32)).eval()
+    tokens = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(1))
+    identity = Drift.identity(2, 64, 2)
+
+    def collect(m):
+        with torch.no_grad():
+            m(tokens, identity)
+
+    every = ("shift", "smooth", "rotate", "keep")
+    transformed, record = mitigations.apply(model, every, collect, mitigations.Settings(threshold=0.0))
+    assert all(layer["kept_fp32"] for layer in record["layers"])  # a threshold of 0 keeps every down-projection
+    exported = export_lm(transformed, tmp_path / "export")
+    session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], feeds(tokens.numpy(), identity.gain.numpy(), identity.offset.numpy(),
+                                        identity.scale.numpy()))[0]
+    with torch.no_grad():
+        assert np.allclose(got, model(tokens, identity).numpy(), atol=1e-4)
+    per_layer = 3 if design == "B" else 2
+    assert len(exported.manifest["ffn_matmuls"]) == 2 * (per_layer - 1)  # the kept down-projections left out
+
+
+def test_mitigated_recipes_are_checked_in_the_run_config(tmp_path):
+    from ffnbench.bench.config import load_toml
+
+    def config(recipes: str, lm: str) -> None:
+        path = tmp_path / "c.toml"
+        path.write_text(f'models = ["tiny"]\nrecipes = {recipes}\nlm_recipes = {lm}\nlatency = false\n')
+        load_toml(path).check()
+
+    config('["fp32", "bnb-int8+keep"]', '["fp32", "bnb-int8+keep"]')
+    with pytest.raises(UsageError, match="mitigations run on whole models only"):
+        config('["fp32", "bnb-int8+keep"]', '["fp32"]')
+    with pytest.raises(UsageError, match="mitigates fp32"):
+        config('["fp32+shift"]', '["fp32+shift"]')
+    with pytest.raises(UsageError, match=r"\+keep leaves a quantized layer in fp32"):
+        config('["torch-fp16+keep"]', '["torch-fp16+keep"]')
+    with pytest.raises(UsageError, match=r"unknown mitigation '\+spin'"):
+        config('["bnb-int8+spin"]', '["bnb-int8+spin"]')
+
+
+def test_a_run_measures_mitigated_recipes_on_the_trained_pair_beside_their_parents(tmp_path):
+    """Calibrated like QDQ (the cell names its scenario), the transformed model's fp32 equivalence
+    measured and recorded, ONNX Runtime quantizing the transformed export's FFN MatMuls but not its
+    rotations, and the report setting each mitigated recipe against its parent."""
+    import json
+
+    from ffnbench.bench import runner
+    from ffnbench.bench.config import RunConfig
+    from ffnbench.bench.report.report import write
+
+    recipes = ["fp32", "ort-int8-dynamic", "ort-int8-dynamic+rotate", "bnb-int8+keep"]
+    config = RunConfig(models=["tiny"], designs=["B"], recipes=recipes, scenarios=["clean"], latency=False,
+                       lm_recipes=recipes, lm_scenarios=["clean"], lm_seeds=[0], lm_windows=4, lm_draws=1,
+                       calibration=["clean"], calibration_requests=4)
+    runner.run(config, tmp_path / "run", progress=False)
+    cells = {c["recipe"]: c for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+             if (c := json.loads(line)).get("kind") == "lm"}
+    assert all(c["status"] == "ok" for c in cells.values()), [c.get("error") for c in cells.values()]
+    rotated = cells["ort-int8-dynamic+rotate"]
+    assert rotated["calibration"] == "clean" and rotated["mitigation"]["mitigations"] == ["rotate"]
+    assert rotated["mitigation"]["fp32_max_abs_err"] <= 1e-4 * rotated["mitigation"]["fp32_max_abs_logit"]
+    artifact = json.loads((tmp_path / "run" / rotated["artifact"]["dir"] / "manifest.json").read_text())
+    assert len(artifact["quantized_nodes"]) == 4 * 3  # the pair's four layers, three FFN MatMuls each
+    assert "kept_fp32" in cells["bnb-int8+keep"]["mitigation"]["layers"][0]
+    text = write(tmp_path / "run").read_text()
+    assert "| trained pair | B | clean | `ort-int8-dynamic+rotate@clean` / `ort-int8-dynamic` |" in text
