@@ -98,9 +98,12 @@ class RunConfig:
     # Real FFN layers by name ([model.NAME]), usable in `models` beside the size presets.
     user_models: dict[str, ModelSpec] = field(default_factory=dict)
     # Whole causal LMs ([model.NAME] with `checkpoint` or `gguf`, or the shipped "smollm2") whose FFNs
-    # the lm recipes quantize, under lm_scenarios, in lm_windows token windows: cells of their own.
+    # the lm recipes quantize, under lm_scenarios, in whole_windows token windows: cells of their own.
     whole_models: list[str] = field(default_factory=list)
     user_whole: dict[str, WholeSpec] = field(default_factory=dict)
+    # Token windows a whole-model scenario reads: a window's fp32 logits are 25 MB at a 49,152-token
+    # vocabulary, and every scenario's stay in memory while its model is measured.
+    whole_windows: int = 16
     # Recipe variants by name: {"torch-fp16-norm32": {"base": "torch-fp16", "norm_fp32": True}}
     user_recipes: dict[str, dict] = field(default_factory=dict)
     # Settings for one model size of the run ([per_model.NAME] tables): fewer designs, scenarios and
@@ -181,8 +184,9 @@ class RunConfig:
                 raise UsageError(f"whole_models: '{model}' is not a whole model of the config or a shipped one "
                                  f"({', '.join(SHIPPED_WHOLE)}); define [model.{model}] with checkpoint = \"DIR\" or "
                                  "gguf = \"FILE.gguf\"")
-        if self.whole_models and not self.lm_recipes:
-            raise UsageError("whole_models: whole-model cells run the lm_recipes, and lm_recipes is empty; name some")
+        if self.whole_models and not [r for r in self.recipes if r in self.lm_recipes]:
+            raise UsageError("whole_models: whole-model cells run the recipes that are in both recipes and lm_recipes, "
+                             "and none is; name some in both")
         for axis, values, known in (("designs", self.designs, DESIGNS),
                                     ("models", self.models, {**PRESETS, **self.user_models}),
                                     ("recipes", self.recipes, known_recipes),
@@ -203,8 +207,8 @@ class RunConfig:
         self._check_lm(known_recipes, known_scenarios)
         for model, overrides in self.per_model.items():
             self._check_per_model(model, overrides)
-        for name in ("n_requests", "seq_len", "calibration_requests", "threads", "lm_windows", "lm_draws",
-                     "dose_windows"):
+        for name in ("n_requests", "seq_len", "calibration_requests", "threads", "lm_windows", "whole_windows",
+                     "lm_draws", "dose_windows"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.remeasure_processes < 2:
@@ -380,7 +384,7 @@ SCALAR_KEYS = {"preset": str, "n_requests": int, "seq_len": int, "seed": int, "c
                "delta": float, "threads": int, "device": str, "residual": bool, "latency": bool, "warmup": int,
                "min_iterations": int, "min_seconds": float, "max_iterations": int, "max_seconds": float,
                "max_runnable_seconds": float, "memory": bool, "diagnose": bool, "ort_spinning": bool, "lm_windows": int,
-               "lm_inject": str, "lm_draws": int, "healthy_delta_bpb": float, "dose_windows": int,
+               "whole_windows": int, "lm_inject": str, "lm_draws": int, "healthy_delta_bpb": float, "dose_windows": int,
                "remeasure_processes": int}
 
 

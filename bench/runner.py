@@ -117,7 +117,8 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
     todo = [cell for cell in cells if cell.key not in finished]
     with Progress(len(todo), progress) as bar:
         lm = [c for c in todo if c.kind in ("lm", "whole")]
-        for model, group in itertools.groupby((c for c in todo if c not in lm), key=lambda c: c.model):
+        for model, group in itertools.groupby((c for c in todo if c.kind not in ("lm", "whole")),
+                                              key=lambda c: c.model):
             group = list(group)
             mc = config.for_model(model)
             designs = list(dict.fromkeys(c.design for c in group))
@@ -201,6 +202,12 @@ def _measure_beside_builds(cells: list[Cell], subjects: dict, pending: dict, con
 
 
 def _check_inputs(config: RunConfig) -> None:
+    for name in config.whole_models:
+        spec = config.whole_spec(name)
+        design = FAMILIES[whole_model.family_of(spec.path, spec.where)]
+        if design not in config.designs:
+            raise UsageError(f"whole_models: '{name}' is a design-{design} model and the run's designs are "
+                             f"{', '.join(config.designs)}; add {design} to designs")
     kinds = {c.kind for c in plan(config)}
     if "lm" in kinds:
         lm_cells.check(config)

@@ -42,11 +42,9 @@ class RealConfig:
     out_bias: bool  # on the attention's output projection
     mlp_bias: bool
     positions: int  # GPT-2's learned positions; the rotary families' trained context
+    gelu: str = "tanh"  # GPT-2's GELU: "tanh" (gelu_new) or "erf" (an exact "gelu")
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise UsageError(f"model type '{self.family}' is not a family ffnbench rebuilds; known: "
-                             f"{', '.join(FAMILIES)}")
         if self.n_heads % self.n_kv_heads:
             raise UsageError(f"{self.family}: {self.n_kv_heads} key/value heads do not divide {self.n_heads} heads")
 
@@ -57,7 +55,7 @@ class RealConfig:
     def ffn(self, layer: int) -> FFNConfig:
         if self.design == "A":
             return FFNConfig(design="A", d_model=self.d_model, d_ff=self.d_ff, bias=self.mlp_bias, eps=self.eps,
-                             gelu="tanh", residual=True)
+                             gelu=self.gelu, residual=True)
         return FFNConfig(design="B", d_model=self.d_model, d_ff=self.d_ff, swiglu_hidden=self.d_ff,
                          bias=self.mlp_bias, eps=self.eps, residual=True)
 
@@ -148,7 +146,8 @@ def config_from_hf(config, context: int) -> RealConfig:
         d = config.n_embd
         return RealConfig("gpt2", config.vocab_size, d, config.n_layer, config.n_head, config.n_head,
                           d // config.n_head, config.n_inner or 4 * d, min(context, config.n_positions),
-                          config.layer_norm_epsilon, True, True, True, config.n_positions)
+                          config.layer_norm_epsilon, True, True, True, config.n_positions,
+                          "erf" if config.activation_function == "gelu" else "tanh")
     if config.hidden_act != "silu":
         raise UsageError(f"{family}: activation '{config.hidden_act}' is not SiLU; design B's SwiGLU needs it")
     heads = config.num_attention_heads

@@ -48,7 +48,7 @@ class Artifact:
     runtime: str  # "ort" (an ONNX file) | "bnb" | "torch" (a module)
     path: Path  # model.onnx or model.pt
     manifest: dict
-    module: FFNBlock | CausalLM | None = field(default=None, repr=False)
+    module: FFNBlock | CausalLM | RealLM | None = field(default=None, repr=False)
 
 
 @functools.cache
@@ -98,7 +98,7 @@ def quantize(source: FFNBlock | CausalLM | Path, recipe: str, out_dir: Path, cal
     return artifact
 
 
-def load_artifact(out_dir: Path, block: FFNBlock | CausalLM | None = None, device: str = "cpu",
+def load_artifact(out_dir: Path, block: FFNBlock | CausalLM | RealLM | None = None, device: str = "cpu",
                   files_dir: str | Path | None = None) -> Artifact:
     """An artifact `quantize` wrote earlier. ORT artifacts are files; a module artifact is rebuilt
     in memory from `block` (or its export's source, a checkpoint file found from `files_dir`), since
@@ -119,7 +119,7 @@ def load_artifact(out_dir: Path, block: FFNBlock | CausalLM | None = None, devic
 
 
 @contextlib.contextmanager
-def _source_onnx(source: FFNBlock | CausalLM | Path) -> Iterator[tuple[Path, dict]]:
+def _source_onnx(source: FFNBlock | CausalLM | RealLM | Path) -> Iterator[tuple[Path, dict]]:
     """An fp32 model.onnx and its export manifest ({} for a foreign file), exporting a block first.
 
     A block is exported with its taps as graph outputs; ORT's quantizers keep graph outputs, so the
@@ -222,7 +222,7 @@ def _torch_half(source, cfg: TorchHalf, stage: Path, calibration, device: str) -
     return _save_module(_module_recipe(_source_block(source), cfg, device), "torch", stage, {})
 
 
-def _module_recipe(source: FFNBlock | CausalLM, cfg: BnbInt8 | Bnb4bit | TorchHalf, device: str):
+def _module_recipe(source: FFNBlock | CausalLM | RealLM, cfg: BnbInt8 | Bnb4bit | TorchHalf, device: str):
     """A copy with the recipe applied: to the block, or to every FFN sublayer of a language model."""
     def apply(block: FFNBlock) -> FFNBlock:  # both copy the block
         return half_block(block, cfg, device) if isinstance(cfg, TorchHalf) else \

@@ -41,3 +41,11 @@ def test_the_section_lists_each_variant_beside_its_base_for_pairs_and_whole_mode
     assert len(rows) == 2 and rows[0].startswith("| drift pair | A | clean") and "| 0.500 [0.500, 0.500] |" in rows[0]
     assert rows[1].startswith("| smollm2 | B | clean")
     assert variants.section(_Run({})) == []
+
+
+def test_a_calibrated_variant_pairs_with_its_base_calibrated_on_the_same_scenario():
+    run = _Run({"qdq-pct": {"base": "ort-int8-qdq-minmax", "method": "percentile"}})
+    labels = {"qdq-pct@clean", "ort-int8-qdq-minmax@clean", "ort-int8-qdq-minmax@production",
+              "ort-int8-dynamic+shift@production", "ort-int8-dynamic", "bnb-int8"}
+    assert variants.parents(run, labels) == {"qdq-pct@clean": "ort-int8-qdq-minmax@clean",
+                                             "ort-int8-dynamic+shift@production": "ort-int8-dynamic"}

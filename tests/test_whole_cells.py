@@ -35,7 +35,7 @@ recipes = {json.dumps(RECIPES)}
 lm_recipes = {json.dumps(RECIPES)}
 lm_scenarios = {json.dumps(SCENARIOS)}
 lm_models = []
-lm_windows = 4
+whole_windows = 4
 lm_draws = 2
 latency = false
 
@@ -124,8 +124,8 @@ def test_fp32_cells_hold_the_models_drift_and_massive_activations_per_layer(whol
         assert found["max_abs"][0] >= found["median_abs"] > 0 and 0 <= sum(found["token_share"]) <= 1
     production = {c["model"]: c["drift_stats"][0] for c in fp32 if c["scenario"] == "production"}
     clean = {c["model"]: c["drift_stats"][0] for c in fp32 if c["scenario"] == "clean"}
-    for model, stats in production.items():  # the injected shift biases 90 % of the features
-        assert stats["positive_mean_fraction"] > 0.8 > clean[model]["positive_mean_fraction"]
+    for model, stats in production.items():  # the injected shift biases 90 % of the features positive
+        assert stats["positive_mean_fraction"] > clean[model]["positive_mean_fraction"] + 0.2
 
 
 def test_the_report_has_each_models_section_and_the_gate_judges_its_cells(whole_run, tmp_path):

@@ -83,6 +83,16 @@ class LMSubject:
     # logits of one window are 25 MB.
     max_batch: int | None = None
     std_windows = STD_WINDOWS
+    # A user's model holds one candidate at a time (its cells come recipe by recipe) and keeps the taps
+    # of the first TAP_WINDOWS windows of a candidate only: a copy of a 30-layer model a recipe, or
+    # their taps over every window, would not fit beside the references.
+    hold_one_runnable = False
+    candidate_taps: int | None = None
+
+    @property
+    def n_windows(self) -> int:
+        """Held-out windows a scenario reads."""
+        return self.config.lm_windows
 
     def __init__(self, config, design: str, seed: int, artifacts: Path, kind: str = "trained",
                  inject: str | None = None):
@@ -110,7 +120,9 @@ class LMSubject:
         """The whole model in ONNX, made when an ORT recipe first needs it. Exporting takes 6-8 s on 2
         cores, so an export is also kept in the user's cache (by content: checkpoint, injection,
         stack) and copied into the run from there, after its hash is checked."""
-        identity = {"checkpoint": self.model.source["sha256"], "inject": self.inject,
+        # A user's model carries an identity beyond its weights' hash (config, context, loaders).
+        identity = {"checkpoint": self.model.source.get("identity", self.model.source["sha256"]),
+                    "inject": self.inject,
                     "opset": NATIVE_OPSET, "versions": stack_versions(), "code": _export_code_digest()}
         name = f"lm-export-{self.design}-{files.digest(identity)}"
         out, cached = self.artifacts / name, files.cache_dir() / name
@@ -127,7 +139,7 @@ class LMSubject:
         domain = TEXT_DOMAINS.get(scenario, "prose")
         train, held_out = _corpus(domain).split()
         data = held_out if part == "held_out" else train
-        return windows(data, n or self.config.lm_windows, self.cfg.context, domain)
+        return windows(data, n or self.n_windows, self.cfg.context, domain)
 
     def bits(self, logits: np.ndarray, scenario: str) -> np.ndarray:
         """Each held-out window's bits per byte under `logits` (a token is a byte)."""
@@ -160,7 +172,7 @@ class LMSubject:
         and the window each of their requests holds. Window i gets draw i % draws of the drift (draw d
         from seed + DRAW_STRIDE·d); a draw's windows go in one call for a mixed batch, else one each.
         `batched`: the runnable's output per request does not depend on its batch (batch_invariant),
-        so requests share calls whatever the scenario, for speed alone."""
+        so requests share calls whatever the scenario, for speed alone, at most `max_batch` a call."""
         layers, width, n = self.cfg.n_layers, self.cfg.d_model, len(tokens)
         size = self.max_batch or n
         if scenario is None or scenario in TEXT_DOMAINS:
@@ -179,7 +191,9 @@ class LMSubject:
             massive = spec.massive_offset(width)[None] * (np.arange(layers) >= spec.massive_from_layer)[:, None]
             o = o[None] + massive
             gain, offset = np.tile(g, (layers, 1)), o * self.feature_std if o.any() else np.zeros((layers, width))
-            if spec.mixed_batch or batched:
+            if spec.mixed_batch:  # the draw's requests share one call: one dynamic range, as served
+                batches.append(feeds(tokens[windows_of_draw], gain, offset, scale))
+            elif batched:
                 batches += [feeds(tokens[windows_of_draw[i:i + size]], gain, offset, scale[i:i + size])
                             for i in range(0, len(windows_of_draw), size)]
             else:
@@ -188,7 +202,7 @@ class LMSubject:
         return batches, np.concatenate(order)
 
     def draws(self, scenario: str) -> int:
-        return 1 if scenario in TEXT_DOMAINS else min(self.config.lm_draws, self.config.lm_windows)
+        return 1 if scenario in TEXT_DOMAINS else min(self.config.lm_draws, self.n_windows)
 
     def evaluate(self, runnable, scenario: str, taps_kept: int | None = None,
                  batched: bool = False) -> tuple[np.ndarray, dict]:
@@ -296,6 +310,8 @@ class LMSubject:
     def runnable(self, recipe: str, calibration: str | None):
         key = (recipe, calibration)
         if key not in self._runnables:
+            if self.hold_one_runnable:
+                self._runnables.clear()
             config = self.config
             out, job = self.artifact_job(recipe, calibration)
             if (out / "manifest.json").exists():
@@ -390,7 +406,8 @@ def predictions(subject: LMSubject, cell) -> Predictions:
     runnable, manifest = subject.runnable(cell.recipe, cell.calibration)
     ref_logits, ref_taps = subject.reference(cell.scenario)
     base, params = subject.config.recipe_spec(cell.recipe)
-    logits, taps = subject.evaluate(runnable, cell.scenario, batched=batch_invariant(recipe_config(base, **params)))
+    logits, taps = subject.evaluate(runnable, cell.scenario, subject.candidate_taps,
+                                    batched=batch_invariant(recipe_config(base, **params)))
     per_position = lm_metrics.position_figures(ref_logits, logits)
     per_window = lm_metrics.window_metrics(per_position, logits, subject.bits(logits, cell.scenario),
                                            subject.undrifted_bits(cell.scenario))

@@ -101,12 +101,15 @@ def llama_cpp_metrics(per_position: dict[str, np.ndarray]) -> dict[str, float]:
 
 def order0_bits_per_byte(train: np.ndarray, targets: np.ndarray, vocab: int = 256,
                          target_bytes: np.ndarray | None = None) -> float:
-    """Cross-entropy of `targets` under the token (byte) frequencies of `train` (add-one smoothed), per
-    byte of text (`target_bytes` per window where tokens are not bytes): the figure a model that
-    ignores context reaches."""
+    """Cross-entropy of `targets` (windows, tokens) under the token (byte) frequencies of `train`
+    (add-one smoothed), per byte of text (`target_bytes` per window where tokens are not bytes; the
+    mean of the windows' figures, as a model's bits per byte are): the figure a model that ignores
+    context reaches."""
     counts = np.bincount(np.asarray(train, np.int64), minlength=vocab) + 1.0
     bits = -np.log2(counts[np.asarray(targets, np.int64)] / counts.sum())
-    return float(np.mean(bits) if target_bytes is None else np.sum(bits) / np.sum(target_bytes))
+    if target_bytes is None:
+        return float(np.mean(bits))
+    return float(np.mean(bits.reshape(len(target_bytes), -1).sum(axis=1) / target_bytes))
 
 
 def spikes(down_in: np.ndarray) -> tuple[float, float]:

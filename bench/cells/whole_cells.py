@@ -50,6 +50,8 @@ class WholeSubject(LMSubject):
 
     max_batch = MAX_BATCH
     std_windows = STD_WINDOWS
+    hold_one_runnable = True
+    candidate_taps = TAP_WINDOWS
 
     def __init__(self, config, name: str, artifacts: Path | None = None):
         self.spec = config.whole_spec(name)
@@ -63,7 +65,7 @@ class WholeSubject(LMSubject):
         self.checkpoint = {"name": name, **model.source, "config": model.cfg.to_dict()}
         self._tokens: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 
-    def _encoded(self, domain: str, part: str) -> tuple[np.ndarray, np.ndarray]:
+    def encoded(self, domain: str, part: str) -> tuple[np.ndarray, np.ndarray]:
         if (domain, part) not in self._tokens:
             train, held_out = _domain_text(domain, self.spec.text_path)
             self._tokens[domain, part] = self.whole.encode(held_out if part == "held_out" else train)
@@ -71,12 +73,16 @@ class WholeSubject(LMSubject):
 
     def _windows(self, scenario: str, part: str, n: int | None) -> tuple[np.ndarray, np.ndarray]:
         domain = TEXT_DOMAINS.get(scenario, "prose")
-        ids, nbytes = self._encoded(domain, part)
-        n = n or self.config.lm_windows
+        ids, nbytes = self.encoded(domain, part)
+        n = n or self.n_windows
         label = f"{domain} ({'held out' if part == 'held_out' else 'calibration'}) in {self.name}'s tokens"
         tokens = windows(ids, n, self.cfg.context, label, unit="tokens")
         covered = windows(nbytes, n, self.cfg.context, label, unit="tokens")[:, 1:].sum(axis=1)
         return tokens, covered
+
+    @property
+    def n_windows(self) -> int:
+        return self.config.whole_windows
 
     def text(self, scenario: str, part: str = "held_out", n: int | None = None) -> np.ndarray:
         return self._windows(scenario, part, n)[0]
@@ -86,7 +92,7 @@ class WholeSubject(LMSubject):
         return window_bits(logits, tokens[:, 1:], covered)
 
     def order0_bits(self, scenario: str) -> float:
-        train, _ = self._encoded(TEXT_DOMAINS.get(scenario, "prose"), "train")
+        train, _ = self.encoded(TEXT_DOMAINS.get(scenario, "prose"), "train")
         tokens, covered = self._windows(scenario, "held_out", None)
         return order0_bits_per_byte(train, tokens[:, 1:], self.cfg.vocab, covered)
 
@@ -97,8 +103,11 @@ def check(config) -> None:
     for name in config.whole_models:
         subject = WholeSubject(config, name)
         for scenario in {"clean", *(s for s in config.lm_scenarios if s in TEXT_DOMAINS)}:
-            subject.text(scenario, n=1)
-            subject.text(scenario, part="train", n=1)
+            for part in ("held_out", "train"):
+                subject.text(scenario, part, n=1)  # a window's worth of tokens, or a UsageError
+                if subject.encoded(TEXT_DOMAINS.get(scenario, "prose"), part)[0].max(initial=0) >= subject.cfg.vocab:
+                    raise UsageError(f"{subject.spec.where}: its tokenizer gives ids beyond the model's vocabulary of "
+                                     f"{subject.cfg.vocab}; give the tokenizer saved with the model")
 
 
 def measure_whole(subject: WholeSubject, cell) -> dict:

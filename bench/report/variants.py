@@ -24,18 +24,20 @@ def groups(run) -> dict[tuple[str, str, str], dict[str, dict[int, dict]]]:
 
 
 def parents(run, labels: set[str]) -> dict[str, str]:
-    """variant label -> its base's label: a [recipe.X] variant's base, and a mitigated recipe's parent
-    (RECIPE+shift@cal -> RECIPE, or RECIPE@cal where the parent is itself calibrated)."""
+    """variant label -> its base's label, for a [recipe.X] variant (its `base`) and a mitigated recipe
+    (RECIPE+shift -> RECIPE); a calibrated label (NAME@scenario) pairs with its base calibrated on
+    the same scenario where there is one, else with the uncalibrated base."""
+    variants = {name: spec.get("base") for name, spec in
+                ((run.manifest.get("config") or {}).get("user_recipes") or {}).items()}
     found = {}
-    for name, spec in ((run.manifest.get("config") or {}).get("user_recipes") or {}).items():
-        if spec.get("base") in labels:
-            found[name] = spec["base"]
     for label in labels:
         recipe, _, calibration = label.partition("@")
         parent, mods = mitigations.parse(recipe)
-        if mods:
-            calibrated = f"{parent}@{calibration}"
-            found[label] = calibrated if calibrated in labels else parent
+        base = parent if mods else variants.get(recipe)
+        if base is None:
+            continue
+        calibrated = f"{base}@{calibration}"
+        found[label] = calibrated if calibration and calibrated in labels else base
     return found
 
 

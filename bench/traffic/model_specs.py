@@ -201,7 +201,8 @@ class WholeSpec:
         return path
 
     def describe(self) -> dict:
-        """What a run records: the table as written (paths relative), with the weights' and text's hashes."""
+        """What a run records: the table as written (paths relative, the weights' sha256 where pinned) and
+        the text's hash; each fp32 cell records the hash of the weights it loaded."""
         out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k not in ("name", "base")}
         for key in ("checkpoint", "gguf", "text"):
             if key in out and self.package is None:

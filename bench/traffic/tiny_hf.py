@@ -97,6 +97,10 @@ def build_causal(family: str, out: Path, text: str, seed: int = 0) -> torch.nn.M
     tokenizer = bpe_tokenizer(text)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(causal_config(family, tokenizer.get_vocab_size())).eval()
+    with torch.no_grad():  # biases and norm gains as trained ones are, not zeros and ones: a mapping that
+        for name, param in model.named_parameters():  # drops or misplaces one then shows
+            if param.dim() == 1:
+                param.copy_((1.0 if "weight" in name else 0.0) + 0.2 * torch.randn_like(param))
     model.save_pretrained(out)
     transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer._tokenizer).save_pretrained(out)
     return model

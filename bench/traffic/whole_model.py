@@ -13,12 +13,14 @@ import functools
 import hashlib
 import io
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ffnbench import files
 from ffnbench.bench.machine.fit import available_bytes
 from ffnbench.errors import UsageError
 from ffnbench.files import sha256_file
@@ -36,7 +38,6 @@ class WholeModel:
     model: RealLM
     tokenizer: object
     source: dict  # what a run records: kind, file name, sha256, family, parameters
-    chat_template: bool  # whether the tokenizer formats chat (domain-chat reads it)
 
     def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """(token ids, bytes each token adds): the UTF-8 bytes from the end of the previous token to
@@ -100,8 +101,13 @@ def hf_parameters(weights: list[Path], where: str) -> int:
 
     total = 0
     for file in weights:
-        if file.suffix != ".safetensors":
-            return sum(f.stat().st_size for f in weights) // 2  # pytorch_model.bin: assume 16-bit weights
+        if file.suffix != ".safetensors":  # pytorch_model*.bin: memory-mapped, counted, not read
+            try:
+                total += sum(t.numel() for t in torch.load(file, mmap=True, weights_only=True).values())
+            except (OSError, RuntimeError, pickle.UnpicklingError) as e:
+                raise UsageError(f"{where}: {file.name} does not load ({_first_line(e)}); re-save the model with "
+                                 "save_pretrained") from None
+            continue
         try:
             with safe_open(str(file), "pt") as f:
                 total += sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())  # noqa: SIM118 (safe_open is no dict)
@@ -179,7 +185,8 @@ def _load_hf_dir(path: Path, where: str, context: int, sha256: str | None) -> Wh
         raise UsageError(f"{where}: the weights in {path} do not load ({_first_line(e)}); re-save them with "
                          "save_pretrained") from None
     source = {"kind": "hf", "file": path.name, "sha256": digest, "family": config.model_type,
-              "parameters": parameters, "weights": [file.name for file in weights]}
+              "parameters": parameters, "weights": [file.name for file in weights],
+              "config_sha256": sha256_file(path / "config.json")}
     return _rebuilt(hf.eval(), tokenizer, context, source, where)
 
 
@@ -200,18 +207,22 @@ def _load_gguf(path: Path, where: str, context: int, sha256: str | None) -> Whol
     check_fits(parameters, where)
     tokenizer = _tokenizer(lambda: transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name),
                            where, path)
-    hf = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     try:
+        hf = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
         with contextlib.redirect_stderr(io.StringIO()):  # its own progress bar
             tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=hf)["tensors"]
+        missing = hf.load_state_dict({k: torch.as_tensor(np.asarray(v, np.float32)) for k, v in tensors.items()},
+                                     strict=False).missing_keys
     except NotImplementedError as e:
         raise UsageError(f"{where}: a tensor type of {path.name} cannot be dequantized by gguf ({_first_line(e)}); "
                          "convert the model to a type gguf reads (Q8_0, Q4_K, F16, ...)") from None
-    missing = hf.load_state_dict({k: torch.as_tensor(np.asarray(v, np.float32)) for k, v in tensors.items()},
-                                 strict=False).missing_keys
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise UsageError(f"{where}: the tensors of {path.name} do not fit its {config.model_type} architecture "
+                         f"({_first_line(e)}); give a complete, unmodified model file") from None
     hf.tie_weights()
-    if [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]:
-        raise UsageError(f"{where}: {path.name} lacks tensors its architecture needs ({missing[0]}); give a "
+    lacking = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
+    if lacking:
+        raise UsageError(f"{where}: {path.name} lacks tensors its architecture needs ({lacking[0]}); give a "
                          "complete model file")
     source = {"kind": "gguf", "file": path.name, "sha256": digest, "family": config.model_type,
               "architecture": arch, "parameters": parameters,
@@ -254,5 +265,23 @@ def _rebuilt(hf: torch.nn.Module, tokenizer, context: int, source: dict, where: 
     if not err <= PARITY_TOL * max(scale, 1.0):
         raise UsageError(f"{where}: rebuilt model differs from transformers' by {err:.3g} (largest logit "
                          f"{scale:.3g}); its {source['family']} variant is not one ffnbench rebuilds exactly")
-    model.source = source | {"rebuild_max_abs_err": err}
-    return WholeModel(model, tokenizer, model.source, bool(getattr(tokenizer, "chat_template", None)))
+    model.source = source | {"rebuild_max_abs_err": err,
+                             # What makes its export and token windows, beyond the weights: a cached
+                             # export is reused only when all of it is the same.
+                             "identity": files.digest({"sha256": source["sha256"], "context": context,
+                                                       "config": source.get("config_sha256"),
+                                                       "loaders": loader_versions()})}
+    return WholeModel(model, tokenizer, model.source)
+
+
+def loader_versions() -> dict[str, str | None]:
+    """The packages that read a whole model (GGUF dequantization, rotary frequencies, tokenization)."""
+    import importlib.metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {name: version(name) for name in ("transformers", "tokenizers", "gguf")}
