@@ -169,6 +169,7 @@ def run_lm(cells: list[Cell], config: RunConfig, store: RunStore, bar: Progress)
         subjects[design, model] = LMSubject(own, design, seed, store.out / "artifacts", kind, inject)
     jobs, seen = {}, set()
     for key, group in groups.items():
+        bar.phase(f"{key[1]} {key[0]}: what its artifacts are made from (exports, mitigated models)")
         # A dose cell at the matrix's injection point shares the matrix model's artifacts: built once,
         # by the earlier group, which has waited for them before the later one starts.
         jobs[key] = [(out, job) for out, job in prebuild.builds({key[0]: subjects[key]}, group) if out not in seen]

@@ -299,7 +299,7 @@ class LMSubject:
             self._mitigated[key] = [model, None]
         if export and self._mitigated[key][1] is None:
             model = self._mitigated[key][0]
-            out = self.artifacts / f"lm-export-{self.design}-{model.source['sha256'][-16:]}"
+            out = self.artifacts / f"lm-export-{self.design}-{model.source['sha256'].rpartition('+')[2]}"
             if _intact(out):  # a re-run does not re-export
                 self._mitigated[key][1] = ExportedModel(out / "model.onnx",
                                                         json.loads((out / "manifest.json").read_text()))
