@@ -10,6 +10,7 @@ from ffnbench.bench.cells import latency
 from ffnbench.bench.cells.lm_names import is_dose
 from ffnbench.bench.report import downstream as report_downstream
 from ffnbench.bench.report import downstream_verdict, plots, variants, whole_models
+from ffnbench.bench.report import mitigations as report_mitigations
 from ffnbench.bench.report import timing as report_latency
 from ffnbench.bench.report.formatting import number as _f
 from ffnbench.bench.store import label, load_run
@@ -271,6 +272,7 @@ def write(run_dir: Path) -> Path:
     if run.whole:
         lines += whole_models.section(run.whole, m.get("config", {}).get("healthy_delta_bpb", 0.1), run.dir, plot_dir)
     lines += variants.section(run)
+    lines += report_mitigations.section(run, m.get("config", {}).get("healthy_delta_bpb", 0.1))
     lines += ["## Caveats", "", *[f"- {c}" for c in caveats(run)], ""]
     lines += _machine(m)
     if run.not_ok:

@@ -1,0 +1,41 @@
+"""The report's "does B with a mitigation reach A?" table (bench/report/mitigations.py): A plain and A
+mitigated over B mitigated, paired over seeds and windows, broken scenarios marked."""
+
+import numpy as np
+import pytest
+
+from ffnbench.bench.report import mitigations
+
+
+def _cell(kl: float, seed: int, bpb_delta: float = 0.0) -> dict:
+    return {"seed": seed, "draws": 1, "windows": {"kl_to_fp32": list(np.full(6, kl))},
+            "reference": {"bits_per_byte": 1.8, "delta_bpb": bpb_delta, "order0_bits_per_byte": 4.7}}
+
+
+class _Run:
+    def __init__(self, drift_cost: float = 0.0):
+        self.manifest = {"config": {"user_recipes": {}}}
+        kl = {("A", "ort-int8-dynamic"): 0.1, ("B", "ort-int8-dynamic"): 1.0,
+              ("A", "ort-int8-dynamic+rotate@clean"): 0.15, ("B", "ort-int8-dynamic+rotate@clean"): 0.2}
+        self.lm_pairs = {"drift": {(d, r, "massive"): [_cell(v, s, drift_cost) for s in range(3)]
+                                   for (d, r), v in kl.items()}}
+        self.whole = {}
+
+
+def test_a_over_rotated_b_and_both_rotated_are_paired_ratios():
+    lines = mitigations.section(_Run(), threshold=0.1)
+    row = next(line for line in lines if "`ort-int8-dynamic+rotate@clean`" in line)
+    assert row == "| drift | massive | `ort-int8-dynamic+rotate@clean` | 0.50 [0.50, 0.50] | 0.75 [0.75, 0.75] |"
+
+
+def test_a_scenario_whose_fp32_models_the_drift_breaks_is_marked():
+    row = next(line for line in mitigations.section(_Run(drift_cost=0.5), threshold=0.1) if "rotate" in line)
+    assert row.startswith("| drift | massive (fp32 broken) |")
+    assert mitigations.section(type("Empty", (), {"lm_pairs": {}, "manifest": {}})(), 0.1) == []
+
+
+@pytest.mark.parametrize("missing", ["A", "B"])
+def test_no_row_without_both_designs_mitigated(missing):
+    run = _Run()
+    del run.lm_pairs["drift"][(missing, "ort-int8-dynamic+rotate@clean", "massive")]
+    assert mitigations.section(run, 0.1) == []
