@@ -16,7 +16,7 @@ from ffnbench.bench.report.downstream_verdict import interval
 from ffnbench.bench.report.formatting import number
 from ffnbench.bench.store import label
 from ffnbench.bench.traffic.scenarios import TEXT_DOMAINS
-from ffnbench.quant import FAMILY_OF
+from ffnbench.quant import FAMILY_OF, mitigations
 
 DRIFT_COLUMNS = ("positive_mean_fraction", "abs_mean_shift_std", "token_mean_energy", "domain_shift_std",
                  "massive_ratio", "rms_spread")
@@ -113,11 +113,18 @@ def _figures(cells: dict, scenarios: list[str], recipes: list[str], broken: dict
             m = cell["metrics"]
             where = f"{scenario} (fp32 broken)" if scenario in broken else scenario
             bpb = _windowed(cell, "bits_per_byte", fp32) if fp32 and fp32.get("windows") else "–"
-            lines.append(f"| {where} | {recipe} | {FAMILY_OF.get(recipe.split('@')[0], 'variant')} | "
+            lines.append(f"| {where} | {recipe} | {_family(recipe)} | "
                          f"{_windowed(cell, 'kl_to_fp32')} | {m['kld_p99']:.2e} | {m['kld_p999']:.2e} | "
                          f"{m['kld_max']:.2e} | {_windowed(cell, 'same_top1')} | {_windowed(cell, 'delta_p_mean')} | "
                          f"{m['delta_p_rms']:.4f} | {bpb} |")
     return [*lines, ""]
+
+
+def _family(label: str) -> str:
+    """A recipe's family, a mitigated one's with its mitigations (int8-dynamic+rotate); a [recipe]
+    variant's is "variant"."""
+    parent, mods = mitigations.parse(label.partition("@")[0])
+    return FAMILY_OF.get(parent, "variant") + "".join(f"+{m}" for m in mods)
 
 
 def _drift(fp32: dict, scenarios: list[str], model: str, run_dir: Path, plot_dir: Path) -> list[str]:
