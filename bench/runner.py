@@ -25,7 +25,6 @@ from ffnbench.bench.store import RunStore
 from ffnbench.bench.traffic import whole_model
 from ffnbench.errors import UsageError
 from ffnbench.export import NATIVE_OPSET, ExportedModel, export_onnx
-from ffnbench.models.real_lm import FAMILIES
 from ffnbench.quant import RECIPES, Calibration, Skipped, load_artifact, quantize
 from ffnbench.versions import stack_versions
 
@@ -76,7 +75,7 @@ def plan(config: RunConfig) -> list[Cell]:
                       for s in config.dose_scenarios]
     for name, recipe in itertools.product(config.whole_models, lm_recipes):
         spec = config.whole_spec(name)
-        design = FAMILIES[whole_model.family_of(spec.path, spec.where)]
+        design = whole_model.design_of(spec.path, spec.where)
         for cal in _calibrations(config, recipe) if design in config.designs else ():
             cells += [Cell(design, name, recipe, s, cal, kind="whole") for s in config.lm_scenarios]
     return cells
@@ -205,7 +204,7 @@ def _measure_beside_builds(cells: list[Cell], subjects: dict, pending: dict, con
 def _check_inputs(config: RunConfig) -> None:
     for name in config.whole_models:
         spec = config.whole_spec(name)
-        design = FAMILIES[whole_model.family_of(spec.path, spec.where)]
+        design = whole_model.design_of(spec.path, spec.where)
         if design not in config.designs:
             raise UsageError(f"whole_models: '{name}' is a design-{design} model and the run's designs are "
                              f"{', '.join(config.designs)}; add {design} to designs")

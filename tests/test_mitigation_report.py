@@ -39,3 +39,12 @@ def test_no_row_without_both_designs_mitigated(missing):
     run = _Run()
     del run.lm_pairs["drift"][(missing, "ort-int8-dynamic+rotate@clean", "massive")]
     assert mitigations.section(run, 0.1) == []
+
+
+def test_a_recipe_variant_is_not_taken_for_a_mitigation():
+    run = _Run()
+    run.manifest = {"config": {"user_recipes": {"int8-pc": {"base": "ort-int8-dynamic", "per_channel": False}}}}
+    for design, kl in (("A", 0.1), ("B", 0.2)):
+        run.lm_pairs["drift"][(design, "int8-pc", "massive")] = [_cell(kl, s) for s in range(3)]
+    rows = [line for line in mitigations.section(run, 0.1) if line.startswith("| drift")]
+    assert len(rows) == 1 and "`ort-int8-dynamic+rotate@clean`" in rows[0]

@@ -112,17 +112,18 @@ class LMSubject:
         self._health: dict[str, dict] = {}
         self._undrifted: dict[str, np.ndarray] = {}
         self._runnables: dict[tuple, tuple] = {}
-        self._mitigated: dict[tuple, list] = {}
-        self.mitigation_records: dict[tuple, dict] = {}
+        self._mitigated: dict[tuple, dict] = {}
 
     @functools.cached_property
     def export(self) -> ExportedModel:
-        """The whole model in ONNX, made when an ORT recipe first needs it. Exporting takes 6-8 s on 2
-        cores, so an export is also kept in the user's cache (by content: checkpoint, injection,
-        stack) and copied into the run from there, after its hash is checked."""
-        # A user's model carries an identity beyond its weights' hash (config, context, loaders).
-        identity = {"checkpoint": self.model.source.get("identity", self.model.source["sha256"]),
-                    "inject": self.inject,
+        """The whole model in ONNX, made when an ORT recipe first needs it."""
+        return self._exported(self.model)
+
+    def _exported(self, model) -> ExportedModel:
+        """`model` (the subject's, or a mitigated copy) in ONNX. Exporting takes 6-8 s on 2 cores (a
+        minute for SmolLM2), so an export is also kept in the user's cache (by content: the model's
+        identity, injection, stack, code) and copied into the run from there, after its hash is checked."""
+        identity = {"checkpoint": identity_of(model), "inject": self.inject,
                     "opset": NATIVE_OPSET, "versions": stack_versions(), "code": _export_code_digest()}
         name = f"lm-export-{self.design}-{files.digest(identity)}"
         out, cached = self.artifacts / name, files.cache_dir() / name
@@ -130,7 +131,7 @@ class LMSubject:
             _copy_whole(cached, out)
         if _intact(out):  # a re-run does not re-export
             return ExportedModel(out / "model.onnx", json.loads((out / "manifest.json").read_text()))
-        exported = export_lm(self.model, out, self.inject, self.model.source)
+        exported = export_lm(model, out, self.inject, model.source)
         with contextlib.suppress(OSError):  # a read-only cache costs time, not results
             _copy_whole(out, cached)
         return exported
@@ -266,7 +267,7 @@ class LMSubject:
         mods = config.mitigations_of(recipe)
         if mods:
             model, export = self.mitigated(mods, calibration, on_onnx)
-        identity = {"source": export.manifest["sha256"] if on_onnx else model.source["sha256"],
+        identity = {"source": export.manifest["sha256"] if on_onnx else identity_of(model),
                     "recipe": base, "params": params, "device": config.device,
                     "calibration": cal.describe() if cal else None}
         out = self.artifacts / f"lm-{recipe}-{self.design}-{files.digest(identity)}"
@@ -277,7 +278,7 @@ class LMSubject:
                   export: bool) -> tuple[torch.nn.Module, ExportedModel | None]:
         """The model with `mods` applied, set from the calibration scenario's data, and its export
         (where wanted); each made once a subject. Its equivalence to fp32 is measured on the first
-        calibration request and recorded (`self.mitigation_records`)."""
+        calibration request and recorded (`mitigation`)."""
         key = (mods, calibration)
         if key not in self._mitigated:
             feeds = self.calibration(calibration).requests
@@ -288,24 +289,22 @@ class LMSubject:
                     runner.run(f)
 
             model, record = mitigations.apply(self.model, mods, collect)
-            digest = files.digest({"source": self.model.source["sha256"], "record": record, "calibration": calibration})
-            model.source = {**self.model.source, "sha256": f"{self.model.source['sha256']}+{digest}",
-                            "mitigation": {**record, "calibration": calibration}}
             ours = LMTorch(model, self.inject, threads=self.config.threads).run(feeds[0])[0]
             theirs = self.reference_runnable.run(feeds[0])[0]
-            record["fp32_max_abs_err"] = float(np.max(np.abs(ours - theirs)))
-            record["fp32_max_abs_logit"] = float(np.max(np.abs(theirs)))
-            self.mitigation_records[key] = {**record, "calibration": calibration}
-            self._mitigated[key] = [model, None]
-        if export and self._mitigated[key][1] is None:
-            model = self._mitigated[key][0]
-            out = self.artifacts / f"lm-export-{self.design}-{model.source['sha256'].rpartition('+')[2]}"
-            if _intact(out):  # a re-run does not re-export
-                self._mitigated[key][1] = ExportedModel(out / "model.onnx",
-                                                        json.loads((out / "manifest.json").read_text()))
-            else:
-                self._mitigated[key][1] = export_lm(model, out, self.inject, model.source)
-        return tuple(self._mitigated[key])
+            record |= {"calibration": calibration, "fp32_max_abs_err": float(np.max(np.abs(ours - theirs))),
+                       "fp32_max_abs_logit": float(np.max(np.abs(theirs)))}
+            # The weights' hash stays the checkpoint's; what it is made from names the transform too.
+            model.source = {**self.model.source, "mitigation": record,
+                            "identity": files.digest({"model": identity_of(self.model), "mitigation": record})}
+            self._mitigated[key] = {"model": model, "export": None}
+        made = self._mitigated[key]
+        if export and made["export"] is None:
+            made["export"] = self._exported(made["model"])
+        return made["model"], made["export"]
+
+    def mitigation(self, mods: tuple[str, ...], calibration: str) -> dict:
+        """What `mitigated` did for (mods, calibration), per layer, and its measured fp32 equivalence."""
+        return self.mitigated(mods, calibration, export=False)[0].source["mitigation"]
 
     def runnable(self, recipe: str, calibration: str | None):
         key = (recipe, calibration)
@@ -332,6 +331,12 @@ def summary(checkpoint: dict, name: str) -> dict:
     bins = [round(float(losses[i:i + 10].mean()), 4) for i in range(0, len(losses), 10)]
     keep = ("sha256", "parameters", "steps", "held_out_bits_per_byte", "corpus", "config")
     return {"name": name, **{k: checkpoint.get(k) for k in keep}, "loss_curve": {"every": 10, "bits": bins}}
+
+
+def identity_of(model) -> str:
+    """What a model is made from: its checkpoint's hash, or the identity a user's model or a
+    mitigated copy carries beyond it (config, context, loaders; the transform)."""
+    return model.source.get("identity", model.source["sha256"])
 
 
 def _export_code_digest() -> str:
@@ -449,5 +454,5 @@ def measure_lm(subject: LMSubject, cell) -> dict:
 def mitigation_record(subject: LMSubject, cell) -> dict:
     """A mitigated cell's transform as it was set (per layer) and its measured fp32 equivalence."""
     mods = subject.config.mitigations_of(cell.recipe)
-    return {"mitigation": subject.mitigation_records[mods, cell.calibration]} if mods else {}
+    return {"mitigation": subject.mitigation(mods, cell.calibration)} if mods else {}
 

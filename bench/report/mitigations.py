@@ -8,6 +8,7 @@ import numpy as np
 
 from ffnbench.bench.report.downstream_verdict import health, interval
 from ffnbench.bench.report.variants import parents
+from ffnbench.quant import mitigations
 
 
 def _stack(cells: list[dict]) -> dict[int, list[float]]:
@@ -31,7 +32,7 @@ def section(run, threshold: float) -> list[str]:
     for kind, lm in run.lm_pairs.items():
         labels = {label for _, label, _ in lm}
         for variant, parent in sorted(parents(run, labels).items()):
-            if variant.partition("@")[0] == parent.partition("@")[0]:
+            if not mitigations.parse(variant.partition("@")[0])[1]:
                 continue  # a [recipe] variant, not a mitigation
             for scenario in dict.fromkeys(s for _, label, s in lm if label == variant):
                 mitigated = {d: lm.get((d, variant, scenario), []) for d in ("A", "B")}

@@ -90,9 +90,8 @@ def _windowed(cell: dict, metric: str, fp32: dict | None = None) -> str:
         values = values - np.asarray(fp32["windows"][metric], np.float64)
     draws = np.arange(len(values)) % cell.get("draws", 1)
     point, low, high = interval(values[None], np.zeros((1, len(values))), "difference", draws)
-    fmt = (lambda v: f"{v:.2e}") if metric == "kl_to_fp32" else (lambda v: f"{v:+.4f}" if fp32 or "delta" in metric
-                                                                  else f"{v:.4f}")
-    return f"{fmt(point)} [{fmt(low)}, {fmt(high)}]"
+    spec = ".2e" if metric == "kl_to_fp32" else "+.4f" if fp32 is not None or "delta" in metric else ".4f"
+    return f"{point:{spec}} [{low:{spec}}, {high:{spec}}]"
 
 
 def _figures(cells: dict, scenarios: list[str], recipes: list[str], broken: dict) -> list[str]:

@@ -80,8 +80,10 @@ def check_fits(parameters: int, where: str) -> None:
                          f"export in fp32, and {free / 1e9:.1f} GB is available; free memory or take a smaller model")
 
 
-def gguf_parameters(path: Path, where: str) -> tuple[str, int]:
-    """(architecture, parameter count) from a GGUF file's header, without reading its weights."""
+@functools.cache
+def gguf_header(path: Path, where: str) -> tuple[str, int, tuple[str, ...]]:
+    """(architecture, parameter count, tensor types) from a GGUF file's header, without reading its
+    weights; read once a process (a run plans by it, checks and loads by it)."""
     try:
         from gguf import GGUFReader
     except ImportError:
@@ -93,7 +95,8 @@ def gguf_parameters(path: Path, where: str) -> tuple[str, int]:
     except (OSError, ValueError, KeyError, IndexError) as e:
         raise UsageError(f"{where}: {path.name} is not a readable GGUF file ({_first_line(e)}); give a .gguf "
                          "model file") from None
-    return arch, int(sum(int(t.n_elements) for t in reader.tensors))
+    return (arch, int(sum(int(t.n_elements) for t in reader.tensors)),
+            tuple(sorted({t.tensor_type.name for t in reader.tensors})))
 
 
 def hf_parameters(weights: list[Path], where: str) -> int:
@@ -133,13 +136,18 @@ def family_of(path: Path, where: str) -> str:
             raise UsageError(f"{where}: {path} has no readable config.json with a model_type ({_first_line(e)}); "
                              "save the model with save_pretrained") from None
     elif path.suffix == ".gguf" and path.is_file():
-        arch, _ = gguf_parameters(path, where)
+        arch, _, _ = gguf_header(path, where)
         family = GGUF_FAMILIES.get(arch, arch)
     else:
         raise UsageError(f"{where}: no checkpoint directory or .gguf file at {path}; give one (relative to the "
                          "config's folder)")
     _check_family(family, where)
     return family
+
+
+def design_of(path: Path, where: str) -> str:
+    """The FFN design the model's family is (A for GPT-2, B for the Llama family)."""
+    return FAMILIES[family_of(path, where)]
 
 
 def load(path: Path, where: str, context: int, sha256: str | None = None) -> WholeModel:
@@ -196,7 +204,7 @@ def _load_gguf(path: Path, where: str, context: int, sha256: str | None) -> Whol
 
     digest = sha256_file(path)
     _check_sha(digest, sha256, where, path)
-    arch, parameters = gguf_parameters(path, where)
+    arch, parameters, types = gguf_header(path, where)
     try:
         meta = load_gguf_checkpoint(str(path), return_tensors=False)
         config = transformers.AutoConfig.for_model(**meta["config"])
@@ -226,14 +234,8 @@ def _load_gguf(path: Path, where: str, context: int, sha256: str | None) -> Whol
                          "complete model file")
     source = {"kind": "gguf", "file": path.name, "sha256": digest, "family": config.model_type,
               "architecture": arch, "parameters": parameters,
-              "tensor_types": sorted({t.tensor_type.name for t in _reader_tensors(path)})}
+              "tensor_types": list(types)}
     return _rebuilt(hf, tokenizer, context, source, where)
-
-
-def _reader_tensors(path: Path):
-    from gguf import GGUFReader
-
-    return GGUFReader(str(path)).tensors
 
 
 def _check_family(model_type: str, where: str) -> None:
