@@ -61,17 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--taps", action="store_true", help="also output norm_out, act_in, act_out")
 
     quantize = sub.add_parser("quantize", help="quantize an exported model with one recipe")
-    quantize.add_argument("--recipe", required=True, help="a recipe name, e.g. ort-int8-dynamic")
+    quantize.add_argument("--recipe", required=True,
+                          help="a recipe name, e.g. ort-int8-dynamic, with mitigations: ort-int8-dynamic+rotate")
     quantize.add_argument("--model", required=True, help="the fp32 model.onnx written by `ffnbench export`")
     quantize.add_argument("--out", required=True, help="directory for the artifact and its manifest.json")
     quantize.add_argument("--calibration", default="clean",
-                          help="scenario whose hidden states calibrate static (QDQ) recipes (default: clean)")
+                          help="scenario whose hidden states calibrate static (QDQ) recipes and set a mitigated "
+                               "recipe's transform (RECIPE+shift, ...) (default: clean)")
     quantize.add_argument("--calibration-requests", type=int, default=16, dest="calibration_requests")
     quantize.add_argument("--calibration-seq", type=int, default=64, dest="calibration_seq")
     quantize.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
                           help="where bitsandbytes and torch recipes place the module")
     quantize.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="params",
-                          help="override a recipe parameter, e.g. --set accuracy_level=0 (repeatable)")
+                          help="override a recipe parameter, e.g. --set accuracy_level=0, or a mitigation's: "
+                               "alpha, threshold, seed (repeatable)")
 
     run = sub.add_parser("run", help="run the benchmark matrix into a run directory")
     run.add_argument("--preset", help="quick (default), default or full")
@@ -201,13 +204,14 @@ def _pairs(pairs: list[str], flag: str, example: str) -> dict[str, str]:
 def cmd_quantize(args) -> int:
     from ffnbench.bench.traffic.scenarios import scenario
     from ffnbench.export import load_onnx
-    from ffnbench.quant import Calibration, Skipped, quantize, recipe_config
+    from ffnbench.quant import Calibration, Skipped, mitigations, quantize, recipe_config
 
     params = _pairs(args.params, "--set", "accuracy_level=0")
-    cfg = recipe_config(args.recipe, **params)  # unknown recipe or parameter: fail before any work
+    base, mods = mitigations.parse(args.recipe)  # unknown recipe or parameter: fail before any work
+    cfg = recipe_config(base, **{k: v for k, v in params.items() if not (mods and k in mitigations.SETTINGS)})
     model = load_onnx(args.model)
     calibration = None
-    if getattr(cfg, "needs_calibration", False):
+    if getattr(cfg, "needs_calibration", False) or mods:  # QDQ's ranges, a mitigation's statistics
         width = model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
         # Calibration never sees the seed-0 hidden states that runs evaluate on.
         data = scenario(args.calibration).calibration_data(args.calibration_requests, args.calibration_seq, width)

@@ -25,6 +25,11 @@ QUICK_LM_RECIPES = ("fp32", "ort-int8-dynamic", "bnb-nf4")
 # dose-response on seed 0 of the trained pair at 16 windows, fit no other way.
 DEFAULT_LM_RECIPES = ("fp32", *(members[0] for members in FAMILIES.values()))
 DEFAULT_LM_SCENARIOS = ("clean", "production", "massive", "domain-code")
+# Deployment-time mitigations of int8's activation quantization (quant/mitigations.py) on the
+# `default` sublayers, beside their parent; `full` adds the rest and runs them downstream too.
+DEFAULT_MITIGATED = ("ort-int8-dynamic+shift", "ort-int8-dynamic+smooth", "ort-int8-dynamic+rotate")
+FULL_MITIGATED = (*DEFAULT_MITIGATED, "ort-int8-dynamic+shift+smooth", "ort-int8-dynamic+keep",
+                  "ort-int8-qdq-minmax+shift", "bnb-int8+keep", "ort-int4-rtn+rotate")
 # Every level of the two strength axes (scenarios.SHIFTS, MAGNITUDES), `clean` their zero.
 DOSE_SCENARIOS = tuple(dict.fromkeys([*SHIFTS, *MAGNITUDES]))
 
@@ -111,21 +116,36 @@ class RunConfig:
     per_model: dict[str, dict] = field(default_factory=dict)
 
     def for_model(self, model: str) -> "RunConfig":
-        """The run's settings for one model: its per_model table applied. Its designs and scenarios
-        narrow the run's (so `--designs A` still holds); other keys replace the run's values."""
+        """The run's settings for one model: its per_model table applied. Its designs, recipes and
+        scenarios narrow the run's (so `--designs A` still holds); other keys replace the run's values."""
         overrides = copy.deepcopy(self.per_model.get(model) or {})
-        for axis in ("designs", "scenarios"):
+        for axis in ("designs", "recipes", "scenarios"):
             if axis in overrides:
                 overrides[axis] = [v for v in getattr(self, axis) if v in overrides[axis]]
         return dataclasses.replace(self, **overrides) if overrides else self
 
     def recipe_spec(self, name: str) -> tuple[str, dict]:
-        """(base recipe, parameters) for a recipe or a user variant of one, its mitigations aside."""
+        """(base recipe, parameters) for a recipe or a user variant of one, its mitigations and their
+        settings aside."""
         name, _ = mitigations.parse(name)
         if name in self.user_recipes:
             spec = dict(self.user_recipes[name])
-            return spec.pop("base"), spec
+            base, _ = mitigations.parse(spec.pop("base"))
+            return base, {k: v for k, v in spec.items() if k not in mitigations.SETTINGS}
         return name, {}
+
+    def mitigations_of(self, recipe: str) -> tuple[str, ...]:
+        """The mitigations a recipe applies: its name's (RECIPE+shift) and, for a variant, its base's."""
+        name, mods = mitigations.parse(recipe)
+        spec = self.user_recipes.get(name)
+        inherited = mitigations.parse(spec["base"])[1] if spec else ()
+        return tuple(m for m in mitigations.MITIGATIONS if m in {*mods, *inherited})
+
+    def mitigation_settings(self, recipe: str) -> mitigations.Settings:
+        """α, the spike threshold and the rotation seed: a variant's where it gives them, else the defaults."""
+        spec = self.user_recipes.get(mitigations.parse(recipe)[0]) or {}
+        return mitigations.settings({k: v for k, v in spec.items() if k in mitigations.SETTINGS},
+                                    self.mitigations_of(recipe), recipe)
 
     def latency_config(self) -> LatencyConfig:
         return LatencyConfig(warmup=self.warmup, min_iterations=self.min_iterations, min_seconds=self.min_seconds,
@@ -171,9 +191,12 @@ class RunConfig:
     def check(self) -> "RunConfig":
         known_scenarios = {**NAMED, **self.user_scenarios}
         for name, spec in self.user_recipes.items():
-            if spec.get("base") not in RECIPES:
-                raise UsageError(f"recipe {name}: base must be one of {', '.join(RECIPES)}, got {spec.get('base')!r}")
-            recipe_config(spec["base"], **{k: v for k, v in spec.items() if k != "base"})
+            if not isinstance(spec.get("base"), str) or mitigations.parse(spec["base"])[0] not in RECIPES:
+                raise UsageError(f"recipe {name}: base must be one of {', '.join(RECIPES)} (with mitigations, "
+                                 f"RECIPE+smooth, ...), got {spec.get('base')!r}")
+            base, params = self.recipe_spec(name)
+            recipe_config(base, **params)
+            self.mitigation_settings(name)
         known_recipes = {**RECIPES, **self.user_recipes}
         for model in self.models:
             if model in self.user_whole:
@@ -244,7 +267,7 @@ class RunConfig:
         except UsageError as e:
             raise UsageError(f"per_model.{model}: {e}") from None
         narrowed = self.for_model(model)
-        for axis in ("designs", "scenarios"):
+        for axis in ("designs", "recipes", "scenarios"):
             if axis in overrides and not getattr(narrowed, axis):
                 raise UsageError(f"per_model.{model}: its {axis} ({', '.join(overrides[axis])}) are none of the run's "
                                  f"({', '.join(getattr(self, axis))}); widen one or the other")
@@ -276,27 +299,17 @@ class RunConfig:
             self._check_dose(known_scenarios)
 
     def _check_mitigated(self, recipe: str) -> None:
-        """A mitigated recipe (RECIPE+shift, ...) runs on whole models, quantizing, after calibration."""
-        base_name, mods = mitigations.parse(recipe)
+        """A mitigated recipe (RECIPE+shift, ...) quantizes, after calibration."""
+        mods = self.mitigations_of(recipe)
         if not mods:
             return
-        if recipe not in self.lm_recipes:
-            raise UsageError(f"recipes: '{recipe}' is mitigated, and mitigations run on whole models only (so far); "
-                             f"add it to lm_recipes too")
-        base, _ = self.recipe_spec(base_name)
+        base, _ = self.recipe_spec(recipe)
         if base == "fp32":
             raise UsageError(f"recipes: '{recipe}' mitigates fp32, which quantizes nothing; mitigate a quantizing "
                              "recipe")
         if "keep" in mods and RECIPES[base].runtime == "torch":
             raise UsageError(f"recipes: '{recipe}': +keep leaves a quantized layer in fp32, and {base} quantizes "
                              "nothing to leave; drop +keep")
-
-    def mitigations_of(self, recipe: str) -> tuple[str, ...]:
-        return mitigations.parse(recipe)[1]
-
-    def sublayer_recipes(self) -> list[str]:
-        """The recipes sublayer cells run: mitigated ones run on whole models only (so far)."""
-        return [r for r in self.recipes if not self.mitigations_of(r)]
 
     def _check_models(self, prefix: str, kinds: list[str], seeds: list[int]) -> None:
         """Each kind of committed model known and holding every seed asked, for the run's designs."""
@@ -358,17 +371,21 @@ def _spec_config(spec: ModelSpec, residual: bool) -> FFNConfig:
 
 # The llama-7b FFN size in the full preset: every recipe timed for A and B, accuracy on a few requests
 # under production; a prefill of 1 x 128 and bounded rounds keep it within minutes on 2 cores.
-LLAMA_7B = {"designs": ["A", "B"], "scenarios": ["production"], "n_requests": 4, "seq_len": 32,
-            "calibration_requests": 4, "prefill": [1, 128], "warmup": 1, "max_seconds": 15.0,
+# A dense online rotation of its 11,008-wide down-projection input would hold a 485 MB matrix: the
+# mitigations stay on the smaller sizes.
+LLAMA_7B = {"designs": ["A", "B"], "recipes": list(RECIPES), "scenarios": ["production"], "n_requests": 4,
+            "seq_len": 32, "calibration_requests": 4, "prefill": [1, 128], "warmup": 1, "max_seconds": 15.0,
             "max_runnable_seconds": 1.5}
 
 PRESETS_RUN = {
     "quick": RunConfig(preset="quick", lm_recipes=list(QUICK_LM_RECIPES), lm_windows=8, lm_draws=2, lm_seeds=[0]),
-    "default": RunConfig(preset="default", models=["default"], recipes=list(RECIPES), scenarios=list(NAMED),
+    "default": RunConfig(preset="default", models=["default"], recipes=[*RECIPES, *DEFAULT_MITIGATED],
+                         scenarios=list(NAMED),
                          lm_recipes=list(DEFAULT_LM_RECIPES), lm_scenarios=list(DEFAULT_LM_SCENARIOS),
                          lm_models=["drift", "trained"], lm_windows=32, dose_scenarios=list(DOSE_SCENARIOS)),
     "full": RunConfig(preset="full", designs=list(DESIGNS), models=["small", "default", "llama-7b"],
-                      recipes=list(RECIPES), scenarios=list(NAMED), lm_recipes=list(RECIPES),
+                      recipes=[*RECIPES, *FULL_MITIGATED], scenarios=list(NAMED),
+                      lm_recipes=[*RECIPES, *FULL_MITIGATED], calibration=["clean", "production"],
                       lm_scenarios=[*NAMED, *TEXT_DOMAINS], lm_models=["drift", "trained"],
                       # the matrix holds every level at ffn-input already: the dose adds the residual stream
                       dose_scenarios=list(DOSE_SCENARIOS), dose_inject=["residual"], dose_seeds=[0, 1, 2],
@@ -388,8 +405,8 @@ SCALAR_KEYS = {"preset": str, "n_requests": int, "seq_len": int, "seed": int, "c
                "remeasure_processes": int}
 
 
-PER_MODEL_KEYS = ("designs", "scenarios", "n_requests", "seq_len", "calibration_requests", "decode", "prefill",
-                  "warmup", "min_iterations", "max_seconds", "max_runnable_seconds", "memory")
+PER_MODEL_KEYS = ("designs", "recipes", "scenarios", "n_requests", "seq_len", "calibration_requests", "decode",
+                  "prefill", "warmup", "min_iterations", "max_seconds", "max_runnable_seconds", "memory")
 
 
 def preset_config(name: str) -> RunConfig:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ffnbench import files
 from ffnbench.bench.cells import diagnosis, latency_cells, lm_cells, memory, metrics, prebuild, whole_cells
@@ -25,7 +26,8 @@ from ffnbench.bench.store import RunStore
 from ffnbench.bench.traffic import whole_model
 from ffnbench.errors import UsageError
 from ffnbench.export import NATIVE_OPSET, ExportedModel, export_onnx
-from ffnbench.quant import RECIPES, Calibration, Skipped, load_artifact, quantize
+from ffnbench.models import FFNBlock
+from ffnbench.quant import RECIPES, Calibration, Skipped, load_artifact, mitigations, quantize
 from ffnbench.versions import stack_versions
 
 
@@ -56,12 +58,12 @@ def plan(config: RunConfig) -> list[Cell]:
     cells = []
     for model in config.models:
         mc = config.for_model(model)
-        for design, recipe in itertools.product(mc.model_designs(model), mc.sublayer_recipes()):
+        for design, recipe in itertools.product(mc.model_designs(model), mc.recipes):
             for cal in _calibrations(mc, recipe):
                 cells += [Cell(design, model, recipe, s, cal) for s in mc.scenarios]
         if mc.latency:
             for shape, design, recipe in itertools.product(("decode", "prefill"), mc.model_designs(model),
-                                                           mc.sublayer_recipes()):
+                                                           mc.recipes):
                 cells += [Cell(design, model, recipe, shape, cal, kind="latency") for cal in _calibrations(mc, recipe)]
     lm_designs = [d for d in config.designs if d in LM_DESIGNS]
     lm_recipes = [r for r in config.recipes if r in config.lm_recipes]
@@ -227,21 +229,36 @@ class Subject:
     def __init__(self, config: RunConfig, design: str, model: str, artifacts: Path):
         self.config, self.artifacts = config, artifacts
         self.block = config.build_block(model, design).to(config.device)
-        self.export = self._export()
+        self.export = self._export(self.block)
         self.head = metrics.readout_head(self.block.cfg.d_model, seed=config.seed)
         self.reference_runnable = TorchRunnable(self.block, threads=config.threads, device=config.device)
         self._inputs: dict[str, np.ndarray] = {}
         self._references: dict[str, tuple] = {}
         self._runnables: dict[tuple, tuple] = {}
+        self._mitigated: dict[tuple, tuple[FFNBlock, ExportedModel]] = {}
 
-    def _export(self):
-        cfg = self.block.cfg
-        identity = {"config": cfg.to_dict(), "source": self.block.source, "opset": NATIVE_OPSET, "taps": True,
+    def _export(self, block: FFNBlock) -> ExportedModel:
+        """`block` (the subject's, or a mitigated copy: its source names the transform) in ONNX, with taps."""
+        cfg = block.cfg
+        identity = {"config": cfg.to_dict(), "source": block.source, "opset": NATIVE_OPSET, "taps": True,
                     "ffnbench": stack_versions()["ffnbench"]}
         out = self.artifacts / f"export-{cfg.design}-{files.digest(identity)}"
         if (out / "manifest.json").exists():  # cached by content: a re-run does not re-export
             return ExportedModel(out / "model.onnx", json.loads((out / "manifest.json").read_text()))
-        return export_onnx(self.block, out, taps=True)
+        return export_onnx(block, out, taps=True)
+
+    def mitigated(self, recipe: str, calibration: str) -> tuple[FFNBlock, ExportedModel]:
+        """The block with the recipe's mitigations applied, set from the calibration scenario's data,
+        and its export, made once a subject. Its equivalence to the fp32 block on the first calibration
+        request is recorded in its source (`mitigation`), which names its export and artifacts."""
+        mods, settings = self.config.mitigations_of(recipe), self.config.mitigation_settings(recipe)
+        key = (mods, settings, calibration)
+        if key not in self._mitigated:
+            cal = self.calibration(calibration)
+            data = torch.from_numpy(cal.data).to(self.config.device)
+            block = mitigations.mitigate_block(self.block, mods, data, settings, cal.describe())
+            self._mitigated[key] = (block, self._export(block))
+        return self._mitigated[key]
 
     def inputs(self, name: str) -> np.ndarray:
         if name not in self._inputs:
@@ -284,18 +301,23 @@ class Subject:
         if self.config.device == "cuda" and RECIPES[base].runtime == "ort" and not ort_has_cuda():
             raise Skipped("ONNX Runtime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
         cal = self.calibration(calibration) if calibration else None
-        identity = {"export": self.export.manifest["sha256"], "recipe": base, "params": params,
+        block, export = self.source(recipe, calibration)
+        identity = {"export": export.manifest["sha256"], "recipe": base, "params": params,
                     "device": self.config.device, "calibration": cal.describe() if cal else None}
         out = self.artifacts / f"{recipe}-{self.block.cfg.design}-{files.digest(identity)}"
-        source = self.export.path if RECIPES[base].runtime in ("ort", "fp32") else self.block
+        source = export.path if RECIPES[base].runtime in ("ort", "fp32") else block
         return out, {"source": source, "recipe": base, "calibration": cal, "device": self.config.device, **params}
+
+    def source(self, recipe: str, calibration: str | None) -> tuple[FFNBlock, ExportedModel]:
+        """What the recipe quantizes: the block, or its mitigated copy for a RECIPE+shift (...)."""
+        return self.mitigated(recipe, calibration) if self.config.mitigations_of(recipe) else (self.block, self.export)
 
     def runnable(self, recipe: str, calibration: str | None) -> tuple[Runnable, dict]:
         key = (recipe, calibration)
         if key not in self._runnables:
             out, job = self.artifact_job(recipe, calibration)
             if (out / "manifest.json").exists():
-                artifact = load_artifact(out, self.block, device=self.config.device)
+                artifact = load_artifact(out, self.source(recipe, calibration)[0], device=self.config.device)
             else:
                 source, base = job.pop("source"), job.pop("recipe")
                 artifact = quantize(source, base, out, **job)
@@ -339,6 +361,7 @@ def measure(subject: Subject, cell: Cell) -> dict:
         batches = subject.batches(cell.scenario)
         y, taps = evaluate(runnable, batches)
         values = metrics.output_metrics(ref, y, subject.head)
+        record["requests"] = metrics.per_request(ref, y)
         values["fp32_drift_db"] = subject.drift_db(cell.scenario) if cell.recipe == "fp32" else None
         values["u8s8_saturation_rate"] = None
         int8 = {"MatMulInteger", "DequantizeLinear"} & set(manifest.get("ops", {}))
@@ -354,6 +377,8 @@ def measure(subject: Subject, cell: Cell) -> dict:
             values |= metrics.tap_metrics(ref_taps, taps, subject.config.delta)
         record |= {"status": "ok", "metrics": finite(values), "runtime": runnable.describe(),
                    "artifact": artifact_summary(manifest)}
+        if subject.config.mitigations_of(cell.recipe):
+            record["mitigation"] = subject.source(cell.recipe, cell.calibration)[0].source["mitigation"]
     return record
 
 
@@ -418,6 +443,10 @@ def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks:
         except Exception as e:  # recorded like an accuracy cell's failure; the others are still timed
             record |= {"status": "error", "error": f"{type(e).__name__}: {e}"}
         records[cell.key] = record
+    for cell in cells:  # a mitigated recipe's time over its parent's, where both run
+        for parent in _parents(cell, cells):
+            if cell.key in entries and parent.key in entries:
+                entries[cell.key]["ratios"]["vs_parent"] = parent.key
     started = time.perf_counter()
     try:
         timings = latency_cells.time_group(entries, shape, config.latency_config(), peaks, config.threads)
@@ -436,6 +465,14 @@ def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks:
                                                        record["calibration"])), config)
         record.setdefault("seconds", 0.0)
     return list(records.values())
+
+
+def _parents(cell: Cell, cells: list[Cell]) -> list[Cell]:
+    """A mitigated cell's parent recipe among `cells` (the same design and shape; calibrated on the
+    same scenario where the parent is calibrated at all), whose time its own is a ratio of."""
+    parent, mods = mitigations.parse(cell.recipe)
+    return [c for c in cells if mods and c.recipe == parent and c.design == cell.design
+            and c.calibration in (cell.calibration, None)]
 
 
 def _add_memory(record: dict, measured: dict | None, config: RunConfig) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ffnbench import files
-from ffnbench.export.onnx_export import NATIVE_OPSET, PARITY_TOL, ExportedModel, torch_to_onnx
+from ffnbench.export.onnx_export import NATIVE_OPSET, PARITY_TOL, ROTATION, ExportedModel, namespace, torch_to_onnx
 from ffnbench.export.validate import check, op_histogram
 from ffnbench.models.lm import CausalLM, Drift
 from ffnbench.models.real_lm import RealLM
@@ -26,7 +26,6 @@ from ffnbench.versions import stack_versions
 INPUTS = ("tokens", "drift_gain", "drift_offset", "drift_scale")
 LOGITS = "logits"
 FFN_NAMESPACE = ".ffn.mlp."  # the FFN sublayers' Linear layers, in the exporter's module path
-ROTATION = "layers.Rotation"  # a mitigation's online rotation, by its class in the module path
 PARITY_SHAPES = ((2, 16), (1, 128))  # the second one the full context
 
 
@@ -96,9 +95,6 @@ def ffn_matmuls(model: onnx.ModelProto, kept: list[str] = ()) -> list[str]:
     """Names of the MatMul nodes inside FFN sublayers: the only ones an lm recipe quantizes. Not the
     online rotations of a mitigation (fp32 by design), nor the Linear layers at the module paths in
     `kept` (a mitigation keeps them fp32)."""
-    def namespace(node) -> str:
-        return next((p.value for p in node.metadata_props if p.key == "namespace"), "")
-
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and FFN_NAMESPACE in (ns := namespace(n))
             and ROTATION not in ns and not any(f"{path}:" in ns for path in kept)]
 

@@ -76,6 +76,17 @@ class Rotation(nn.Module):
         return x @ self.matrix.to(x.dtype)
 
 
+def _rotated(x, rotation: Rotation | None, taps: dict | None):
+    """x at the down-projection's input, rotated where a mitigation put a rotation there; then it is
+    tapped too (`down_in`): what the quantized MatMul reads is no longer a tap's product."""
+    if rotation is None:
+        return x
+    x = rotation(x)
+    if taps is not None:
+        taps["down_in"] = x
+    return x
+
+
 class GeluMLP(nn.Module):
     """Linear -> GELU -> Linear."""
 
@@ -95,7 +106,7 @@ class GeluMLP(nn.Module):
         g = F.gelu(a, approximate=self.approximate)
         if taps is not None:
             taps.update(act_in=a, act_out=g)
-        return self.fc2(g if self.down_rotation is None else self.down_rotation(g))
+        return self.fc2(_rotated(g, self.down_rotation, taps))
 
 
 class SwiGLUMLP(nn.Module):
@@ -114,8 +125,7 @@ class SwiGLUMLP(nn.Module):
         u = self.up(x)
         if taps is not None:
             taps.update(act_in=a, act_out=s, up=u)
-        p = s * u
-        return self.down(p if self.down_rotation is None else self.down_rotation(p))
+        return self.down(_rotated(s * u, self.down_rotation, taps))
 
 
 class FFNBlock(nn.Module):

@@ -22,7 +22,7 @@ from ffnbench.export.lm_export import export_lm
 from ffnbench.models import FFNBlock, FFNConfig, rebuild
 from ffnbench.models.lm import CausalLM
 from ffnbench.models.real_lm import RealLM
-from ffnbench.quant import bnb_recipes, ort_recipes
+from ffnbench.quant import bnb_recipes, mitigations, ort_recipes
 from ffnbench.quant.calibration import Calibration, Reader
 from ffnbench.quant.recipes import (
     Bnb4bit,
@@ -36,6 +36,8 @@ from ffnbench.quant.recipes import (
     recipe_config,
 )
 from ffnbench.versions import stack_versions
+
+MITIGATED_SOURCE = "source.pt"  # beside a mitigated block's module artifact: its fp32 transformed block
 
 
 class Skipped(Exception):
@@ -66,9 +68,13 @@ def quantize(source: FFNBlock | CausalLM | Path, recipe: str, out_dir: Path, cal
     and save its state as out_dir/model.pt. Either way out_dir/manifest.json records the recipe's
     parameters, the artifact's size and hash, and the calibration data's scenario and hash. A whole
     language model (a CausalLM, or its export from `export.lm_export`) gets the recipe on its FFN
-    sublayers only; attention and the head stay fp32.
+    sublayers only; attention and the head stay fp32. A mitigated recipe (RECIPE+shift, ...) on a
+    block transforms it first, set on `calibration` (params may give alpha, threshold and seed).
     """
-    cfg = recipe_config(recipe, **params)
+    base, mods = mitigations.parse(recipe)
+    if mods:
+        source, params = _mitigated(source, recipe, calibration, params)
+    cfg = recipe_config(base, **params)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out: {out_dir} is an existing file; give a directory path")
@@ -98,20 +104,58 @@ def quantize(source: FFNBlock | CausalLM | Path, recipe: str, out_dir: Path, cal
     return artifact
 
 
+def _mitigated(source, recipe: str, calibration: Calibration | None, params: dict) -> tuple[FFNBlock, dict]:
+    """The block `source` is, with the recipe's mitigations applied, and the recipe's own parameters
+    (the mitigations' settings taken out)."""
+    if isinstance(source, CausalLM | RealLM) or (not isinstance(source, torch.nn.Module) and _is_lm_export(source)):
+        raise UsageError(f"recipe {recipe}: a whole language model is mitigated in `ffnbench run` (lm_recipes), "
+                         "where its calibration text is; quantize a sublayer export here")
+    if calibration is None:
+        raise UsageError(f"calibration: {recipe} sets its mitigations from calibration data; pass --calibration "
+                         "SCENARIO")
+    block = _source_block(source)
+    calibration.check(block.cfg.d_model)
+    _, mods = mitigations.parse(recipe)
+    given = {k: _number(recipe, k, params.pop(k)) for k in list(params) if k in mitigations.SETTINGS}
+    settings = mitigations.settings(given, mods, recipe)
+    data = torch.from_numpy(calibration.data).to(next(block.parameters()).device)
+    return mitigations.mitigate_block(block, mods, data, settings, calibration.describe()), params
+
+
+def _is_lm_export(path) -> bool:
+    manifest = Path(path).parent / "manifest.json"
+    return manifest.is_file() and json.loads(manifest.read_text()).get("kind") == "ffnbench.lm-export"
+
+
+def _number(recipe: str, key: str, value) -> float | int:
+    """A mitigation setting as given in Python, or from a CLI's --set key=value (a string)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return int(value) if key == "seed" else float(value)
+    except ValueError:
+        raise UsageError(f"recipe {recipe}: {key} must be a number, got {value!r}") from None
+
+
 def load_artifact(out_dir: Path, block: FFNBlock | CausalLM | RealLM | None = None, device: str = "cpu",
                   files_dir: str | Path | None = None) -> Artifact:
     """An artifact `quantize` wrote earlier. ORT artifacts are files; a module artifact is rebuilt
-    in memory from `block` (or its export's source, a checkpoint file found from `files_dir`), since
-    bitsandbytes layers quantize on creation."""
+    in memory from `block` (or the mitigated block saved beside it, or its export's source, a
+    checkpoint file found from `files_dir`), since bitsandbytes layers quantize on creation."""
     out_dir = Path(out_dir)
     manifest = json.loads((out_dir / "manifest.json").read_text())
     module = None
     if manifest["runtime"] in ("bnb", "torch"):
+        base, _ = mitigations.parse(manifest["recipe"])  # a mitigated block is saved beside, transformed
         params = {k: v for k, v in manifest["params"].items()
-                  if k in {f.name for f in dataclasses.fields(recipe_config(manifest["recipe"]))}}
-        cfg = recipe_config(manifest["recipe"], **params)
-        source = block if block is not None else rebuild(FFNConfig.from_dict(manifest["config"]), manifest["source"],
-                                                         files_dir)
+                  if k in {f.name for f in dataclasses.fields(recipe_config(base))}}
+        cfg = recipe_config(base, **params)
+        if block is not None:
+            source = block
+        elif (out_dir / MITIGATED_SOURCE).is_file():
+            source = torch.load(out_dir / MITIGATED_SOURCE, weights_only=False)
+        else:
+            source = rebuild(FFNConfig.from_dict(manifest["config"]), manifest["source"], files_dir)
         module = _module_recipe(source, cfg, device)
     elif manifest["recipe"] == "fp32":
         module = block
@@ -178,14 +222,15 @@ def _ort(source, cfg, stage: Path, calibration: Calibration | None, device: str)
 def _ort_from_file(src: Path, src_manifest: dict, cfg, stage: Path, calibration: Calibration | None) -> Artifact:
     dst = stage / "model.onnx"
     extra = {}
-    # A whole language model quantizes its FFN sublayers only; attention and the head stay fp32.
+    # A whole language model quantizes its FFN sublayers only (attention and the head stay fp32), a
+    # mitigated one without the online rotations and the layers it keeps fp32.
     nodes = src_manifest.get("ffn_matmuls")
     if isinstance(cfg, OrtDynamicInt8):
         ort_recipes.dynamic_int8(src, dst, cfg, nodes)
     elif isinstance(cfg, OrtStaticQdq):
         if calibration is None:
             raise UsageError(f"calibration: {cfg.method} QDQ needs calibration data; pass --calibration SCENARIO")
-        if nodes and isinstance(calibration, Calibration):
+        if src_manifest.get("kind") == "ffnbench.lm-export" and isinstance(calibration, Calibration):
             raise UsageError(f"calibration: {src.resolve()} is a whole language model, which calibrates on text; "
                              "run its QDQ recipes in `ffnbench run` (lm_recipes), not `ffnbench quantize`")
         input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
@@ -209,7 +254,8 @@ def _bnb(source, cfg, stage: Path, calibration, device: str) -> Artifact:
         module = _module_recipe(_source_block(source), cfg, device)
     except bnb_recipes.BackendMissing as e:
         raise Skipped(str(e)) from e
-    return _save_module(module, "bnb", stage, {"extra_params": bnb_recipes.recorded_params(cfg, module, device)})
+    return _save_module(module, "bnb", stage, {"extra_params": bnb_recipes.recorded_params(cfg, module, device)},
+                        source)
 
 
 def half_block(block: FFNBlock, cfg: TorchHalf, device: str) -> FFNBlock:
@@ -219,7 +265,7 @@ def half_block(block: FFNBlock, cfg: TorchHalf, device: str) -> FFNBlock:
 
 
 def _torch_half(source, cfg: TorchHalf, stage: Path, calibration, device: str) -> Artifact:
-    return _save_module(_module_recipe(_source_block(source), cfg, device), "torch", stage, {})
+    return _save_module(_module_recipe(_source_block(source), cfg, device), "torch", stage, {}, source)
 
 
 def _module_recipe(source: FFNBlock | CausalLM | RealLM, cfg: BnbInt8 | Bnb4bit | TorchHalf, device: str):
@@ -248,8 +294,13 @@ def _fp32(source, cfg: Fp32, stage: Path, calibration, device: str) -> Artifact:
     return Artifact("", "ort", dst, manifest, module=source if isinstance(source, torch.nn.Module) else None)
 
 
-def _save_module(block: FFNBlock | CausalLM | RealLM, runtime: str, stage: Path, manifest: dict) -> Artifact:
+def _save_module(block: FFNBlock | CausalLM | RealLM, runtime: str, stage: Path, manifest: dict,
+                 source: FFNBlock | CausalLM | RealLM) -> Artifact:
     path = stage / "model.pt"
+    if isinstance(source, FFNBlock) and source.source.get("mitigation"):
+        # A mitigated block cannot be rebuilt from its seed alone (its transform was set on calibration
+        # data): its fp32 module goes beside, for a process that rebuilds the artifact (memory, remeasure).
+        torch.save(source, stage / MITIGATED_SOURCE)
     state = block.state_dict()
     if isinstance(block, RealLM):  # what the recipe changed: its FFNs (the rest is the user's file, 0.5 GB+)
         state = {k: v for k, v in state.items() if ".ffn." in k}

@@ -39,6 +39,30 @@ class Settings:
     seed: int = 0  # the random orthogonal matrices where a width is no power of two
 
 
+# Each setting, the mitigation it sets: a [recipe.NAME] variant of a mitigated recipe may give it,
+# `[recipe.smooth75] base = "ort-int8-dynamic+smooth"`, `alpha = 0.75`.
+SETTINGS = {"alpha": "smooth", "threshold": "keep", "seed": "rotate"}
+
+
+def settings(values: dict, mods: tuple[str, ...], recipe: str) -> Settings:
+    """The Settings a recipe's variant gives, checked against its mitigations, or a UsageError."""
+    for key, value in values.items():
+        if SETTINGS[key] not in mods:
+            raise UsageError(f"recipe {recipe}: {key} sets +{SETTINGS[key]}, which it does not apply; add "
+                             f"+{SETTINGS[key]} or drop {key}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UsageError(f"recipe {recipe}: {key} must be a number, got {value!r}")
+    out = Settings(**values)
+    if not 0 <= out.alpha <= 1:
+        raise UsageError(f"recipe {recipe}: alpha must be within [0, 1], got {out.alpha}")
+    if not out.threshold > 1:
+        raise UsageError(f"recipe {recipe}: threshold is a spike ratio (worst token / median) and must be > 1, "
+                         f"got {out.threshold}")
+    if not isinstance(out.seed, int) or out.seed < 0:
+        raise UsageError(f"recipe {recipe}: seed must be a non-negative integer, got {out.seed!r}")
+    return out
+
+
 def parse(name: str) -> tuple[str, tuple[str, ...]]:
     """("base recipe", mitigations in application order) of `RECIPE+m1+m2`, or a UsageError."""
     base, *mods = name.split("+")
@@ -149,6 +173,7 @@ def transform(blocks: list[FFNBlock], stats: Statistics, mods: tuple[str, ...], 
                     linear.weight.copy_(linear.weight @ r)
                 block.mlp.down_rotation = Rotation(r2)
                 block.mlp.down.weight.copy_(block.mlp.down.weight @ r2)
+                block.tap_names = (*block.tap_names, "down_in")
                 record["rotation"] = {"input": kind, "down": kind2}
             if "keep" in mods:
                 ratio = stats.spike_ratio(i)
@@ -173,3 +198,22 @@ def apply(model: nn.Module, mods: tuple[str, ...], collect, settings: Settings =
     transformed = copy.deepcopy(model)
     layers = transform(blocks_of(transformed), stats, mods, settings)
     return transformed.eval(), {"mitigations": list(mods), **asdict(settings), "layers": layers}
+
+
+def mitigate_block(block: FFNBlock, mods: tuple[str, ...], data: torch.Tensor, settings: Settings,
+                   calibration: dict) -> FFNBlock:
+    """A copy of `block` with `mods` applied, set on `data` (requests, seq, d_model: one request a
+    call); its source names the transform (`calibration` says what the data was) and records its
+    equivalence to `block` on the first request."""
+    def collect(model: FFNBlock) -> None:
+        with torch.no_grad():
+            for request in data:
+                model(request[None])
+
+    transformed, record = apply(block, mods, collect, settings)
+    with torch.no_grad():
+        ours, theirs = transformed(data[:1]), block(data[:1])
+    record |= {"calibration": calibration, "fp32_max_abs_err": float((ours - theirs).abs().max()),
+               "fp32_max_abs_output": float(theirs.abs().max())}
+    transformed.source = {**block.source, "mitigation": record}
+    return transformed

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ffnbench.bench.config import TEXT_DOMAINS, Replay, load_toml, preset_config
+from ffnbench.bench.config import DEFAULT_MITIGATED, FULL_MITIGATED, TEXT_DOMAINS, Replay, load_toml, preset_config
 from ffnbench.bench.traffic.scenarios import NAMED, Scenario
 from ffnbench.errors import UsageError
 from ffnbench.quant import FAMILIES, FAMILY_OF, RECIPES
@@ -40,7 +40,8 @@ def test_presets():
     quick = preset_config("quick")
     assert quick.designs == ["A", "B"]
     default = preset_config("default")
-    assert default.recipes == list(RECIPES) and default.models == ["default"] and "shift-8" in default.scenarios
+    assert default.recipes == [*RECIPES, *DEFAULT_MITIGATED] and default.models == ["default"]
+    assert "shift-8" in default.scenarios and all(default.mitigations_of(r) for r in DEFAULT_MITIGATED)
     assert set(preset_config("full").designs) == {"A", "B", "ln-swiglu", "rms-gelu"}
     assert set(quick.lm_recipes) <= set(quick.recipes)
     # default: one recipe of each family, every seed; full: every recipe; quick: one seed, for gates
@@ -52,7 +53,8 @@ def test_presets():
     assert default.lm_models == ["drift", "trained"] and set(default.dose_inject) == {"ffn-input", "residual"}
     assert set(default.dose_scenarios) == {"clean", "shift-0.5", "shift-1", "shift-2", "shift-4", "shift-8",
                                            "magnitude-1", "magnitude-2"}
-    assert preset_config("full").lm_recipes == list(RECIPES) and "shift-8" in preset_config("full").lm_scenarios
+    full = preset_config("full")
+    assert full.lm_recipes == full.recipes == [*RECIPES, *FULL_MITIGATED] and "shift-8" in full.lm_scenarios
     assert quick.lm_seeds == [0]
     with pytest.raises(UsageError, match="--preset: unknown 'huge'"):
         preset_config("huge")
@@ -97,7 +99,7 @@ def test_toml_overrides_and_defines_scenarios(tmp_path):
     ("[scenario.x]\nmean_shift = \"big\"\n", "[scenario.x] 'mean_shift' must be float, got str"),
     ("designs = [\n", "is not valid TOML"),
     ("[per_model.small]\nprefill = [1]\n", "[per_model.small] 'prefill' must be [batch, seq]"),
-    ("[per_model.small]\nrecipes = [\"fp32\"]\n", "[per_model.small] unknown key 'recipes'"),
+    ("[per_model.small]\nlm_recipes = [\"fp32\"]\n", "[per_model.small] unknown key 'lm_recipes'"),
 ])
 def test_toml_errors_name_the_key(tmp_path, text, needle):
     (tmp_path / "run.toml").write_text(text)

@@ -161,8 +161,22 @@ def test_quantize_a_bnb_recipe_rebuilds_the_module_from_the_export(cli, exported
     assert manifest["runtime"] == "bnb" and (tmp_path / "q" / "model.pt").stat().st_size == manifest["bytes"]
 
 
+def test_quantize_a_mitigated_recipe_transforms_the_block_on_the_calibration_scenario(cli, exported_b, tmp_path):
+    r = cli("quantize", "--recipe", "ort-int8-dynamic+shift+smooth", "--calibration", "massive", "--set", "alpha=0.8",
+            "--model", exported_b, "--out", tmp_path / "q")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    mitigation = manifest["source"]["mitigation"]
+    assert manifest["recipe"] == "ort-int8-dynamic+shift+smooth" and mitigation["mitigations"] == ["shift", "smooth"]
+    assert mitigation["alpha"] == 0.8 and mitigation["calibration"]["scenario"] == "massive"
+    assert mitigation["fp32_max_abs_err"] <= 1e-4 * max(1.0, mitigation["fp32_max_abs_output"])
+
+
 @pytest.mark.parametrize(("args", "needle"), [
     (["--recipe", "int3"], "recipe: unknown 'int3'; choose one of"),
+    (["--recipe", "ort-int8-dynamic+spin"], "unknown mitigation '+spin'"),
+    (["--recipe", "ort-int8-dynamic+rotate", "--set", "alpha=0.5"], "alpha sets +smooth"),
+    (["--recipe", "ort-int8-dynamic+smooth", "--set", "alpha=much"], "alpha must be a number"),
     (["--recipe", "ort-int4-rtn", "--set", "accuracy_level=9"], "accuracy_level must be one of"),
     (["--recipe", "ort-int4-rtn", "--set", "accuracy_level"], "--set: expected KEY=VALUE"),
     (["--recipe", "ort-int8-qdq-minmax", "--calibration", "tuesday"], "scenario: unknown 'tuesday'"),

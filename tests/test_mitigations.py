@@ -133,14 +133,106 @@ def test_mitigated_recipes_are_checked_in_the_run_config(tmp_path):
         load_toml(path).check()
 
     config('["fp32", "bnb-int8+keep"]', '["fp32", "bnb-int8+keep"]')
-    with pytest.raises(UsageError, match="mitigations run on whole models only"):
-        config('["fp32", "bnb-int8+keep"]', '["fp32"]')
+    config('["fp32", "bnb-int8+keep"]', '["fp32"]')  # on sublayers alone
     with pytest.raises(UsageError, match="mitigates fp32"):
         config('["fp32+shift"]', '["fp32+shift"]')
     with pytest.raises(UsageError, match=r"\+keep leaves a quantized layer in fp32"):
         config('["torch-fp16+keep"]', '["torch-fp16+keep"]')
     with pytest.raises(UsageError, match=r"unknown mitigation '\+spin'"):
         config('["bnb-int8+spin"]', '["bnb-int8+spin"]')
+
+
+@pytest.mark.parametrize("design", ["A", "B"])
+def test_a_transformed_sublayer_export_runs_in_onnx_runtime_as_the_original(design, tmp_path):
+    """ONNX Runtime runs the mitigated export as torch runs the original block; the export lists the
+    MatMuls a recipe may quantize (not the rotations, not a kept layer), ONNX Runtime quantizes those
+    alone, and the rotated down-projection input is tapped, so U8S8 saturation reads what the int8
+    MatMul reads."""
+    import onnxruntime as ort
+
+    from ffnbench.bench.machine import u8s8
+    from ffnbench.export import export_onnx
+    from ffnbench.quant import quantize
+
+    block = build_model(FFNConfig(design=design, d_model=64, d_ff=256, residual=False))
+    calibration, evaluation = _shifted(4, 64, seed=1), _shifted(2, 64, seed=2)
+    transformed, _ = mitigations.apply(block, ("shift", "smooth", "rotate", "keep"), lambda m: m(calibration),
+                                       mitigations.Settings(threshold=0.0))
+    exported = export_onnx(transformed, tmp_path / "export", taps=True)
+    session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"hidden": evaluation.numpy()}),
+                       strict=True))
+    with torch.no_grad():
+        assert np.allclose(outputs["output"], block(evaluation).numpy(), atol=1e-4)
+    first_layers = 2 if design == "B" else 1
+    assert len(exported.manifest["ffn_matmuls"]) == first_layers  # the kept down-projection left out
+    artifact = quantize(exported.path, "ort-int8-dynamic", tmp_path / "int8")
+    assert artifact.manifest["quantized_nodes"] == exported.manifest["ffn_matmuls"]
+    assert "down_in" in outputs
+
+    transformed.mlp.down.keep_fp32 = False  # now the rotated down-projection is quantized too
+    exported = export_onnx(transformed, tmp_path / "export-down", taps=True)
+    artifact = quantize(exported.path, "ort-int8-dynamic", tmp_path / "int8-down")
+    assert len(artifact.manifest["quantized_nodes"]) == first_layers + 1
+    session = ort.InferenceSession(str(artifact.path), providers=["CPUExecutionProvider"])
+    taps = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"hidden": evaluation.numpy()}),
+                    strict=True))
+    assert 0 <= u8s8.saturation_rate(artifact.path, [taps]) <= 1
+
+
+def test_a_mitigated_module_artifact_is_rebuilt_with_its_transform(tmp_path):
+    """A process that rebuilds a bitsandbytes artifact from its directory alone (the memory probe,
+    remeasure workers) gets the mitigated block saved beside it, not the seed's."""
+    from ffnbench.quant import load_artifact, quantize
+
+    block = build_model(FFNConfig(design="B", d_model=64, d_ff=256, residual=False))
+    data = _shifted(2, 64)
+    transformed, record = mitigations.apply(block, ("keep",), lambda m: m(data), mitigations.Settings(threshold=0.0))
+    transformed.source = {**block.source, "mitigation": record}
+    quantize(transformed, "bnb-int8", tmp_path / "bnb")
+    rebuilt = load_artifact(tmp_path / "bnb").module
+    assert type(rebuilt.mlp.down) is torch.nn.Linear and type(rebuilt.mlp.gate) is not torch.nn.Linear
+    quantize(block, "bnb-int8", tmp_path / "plain")
+    assert type(load_artifact(tmp_path / "plain").module.mlp.down) is not torch.nn.Linear
+
+
+def test_a_run_measures_mitigated_recipes_on_sublayers_beside_their_parents(tmp_path):
+    """Every scenario, each mitigated recipe calibrated, its fp32 equivalence recorded, its time a
+    ratio of its parent's from the same timing loop, its memory measured from its own artifact, the
+    report's sublayer section setting it against its parent, and the gate taking it like any recipe."""
+    import json
+
+    from ffnbench.bench import runner
+    from ffnbench.bench.config import RunConfig
+    from ffnbench.bench.gate.checks import checks
+    from ffnbench.bench.gate.gate import gate, write_baseline
+    from ffnbench.bench.report.report import write
+
+    recipes = ["fp32", "ort-int8-dynamic", "ort-int8-dynamic+rotate", "bnb-int8", "bnb-int8+keep"]
+    config = RunConfig(models=["tiny"], recipes=recipes, scenarios=["clean", "massive"], lm_recipes=[],
+                       calibration=["massive"], calibration_requests=4, n_requests=4, min_iterations=3,
+                       min_seconds=0.05, max_seconds=0.3, warmup=1, diagnose=False)
+    runner.run(config, tmp_path / "run", progress=False)
+    cells = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert all(c["status"] == "ok" for c in cells), [c.get("error") for c in cells if c["status"] != "ok"]
+    rotated = [c for c in cells if c["recipe"] == "ort-int8-dynamic+rotate"]
+    assert {(c["kind"], c["scenario"] or c["shape"]["name"]) for c in rotated} == \
+        {("accuracy", "clean"), ("accuracy", "massive"), ("latency", "decode"), ("latency", "prefill")}
+    for cell in (c for c in rotated if c["kind"] == "accuracy"):
+        assert cell["calibration"] == "massive" and cell["mitigation"]["mitigations"] == ["rotate"]
+        assert cell["mitigation"]["fp32_max_abs_err"] <= 1e-4 * cell["mitigation"]["fp32_max_abs_output"]
+        assert len(cell["requests"]["centered_noise"]) == 4
+    for cell in (c for c in cells if c["kind"] == "latency" and "+" in c["recipe"]):
+        assert cell["metrics"]["vs_parent"]["ratio"] > 0 and cell["metrics"]["resident_mb"] is not None
+    text = write(tmp_path / "run").read_text()
+    assert "## Mitigations on sublayers" in text and "| `ort-int8-dynamic+rotate@massive` | massive |" in text
+    baseline = write_baseline(tmp_path / "run", tmp_path / "baseline.json")
+    better = next(k for k, c in baseline["cells"].items()
+                  if (c["recipe"], c["scenario"]) == ("ort-int8-dynamic+rotate", "massive"))
+    baseline["cells"][better]["metrics"]["centered_sqnr_db"] += 3.0
+    (tmp_path / "better.json").write_text(json.dumps(baseline))
+    caught = gate(tmp_path / "better.json", tmp_path / "run", checks(), only="accuracy")
+    assert [(f.cell, f.metric) for f in caught.failures] == [(better, "centered_sqnr_db")], caught.failures
 
 
 def test_a_run_measures_mitigated_recipes_on_the_trained_pair_beside_their_parents(tmp_path):
@@ -169,3 +261,29 @@ def test_a_run_measures_mitigated_recipes_on_the_trained_pair_beside_their_paren
     assert "kept_fp32" in cells["bnb-int8+keep"]["mitigation"]["layers"][0]
     text = write(tmp_path / "run").read_text()
     assert "| trained pair | B | clean | `ort-int8-dynamic+rotate@clean` / `ort-int8-dynamic` |" in text
+
+
+def test_a_variant_of_a_mitigated_recipe_sets_its_mitigations_parameters(tmp_path):
+    """alpha, threshold and the rotation seed come from a [recipe] variant of a mitigated recipe, are
+    checked against the mitigations it applies, and reach the transform (recorded in its cells)."""
+    from ffnbench.bench import runner
+    from ffnbench.bench.config import RunConfig
+
+    def config(**spec) -> RunConfig:
+        return RunConfig(models=["tiny"], recipes=["fp32", "mine"], scenarios=["clean"], lm_recipes=[],
+                         latency=False, user_recipes={"mine": spec}).check()
+
+    chosen = config(base="ort-int8-dynamic+smooth", alpha=0.9)
+    assert chosen.recipe_spec("mine") == ("ort-int8-dynamic", {}) and chosen.mitigations_of("mine+rotate") == \
+        ("smooth", "rotate")
+    assert chosen.mitigation_settings("mine") == mitigations.Settings(alpha=0.9)
+    subject = runner.Subject(chosen, "B", "tiny", tmp_path)
+    assert subject.mitigated("mine", "clean")[0].source["mitigation"]["alpha"] == 0.9
+    for spec, message in (({"base": "ort-int8-dynamic+rotate", "alpha": 0.9}, "alpha sets \\+smooth"),
+                          ({"base": "ort-int8-dynamic+smooth", "alpha": 1.5}, "within \\[0, 1\\]"),
+                          ({"base": "bnb-int8+keep", "threshold": 0.5}, "must be > 1"),
+                          ({"base": "bnb-int8+keep", "threshold": "8"}, "must be a number"),
+                          ({"base": "ort-int8-dynamic+rotate", "seed": 1.5}, "non-negative integer"),
+                          ({"base": "ort-int8-dynamic+spin"}, "unknown mitigation")):
+        with pytest.raises(UsageError, match=message):
+            config(**spec)

@@ -264,9 +264,8 @@ class LMSubject:
         cal = self.calibration(calibration) if calibration else None
         on_onnx = RECIPES[base].runtime in ("ort", "fp32")  # module recipes need no export
         model, export = self.model, (self.export if on_onnx else None)
-        mods = config.mitigations_of(recipe)
-        if mods:
-            model, export = self.mitigated(mods, calibration, on_onnx)
+        if config.mitigations_of(recipe):
+            model, export = self.mitigated(recipe, calibration, on_onnx)
         identity = {"source": export.manifest["sha256"] if on_onnx else identity_of(model),
                     "recipe": base, "params": params, "device": config.device,
                     "calibration": cal.describe() if cal else None}
@@ -274,12 +273,12 @@ class LMSubject:
         return out, {"source": export.path if on_onnx else model, "recipe": base, "calibration": cal,
                      "device": config.device, **params}
 
-    def mitigated(self, mods: tuple[str, ...], calibration: str,
-                  export: bool) -> tuple[torch.nn.Module, ExportedModel | None]:
-        """The model with `mods` applied, set from the calibration scenario's data, and its export
-        (where wanted); each made once a subject. Its equivalence to fp32 is measured on the first
-        calibration request and recorded (`mitigation`)."""
-        key = (mods, calibration)
+    def mitigated(self, recipe: str, calibration: str, export: bool) -> tuple[torch.nn.Module, ExportedModel | None]:
+        """The model with the recipe's mitigations applied, set from the calibration scenario's data,
+        and its export (where wanted); each made once a subject. Its equivalence to fp32 is measured on
+        the first calibration request and recorded (`mitigation`)."""
+        mods, settings = self.config.mitigations_of(recipe), self.config.mitigation_settings(recipe)
+        key = (mods, settings, calibration)
         if key not in self._mitigated:
             feeds = self.calibration(calibration).requests
 
@@ -288,7 +287,7 @@ class LMSubject:
                 for f in feeds:
                     runner.run(f)
 
-            model, record = mitigations.apply(self.model, mods, collect)
+            model, record = mitigations.apply(self.model, mods, collect, settings)
             ours = LMTorch(model, self.inject, threads=self.config.threads).run(feeds[0])[0]
             theirs = self.reference_runnable.run(feeds[0])[0]
             record |= {"calibration": calibration, "fp32_max_abs_err": float(np.max(np.abs(ours - theirs))),
@@ -302,9 +301,9 @@ class LMSubject:
             made["export"] = self._exported(made["model"])
         return made["model"], made["export"]
 
-    def mitigation(self, mods: tuple[str, ...], calibration: str) -> dict:
-        """What `mitigated` did for (mods, calibration), per layer, and its measured fp32 equivalence."""
-        return self.mitigated(mods, calibration, export=False)[0].source["mitigation"]
+    def mitigation(self, recipe: str, calibration: str) -> dict:
+        """What `mitigated` did for the recipe, per layer, and its measured fp32 equivalence."""
+        return self.mitigated(recipe, calibration, export=False)[0].source["mitigation"]
 
     def runnable(self, recipe: str, calibration: str | None):
         key = (recipe, calibration)
@@ -453,6 +452,6 @@ def measure_lm(subject: LMSubject, cell) -> dict:
 
 def mitigation_record(subject: LMSubject, cell) -> dict:
     """A mitigated cell's transform as it was set (per layer) and its measured fp32 equivalence."""
-    mods = subject.config.mitigations_of(cell.recipe)
-    return {"mitigation": subject.mitigation(mods, cell.calibration)} if mods else {}
+    mitigated = subject.config.mitigations_of(cell.recipe)
+    return {"mitigation": subject.mitigation(cell.recipe, cell.calibration)} if mitigated else {}
 

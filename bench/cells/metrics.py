@@ -42,6 +42,18 @@ def centered_sqnr_db(ref: np.ndarray, y: np.ndarray) -> float | None:
     return sqnr_db(centered(ref.astype(np.float64)), centered(y.astype(np.float64)))
 
 
+def per_request(ref: np.ndarray, y: np.ndarray) -> dict[str, list[float]] | None:
+    """Per request (the first axis), the two sums of centered_sqnr_db: Σ centered ref² and Σ of the
+    centered error², so two recipes on the same requests compare paired (the report's mitigations).
+    None where centered_sqnr_db is, or where y is not finite."""
+    if ref.shape[-2] < 2 or nonfinite_rate(y) > 0:
+        return None
+    ref, y = centered(ref.astype(np.float64)), centered(y.astype(np.float64))
+    axes = tuple(range(1, ref.ndim))
+    return {"centered_signal": np.sum(ref**2, axis=axes).tolist(),
+            "centered_noise": np.sum((ref - y) ** 2, axis=axes).tolist()}
+
+
 def cosine(ref: np.ndarray, y: np.ndarray) -> float:
     """Mean over tokens of ⟨ref_t, y_t⟩ / (‖ref_t‖·‖y_t‖), t indexing the last-axis vectors. A zero
     vector agrees only with a zero vector: 1 when both are zero, 0 when one of them is."""

@@ -9,7 +9,7 @@ from ffnbench import files
 from ffnbench.bench.cells import latency
 from ffnbench.bench.cells.lm_names import is_dose
 from ffnbench.bench.report import downstream as report_downstream
-from ffnbench.bench.report import downstream_verdict, plots, variants, whole_models
+from ffnbench.bench.report import downstream_verdict, plots, sublayer_mitigations, variants, whole_models
 from ffnbench.bench.report import mitigations as report_mitigations
 from ffnbench.bench.report import timing as report_latency
 from ffnbench.bench.report.formatting import number as _f
@@ -67,8 +67,8 @@ def headline(run: Run, model: str, scenario: str) -> tuple[list[str], dict]:
     facts = {"delta": {}, "prefill_ratio": {}, "decode_ratio": {}}
     for recipe in run.recipes:
         ma, mb = run.acc.get((a, model, recipe, scenario)), run.acc.get((b, model, recipe, scenario))
-        if not ma and not mb:
-            continue
+        if not ma and not mb or variants.unmitigated(run, recipe):
+            continue  # a mitigated recipe is its parent's variant, not a recipe of its own: its own section
         la, lb = (run.lat.get((d, model, recipe, "prefill")) for d in (a, b))
         da, db = (run.lat.get((d, model, recipe, "decode")) for d in (a, b))
         ca, cb = (m and m["centered_sqnr_db"] for m in (ma, mb))
@@ -271,6 +271,7 @@ def write(run_dir: Path) -> Path:
             lines += report_downstream.section(run, plot_dir, sublayer, found[kind], kind)
     if run.whole:
         lines += whole_models.section(run.whole, m.get("config", {}).get("healthy_delta_bpb", 0.1), run.dir, plot_dir)
+    lines += sublayer_mitigations.section(run, run.ok)
     lines += variants.section(run)
     lines += report_mitigations.section(run, m.get("config", {}).get("healthy_delta_bpb", 0.1))
     lines += ["## Caveats", "", *[f"- {c}" for c in caveats(run)], ""]
