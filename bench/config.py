@@ -141,6 +141,15 @@ class RunConfig:
         inherited = mitigations.parse(spec["base"])[1] if spec else ()
         return tuple(m for m in mitigations.MITIGATIONS if m in {*mods, *inherited})
 
+    def unmitigated(self, recipe: str) -> str | None:
+        """The recipe a mitigated one applies its mitigations to (RECIPE+shift -> RECIPE, a variant
+        based on RECIPE+smooth -> RECIPE), or None for one that mitigates nothing."""
+        name, _ = mitigations.parse(recipe)
+        spec = self.user_recipes.get(name)
+        if spec and mitigations.parse(spec["base"])[1]:
+            name = mitigations.parse(spec["base"])[0]
+        return name if self.mitigations_of(recipe) else None
+
     def mitigation_settings(self, recipe: str) -> mitigations.Settings:
         """α, the spike threshold and the rotation seed: a variant's where it gives them, else the defaults."""
         spec = self.user_recipes.get(mitigations.parse(recipe)[0]) or {}

@@ -444,7 +444,7 @@ def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks:
             record |= {"status": "error", "error": f"{type(e).__name__}: {e}"}
         records[cell.key] = record
     for cell in cells:  # a mitigated recipe's time over its parent's, where both run
-        for parent in _parents(cell, cells):
+        for parent in _parents(cell, cells, config):
             if cell.key in entries and parent.key in entries:
                 entries[cell.key]["ratios"]["vs_parent"] = parent.key
     started = time.perf_counter()
@@ -467,11 +467,11 @@ def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks:
     return list(records.values())
 
 
-def _parents(cell: Cell, cells: list[Cell]) -> list[Cell]:
-    """A mitigated cell's parent recipe among `cells` (the same design and shape; calibrated on the
-    same scenario where the parent is calibrated at all), whose time its own is a ratio of."""
-    parent, mods = mitigations.parse(cell.recipe)
-    return [c for c in cells if mods and c.recipe == parent and c.design == cell.design
+def _parents(cell: Cell, cells: list[Cell], config: RunConfig) -> list[Cell]:
+    """A mitigated cell's unmitigated recipe among `cells` (the same design and shape; calibrated on
+    the same scenario where the parent is calibrated at all), whose time its own is a ratio of."""
+    parent = config.unmitigated(cell.recipe)
+    return [c for c in cells if parent and c.recipe == parent and c.design == cell.design
             and c.calibration in (cell.calibration, None)]
 
 

@@ -152,8 +152,8 @@ def load_artifact(out_dir: Path, block: FFNBlock | CausalLM | RealLM | None = No
         cfg = recipe_config(base, **params)
         if block is not None:
             source = block
-        elif (out_dir / MITIGATED_SOURCE).is_file():
-            source = torch.load(out_dir / MITIGATED_SOURCE, weights_only=False)
+        elif (out_dir / MITIGATED_SOURCE).is_file():  # a whole module, pickled by `quantize`: trusted as the
+            source = torch.load(out_dir / MITIGATED_SOURCE, weights_only=False)  # artifact's model.pt is
         else:
             source = rebuild(FFNConfig.from_dict(manifest["config"]), manifest["source"], files_dir)
         module = _module_recipe(source, cfg, device)

@@ -24,8 +24,19 @@ class _Run:
 
 def test_a_over_rotated_b_and_both_rotated_are_paired_ratios():
     lines = mitigations.section(_Run(), threshold=0.1)
-    row = next(line for line in lines if "`ort-int8-dynamic+rotate@clean`" in line)
+    row = next(line for line in lines if line.startswith("| drift |"))
     assert row == "| drift | massive | `ort-int8-dynamic+rotate@clean` | 0.50 [0.50, 0.50] | 0.75 [0.75, 0.75] |"
+    assert "- drift pair, massive: B's best is `ort-int8-dynamic+rotate@clean`; A plain / B with it 0.50 " \
+           "[0.50, 0.50], A ahead." in lines
+
+
+def test_bs_best_mitigation_is_its_lowest_kl_and_a_broken_scenario_has_none():
+    run = _Run()
+    for design, kl in (("A", 0.3), ("B", 0.1)):  # B's KL 0.1 < rotate's 0.2: its best; A plain / it = 1
+        run.lm_pairs["drift"][(design, "ort-int8-dynamic+shift@clean", "massive")] = [_cell(kl, s) for s in range(3)]
+    assert "- drift pair, massive: B's best is `ort-int8-dynamic+shift@clean`; A plain / B with it 1.00 " \
+           "[1.00, 1.00], no difference." in mitigations.section(run, 0.1)
+    assert not any(line.startswith("- ") for line in mitigations.section(_Run(drift_cost=0.5), threshold=0.1))
 
 
 def test_a_scenario_whose_fp32_models_the_drift_breaks_is_marked():
@@ -48,3 +59,12 @@ def test_a_recipe_variant_is_not_taken_for_a_mitigation():
         run.lm_pairs["drift"][(design, "int8-pc", "massive")] = [_cell(kl, s) for s in range(3)]
     rows = [line for line in mitigations.section(run, 0.1) if line.startswith("| drift")]
     assert len(rows) == 1 and "`ort-int8-dynamic+rotate@clean`" in rows[0]
+
+
+def test_a_variant_of_a_mitigated_recipe_is_set_against_plain_a():
+    run = _Run()
+    run.manifest = {"config": {"user_recipes": {"rot7": {"base": "ort-int8-dynamic+rotate", "seed": 7}}}}
+    for design, kl in (("A", 0.1), ("B", 0.4)):
+        run.lm_pairs["drift"][(design, "rot7@clean", "massive")] = [_cell(kl, s) for s in range(3)]
+    assert "| drift | massive | `rot7@clean` | 0.25 [0.25, 0.25] | 0.25 [0.25, 0.25] |" in \
+        mitigations.section(run, 0.1)

@@ -225,7 +225,7 @@ def test_a_run_measures_mitigated_recipes_on_sublayers_beside_their_parents(tmp_
     for cell in (c for c in cells if c["kind"] == "latency" and "+" in c["recipe"]):
         assert cell["metrics"]["vs_parent"]["ratio"] > 0 and cell["metrics"]["resident_mb"] is not None
     text = write(tmp_path / "run").read_text()
-    assert "## Mitigations on sublayers" in text and "| `ort-int8-dynamic+rotate@massive` | massive |" in text
+    assert "### On sublayers (model `tiny`)" in text and "| `ort-int8-dynamic+rotate@massive` | massive |" in text
     baseline = write_baseline(tmp_path / "run", tmp_path / "baseline.json")
     better = next(k for k, c in baseline["cells"].items()
                   if (c["recipe"], c["scenario"]) == ("ort-int8-dynamic+rotate", "massive"))
@@ -277,6 +277,7 @@ def test_a_variant_of_a_mitigated_recipe_sets_its_mitigations_parameters(tmp_pat
     assert chosen.recipe_spec("mine") == ("ort-int8-dynamic", {}) and chosen.mitigations_of("mine+rotate") == \
         ("smooth", "rotate")
     assert chosen.mitigation_settings("mine") == mitigations.Settings(alpha=0.9)
+    assert chosen.unmitigated("mine+rotate") == "ort-int8-dynamic" and chosen.unmitigated("fp32") is None
     subject = runner.Subject(chosen, "B", "tiny", tmp_path)
     assert subject.mitigated("mine", "clean")[0].source["mitigation"]["alpha"] == 0.9
     for spec, message in (({"base": "ort-int8-dynamic+rotate", "alpha": 0.9}, "alpha sets \\+smooth"),

@@ -102,10 +102,17 @@ def test_a_single_token_capture_cannot_be_split(tmp_path):
         Replay("cap", tmp_path / "h.npy").generate(1, 1, 16)
 
 
-def test_synthetic_calibration_data_is_the_next_seed():
+def test_synthetic_calibration_data_are_other_requests_of_the_same_domain():
+    """The next seed's states and magnitudes, the evaluated seed's shifted features and offsets."""
     s = scenario("production")
-    assert np.array_equal(s.calibration_data(2, 4, 8, seed=3), s.generate(2, 4, 8, seed=4))
-    assert not np.array_equal(s.calibration_data(2, 4, 8, seed=3), s.generate(2, 4, 8, seed=3))
+    calibration, evaluated = s.calibration_data(64, 64, 32, seed=3), s.generate(64, 64, 32, seed=3)
+    assert not np.array_equal(calibration, evaluated)
+    gain, offset, _ = s.affine(64, 32, seed=3)
+    _, _, scale = s.affine(64, 32, seed=4)
+    base = scenario("clean").generate(64, 64, 32, seed=4)
+    assert np.allclose(calibration, (base * gain + offset) * scale[:, None, None], rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(s.affine(64, 32, seed=3)[1], s.affine(64, 32, seed=4)[1])  # a draw each seed
+    assert np.array_equal(scenario("clean").calibration_data(2, 4, 8, seed=3), scenario("clean").generate(2, 4, 8, 4))
 
 
 def test_a_replay_without_a_calibration_share_evaluates_all_of_it(tmp_path):

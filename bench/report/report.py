@@ -271,9 +271,14 @@ def write(run_dir: Path) -> Path:
             lines += report_downstream.section(run, plot_dir, sublayer, found[kind], kind)
     if run.whole:
         lines += whole_models.section(run.whole, m.get("config", {}).get("healthy_delta_bpb", 0.1), run.dir, plot_dir)
-    lines += sublayer_mitigations.section(run, run.ok)
+    mitigated = [*sublayer_mitigations.section(run, run.ok),
+                 *report_mitigations.section(run, m.get("config", {}).get("healthy_delta_bpb", 0.1))]
+    if mitigated:
+        lines += ["## Mitigations", "",
+                  "Deployment-time transforms of the fp32 model before its recipe quantizes it (RECIPE+shift, "
+                  "+smooth, +rotate, +keep; docs/recipes.md), each set on the calibration scenario after @ and "
+                  "served on every scenario.", "", *mitigated]
     lines += variants.section(run)
-    lines += report_mitigations.section(run, m.get("config", {}).get("healthy_delta_bpb", 0.1))
     lines += ["## Caveats", "", *[f"- {c}" for c in caveats(run)], ""]
     lines += _machine(m)
     if run.not_ok:

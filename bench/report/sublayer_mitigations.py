@@ -11,7 +11,7 @@ same figures: read its interval as optimistic for B."""
 import numpy as np
 
 from ffnbench.bench.cells import latency
-from ffnbench.bench.report.variants import unmitigated
+from ffnbench.bench.report.variants import unmitigated_parent
 from ffnbench.bench.stats import bootstrap_ci
 from ffnbench.bench.store import label
 
@@ -84,25 +84,10 @@ def section(run, cells: list[dict]) -> list[str]:
     lines = []
     for model in run.models:
         labels = {k[2] for k in found if k[0] == model}
-        pairs = {m: p for m in labels if (p := _parent(run, m, labels)) in labels}
+        pairs = {m: p for m in labels if (p := unmitigated_parent(run, m, labels)) in labels}
         if pairs:
             lines += _model(run, found, model, pairs)
-    if not lines:
-        return []
-    return ["## Mitigations on sublayers", "",
-            "Each mitigated recipe against its parent recipe on the same requests: the share of the parent's loss "
-            "it recovers, 1 − (centered error power mitigated / parent), with a 95 % interval paired over "
-            "requests (negative: the mitigation adds error), and its time over the parent's (paired rounds; "
-            "an online rotation is a fp32 MatMul more). The transforms are set on the calibration scenario "
-            "after @ and served on every scenario.", "", *lines]
-
-
-def _parent(run, label: str, labels: set[str]) -> str | None:
-    """A mitigated label's recipe without its mitigations, calibrated on the same scenario where it
-    is calibrated at all (QDQ): what the mitigation is to improve on."""
-    plain = unmitigated(run, label)
-    calibrated = f"{plain}@{label.partition('@')[2]}"
-    return calibrated if calibrated in labels else plain
+    return lines
 
 
 def _model(run, found: dict, model: str, pairs: dict[str, str]) -> list[str]:
@@ -116,7 +101,11 @@ def _model(run, found: dict, model: str, pairs: dict[str, str]) -> list[str]:
             rows.append(f"| `{mitigated}` | {scenario} | {_share(share['A'])} | {_share(share['B'])} | "
                         f"{times['A', 'prefill']} | {times['B', 'prefill']} | {times['A', 'decode']} | "
                         f"{times['B', 'decode']} |")
-    lines = [f"### Model `{model}`: loss recovered and time, against the parent", "",
+    lines = [f"### On sublayers (model `{model}`)", "",
+             "Each mitigated recipe against its parent recipe on the same requests: the share of the parent's loss "
+             "it recovers, 1 − (centered error power mitigated / parent), with a 95 % interval paired over "
+             "requests (negative: the mitigation adds error; past doubling it, the error's ratio), and its time "
+             "over the parent's (paired rounds; an online rotation is a dense fp32 MatMul more).", "",
              "| mitigated recipe | scenario | recovered A | recovered B | prefill × parent A | B | decode × parent A "
              "| B |", "|---|---|---|---|---|---|---|---|", *rows, ""]
     return lines + _reaches_a(found, model, pairs, scenarios)

@@ -51,6 +51,16 @@ def unmitigated(run, label: str) -> str | None:
     return name if mods else None
 
 
+def unmitigated_parent(run, label: str, labels: set[str]) -> str | None:
+    """A mitigated label's recipe without its mitigations, calibrated on the same scenario where it
+    is calibrated at all (QDQ): what the mitigation is to improve on. None for an unmitigated label."""
+    plain = unmitigated(run, label)
+    if plain is None:
+        return None
+    calibrated = f"{plain}@{label.partition('@')[2]}"
+    return calibrated if calibrated in labels else plain
+
+
 def section(run) -> list[str]:
     """Markdown lines; [] where the run has no variant or mitigation measured beside its base."""
     rows = []

@@ -45,11 +45,17 @@ class Scenario:
 
     def generate(self, n_requests: int, seq_len: int, d_model: int, seed: int = 0) -> np.ndarray:
         """Hidden states (n_requests, seq_len, d_model), float32, identical bit for bit per seed."""
+        return self._states(n_requests, seq_len, d_model, seed, domain_seed=seed)
+
+    def _states(self, n_requests: int, seq_len: int, d_model: int, seed: int, domain_seed: int) -> np.ndarray:
+        """Requests of `seed` (base states, magnitudes) in the domain of `domain_seed` (which features
+        shift and by how much, which are outliers)."""
         for field, value in (("n_requests", n_requests), ("seq_len", seq_len), ("d_model", d_model)):
             if value <= 0:
                 raise UsageError(f"scenario {self.name}: {field} must be positive, got {value}")
         base = _rng(seed, "base").standard_normal((n_requests, seq_len, d_model))
-        gain, offset, scale = self.affine(n_requests, d_model, seed)
+        gain, offset, _ = self.affine(n_requests, d_model, domain_seed)
+        _, _, scale = self.affine(n_requests, d_model, seed)
         offset = offset + self.massive_offset(d_model)
         return ((base * gain + offset) * scale[:, None, None]).astype(np.float32)
 
@@ -84,9 +90,12 @@ class Scenario:
         return gain, offset, scale
 
     def calibration_data(self, n_requests: int, seq_len: int, d_model: int, seed: int = 0) -> np.ndarray:
-        """Hidden states that calibrate static quantization: the next seed's draws, so calibration
-        never sees the states a run evaluates on (those of `seed`)."""
-        return self.generate(n_requests, seq_len, d_model, seed=seed + 1)
+        """Hidden states that calibrate static quantization and set a mitigation's statistics: other
+        requests of the same domain. The next seed's base states and request magnitudes, so
+        calibration never sees the states a run evaluates on (those of `seed`); `seed`'s per-feature
+        drift, since a domain's persistent shift (its features, their offsets) is its own: a shift set
+        on another draw of the features calibrates on another domain, not on this one."""
+        return self._states(n_requests, seq_len, d_model, seed + 1, domain_seed=seed)
 
     def replace(self, **changes) -> "Scenario":
         return dataclasses.replace(self, **changes)
