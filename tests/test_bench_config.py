@@ -30,7 +30,7 @@ def test_presets_run_what_the_docs_say():
     assert quick.lm_recipes == [n for n in listed if n in RECIPES]
     assert quick.lm_scenarios == [n for n in listed if n in NAMED or n in TEXT_DOMAINS]
     listed = _names(downstream, "| `default` |", "|\n")
-    assert default.lm_recipes == [n for n in listed if n in RECIPES]
+    assert default.lm_recipes == [n for n in listed if n.split("+")[0] in RECIPES]
     assert default.lm_scenarios == [n for n in listed if n in NAMED or n in TEXT_DOMAINS][:4]
     assert default.lm_models == list(dict.fromkeys(n for n in listed if n in ("drift", "trained")))
     assert {"clean", "shift-0.5", "shift-8", "magnitude-1", "magnitude-2"} <= set(default.dose_scenarios)
@@ -45,8 +45,11 @@ def test_presets():
     assert set(preset_config("full").designs) == {"A", "B", "ln-swiglu", "rms-gelu"}
     assert set(quick.lm_recipes) <= set(quick.recipes)
     # default: one recipe of each family, every seed; full: every recipe; quick: one seed, for gates
-    assert {FAMILY_OF[r] for r in default.lm_recipes} == {"fp32", *FAMILIES} == {FAMILY_OF[r] for r in RECIPES}
-    assert len(default.lm_recipes) == len(FAMILIES) + 1 and default.lm_seeds == [0, 1, 2]
+    unmitigated = [r for r in default.lm_recipes if not default.mitigations_of(r)]
+    assert {FAMILY_OF[r] for r in unmitigated} == {"fp32", *FAMILIES} == {FAMILY_OF[r] for r in RECIPES}
+    assert len(unmitigated) == len(FAMILIES) + 1 and default.lm_seeds == [0, 1, 2]
+    assert [r for r in default.lm_recipes if r not in unmitigated] == ["ort-int8-dynamic+rotate"]
+    assert set(default.lm_recipes) <= set(default.recipes)  # lm cells run the recipes in both
     assert {"production", "massive", "domain-code"} <= set(default.lm_scenarios) and default.lm_windows >= 32
     # The drift-trained pair is the answer, the trained pair its contrast; the dose-response at both
     # injection points covers each axis from clean to its strongest level.

@@ -74,6 +74,16 @@ def test_a_family_pools_its_recipes_and_keeps_each_members_ratio():
     assert found.members["bnb-nf4"]["ci95"] == pytest.approx([0.5, 0.5]) and not found.left_out
 
 
+def test_a_mitigated_recipe_is_not_a_family_of_its_own():
+    cells = healthy_fp32() + constant_kl({("A", "ort-int8-dynamic"): 1.0, ("B", "ort-int8-dynamic"): 2.0,
+                                          ("A", "ort-int8-dynamic+rotate@clean"): 3.0,
+                                          ("B", "ort-int8-dynamic+rotate@clean"): 1.0})
+    found = dv.comparisons(index(cells), 0.1)
+    assert [(c.family, c.recipes) for c in found] == [("int8-dynamic", ["ort-int8-dynamic"])]
+    assert dv.per_recipe(index(cells), 0.1, found)["ort-int8-dynamic+rotate@clean", "clean"].kl_ratio == \
+        pytest.approx(3.0)  # its own A-vs-B detail row stays
+
+
 def test_a_member_without_figures_is_left_out_and_said_so():
     cells = healthy_fp32() + constant_kl({("A", "bnb-nf4"): 1.0, ("B", "bnb-nf4"): 2.0, ("A", "ort-nf4"): 3.0,
                                           ("B", "ort-nf4"): 2.0})

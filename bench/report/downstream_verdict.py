@@ -22,7 +22,7 @@ from scipy import stats
 
 from ffnbench import files
 from ffnbench.bench.traffic.scenarios import TEXT_DOMAINS
-from ffnbench.quant import FAMILY_OF
+from ffnbench.quant import FAMILY_OF, mitigations
 
 RESAMPLES = 2000
 VERDICTS = ("A", "B", "none", "broken")
@@ -197,10 +197,13 @@ def _why_left_out(lm: dict, recipe: str, scenario: str, seeds: list[int]) -> str
 
 
 def families(lm: dict) -> dict[str, list[str]]:
-    """family -> the lm cells' recipes in it (a calibrated recipe by its base; fp32 is its own)."""
+    """family -> the lm cells' recipes in it (a calibrated recipe by its base; fp32 is its own). A
+    mitigated recipe (RECIPE+rotate) is no evidence of its own: its parent's family already counts,
+    and the report's Mitigations section sets it against that parent."""
     found = defaultdict(list)
     for recipe in dict.fromkeys(k[1] for k in lm):
-        found[FAMILY_OF.get(recipe.split("@")[0], recipe)].append(recipe)
+        if not mitigations.parse(recipe.split("@")[0])[1]:
+            found[FAMILY_OF.get(recipe.split("@")[0], recipe)].append(recipe)
     return dict(found)
 
 
