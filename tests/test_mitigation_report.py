@@ -26,16 +26,16 @@ def test_a_over_rotated_b_and_both_rotated_are_paired_ratios():
     lines = mitigations.section(_Run(), threshold=0.1)
     row = next(line for line in lines if line.startswith("| drift |"))
     assert row == "| drift | massive | `ort-int8-dynamic+rotate@clean` | 0.50 [0.50, 0.50] | 0.75 [0.75, 0.75] |"
-    assert "- drift pair, massive: B's best is `ort-int8-dynamic+rotate@clean`; A plain / B with it 0.50 " \
-           "[0.50, 0.50], A ahead." in lines
+    assert "- drift pair, massive, `ort-int8-dynamic`: B's best mitigation of it is `ort-int8-dynamic+rotate@clean`; " \
+           "A plain / B with it 0.50 [0.50, 0.50], A ahead." in lines
 
 
 def test_bs_best_mitigation_is_its_lowest_kl_and_a_broken_scenario_has_none():
     run = _Run()
-    for design, kl in (("A", 0.3), ("B", 0.1)):  # B's KL 0.1 < rotate's 0.2: its best; A plain / it = 1
+    for design, kl in (("A", 0.3), ("B", 0.1)):  # B's KL 0.1 < rotated 0.2: its best; A plain / it = 1
         run.lm_pairs["drift"][(design, "ort-int8-dynamic+shift@clean", "massive")] = [_cell(kl, s) for s in range(3)]
-    assert "- drift pair, massive: B's best is `ort-int8-dynamic+shift@clean`; A plain / B with it 1.00 " \
-           "[1.00, 1.00], no difference." in mitigations.section(run, 0.1)
+    assert "- drift pair, massive, `ort-int8-dynamic`: B's best mitigation of it is `ort-int8-dynamic+shift@clean`; " \
+           "A plain / B with it 1.00 [1.00, 1.00], no difference." in mitigations.section(run, 0.1)
     assert not any(line.startswith("- ") for line in mitigations.section(_Run(drift_cost=0.5), threshold=0.1))
 
 

@@ -45,7 +45,7 @@ def test_b_with_its_best_mitigation_is_set_against_a_plain_and_a_mitigated():
     row = next(line for line in text.splitlines() if line.startswith("| massive |"))
     assert "`ort-int8-dynamic+rotate@clean` (+85%" in row  # B's best: 85 % recovered, against shift's 20 %
     assert row.count("A ahead") == 0 and row.count("no difference") == 1 and row.count("B ahead") == 1
-    assert "B reaches A (no difference, or B ahead) in 1 of 1 scenarios" in text
+    assert "B reaches A (no difference, or B ahead) in 1 of 1 scenarios × parent recipes" in text
 
 
 def test_no_section_without_a_mitigated_recipe_beside_its_parent():
@@ -58,3 +58,16 @@ def test_a_variant_of_a_mitigated_recipe_is_set_against_the_unmitigated_recipe()
     run = _Run(cells, {"smooth90": {"base": "ort-int8-dynamic+smooth", "alpha": 0.9}})
     assert any(line.startswith("| `smooth90@clean` | massive | – | +75% [+75%, +75%] |")
                for line in sublayer_mitigations.section(run, cells))
+
+
+def test_bs_best_mitigation_is_taken_per_parent_recipe():
+    cells = [_cell("A", "ort-int8-dynamic", [1.0] * 3), _cell("B", "ort-int8-dynamic", [100.0] * 3),
+             _cell("B", "ort-int8-dynamic+rotate", [50.0] * 3, "clean"),
+             _cell("B", "ort-int8-dynamic+shift", [80.0] * 3, "clean"),
+             _cell("A", "bnb-int8", [1.0] * 3), _cell("B", "bnb-int8", [4.0] * 3),
+             _cell("B", "bnb-int8+keep", [1.0] * 3, "clean")]
+    rows = [line for line in sublayer_mitigations.section(_Run(cells), cells) if line.startswith("| massive |")]
+    assert [row.split(" | ")[1:3] for row in rows] == [["`bnb-int8`", "`bnb-int8+keep@clean` (+75% [+75%, +75%])"],
+                                                       ["`ort-int8-dynamic`", "`ort-int8-dynamic+rotate@clean` (+50% "
+                                                        "[+50%, +50%])"]]
+    assert "no difference" in rows[0] and "A ahead" in rows[1]

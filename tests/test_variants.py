@@ -7,9 +7,10 @@ import pytest
 from ffnbench.bench.report import variants
 
 
-def _cell(kl, top1, seed=0, draws=2, design="B"):
+def _cell(kl, top1, seed=0, draws=2, design="B", drift_cost=0.0):
     return {"seed": seed, "design": design, "draws": draws,
-            "windows": {"kl_to_fp32": list(kl), "same_top1": list(top1)}}
+            "windows": {"kl_to_fp32": list(kl), "same_top1": list(top1)},
+            "reference": {"bits_per_byte": 1.8, "delta_bpb": drift_cost, "order0_bits_per_byte": 4.7}}
 
 
 def test_a_variant_at_half_its_bases_kl_on_every_window_is_a_ratio_of_one_half():
@@ -28,19 +29,25 @@ def test_a_variant_at_half_its_bases_kl_on_every_window_is_a_ratio_of_one_half()
 
 
 class _Run:
-    def __init__(self, user_recipes):
+    def __init__(self, user_recipes, drift_cost=0.0):
         self.manifest = {"config": {"user_recipes": user_recipes}}
-        cells = {r: _cell(np.full(4, kl), np.full(4, 0.9)) for r, kl in (("ort-int4-rtn", 0.2), ("al0", 0.1))}
+        cells = {r: _cell(np.full(4, kl), np.full(4, 0.9), drift_cost=drift_cost)
+                 for r, kl in (("ort-int4-rtn", 0.2), ("al0", 0.1))}
         self.lm_pairs = {"drift": {("A", r, "clean"): [c] for r, c in cells.items()}}
         self.whole = {"smollm2": {(r, "clean"): c for r, c in cells.items()}}
 
 
 def test_the_section_lists_each_variant_beside_its_base_for_pairs_and_whole_models():
-    lines = variants.section(_Run({"al0": {"base": "ort-int4-rtn", "accuracy_level": 0}}))
+    lines = variants.section(_Run({"al0": {"base": "ort-int4-rtn", "accuracy_level": 0}}), 0.1)
     rows = [line for line in lines if "`al0` / `ort-int4-rtn`" in line]
-    assert len(rows) == 2 and rows[0].startswith("| drift pair | A | clean") and "| 0.500 [0.500, 0.500] |" in rows[0]
+    assert len(rows) == 2 and rows[0].startswith("| drift pair | A | clean |") and "| 0.500 [0.500, 0.500] |" in rows[0]
     assert rows[1].startswith("| smollm2 | B | clean")
-    assert variants.section(_Run({})) == []
+    assert variants.section(_Run({}), 0.1) == []
+
+
+def test_a_scenario_whose_fp32_pair_the_drift_breaks_is_marked():
+    lines = variants.section(_Run({"al0": {"base": "ort-int4-rtn", "accuracy_level": 0}}, drift_cost=0.5), 0.1)
+    assert any(line.startswith("| drift pair | A | clean (fp32 broken) |") for line in lines)
 
 
 def test_a_calibrated_variant_pairs_with_its_base_calibrated_on_the_same_scenario():

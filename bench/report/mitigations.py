@@ -45,7 +45,7 @@ def section(run, threshold: float) -> list[str]:
                                 f"{_text(against_plain)} | {_text(_ratio(mitigated['A'], mitigated['B']))} |")
                     if not broken and against_plain:
                         b_kl = float(np.mean([np.mean(c["windows"]["kl_to_fp32"]) for c in mitigated["B"]]))
-                        candidates.setdefault((kind, scenario), []).append((b_kl, variant, against_plain))
+                        candidates.setdefault((kind, scenario, parent), []).append((b_kl, variant, against_plain))
     if not rows:
         return []
     return ["### Downstream: does B with one reach A?", "",
@@ -57,11 +57,12 @@ def section(run, threshold: float) -> list[str]:
 
 
 def _best(candidates: dict) -> list[str]:
-    """Per pair and scenario (fp32 working), B's best mitigation (its lowest KL) against plain A."""
+    """Per pair, scenario (fp32 working) and parent recipe, B's best mitigation of it (its lowest KL)
+    against A with the plain parent."""
     lines = []
-    for (kind, scenario), found in candidates.items():
+    for (kind, scenario, parent), found in candidates.items():
         _, best, (point, low, high) = min(found)
         verdict = "B ahead" if low > 1 else "A ahead" if high < 1 else "no difference"
-        lines.append(f"- {kind} pair, {scenario}: B's best is `{best}`; A plain / B with it {point:.2f} "
-                     f"[{low:.2f}, {high:.2f}], {verdict}.")
+        lines.append(f"- {kind} pair, {scenario}, `{parent}`: B's best mitigation of it is `{best}`; A plain / B "
+                     f"with it {point:.2f} [{low:.2f}, {high:.2f}], {verdict}.")
     return [*lines, ""] if lines else []

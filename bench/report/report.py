@@ -278,7 +278,7 @@ def write(run_dir: Path) -> Path:
                   "Deployment-time transforms of the fp32 model before its recipe quantizes it (RECIPE+shift, "
                   "+smooth, +rotate, +keep; docs/recipes.md), each set on the calibration scenario after @ and "
                   "served on every scenario.", "", *mitigated]
-    lines += variants.section(run)
+    lines += variants.section(run, m.get("config", {}).get("healthy_delta_bpb", 0.1))
     lines += ["## Caveats", "", *[f"- {c}" for c in caveats(run)], ""]
     lines += _machine(m)
     if run.not_ok:

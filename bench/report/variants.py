@@ -7,7 +7,7 @@ rather than two overlapping means."""
 
 import numpy as np
 
-from ffnbench.bench.report.downstream_verdict import interval
+from ffnbench.bench.report.downstream_verdict import health, interval
 from ffnbench.quant import mitigations
 
 
@@ -61,16 +61,19 @@ def unmitigated_parent(run, label: str, labels: set[str]) -> str | None:
     return calibrated if calibrated in labels else plain
 
 
-def section(run) -> list[str]:
-    """Markdown lines; [] where the run has no variant or mitigation measured beside its base."""
+def section(run, threshold: float) -> list[str]:
+    """Markdown lines; [] where the run has no variant or mitigation measured beside its base. A
+    scenario whose fp32 models the drift breaks is marked (`health`, the trained pairs')."""
     rows = []
     for (model, design, scenario), by_recipe in groups(run).items():
+        lm = run.lm_pairs.get(model.removesuffix(" pair"), {}) if model.endswith(" pair") else {}
+        where = f"{scenario} (fp32 broken)" if lm and health(lm, scenario, threshold) else scenario
         for variant, base in parents(run, set(by_recipe)).items():
             if variant in by_recipe and base in by_recipe:
                 found = compare(by_recipe[variant], by_recipe[base])
                 if found:
                     kl, top1 = found
-                    rows.append(f"| {model} | {design} | {scenario} | `{variant}` / `{base}` | {kl[0]:.3f} "
+                    rows.append(f"| {model} | {design} | {where} | `{variant}` / `{base}` | {kl[0]:.3f} "
                                 f"[{kl[1]:.3f}, {kl[2]:.3f}] | {1 - kl[0]:+.0%} | {100 * top1[0]:+.1f} pp "
                                 f"[{100 * top1[1]:+.1f}, {100 * top1[2]:+.1f}] |")
     if not rows:
