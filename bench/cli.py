@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="where bitsandbytes and torch recipes place the module")
     quantize.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="params",
                           help="override a recipe parameter, e.g. --set accuracy_level=0, or a mitigation's: "
-                               "alpha, threshold, seed (repeatable)")
+                               "alpha, spike_threshold, seed (repeatable)")
 
     run = sub.add_parser("run", help="run the benchmark matrix into a run directory")
     run.add_argument("--preset", help="quick (default), default or full")

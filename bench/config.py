@@ -117,6 +117,9 @@ class RunConfig:
     # Settings for one model size of the run ([per_model.NAME] tables): fewer designs, scenarios and
     # requests and a smaller prefill where a size is large (the full preset's llama-7b).
     per_model: dict[str, dict] = field(default_factory=dict)
+    # False leaves the mitigated recipes (RECIPE+shift, ...) out: of the run, or in a [per_model]
+    # table of one model size (llama-7b's dense rotations would hold 485 MB matrices).
+    mitigations: bool = True
 
     def for_model(self, model: str) -> "RunConfig":
         """The run's settings for one model: its per_model table applied. Its designs, recipes and
@@ -125,7 +128,10 @@ class RunConfig:
         for axis in ("designs", "recipes", "scenarios"):
             if axis in overrides:
                 overrides[axis] = [v for v in getattr(self, axis) if v in overrides[axis]]
-        return dataclasses.replace(self, **overrides) if overrides else self
+        config = dataclasses.replace(self, **overrides) if overrides else self
+        if not config.mitigations:
+            config = dataclasses.replace(config, recipes=[r for r in config.recipes if not config.mitigations_of(r)])
+        return config
 
     def recipe_spec(self, name: str) -> tuple[str, dict]:
         """(base recipe, parameters) for a recipe or a user variant of one, its mitigations and their
@@ -153,7 +159,7 @@ class RunConfig:
             name = mitigations.parse(spec["base"])[0]
         return name if self.mitigations_of(recipe) else None
 
-    def mitigation_settings(self, recipe: str) -> mitigations.Settings:
+    def mitigation_settings(self, recipe: str) -> "mitigations.Settings":
         """α, the spike threshold and the rotation seed: a variant's where it gives them, else the defaults."""
         spec = self.user_recipes.get(mitigations.parse(recipe)[0]) or {}
         return mitigations.settings({k: v for k, v in spec.items() if k in mitigations.SETTINGS},
@@ -385,7 +391,7 @@ def _spec_config(spec: ModelSpec, residual: bool) -> FFNConfig:
 # under production; a prefill of 1 x 128 and bounded rounds keep it within minutes on 2 cores.
 # A dense online rotation of its 11,008-wide down-projection input would hold a 485 MB matrix: the
 # mitigations stay on the smaller sizes.
-LLAMA_7B = {"designs": ["A", "B"], "recipes": list(RECIPES), "scenarios": ["production"], "n_requests": 4,
+LLAMA_7B = {"designs": ["A", "B"], "mitigations": False, "scenarios": ["production"], "n_requests": 4,
             "seq_len": 32, "calibration_requests": 4, "prefill": [1, 128], "warmup": 1, "max_seconds": 15.0,
             "max_runnable_seconds": 1.5}
 
@@ -414,11 +420,11 @@ SCALAR_KEYS = {"preset": str, "n_requests": int, "seq_len": int, "seed": int, "c
                "min_iterations": int, "min_seconds": float, "max_iterations": int, "max_seconds": float,
                "max_runnable_seconds": float, "memory": bool, "diagnose": bool, "ort_spinning": bool, "lm_windows": int,
                "whole_windows": int, "lm_inject": str, "lm_draws": int, "healthy_delta_bpb": float, "dose_windows": int,
-               "remeasure_processes": int}
+               "remeasure_processes": int, "mitigations": bool}
 
 
-PER_MODEL_KEYS = ("designs", "recipes", "scenarios", "n_requests", "seq_len", "calibration_requests", "decode",
-                  "prefill", "warmup", "min_iterations", "max_seconds", "max_runnable_seconds", "memory")
+PER_MODEL_KEYS = ("designs", "recipes", "mitigations", "scenarios", "n_requests", "seq_len", "calibration_requests",
+                  "decode", "prefill", "warmup", "min_iterations", "max_seconds", "max_runnable_seconds", "memory")
 
 
 def preset_config(name: str) -> RunConfig:

@@ -66,7 +66,8 @@ def plan(config: RunConfig) -> list[Cell]:
                                                            mc.recipes):
                 cells += [Cell(design, model, recipe, shape, cal, kind="latency") for cal in _calibrations(mc, recipe)]
     lm_designs = [d for d in config.designs if d in LM_DESIGNS]
-    lm_recipes = [r for r in config.recipes if r in config.lm_recipes]
+    lm_recipes = [r for r in config.recipes if r in config.lm_recipes
+                  and (config.mitigations or not config.mitigations_of(r))]
     for kind, seed, design, recipe in itertools.product(config.lm_models, config.lm_seeds, lm_designs, lm_recipes):
         for cal in _calibrations(config, recipe):
             cells += [Cell(design, lm_model(seed, kind), recipe, s, cal, kind="lm") for s in config.lm_scenarios]
@@ -304,6 +305,8 @@ class Subject:
         block, export = self.source(recipe, calibration)
         identity = {"export": export.manifest["sha256"], "recipe": base, "params": params,
                     "device": self.config.device, "calibration": cal.describe() if cal else None}
+        if block.source.get("mitigation"):  # +keep changes what is quantized, not the export's bytes
+            identity["mitigation"] = block.source["mitigation"]
         out = self.artifacts / f"{recipe}-{self.block.cfg.design}-{files.digest(identity)}"
         source = export.path if RECIPES[base].runtime in ("ort", "fp32") else block
         return out, {"source": source, "recipe": base, "calibration": cal, "device": self.config.device, **params}

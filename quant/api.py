@@ -152,8 +152,9 @@ def load_artifact(out_dir: Path, block: FFNBlock | CausalLM | RealLM | None = No
         cfg = recipe_config(base, **params)
         if block is not None:
             source = block
-        elif (out_dir / MITIGATED_SOURCE).is_file():  # a whole module, pickled by `quantize`: trusted as the
-            source = torch.load(out_dir / MITIGATED_SOURCE, weights_only=False)  # artifact's model.pt is
+        elif (out_dir / MITIGATED_SOURCE).is_file():
+            # A whole module pickled by `quantize` (so not weights_only): trusted as the artifact's model.pt is.
+            source = torch.load(out_dir / MITIGATED_SOURCE, weights_only=False, map_location=device)
         else:
             source = rebuild(FFNConfig.from_dict(manifest["config"]), manifest["source"], files_dir)
         module = _module_recipe(source, cfg, device)
@@ -300,7 +301,7 @@ def _save_module(block: FFNBlock | CausalLM | RealLM, runtime: str, stage: Path,
     if isinstance(source, FFNBlock) and source.source.get("mitigation"):
         # A mitigated block cannot be rebuilt from its seed alone (its transform was set on calibration
         # data): its fp32 module goes beside, for a process that rebuilds the artifact (memory, remeasure).
-        torch.save(source, stage / MITIGATED_SOURCE)
+        torch.save(copy.deepcopy(source).cpu(), stage / MITIGATED_SOURCE)
     state = block.state_dict()
     if isinstance(block, RealLM):  # what the recipe changed: its FFNs (the rest is the user's file, 0.5 GB+)
         state = {k: v for k, v in state.items() if ".ffn." in k}

@@ -14,7 +14,7 @@ and served on another, the realistic mismatch).
   FFNBlock.in_rotation, mlp.down_rotation), the weights rotated to match: Hadamard / √n where the
   width is a power of two (scipy.linalg.hadamard), else a seeded random orthogonal matrix (QR).
 - keep (QFeM, Yang et al. 2024): a down-projection whose spike_ratio on the calibration data exceeds
-  `threshold` stays fp32 (`keep_fp32` on the Linear; ONNX Runtime recipes leave its MatMul alone).
+  `spike_threshold` stays fp32 (`keep_fp32` on the Linear; ONNX Runtime recipes leave its MatMul alone).
 """
 
 import copy
@@ -35,13 +35,14 @@ MITIGATIONS = ("shift", "smooth", "rotate", "keep")
 @dataclass(frozen=True)
 class Settings:
     alpha: float = 0.5  # SmoothQuant's migration strength: 0 moves nothing to the weights, 1 everything
-    threshold: float = 8.0  # keep: a down-projection input whose worst token is 8× a typical one's
+    # keep: a down-projection input whose worst token is 8× a typical one's (not `threshold`: bnb-int8 has one)
+    spike_threshold: float = 8.0
     seed: int = 0  # the random orthogonal matrices where a width is no power of two
 
 
 # Each setting, the mitigation it sets: a [recipe.NAME] variant of a mitigated recipe may give it,
 # `[recipe.smooth75] base = "ort-int8-dynamic+smooth"`, `alpha = 0.75`.
-SETTINGS = {"alpha": "smooth", "threshold": "keep", "seed": "rotate"}
+SETTINGS = {"alpha": "smooth", "spike_threshold": "keep", "seed": "rotate"}
 
 
 def settings(values: dict, mods: tuple[str, ...], recipe: str) -> Settings:
@@ -55,9 +56,9 @@ def settings(values: dict, mods: tuple[str, ...], recipe: str) -> Settings:
     out = Settings(**values)
     if not 0 <= out.alpha <= 1:
         raise UsageError(f"recipe {recipe}: alpha must be within [0, 1], got {out.alpha}")
-    if not out.threshold > 1:
-        raise UsageError(f"recipe {recipe}: threshold is a spike ratio (worst token / median) and must be > 1, "
-                         f"got {out.threshold}")
+    if not out.spike_threshold > 1:
+        raise UsageError(f"recipe {recipe}: spike_threshold is a spike ratio (worst token / median) and must be > 1, "
+                         f"got {out.spike_threshold}")
     if not isinstance(out.seed, int) or out.seed < 0:
         raise UsageError(f"recipe {recipe}: seed must be a non-negative integer, got {out.seed!r}")
     return out
@@ -166,8 +167,10 @@ def transform(blocks: list[FFNBlock], stats: Statistics, mods: tuple[str, ...], 
                 record["smooth_scale_range"] = [float(s.min()), float(s.max())]
             if "rotate" in mods:
                 d, hidden = block.cfg.d_model, block.cfg.hidden
+                device = block.mlp.down.weight.device  # the block's, on cuda too
                 r, kind = orthogonal(d, settings.seed + 2 * i)
                 r2, kind2 = orthogonal(hidden, settings.seed + 2 * i + 1)
+                r, r2 = r.to(device), r2.to(device)
                 block.in_rotation = Rotation(r)
                 for linear in _first_layers(block):
                     linear.weight.copy_(linear.weight @ r)
@@ -177,7 +180,7 @@ def transform(blocks: list[FFNBlock], stats: Statistics, mods: tuple[str, ...], 
                 record["rotation"] = {"input": kind, "down": kind2}
             if "keep" in mods:
                 ratio = stats.spike_ratio(i)
-                block.mlp.down.keep_fp32 = ratio > settings.threshold
+                block.mlp.down.keep_fp32 = ratio > settings.spike_threshold
                 record |= {"spike_ratio": ratio, "kept_fp32": block.mlp.down.keep_fp32}
             records.append(record)
     return records

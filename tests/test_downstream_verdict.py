@@ -82,6 +82,9 @@ def test_a_mitigated_recipe_is_not_a_family_of_its_own():
     assert [(c.family, c.recipes) for c in found] == [("int8-dynamic", ["ort-int8-dynamic"])]
     assert dv.per_recipe(index(cells), 0.1, found)["ort-int8-dynamic+rotate@clean", "clean"].kl_ratio == \
         pytest.approx(3.0)  # its own A-vs-B detail row stays
+    variant = [{**c, "recipe": "smooth90@clean", "mitigation": {"mitigations": ["smooth"]}} for c in cells
+               if c["recipe"] == "ort-int8-dynamic+rotate@clean"]  # a [recipe] variant based on RECIPE+smooth
+    assert [c.family for c in dv.comparisons(index(cells + variant), 0.1)] == ["int8-dynamic"]
 
 
 def test_a_member_without_figures_is_left_out_and_said_so():

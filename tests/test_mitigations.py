@@ -90,7 +90,8 @@ def test_keep_marks_a_down_projection_whose_calibration_spike_ratio_exceeds_the_
         block.forward_with_taps(data, taps)
     ratio = spikes((taps["act_out"] * taps["up"]).numpy())[0]
     for threshold, kept in ((ratio * 0.99, True), (ratio * 1.01, False)):
-        out, record = mitigations.apply(block, ("keep",), lambda m: m(data), mitigations.Settings(threshold=threshold))
+        settings = mitigations.Settings(spike_threshold=threshold)
+        out, record = mitigations.apply(block, ("keep",), lambda m: m(data), settings)
         assert record["layers"][0]["spike_ratio"] == pytest.approx(ratio, rel=1e-5)
         assert record["layers"][0]["kept_fp32"] is kept and out.mlp.down.keep_fp32 is kept
 
@@ -135,7 +136,7 @@ def test_the_transformed_export_runs_in_onnx_runtime_as_the_original_and_quantiz
             m(tokens, identity)
 
     every = ("shift", "smooth", "rotate", "keep")
-    transformed, record = mitigations.apply(model, every, collect, mitigations.Settings(threshold=0.0))
+    transformed, record = mitigations.apply(model, every, collect, mitigations.Settings(spike_threshold=0.0))
     assert all(layer["kept_fp32"] for layer in record["layers"])  # a threshold of 0 keeps every down-projection
     exported = export_lm(transformed, tmp_path / "export")
     session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
@@ -165,6 +166,20 @@ def test_mitigated_recipes_are_checked_in_the_run_config(tmp_path):
         config('["bnb-int8+spin"]', '["bnb-int8+spin"]')
 
 
+def test_mitigations_false_leaves_the_mitigated_recipes_out_of_a_run_or_of_one_model_size():
+    from ffnbench.bench.config import RunConfig
+    from ffnbench.bench.runner import plan
+
+    recipes = ["fp32", "ort-int8-dynamic", "ort-int8-dynamic+rotate"]
+    run = RunConfig(models=["tiny", "small"], recipes=recipes, scenarios=["clean"], latency=False,
+                    lm_recipes=recipes, lm_scenarios=["clean"], lm_seeds=[0])
+    assert {c.recipe for c in plan(run)} == set(recipes)
+    assert {c.recipe for c in plan(RunConfig(**{**vars(run), "mitigations": False}).check())} == set(recipes[:2])
+    one_size = RunConfig(**{**vars(run), "per_model": {"small": {"mitigations": False}}}).check()
+    mitigated = {(c.model, c.kind) for c in plan(one_size) if "+" in c.recipe}
+    assert mitigated == {("tiny", "accuracy"), ("trained-s0", "lm")}
+
+
 @pytest.mark.parametrize("design", ["A", "B"])
 def test_a_transformed_sublayer_export_runs_in_onnx_runtime_as_the_original(design, tmp_path):
     """ONNX Runtime runs the mitigated export as torch runs the original block; the export lists the
@@ -180,7 +195,7 @@ def test_a_transformed_sublayer_export_runs_in_onnx_runtime_as_the_original(desi
     block = build_model(FFNConfig(design=design, d_model=64, d_ff=256, residual=False))
     calibration, evaluation = _shifted(4, 64, seed=1), _shifted(2, 64, seed=2)
     transformed, _ = mitigations.apply(block, ("shift", "smooth", "rotate", "keep"), lambda m: m(calibration),
-                                       mitigations.Settings(threshold=0.0))
+                                       mitigations.Settings(spike_threshold=0.0))
     exported = export_onnx(transformed, tmp_path / "export", taps=True)
     session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"hidden": evaluation.numpy()}),
@@ -210,7 +225,8 @@ def test_a_mitigated_module_artifact_is_rebuilt_with_its_transform(tmp_path):
 
     block = build_model(FFNConfig(design="B", d_model=64, d_ff=256, residual=False))
     data = _shifted(2, 64)
-    transformed, record = mitigations.apply(block, ("keep",), lambda m: m(data), mitigations.Settings(threshold=0.0))
+    transformed, record = mitigations.apply(block, ("keep",), lambda m: m(data),
+                                            mitigations.Settings(spike_threshold=0.0))
     transformed.source = {**block.source, "mitigation": record}
     quantize(transformed, "bnb-int8", tmp_path / "bnb")
     rebuilt = load_artifact(tmp_path / "bnb").module
@@ -287,7 +303,7 @@ def test_a_run_measures_mitigated_recipes_on_the_trained_pair_beside_their_paren
 
 
 def test_a_variant_of_a_mitigated_recipe_sets_its_mitigations_parameters(tmp_path):
-    """alpha, threshold and the rotation seed come from a [recipe] variant of a mitigated recipe, are
+    """alpha, spike_threshold and the rotation seed come from a [recipe] variant of a mitigated recipe, are
     checked against the mitigations it applies, and reach the transform (recorded in its cells)."""
     from ffnbench.bench import runner
     from ffnbench.bench.config import RunConfig
@@ -301,12 +317,15 @@ def test_a_variant_of_a_mitigated_recipe_sets_its_mitigations_parameters(tmp_pat
         ("smooth", "rotate")
     assert chosen.mitigation_settings("mine") == mitigations.Settings(alpha=0.9)
     assert chosen.unmitigated("mine+rotate") == "ort-int8-dynamic" and chosen.unmitigated("fp32") is None
+    both = config(base="bnb-int8+keep", threshold=4.0, spike_threshold=3.0)  # LLM.int8's threshold stays its own
+    assert both.recipe_spec("mine") == ("bnb-int8", {"threshold": 4.0})
+    assert both.mitigation_settings("mine") == mitigations.Settings(spike_threshold=3.0)
     subject = runner.Subject(chosen, "B", "tiny", tmp_path)
     assert subject.mitigated("mine", "clean")[0].source["mitigation"]["alpha"] == 0.9
     for spec, message in (({"base": "ort-int8-dynamic+rotate", "alpha": 0.9}, "alpha sets \\+smooth"),
                           ({"base": "ort-int8-dynamic+smooth", "alpha": 1.5}, "within \\[0, 1\\]"),
-                          ({"base": "bnb-int8+keep", "threshold": 0.5}, "must be > 1"),
-                          ({"base": "bnb-int8+keep", "threshold": "8"}, "must be a number"),
+                          ({"base": "bnb-int8+keep", "spike_threshold": 0.5}, "must be > 1"),
+                          ({"base": "bnb-int8+keep", "spike_threshold": "8"}, "must be a number"),
                           ({"base": "ort-int8-dynamic+rotate", "seed": 1.5}, "non-negative integer"),
                           ({"base": "ort-int8-dynamic+spin"}, "unknown mitigation")):
         with pytest.raises(UsageError, match=message):

@@ -269,6 +269,8 @@ class LMSubject:
         identity = {"source": export.manifest["sha256"] if on_onnx else identity_of(model),
                     "recipe": base, "params": params, "device": config.device,
                     "calibration": cal.describe() if cal else None}
+        if model.source.get("mitigation"):  # +keep changes what is quantized, not the export's bytes
+            identity["mitigation"] = model.source["mitigation"]
         out = self.artifacts / f"lm-{recipe}-{self.design}-{files.digest(identity)}"
         return out, {"source": export.path if on_onnx else model, "recipe": base, "calibration": cal,
                      "device": config.device, **params}

@@ -201,8 +201,10 @@ def families(lm: dict) -> dict[str, list[str]]:
     mitigated recipe (RECIPE+rotate) is no evidence of its own: its parent's family already counts,
     and the report's Mitigations section sets it against that parent."""
     found = defaultdict(list)
+    # By name (RECIPE+rotate) or by record (a [recipe] variant based on one carries its `mitigation`).
+    mitigated = {k[1] for k, cells in lm.items() if any(c.get("mitigation") for c in cells)}
     for recipe in dict.fromkeys(k[1] for k in lm):
-        if not mitigations.parse(recipe.split("@")[0])[1]:
+        if recipe not in mitigated and not mitigations.parse(recipe.split("@")[0])[1]:
             found[FAMILY_OF.get(recipe.split("@")[0], recipe)].append(recipe)
     return dict(found)
 

@@ -131,6 +131,8 @@ def _reaches_a(found: dict, model: str, pairs: dict[str, str], scenarios: list[s
         best = max(shares, key=lambda m: shares[m][0])
         b_best, a_best = found[model, "B", best, scenario], found.get((model, "A", best, scenario))
         plain, both = gap_db(a_plain, b_best), gap_db(a_best, b_best) if a_best else None
+        if plain is None:
+            continue  # nothing to compare (no error on either side): not counted either way
         verdicts.append(_reaches(plain))
         rows.append(f"| {scenario} | `{parent}` | `{best}` ({_share(shares[best])}) | {_db(plain)} | "
                     f"{_reaches(plain)} | {_db(both)} | {_reaches(both)} |")
