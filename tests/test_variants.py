@@ -48,6 +48,7 @@ def test_the_section_lists_each_variant_beside_its_base_for_pairs_and_whole_mode
 def test_a_scenario_whose_fp32_pair_the_drift_breaks_is_marked():
     lines = variants.section(_Run({"al0": {"base": "ort-int4-rtn", "accuracy_level": 0}}, drift_cost=0.5), 0.1)
     assert any(line.startswith("| drift pair | A | clean (fp32 broken) |") for line in lines)
+    assert any(line.startswith("| smollm2 | B | clean (fp32 broken) |") for line in lines)
 
 
 def test_a_calibrated_variant_pairs_with_its_base_calibrated_on_the_same_scenario():

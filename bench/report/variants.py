@@ -8,6 +8,7 @@ rather than two overlapping means."""
 import numpy as np
 
 from ffnbench.bench.report.downstream_verdict import health, interval
+from ffnbench.bench.report.whole_models import fp32_broken
 from ffnbench.quant import mitigations
 
 
@@ -63,11 +64,15 @@ def unmitigated_parent(run, label: str, labels: set[str]) -> str | None:
 
 def section(run, threshold: float) -> list[str]:
     """Markdown lines; [] where the run has no variant or mitigation measured beside its base. A
-    scenario whose fp32 models the drift breaks is marked (`health`, the trained pairs')."""
+    scenario whose fp32 models the drift breaks is marked (the pairs' `health`, a whole model's
+    `fp32_broken`)."""
     rows = []
     for (model, design, scenario), by_recipe in groups(run).items():
-        lm = run.lm_pairs.get(model.removesuffix(" pair"), {}) if model.endswith(" pair") else {}
-        where = f"{scenario} (fp32 broken)" if lm and health(lm, scenario, threshold) else scenario
+        if model.endswith(" pair"):
+            broken = health(run.lm_pairs[model.removesuffix(" pair")], scenario, threshold)
+        else:  # a whole model: any of its cells under the scenario records its fp32 reference
+            broken = fp32_broken(next(iter(next(iter(by_recipe.values())).values())), threshold)
+        where = f"{scenario} (fp32 broken)" if broken else scenario
         for variant, base in parents(run, set(by_recipe)).items():
             if variant in by_recipe and base in by_recipe:
                 found = compare(by_recipe[variant], by_recipe[base])

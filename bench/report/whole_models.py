@@ -37,7 +37,7 @@ def section(whole: dict[str, dict], threshold: float, run_dir: Path, plot_dir: P
         recipes = list(dict.fromkeys(r for r, _ in cells))
         fp32 = {s: cells.get(("fp32", s)) for s in scenarios}
         source = next((c["checkpoint"] for c in fp32.values() if c and "family" in c.get("checkpoint", {})), {})
-        broken = {s: why for s in scenarios if (why := _broken(fp32.get(s), threshold))}
+        broken = {s: why for s in scenarios if (why := fp32_broken(fp32.get(s), threshold))}
         windowed = next((c for c in cells.values() if c.get("windows")), next(iter(cells.values())))
         lines += [f"## Whole model `{model}`", "", _source_line(model, source, windowed), "",
                   *_health(fp32, broken, threshold), *_figures(cells, scenarios, recipes, broken),
@@ -57,9 +57,10 @@ def _source_line(model: str, source: dict, cell: dict) -> str:
             "(a GGUF's dequantized).")
 
 
-def _broken(cell: dict | None, threshold: float) -> str | None:
+def fp32_broken(cell: dict | None, threshold: float) -> str | None:
     """Why fp32 itself fails under the scenario, or None: worse than the token-frequency model, or
-    more than `threshold` bits per byte above its clean text."""
+    more than `threshold` bits per byte above its clean text. Any of the scenario's cells will do:
+    each records its fp32 reference's figures."""
     if cell is None:
         return "no fp32 cell"
     ref = cell["reference"]
