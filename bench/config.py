@@ -144,20 +144,10 @@ class RunConfig:
         return name, {}
 
     def mitigations_of(self, recipe: str) -> tuple[str, ...]:
-        """The mitigations a recipe applies: its name's (RECIPE+shift) and, for a variant, its base's."""
-        name, mods = mitigations.parse(recipe)
-        spec = self.user_recipes.get(name)
-        inherited = mitigations.parse(spec["base"])[1] if spec else ()
-        return tuple(m for m in mitigations.MITIGATIONS if m in {*mods, *inherited})
+        return mitigations.applied(recipe, self.user_recipes)
 
     def unmitigated(self, recipe: str) -> str | None:
-        """The recipe a mitigated one applies its mitigations to (RECIPE+shift -> RECIPE, a variant
-        based on RECIPE+smooth -> RECIPE), or None for one that mitigates nothing."""
-        name, _ = mitigations.parse(recipe)
-        spec = self.user_recipes.get(name)
-        if spec and mitigations.parse(spec["base"])[1]:
-            name = mitigations.parse(spec["base"])[0]
-        return name if self.mitigations_of(recipe) else None
+        return mitigations.unmitigated(recipe, self.user_recipes)
 
     def mitigation_settings(self, recipe: str) -> "mitigations.Settings":
         """α, the spike threshold and the rotation seed: a variant's where it gives them, else the defaults."""

@@ -257,7 +257,7 @@ class Subject:
         if key not in self._mitigated:
             cal = self.calibration(calibration)
             data = torch.from_numpy(cal.data).to(self.config.device)
-            block = mitigations.mitigate_block(self.block, mods, data, settings, cal.describe())
+            block = mitigations.mitigate(self.block, mods, settings, data, mitigations.block_forward, cal.describe())
             self._mitigated[key] = (block, self._export(block))
         return self._mitigated[key]
 

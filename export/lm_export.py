@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ffnbench import files
-from ffnbench.export.onnx_export import NATIVE_OPSET, PARITY_TOL, ROTATION, ExportedModel, namespace, torch_to_onnx
+from ffnbench.export.onnx_export import NATIVE_OPSET, PARITY_TOL, ExportedModel, quantizable_matmuls, torch_to_onnx
 from ffnbench.export.validate import check, op_histogram
 from ffnbench.models.lm import CausalLM, Drift
 from ffnbench.models.real_lm import RealLM
@@ -70,7 +70,7 @@ def export_lm(model: CausalLM | RealLM, out_dir: Path, inject: str = "ffn-input"
                                     ({0: batch, 1: seq}, None, None, {0: batch})))
         # A mitigation (quant/mitigations.py) may keep down-projections in fp32: not for quantizing.
         kept = [f"model.{name}" for name, m in model.named_modules() if getattr(m, "keep_fp32", False)]
-        ffn = ffn_matmuls(proto, kept)
+        ffn = quantizable_matmuls(proto, FFN_NAMESPACE, kept)
         expected = (3 if cfg.ffn(0).activation == "swiglu" else 2) * cfg.n_layers - len(kept)
         if len(ffn) != expected:
             raise RuntimeError(f"export: found {len(ffn)} FFN MatMuls by module path, expected {expected}; "
@@ -89,14 +89,6 @@ def export_lm(model: CausalLM | RealLM, out_dir: Path, inject: str = "ffn-input"
         }
         files.write_json(stage / "manifest.json", manifest)
     return ExportedModel(Path(out_dir) / "model.onnx", manifest)
-
-
-def ffn_matmuls(model: onnx.ModelProto, kept: list[str] = ()) -> list[str]:
-    """Names of the MatMul nodes inside FFN sublayers: the only ones an lm recipe quantizes. Not the
-    online rotations of a mitigation (fp32 by design), nor the Linear layers at the module paths in
-    `kept` (a mitigation keeps them fp32)."""
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and FFN_NAMESPACE in (ns := namespace(n))
-            and ROTATION not in ns and not any(f"{path}:" in ns for path in kept)]
 
 
 def parity_vs_torch(path: Path, wrapper: _Exportable, seed: int = 1234) -> dict:

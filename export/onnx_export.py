@@ -84,7 +84,7 @@ def export_onnx(block: FFNBlock, out_dir: Path, *, decomposed: bool = False,
         }
         kept = [name for name, m in block.named_modules() if getattr(m, "keep_fp32", False)]
         if kept or any(ROTATION in namespace(n) for n in model.graph.node):
-            manifest["ffn_matmuls"] = quantizable_matmuls(model, kept)
+            manifest["ffn_matmuls"] = quantizable_matmuls(model, LINEAR, kept)
         files.write_json(stage / "manifest.json", manifest)
     return ExportedModel(out_dir / "model.onnx", manifest)
 
@@ -95,12 +95,12 @@ def namespace(node: onnx.NodeProto) -> str:
     return next((p.value for p in node.metadata_props if p.key == "namespace"), "")
 
 
-def quantizable_matmuls(model: onnx.ModelProto, kept: list[str]) -> list[str]:
-    """A mitigated block's MatMuls a recipe may quantize: its Linear layers' (`ffn_matmuls` in the
-    manifest, as a whole model's), not the online rotations (fp32 by design) nor the Linear layers at
-    the module paths in `kept` (a mitigation keeps them fp32)."""
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and LINEAR in (ns := namespace(n))
-            and ROTATION not in ns and not any(f".{path}:" in ns or f"/{path}:" in ns for path in kept)]
+def quantizable_matmuls(model: onnx.ModelProto, within: str, kept: list[str] = ()) -> list[str]:
+    """The MatMuls a recipe may quantize (`ffn_matmuls` in an export's manifest): those whose module
+    path holds `within`, not a mitigation's online rotation (fp32 by design) nor the Linear layer at a
+    module path in `kept` (a mitigation keeps it fp32; the exporter records a path as "PATH: class")."""
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and within in (ns := namespace(n))
+            and ROTATION not in ns and not any(f"{path}:" in ns for path in kept)]
 
 
 def _torch_export(module: torch.nn.Module, d_model: int, opset: int, output_names: list[str]):

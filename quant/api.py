@@ -119,7 +119,7 @@ def _mitigated(source, recipe: str, calibration: Calibration | None, params: dic
     given = {k: _number(recipe, k, params.pop(k)) for k in list(params) if k in mitigations.SETTINGS}
     settings = mitigations.settings(given, mods, recipe)
     data = torch.from_numpy(calibration.data).to(next(block.parameters()).device)
-    return mitigations.mitigate_block(block, mods, data, settings, calibration.describe()), params
+    return mitigations.mitigate(block, mods, settings, data, mitigations.block_forward, calibration.describe()), params
 
 
 def _is_lm_export(path) -> bool:

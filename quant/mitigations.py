@@ -76,6 +76,23 @@ def parse(name: str) -> tuple[str, tuple[str, ...]]:
     return base, tuple(m for m in MITIGATIONS if m in mods)
 
 
+def applied(recipe: str, variants: dict[str, dict]) -> tuple[str, ...]:
+    """The mitigations a recipe applies, in application order: its name's (RECIPE+shift) and, for a
+    [recipe] variant (`variants`: name -> its table), its base's."""
+    name, mods = parse(recipe)
+    inherited = parse(variants[name]["base"])[1] if name in variants else ()
+    return tuple(m for m in MITIGATIONS if m in {*mods, *inherited})
+
+
+def unmitigated(recipe: str, variants: dict[str, dict]) -> str | None:
+    """The recipe a mitigated one applies its mitigations to (RECIPE+shift -> RECIPE, a variant based
+    on RECIPE+smooth -> RECIPE), or None for one that mitigates nothing."""
+    name, _ = parse(recipe)
+    if name in variants and parse(variants[name]["base"])[1]:
+        name = parse(variants[name]["base"])[0]
+    return name if applied(recipe, variants) else None
+
+
 class Statistics:
     """What each FFN's inputs look like on calibration data, gathered by forward hooks while the
     caller runs the fp32 model: per channel max and min of the MLP's input (the norm's output), and
@@ -203,20 +220,28 @@ def apply(model: nn.Module, mods: tuple[str, ...], collect, settings: Settings =
     return transformed.eval(), {"mitigations": list(mods), **asdict(settings), "layers": layers}
 
 
-def mitigate_block(block: FFNBlock, mods: tuple[str, ...], data: torch.Tensor, settings: Settings,
-                   calibration: dict) -> FFNBlock:
-    """A copy of `block` with `mods` applied, set on `data` (requests, seq, d_model: one request a
-    call); its source names the transform (`calibration` says what the data was) and records its
-    equivalence to `block` on the first request."""
-    def collect(model: FFNBlock) -> None:
-        with torch.no_grad():
-            for request in data:
-                model(request[None])
+def mitigate(model: nn.Module, mods: tuple[str, ...], settings: Settings, requests, forward,
+             calibration) -> nn.Module:
+    """A copy of `model` (a block or a whole model) with `mods` applied, set on the calibration
+    `requests` (one call each through `forward(model)`, a function of a request returning the output
+    as an array); its source names the transform (`calibration`: what the requests were) and records
+    its output's largest difference from `model`'s on the first request."""
+    def collect(candidate: nn.Module) -> None:
+        call = forward(candidate)
+        for request in requests:
+            call(request)
 
-    transformed, record = apply(block, mods, collect, settings)
-    with torch.no_grad():
-        ours, theirs = transformed(data[:1]), block(data[:1])
-    record |= {"calibration": calibration, "fp32_max_abs_err": float((ours - theirs).abs().max()),
-               "fp32_max_abs_output": float(theirs.abs().max())}
-    transformed.source = {**block.source, "mitigation": record}
+    transformed, record = apply(model, mods, collect, settings)
+    ours, theirs = forward(transformed)(requests[0]), forward(model)(requests[0])
+    record |= {"calibration": calibration, "fp32_max_abs_err": float(np.max(np.abs(ours - theirs))),
+               "fp32_max_abs_output": float(np.max(np.abs(theirs)))}
+    transformed.source = {**model.source, "mitigation": record}
     return transformed
+
+
+def block_forward(block: FFNBlock):
+    """`mitigate`'s forward for a block: a (seq, d_model) request in, its output as an array."""
+    def call(request: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return block(request[None]).cpu().numpy()
+    return call

@@ -294,7 +294,7 @@ def test_a_run_measures_mitigated_recipes_on_the_trained_pair_beside_their_paren
     assert all(c["status"] == "ok" for c in cells.values()), [c.get("error") for c in cells.values()]
     rotated = cells["ort-int8-dynamic+rotate"]
     assert rotated["calibration"] == "clean" and rotated["mitigation"]["mitigations"] == ["rotate"]
-    assert rotated["mitigation"]["fp32_max_abs_err"] <= 1e-4 * rotated["mitigation"]["fp32_max_abs_logit"]
+    assert rotated["mitigation"]["fp32_max_abs_err"] <= 1e-4 * rotated["mitigation"]["fp32_max_abs_output"]
     artifact = json.loads((tmp_path / "run" / rotated["artifact"]["dir"] / "manifest.json").read_text())
     assert len(artifact["quantized_nodes"]) == 4 * 3  # the pair's four layers, three FFN MatMuls each
     assert "kept_fp32" in cells["bnb-int8+keep"]["mitigation"]["layers"][0]

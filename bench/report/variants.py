@@ -43,13 +43,9 @@ def parents(run, labels: set[str]) -> dict[str, str]:
 
 
 def unmitigated(run, label: str) -> str | None:
-    """The recipe a mitigated label applies its mitigations to (RECIPE+shift@clean -> RECIPE, and a
-    [recipe] variant based on RECIPE+smooth -> RECIPE), or None for a label that mitigates nothing."""
-    name, mods = mitigations.parse(label.partition("@")[0])
-    base = ((run.manifest.get("config") or {}).get("user_recipes") or {}).get(name, {}).get("base")
-    if base and mitigations.parse(base)[1]:
-        name, mods = mitigations.parse(base)[0], True
-    return name if mods else None
+    """The recipe a mitigated label applies its mitigations to (RECIPE+shift@clean -> RECIPE), or None."""
+    variants = (run.manifest.get("config") or {}).get("user_recipes") or {}
+    return mitigations.unmitigated(label.partition("@")[0], variants)
 
 
 def unmitigated_parent(run, label: str, labels: set[str]) -> str | None:
