@@ -21,9 +21,10 @@ bench: $(STAMP)
 	$(BIN)/ffnbench doctor
 	$(BIN)/ffnbench run --preset default --out runs/default-$$(date +%Y%m%d-%H%M%S)
 
+# Two workers, one a core; a test file stays on one worker, so its module fixtures are built once.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The gate baseline of this machine's class (`ffnbench doctor` names it) from a quick run here:
 # how a class the project has not seen gets one. Commit baselines/CLASS.json.

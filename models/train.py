@@ -94,7 +94,8 @@ def bits_per_byte(model: CausalLM, data: np.ndarray, batch: int) -> float:
     tokens = torch.from_numpy(data[: n * context + 1].astype(np.int64))
     windows = torch.stack([tokens[i * context: (i + 1) * context + 1] for i in range(n)])  # (n, context + 1)
     model.eval()
-    nats = sum(model.loss(windows[i:i + batch]).item() * len(windows[i:i + batch]) for i in range(0, n, batch))
+    with torch.no_grad():  # scoring only: no autograd graph per batch
+        nats = sum(model.loss(windows[i:i + batch]).item() * len(windows[i:i + batch]) for i in range(0, n, batch))
     return nats / n / math.log(2)
 
 

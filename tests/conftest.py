@@ -27,10 +27,14 @@ def hidden():
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
-    """The peaks cache goes to a temporary folder, not the user's ~/.cache; measured once a session."""
+    """The user cache (measured peaks, whole-model exports) goes to a temporary folder, not ~/.cache,
+    one for the whole test run: with xdist, every worker's base folder sits in one shared parent, so
+    a whole model exported by one worker is copied, hash-checked, by the other."""
     import os
 
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    os.environ["XDG_CACHE_HOME"] = str(shared / "cache")
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,14 @@
 """`compare --remeasure`: both runs' artifacts re-timed side by side, in this process or each side in
 its own environment, and what it will not pretend to re-measure."""
+import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from ffnbench.bench import RunConfig, run
+from ffnbench.bench import RunConfig, run, stats
 from ffnbench.bench.gate import compare
 from ffnbench.bench.gate.checks import checks
 from ffnbench.bench.gate.compare import LAUNCH_WORKER, remeasure, write
@@ -29,16 +31,20 @@ def default_size_run(tmp_path_factory):
     return out, remeasure(out, out)
 
 
-def test_a_self_comparison_at_the_default_size_passes_on_full_rounds(default_size_run):
+def test_a_self_comparison_at_the_default_size_judges_every_cell_on_full_rounds(default_size_run):
+    """What the comparison did, not what this machine's timing noise made of it: whether a cell passes
+    is tested on simulated samples (test_gate_judges_simulated_re_measurements, test_stats.py)."""
     default_size_run, ratios = default_size_run
     ort = {k: r for k, r in ratios.items() if "not_remeasured" not in r}
     assert len(ort) == 4  # fp32 and int8 at decode and prefill
     for r in ort.values():
         # The cap never cuts below the minimum, the model's own (12), not the run's (10).
         assert r["iterations"] >= 12 and r["stopped_by"] == "max_seconds"
+        assert r["processes"] == 1 and r["test"] == "Wilcoxon over paired rounds" and 0 <= r["p_slower"] <= 1
     result = gate(default_size_run.parent / "baseline.json", default_size_run, checks(), only="latency",
                   remeasured=ratios)
-    assert result.passed, [(f.cell, f.note) for f in result.failures]
+    judged = {f.cell for f in result.findings if f.metric == "p50_ms" and not f.advisory}
+    assert judged == set(ort)
     text = write(ratios, default_size_run).read_text()
     assert "p (slower)" in text and "Re-measured in this process, old and new interleaved" in text
 
@@ -63,34 +69,65 @@ class CountedWorker(compare.Worker):
         super().__init__(python, side)
 
 
-def test_a_doubled_bitsandbytes_forward_in_the_new_code_is_caught(tmp_path, seed_exports, monkeypatch):
-    """Each side loads and calls its artifacts with its own code, in workers of its own started
-    alternately, as many as the run's remeasure_processes (3 here): the new side's doubled forward
-    shows, though both sides time the same artifact files, and the test counts processes, not rounds."""
+def test_each_side_is_re_measured_by_workers_of_its_own_environment(tmp_path, seed_exports, monkeypatch):
+    """Each side loads and calls its artifacts with its own interpreter and code (here the new side's
+    forward runs twice), in workers started alternately, as many as the run's remeasure_processes,
+    and each cell's record counts processes, not rounds. Whether the doubled forward is caught is a
+    matter of this machine's timing: the reliability script measures that, not the suite."""
     run_dir = seed_exports(tmp_path / "run")
     run(RunConfig(models=["tiny"], designs=["B"], recipes=["fp32", "bnb-int8"], scenarios=["clean"], n_requests=1,
-                  seq_len=2, warmup=2, min_iterations=30, min_seconds=0.001, prefill=[2, 16], memory=False,
-                  remeasure_processes=3), run_dir,
+                  seq_len=2, warmup=1, min_iterations=4, min_seconds=0.001, prefill=[2, 16], memory=False,
+                  diagnose=False, remeasure_processes=2), run_dir,
         progress=False)
     write_baseline(run_dir, tmp_path / "baseline.json")
     doubled = doubled_forward_environment(tmp_path)
     monkeypatch.setattr(compare, "Worker", CountedWorker)
     CountedWorker.started = []
     ratios = remeasure(run_dir, run_dir, old_python=sys.executable, new_python=str(doubled))
-    assert CountedWorker.started == [("old", sys.executable), ("new", str(doubled))] * 3
+    assert CountedWorker.started == [("old", sys.executable), ("new", str(doubled))] * 2
     assert len(ratios) == 4 and all(r["code"] == "each side's own" for r in ratios.values())
     for r in ratios.values():
-        assert r["processes"] == 3 and r["test"] == "Welch t over process medians" and r["iterations"] >= 30
+        assert r["processes"] == 2 and r["test"] == "Welch t over process medians"
+        assert r["iterations"] >= compare.ROUNDS_PER_PROCESS * 2
         assert r["between_process_pct"] >= 0 and r["within_process_pct"] >= 0
     result = gate(tmp_path / "baseline.json", run_dir, checks(), only="latency", remeasured=ratios)
-    failed = {f.cell for f in result.failures}
-    assert {k for k in ratios if "bnb-int8" in k} <= failed, [(k, r["ratio"]) for k, r in ratios.items()]
+    assert {f.cell for f in result.findings if f.metric == "p50_ms" and not f.advisory} == set(ratios)
     assert "each side in several processes" in write(ratios, run_dir).read_text()
-    note = next(f.note for f in result.failures)
-    assert "in 3 processes a side (spread between them" in note and "Welch t over process medians p =" in note
-    # Measured 1.6-1.8 alone; below 1.3 once in a whole-suite run on this 2-core machine.
-    doubled_ratios = {k: round(r["ratio"], 2) for k, r in ratios.items() if "bnb-int8" in k}
-    assert all(r > 1.2 for r in doubled_ratios.values()), doubled_ratios
+
+
+def test_a_cell_re_measured_by_workers_is_tested_over_process_medians_not_rounds():
+    """Simulated samples, sample i from worker i mod 3: one new worker sits 30 % higher by its own
+    constant, the others within 3 % of old's. Over its 3 process medians a side that is no slowdown;
+    pooled over the 24 rounds, as if each were independent, it would be (Wilcoxon p < 0.01), so a
+    record that says processes but pools rounds shows here."""
+    rng = np.random.default_rng(36)
+    old = np.tile([1.0, 1.0, 0.98], 8) * rng.lognormal(0, 0.002, 24)
+    new = np.tile([1.3, 1.03, 1.0], 8) * rng.lognormal(0, 0.002, 24)
+    assert stats.wilcoxon_greater(new, old) < 0.01
+    record = compare.cell_test(new, old, processes=3)
+    assert record["processes"] == 3 and record["test"] == "Welch t over process medians"
+    expected = stats.process_ratio(new, old, 3)
+    assert record["p_slower"] == pytest.approx(expected["p_slower"]) and record["p_slower"] > 0.05
+    geometric_means = math.exp(np.mean(np.log([1.3, 1.03, 1.0])) - np.mean(np.log([1.0, 1.0, 0.98])))
+    assert record["ratio"] == pytest.approx(geometric_means, rel=0.02)
+    paired = compare.cell_test(new, old, processes=1)  # one process timed both: paired rounds
+    assert paired["processes"] == 1 and paired["test"] == "Wilcoxon over paired rounds" and paired["p_slower"] < 0.01
+    assert record["iterations"] == paired["iterations"] == 24
+
+
+@pytest.mark.parametrize(("ratio", "p_slower", "fails"), [(1.5, 0.001, True), (1.5, 0.2, False), (1.05, 0.001, False),
+                                                          (0.7, 1.0, False)])
+def test_gate_judges_simulated_re_measurements(default_size_run, ratio, p_slower, fails):
+    """The gate fails a re-measured cell when it is both past the threshold and significant: judged on
+    given figures, not on this machine's timings."""
+    run_dir, measured = default_size_run
+    key = next(k for k, r in measured.items() if "not_remeasured" not in r)
+    simulated = {k: ({**r, "ratio": 1.0, "p_slower": 0.5, "ci_low": 0.95, "ci_high": 1.05} if "not_remeasured" not in r
+                     else r) for k, r in measured.items()}
+    simulated[key] = {**simulated[key], "ratio": ratio, "p_slower": p_slower, "ci_low": ratio * 0.95,
+                      "ci_high": ratio * 1.05}
+    result = gate(run_dir.parent / "baseline.json", run_dir, checks(), only="latency", remeasured=simulated)
+    assert {f.cell for f in result.failures} == ({key} if fails else set())
 
 
 def test_an_environment_without_the_worker_is_a_usage_error(default_size_run, tmp_path):

@@ -49,7 +49,7 @@ def test_bad_drift_settings_are_refused():
 
 
 def test_a_drift_trained_model_records_its_drift_and_trains_under_it(tmp_path):
-    cfg = TrainConfig(steps=3, batch=4, eval_batch=4)
+    cfg = TrainConfig(steps=3, batch=4, eval_batch=512)  # few scoring calls over the held-out text
     m = train(SMALL, cfg, tmp_path / "m", progress=False, drift=sampler({"production": NAMED["production"]}, share=1.0))
     plain = train(SMALL, cfg, tmp_path / "plain", progress=False)
     assert m["drift"]["share"] == 1.0 and m["drift"]["scenarios"]["production"]["mean_shift"] == 4.0

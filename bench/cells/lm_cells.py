@@ -128,12 +128,14 @@ class LMSubject:
         name = f"lm-export-{self.design}-{files.digest(identity)}"
         out, cached = self.artifacts / name, files.cache_dir() / name
         if not _intact(out) and _intact(cached):
-            _copy_whole(cached, out)
+            with contextlib.suppress(OSError):  # another process rewriting the cache: export instead
+                _copy_whole(cached, out)
         if _intact(out):  # a re-run does not re-export
             return ExportedModel(out / "model.onnx", json.loads((out / "manifest.json").read_text()))
         exported = export_lm(model, out, self.inject, model.source)
-        with contextlib.suppress(OSError):  # a read-only cache costs time, not results
-            _copy_whole(out, cached)
+        if not _intact(cached):
+            with contextlib.suppress(OSError):  # a read-only cache costs time, not results
+                _copy_whole(out, cached)
         return exported
 
     def text(self, scenario: str, part: str = "held_out", n: int | None = None) -> np.ndarray:

@@ -110,18 +110,24 @@ def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,
             for cell in cells:
                 new_ms, old_ms = samples[f"new:{cell['key']}"], samples[f"old:{cell['key']}"]
                 rounds = min(len(new_ms), len(old_ms))  # paired by round; a side that left first has fewer
-                new_ms, old_ms = new_ms[:rounds], old_ms[:rounds]
-                if in_workers:
-                    test = {**stats.process_ratio(new_ms, old_ms, processes), "test": "Welch t over process medians"}
-                else:
-                    test = {**latency.ratio(new_ms, old_ms), "p_slower": stats.wilcoxon_greater(new_ms, old_ms),
-                            "processes": 1, "test": "Wilcoxon over paired rounds", "between_process_pct": None,
-                            "within_process_pct": stats.process_ratio(new_ms, old_ms, 1)["within_process_pct"]}
-                out[cell["key"]] = {**test, "old_p50_ms": float(np.median(old_ms)),
-                                    "new_p50_ms": float(np.median(new_ms)), "iterations": len(new_ms),
+                out[cell["key"]] = {**cell_test(new_ms[:rounds], old_ms[:rounds], processes if in_workers else 1),
                                     "stopped_by": stopped_by[f"new:{cell['key']}"],
                                     "code": "each side's own" if in_workers else "this process's"}
     return out
+
+
+def cell_test(new_ms: np.ndarray, old_ms: np.ndarray, processes: int) -> dict:
+    """One re-measured cell's new/old figures from its paired samples: over process medians when the
+    samples came from `processes` workers a side in turn (sample i from worker i mod processes), over
+    paired rounds when one process timed both sides (processes=1)."""
+    if processes > 1:
+        test = {**stats.process_ratio(new_ms, old_ms, processes), "test": "Welch t over process medians"}
+    else:
+        test = {**latency.ratio(new_ms, old_ms), "p_slower": stats.wilcoxon_greater(new_ms, old_ms),
+                "processes": 1, "test": "Wilcoxon over paired rounds", "between_process_pct": None,
+                "within_process_pct": stats.process_ratio(new_ms, old_ms, 1)["within_process_pct"]}
+    return {**test, "old_p50_ms": float(np.median(old_ms)), "new_p50_ms": float(np.median(new_ms)),
+            "iterations": len(new_ms)}
 
 
 def _inputs(config: RunConfig, cell: dict) -> np.ndarray:
