@@ -88,7 +88,7 @@ class RunConfig:
     lm_windows: int = 64
     lm_draws: int = 5  # independent draws of a synthetic drift, the windows dealt among them in turn
     # A model is healthy under a scenario while its fp32 bits per byte stay within this of its clean
-    # figure; a verdict needs both designs healthy (DESIGN.md).
+    # figure; a verdict needs both designs healthy (docs/design.md).
     healthy_delta_bpb: float = 0.1
     lm_inject: str = "ffn-input"  # where a synthetic drift enters: each FFN's input, or "residual"
     # Dose-response cells: the lm recipes under each of dose_scenarios (levels of one drift's

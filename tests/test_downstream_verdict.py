@@ -123,6 +123,32 @@ def test_drift_draws_are_resampled_as_groups():
     assert width(grouped[1:]) > 1.5 * width(independent[1:])
 
 
+def ratio_of_means(x, y):
+    return x.mean(axis=(-2, -1)) / y.mean(axis=(-2, -1))
+
+
+def test_the_bootstrap_resamples_training_seeds():
+    """Seeds at A/B 0.5, 1 and 2 with windows that agree within each: only a resample of the seeds
+    spreads the ratio (a bootstrap over windows alone gives [1.17, 1.17], which the Student-t widening
+    would hide). Of 27 equally likely resamples of 3 seeds, all-0.5 and all-2 are one each (3.7 %, past
+    the 2.5 % tails), so the percentile interval is exactly [0.5, 2]."""
+    per_seed = np.array([0.5, 1.0, 2.0])
+    b = np.ones((3, 16))
+    low, high = dv.bootstrap(per_seed[:, None] * b, b, ratio_of_means, np.arange(16) % 4)
+    assert (low, high) == (0.5, 2.0)
+
+
+def test_the_bootstrap_resamples_windows_within_draws_the_same_way_for_both_designs():
+    """One seed: windows carry the spread. A is B times 0.5 in every window, so the paired ratio has no
+    spread; unpaired (A's windows drawn apart from B's) it would."""
+    rng = np.random.default_rng(5)
+    b = rng.lognormal(0, 1.0, (1, 40))
+    low, high = dv.bootstrap(0.5 * b, b, ratio_of_means, np.arange(40) % 5)
+    assert low == pytest.approx(0.5) and high == pytest.approx(0.5)
+    low, high = dv.bootstrap(b * np.linspace(0.1, 2, 40), b, ratio_of_means, np.arange(40) % 5)
+    assert high / low > 1.2  # the windows differ in A/B: resampling them spreads it
+
+
 def test_three_seeds_widen_the_interval_to_the_student_t_one():
     """Per-seed ratios 0.94, 0.85 and 0.89 with windows that agree: the percentile bootstrap over
     three seeds alone would claim A; the t interval over the seeds (2 degrees of freedom) holds 1."""

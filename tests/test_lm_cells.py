@@ -77,6 +77,21 @@ def test_a_calibrated_artifact_built_by_the_workers_is_the_one_the_run_would_bui
     assert again.manifest["sha256"] == cell["artifact"]["sha256"] and cell["metrics"]["kl_to_fp32"] > 1e-5
 
 
+def test_a_calibrated_lm_recipe_is_calibrated_on_its_calibration_scenario_whatever_it_serves(lm_run):
+    """The QDQ cells served on production and on code read the artifact calibrated on `clean`
+    training text (the run's calibration), the same file as the clean cell's: a run whose prebuild
+    and measurement both calibrated on the served scenario would record production's data here."""
+    config, out, cells = lm_run
+    expected = LMSubject(config, "B", 0, out / "artifacts").calibration("clean").describe()
+    dirs = set()
+    for scenario in ("clean", "production", "domain-code"):
+        cell = cells[("ort-int8-qdq-minmax", scenario)]
+        manifest = json.loads((out / cell["artifact"]["dir"] / "manifest.json").read_text())
+        assert cell["calibration"] == "clean" and manifest["calibration"] == expected, scenario
+        dirs.add(cell["artifact"]["dir"])
+    assert len(dirs) == 1
+
+
 def test_fp32_agrees_with_torch_in_every_runtime(lm_run):
     config, out, cells = lm_run
     for scenario in ("clean", "production", "domain-code"):  # the ORT export, drift fed as inputs

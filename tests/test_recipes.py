@@ -1,4 +1,4 @@
-"""Recipe names and parameters: the table of DESIGN.md, overrides from strings, errors with the fix."""
+"""Recipe names and parameters: the table of docs/design.md, overrides from strings, errors with the fix."""
 
 import pytest
 

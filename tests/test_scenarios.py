@@ -6,7 +6,7 @@ import pytest
 from ffnbench.bench.traffic.scenarios import NAMED, Replay, Scenario, scenario
 from ffnbench.errors import UsageError
 
-# DESIGN.md's named scenarios, and `massive` (issue 24: the drift real models have).
+# docs/design.md's named scenarios, `massive` among them (issue 24: the drift real models have).
 DESIGN_MD_NAMES = {"clean", "shift-0.5", "shift-1", "shift-2", "shift-4", "shift-8", "magnitude-1", "magnitude-2",
                    "outliers", "production", "massive"}
 

@@ -69,6 +69,17 @@ def window_resamples(draw_of: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return np.concatenate(columns, axis=1)
 
 
+def bootstrap(a: np.ndarray, b: np.ndarray, statistic, draw_of: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """The percentile interval of statistic(A, B) over (seeds, windows) figures, resampling seeds, then
+    draws and windows within them: one index set for both designs (paired) and for every seed of a
+    replicate (they read the same windows)."""
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(len(a), size=(RESAMPLES, len(a), 1))
+    windows = window_resamples(draw_of, rng)[:, None, :]
+    low, high = np.percentile(statistic(a[seeds, windows], b[seeds, windows]), [2.5, 97.5])
+    return float(low), float(high)
+
+
 def interval(a: np.ndarray, b: np.ndarray, kind: str, draw_of: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
     """(point, low, high) of A/B (`kind` "ratio") or A − B ("difference") of the mean of (seeds,
     windows) figures: the paired bootstrap over seeds, draws and windows, widened to cover the
@@ -77,10 +88,7 @@ def interval(a: np.ndarray, b: np.ndarray, kind: str, draw_of: np.ndarray, seed:
         return x.mean(axis=(-2, -1)) / y.mean(axis=(-2, -1)) if kind == "ratio" else \
             x.mean(axis=(-2, -1)) - y.mean(axis=(-2, -1))
 
-    rng = np.random.default_rng(seed)
-    seeds = rng.integers(len(a), size=(RESAMPLES, len(a), 1))
-    windows = window_resamples(draw_of, rng)[:, None, :]
-    low, high = np.percentile(statistic(a[seeds, windows], b[seeds, windows]), [2.5, 97.5])
+    low, high = bootstrap(a, b, statistic, draw_of, seed)
     point = float(statistic(a, b))
     if len(a) > 1:
         per_seed = statistic(a[:, None], b[:, None])

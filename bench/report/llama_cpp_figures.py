@@ -1,7 +1,7 @@
 """The report's table of the figures llama.cpp's perplexity tool reports for a quantization, per
 recipe, design and scenario of the lm cells: KL divergence per position against fp32 (mean, 99th and
 99.9th percentile, maximum), the share of positions whose most likely next token is fp32's ("same
-top p"), and delta_p as DESIGN.md defines it: the probability of fp32's most likely token, quantized
+top p"), and delta_p as docs/design.md defines it: the probability of fp32's most likely token, quantized
 minus fp32 (llama.cpp's own Δp may be taken on the text's next token instead; the two differ where
 fp32's top guess is wrong). Means carry the downstream interval (training seeds and, within them,
 windows and drift draws)."""

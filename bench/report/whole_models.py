@@ -133,7 +133,7 @@ def _drift(fp32: dict, scenarios: list[str], model: str, run_dir: Path, plot_dir
     measured = {s: c for s, c in fp32.items() if c and c.get("drift_stats")}
     if not measured:
         return []
-    lines = [f"Drift at the FFN inputs of `{model}` (fp32; DESIGN.md's statistics, per layer: the median over its "
+    lines = [f"Drift at the FFN inputs of `{model}` (fp32; docs/design.md's statistics, per layer: the median over its "
              f"{len(next(iter(measured.values()))['drift_stats'])} layers, and in brackets the largest). Text "
              "domains are the model's own drift; synthetic scenarios are what ffnbench injects.", "",
              "| scenario | " + " | ".join(DRIFT_COLUMNS) + " |", "|---" * (len(DRIFT_COLUMNS) + 1) + "|"]

@@ -1,7 +1,7 @@
 """Drift statistics of hidden states: does a real shift look like the drift the scenarios simulate,
 and does it carry the mechanism (a persistent offset the norm keeps or removes, massive channels)?
 
-For states h (requests, tokens, features), the figures DESIGN.md names. Where a request's scale must
+For states h (requests, tokens, features), the figures docs/design.md names. Where a request's scale must
 not count, each request is first divided by its own RMS ("scale-free" below):
 - positive_mean_fraction: share of features whose scale-free mean over all tokens is > 0 (0.5 for a
   centred stream; `production` biases 90 % of them);
