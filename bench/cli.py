@@ -283,28 +283,28 @@ def cmd_run(args) -> int:
 
 def _print_drift(results: list[dict]) -> None:
     """The measured drift at the trained pair's FFN inputs (first seed): printed, not assumed."""
-    from ffnbench.bench.cells.lm_names import is_dose
     from ffnbench.bench.traffic.drift_stats import PER_LAYER_LEGEND, per_layer
 
-    measured = [r for r in results if r.get("drift_stats") and r.get("kind") == "lm" and not is_dose(r["model"])]
-    first = min((r.get("seed", 0) for r in measured), default=0)
-    for pair in dict.fromkeys(r.get("pair", "trained") for r in measured):
+    measured = [r for r in results if r.get("drift_stats") and r["kind"] == "lm" and r["study"] != "dose"]
+    first = min((r["seed"] for r in measured), default=0)
+    for pair in dict.fromkeys(r["pair"] for r in measured):
         print(f"drift at the FFN inputs, fp32, {pair} models, seed {first} (per layer: {PER_LAYER_LEGEND}):")
-        for r in (r for r in measured if r.get("seed", 0) == first and r.get("pair", "trained") == pair):
+        for r in (r for r in measured if r["seed"] == first and r["pair"] == pair):
             print(f"  {r['design']} {r['scenario']:<12} {per_layer(r['drift_stats'])}")
 
 
 def _print_downstream(out: Path) -> None:
     """The downstream verdict per scenario, counted by family, as downstream.json holds it."""
-    from ffnbench.bench.report.downstream_verdict import DOWNSTREAM_JSON, VERDICTS
+    from ffnbench.bench.analysis import downstream
+    from ffnbench.bench.analysis.verdicts import VERDICTS
 
-    path = out / DOWNSTREAM_JSON
-    found = [v for v in json.loads(path.read_text()) if v["family"] != "fp32"] if path.exists() else []
+    path = out / downstream.DOWNSTREAM_JSON
+    found = [v for v in downstream.load(out) if v["family"] != "fp32"]
     if found:
         print(f"downstream, A vs B by recipe family (95 % intervals over seeds and windows; {path}):")
-    pairs = list(dict.fromkeys(v.get("pair", "trained") for v in found))
-    for pair, scenario in dict.fromkeys((v.get("pair", "trained"), v["scenario"]) for v in found):
-        rows = [v for v in found if (v.get("pair", "trained"), v["scenario"]) == (pair, scenario)]
+    pairs = list(dict.fromkeys(v["pair"] for v in found))
+    for pair, scenario in dict.fromkeys((v["pair"], v["scenario"]) for v in found):
+        rows = [v for v in found if (v["pair"], v["scenario"]) == (pair, scenario)]
         counts = ", ".join(f"{verdict} {n}" for verdict in VERDICTS
                            if (n := sum(v["verdict"] == verdict for v in rows)))
         where = f"{pair} {scenario}" if len(pairs) > 1 else scenario
@@ -312,10 +312,12 @@ def _print_downstream(out: Path) -> None:
 
 
 def cmd_merge(args) -> int:
+    from ffnbench.bench.analysis import downstream
     from ffnbench.bench.merge import merge
     from ffnbench.bench.report.report import write
 
     cells = merge(args.run_dirs, args.out, allow_mismatch=args.allow_mismatch)
+    downstream.write(args.out)
     print(f"{args.out}: {len(cells)} cells from {len(args.run_dirs)} runs; wrote {write(args.out)}")
     return 0
 
@@ -390,8 +392,10 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from ffnbench.bench.analysis import downstream
     from ffnbench.bench.report.report import write
 
+    downstream.write(args.run_dir)  # the analysis again, by this revision, then its rendering
     print(f"wrote {write(args.run_dir)}")
     _print_downstream(Path(args.run_dir))
     return 0

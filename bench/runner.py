@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from ffnbench import files
+from ffnbench.bench.analysis import downstream
 from ffnbench.bench.cells import diagnosis, latency_cells, lm_cells, memory, metrics, prebuild, whole_cells
 from ffnbench.bench.cells.cell_record import artifact_summary, finite, recording
 from ffnbench.bench.cells.lm_cells import LM_DESIGNS, LMSubject, measure_lm
-from ffnbench.bench.cells.lm_names import lm_model, parse_lm_model
+from ffnbench.bench.cells.lm_names import lm_model
 from ffnbench.bench.cells.runnables import Runnable, TorchRunnable, ort_has_cuda, runnable_for
 from ffnbench.bench.cells.whole_cells import WholeSubject, measure_whole
 from ffnbench.bench.config import RunConfig
@@ -39,6 +40,12 @@ class Cell:
     scenario: str  # a scenario name, or the latency shape ("decode", "prefill") for latency cells
     calibration: str | None  # QDQ recipes only
     kind: str = "accuracy"  # or "latency", or "lm" (a whole trained model), or "whole" (a user's whole model)
+    # lm cells only: which committed models ("trained", "drift"), their training seed, and for a
+    # dose-response cell its injection point (None: the run's lm_inject, a matrix cell). `model` is
+    # the name made from them for keys and reports; nothing reads them back out of it.
+    pair: str | None = None
+    seed: int | None = None
+    dose_inject: str | None = None
 
     @property
     def key(self) -> str:
@@ -70,12 +77,13 @@ def plan(config: RunConfig) -> list[Cell]:
                   and (config.mitigations or not config.mitigations_of(r))]
     for kind, seed, design, recipe in itertools.product(config.lm_models, config.lm_seeds, lm_designs, lm_recipes):
         for cal in _calibrations(config, recipe):
-            cells += [Cell(design, lm_model(seed, kind), recipe, s, cal, kind="lm") for s in config.lm_scenarios]
+            cells += [Cell(design, lm_model(seed, kind), recipe, s, cal, kind="lm", pair=kind, seed=seed)
+                      for s in config.lm_scenarios]
     for kind, seed, inject, design, recipe in itertools.product(config.dose_models, config.dose_seeds,
                                                                 config.dose_inject, lm_designs, lm_recipes):
         for cal in _calibrations(config, recipe):
-            cells += [Cell(design, lm_model(seed, kind, inject), recipe, s, cal, kind="lm")
-                      for s in config.dose_scenarios]
+            cells += [Cell(design, lm_model(seed, kind, inject), recipe, s, cal, kind="lm", pair=kind, seed=seed,
+                           dose_inject=inject) for s in config.dose_scenarios]
     for name, recipe in itertools.product(config.whole_models, lm_recipes):
         spec = config.whole_spec(name)
         design = whole_model.design_of(spec.path, spec.where)
@@ -148,6 +156,7 @@ def run(config: RunConfig, out: Path, resume: bool = False, progress: bool | Non
                     bar.update()
         if lm:
             run_lm(lm, config, store, bar)
+    downstream.write(store.out)  # what the run concludes, with or without a report
     return store.results()
 
 
@@ -166,9 +175,10 @@ def run_lm(cells: list[Cell], config: RunConfig, store: RunStore, bar: Progress)
             subjects[design, model] = WholeSubject(config, model, store.out / "artifacts")
             continue
         bar.phase(f"{model} {design}: export (whole model)")
-        kind, seed, inject = parse_lm_model(model)
-        own = dataclasses.replace(config, lm_windows=config.dose_windows) if inject else config  # a dose cell
-        subjects[design, model] = LMSubject(own, design, seed, store.out / "artifacts", kind, inject)
+        first = group[0]
+        own = dataclasses.replace(config, lm_windows=config.dose_windows) if first.dose_inject else config
+        subjects[design, model] = LMSubject(own, design, first.seed, store.out / "artifacts", first.pair,
+                                            first.dose_inject)
     jobs, seen = {}, set()
     for key, group in groups.items():
         bar.phase(f"{key[1]} {key[0]}: what its artifacts are made from (exports, mitigated models)")

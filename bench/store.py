@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ffnbench import files
+from ffnbench.bench import records
 from ffnbench.errors import UsageError
 from ffnbench.versions import analysis_versions, stack_versions
 
@@ -54,7 +55,7 @@ def read_results(path: Path, tolerate_torn_tail: bool = False) -> list[dict]:
             if tolerate_torn_tail and number == len(lines):
                 break
             raise UsageError(f"{path}: line {number} is corrupt ({e}); remove that line or re-run the cell") from e
-        cells.append(cell)
+        cells.append(records.upgrade_cell(cell, f"{path}: line {number}"))
     return cells
 
 
@@ -74,6 +75,7 @@ def load_run(run_dir: Path, command: str) -> tuple[dict, list[dict]]:
         manifest = json.loads((run_dir / MANIFEST).read_text())
     except json.JSONDecodeError as e:
         raise UsageError(f"{command}: {run_dir / MANIFEST} is not valid JSON ({e}); re-run or restore it") from e
+    manifest = records.upgrade_document(manifest, f"{command}: {run_dir / MANIFEST}")
     return manifest, latest(read_results(run_dir / RESULTS))
 
 
@@ -108,6 +110,7 @@ class RunStore:
         else:
             files.write_json(manifest_path, {
                 "kind": "ffnbench.run",
+                "format": records.FORMAT,
                 "config": config,
                 "versions": stack_versions(),
                 "analysis_versions": analysis_versions(),
@@ -131,7 +134,7 @@ class RunStore:
         return {c["key"] for c in read_results(self.results_path) if c["status"] in ("ok", "skipped")}
 
     def append(self, cell: dict) -> None:
-        line = json.dumps(cell, sort_keys=True, allow_nan=False) + "\n"
+        line = json.dumps(records.stamped(cell), sort_keys=True, allow_nan=False) + "\n"
         with open(self.results_path, "a") as f:
             f.write(line)
             f.flush()

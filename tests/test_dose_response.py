@@ -3,8 +3,9 @@ read from lm records made here; the figure is drawn."""
 
 import numpy as np
 import pytest
-from test_downstream_verdict import cell, index
+from test_verdicts import cell, index
 
+from ffnbench.bench.analysis import downstream
 from ffnbench.bench.report import dose_response
 from ffnbench.bench.traffic.scenarios import SHIFTS
 
@@ -58,7 +59,6 @@ def test_the_section_draws_one_figure_an_axis_it_covers(tmp_path):
 def test_a_run_measures_the_dose_at_both_injection_points_apart_from_the_matrix(tmp_path, seed_exports):
     """dose_scenarios: cells of their own per injection point (never in a verdict), one figure an
     injection point; the same drift costs differently where it enters."""
-    import json
 
     from ffnbench.bench import RunConfig, run
     from ffnbench.bench.report import report
@@ -81,4 +81,4 @@ def test_a_run_measures_the_dose_at_both_injection_points_apart_from_the_matrix(
         assert f"### Dose-response: shift (injected at `{inject}`)" in text
         assert (out / "plots" / f"dose_response_shift_{inject}.png").stat().st_size > 10_000
         assert f"### Drift at the FFN inputs, measured: the dose-response levels, injected at `{inject}`" in text
-    assert {v["scenario"] for v in json.loads((out / "downstream.json").read_text())} <= {"clean"}
+    assert {v["scenario"] for v in downstream.load(out)} <= {"clean"}

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ffnbench.bench import RunConfig, run
+from ffnbench.bench.analysis import downstream
 from ffnbench.bench.cells import lm_cells
 from ffnbench.bench.cells.cell_record import finite
 from ffnbench.bench.cells.lm_cells import LMSubject, windows
@@ -249,7 +250,7 @@ def pair_run(lm_run):
 
 def test_the_run_writes_its_verdicts_from_the_cells_own_windows(pair_run):
     _, out, cells = pair_run
-    found = {(v["scenario"], v["family"]): v for v in json.loads((out / "downstream.json").read_text())}
+    found = {(v["scenario"], v["family"]): v for v in downstream.load(out)}
     families = ("int8-dynamic", "nf4", "int8-static")
     assert set(found) == {(s, f) for s in ("clean", "production", "domain-code") for f in families} | {
         ("production", "fp32")}
@@ -271,7 +272,7 @@ def test_a_scenario_whose_fp32_models_the_drift_breaks_gets_no_verdict(pair_run)
     """Under `production` at the FFN inputs the committed models lose bits per byte in fp32 alone;
     the verdict is `broken` exactly where an fp32 cell says so."""
     _, out, cells = pair_run
-    found = json.loads((out / "downstream.json").read_text())
+    found = downstream.load(out)
     for scenario in ("clean", "production", "domain-code"):
         fp32 = [c for c in cells if c["recipe"] == "fp32" and c["scenario"] == scenario]
         unhealthy = any(c["metrics"]["delta_bpb"] > 0.1
@@ -348,7 +349,7 @@ def test_a_run_measures_each_kind_of_committed_model_on_its_own(tmp_path, monkey
             (pair.TRAINED / "seeds" / design / "1" / "manifest.json").read_text())["sha256"]
     text = report.write(out).read_text()
     assert text.index("## Downstream: the drift-trained pair") < text.index("## Downstream: the trained pair")
-    found = json.loads((out / "downstream.json").read_text())
+    found = downstream.load(out)
     assert sorted(v["pair"] for v in found) == ["drift", "trained"]
     with pytest.raises(UsageError, match="lm_seeds: \\[7\\] are not all committed training seeds of the drift design"):
         RunConfig(lm_recipes=["fp32"], lm_seeds=[7], lm_models=["drift"]).check()

@@ -5,12 +5,13 @@ import os
 
 import pytest
 
+from ffnbench.bench import records
 from ffnbench.bench.store import RunStore, read_results
 from ffnbench.errors import UsageError
 
 
 def cell(key, status="ok"):
-    return {"key": key, "status": status}
+    return {"key": key, "kind": "accuracy", "status": status}
 
 
 def test_cells_append_and_read_back(tmp_path):
@@ -51,7 +52,7 @@ def test_retried_cell_replaces_its_error(tmp_path):
     store = RunStore(tmp_path / "run", {}, resume=False, machine={})
     store.append(cell("x", "error"))
     store.append(cell("x", "ok"))
-    assert store.results() == [cell("x", "ok")]
+    assert store.results() == [{**cell("x", "ok"), "format": records.FORMAT}]
 
 
 def test_out_that_is_a_file(tmp_path):

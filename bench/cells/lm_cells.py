@@ -7,7 +7,7 @@ residual stream (`"residual"`), its mean shift in units of each feature's std at
 on clean text), in `lm_draws` independent draws dealt to the windows in turn; a text domain
 (`domain-code`) is real drift: other text through the model unchanged. Every metric compares with
 fp32 torch of the same model on the same text and drift, and is kept per window too, so that the
-report's intervals can resample seeds and windows (report/downstream_verdict.py).
+report's intervals can resample seeds and windows (analysis/verdicts.py).
 """
 
 import contextlib
@@ -419,7 +419,7 @@ def predictions(subject: LMSubject, cell) -> Predictions:
 
 def measure_lm(subject: LMSubject, cell) -> dict:
     record = {"key": cell.key, "kind": "lm", "design": cell.design, "model": cell.model, "pair": subject.kind,
-              "seed": subject.seed,
+              "seed": subject.seed, "study": "dose" if cell.dose_inject else "downstream",
               "recipe": cell.recipe, "scenario": cell.scenario, "calibration": cell.calibration,
               "inject": subject.inject}
     layers = subject.cfg.n_layers

@@ -74,8 +74,8 @@ def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,
     config = RunConfig.from_dict(new_manifest["config"], files_dir)
     # Each side runs as its run did: a thread-count change is a change to measure, not to erase.
     threads = {"old": RunConfig.from_dict(old_manifest["config"]).threads, "new": config.threads}
-    old = {c["key"]: c for c in old_cells if c.get("kind") == "latency" and c["status"] == "ok"}
-    shared = [c for c in new_cells if c.get("kind") == "latency" and c["status"] == "ok" and c["key"] in old]
+    old = {c["key"]: c for c in old_cells if c["kind"] == "latency" and c["status"] == "ok"}
+    shared = [c for c in new_cells if c["kind"] == "latency" and c["status"] == "ok" and c["key"] in old]
     if not shared:
         raise UsageError(f"compare: {old_run} and {new_run} share no measured latency cell")
     in_workers = old_python is not None or new_python is not None

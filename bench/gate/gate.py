@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ffnbench import files
-from ffnbench.bench import store
+from ffnbench.bench import records, store
 from ffnbench.bench.cells.latency import LatencyConfig, ratio_text
 from ffnbench.bench.gate.checks import Check
 from ffnbench.bench.stats import holm, mann_whitney_greater
@@ -34,7 +34,7 @@ ALPHA = 0.05  # family-wise, over the latency findings of one gate that can fail
 
 
 def where(cell: dict) -> str:
-    kind = cell.get("kind", "accuracy")
+    kind = cell["kind"]
     if kind == "latency":
         return f"latency:{cell['shape']['name']}"
     return cell["scenario"] if kind == "accuracy" else f"{kind}:{cell['scenario']}"
@@ -76,6 +76,8 @@ def load_baseline(path: Path) -> dict:
     if data.get("format") != BASELINE_FORMAT:
         raise UsageError(f"--baseline: {path} has format {data.get('format')}, this ffnbench reads "
                          f"{BASELINE_FORMAT}; re-create it with --update-baseline")
+    data["cells"] = {key: records.upgrade_cell(cell, f"--baseline: {path}: cell {key}")
+                     for key, cell in data["cells"].items()}
     return data
 
 
@@ -135,9 +137,9 @@ def gate(baseline_path: Path, run_dir: Path, checks: dict[str, Check], allow_sta
     # lm and whole-model cells are accuracy too: deterministic for a stack, judged by absolute change.
     keep = {"all": ("accuracy", "lm", "whole", "latency"), "accuracy": ("accuracy", "lm", "whole"),
             "latency": ("latency",)}[only]
-    base_cells = [c for c in baseline["cells"].values() if c.get("kind", "accuracy") in keep]
+    base_cells = [c for c in baseline["cells"].values() if c["kind"] in keep]
     base = _index(base_cells)
-    run_cells = [c for c in cells if c.get("kind", "accuracy") in keep]
+    run_cells = [c for c in cells if c["kind"] in keep]
     for old, new in (aliases or {}).items():
         if not any(label(c) == new for c in run_cells):
             raise UsageError(f"--as {old}={new}: the run has no cells of recipe '{new}'; check the name")
@@ -163,7 +165,7 @@ def gate(baseline_path: Path, run_dir: Path, checks: dict[str, Check], allow_sta
             ratio = (remeasured or {}).get(new["key"]) if old["key"] == new["key"] else None
             _compare(old, new, checks, result, ratio, min_rounds(baseline))
             for finding in result.findings[before:]:
-                recorded_only = old.get("kind") == "latency" and not finding.note.startswith("re-measured")
+                recorded_only = old["kind"] == "latency" and not finding.note.startswith("re-measured")
                 finding.advisory = recorded_only and not strict_recorded_latency
             if old["key"] != new["key"]:
                 for finding in result.findings[before:]:
@@ -210,7 +212,7 @@ def _check_stack(baseline: dict, manifest: dict, allow: bool, result: GateResult
 
 def _compare(old: dict, new: dict, checks: dict[str, Check], result: GateResult, remeasured: dict | None,
              rounds: int) -> None:
-    is_latency = old.get("kind") == "latency"
+    is_latency = old["kind"] == "latency"
     for metric, check in checks.items():
         if check.latency != is_latency:
             continue

@@ -11,8 +11,8 @@ injection point; without them, the matrix's own cells at the run's `lm_inject`.
 import statistics
 from pathlib import Path
 
+from ffnbench.bench.analysis.verdicts import design_mean, families, seed_mean
 from ffnbench.bench.report import plots
-from ffnbench.bench.report.downstream_verdict import design_mean, families, seed_mean
 from ffnbench.bench.traffic.scenarios import MAGNITUDES, SHIFTS
 
 AXES = (("shift", SHIFTS, "mean shift (feature std)"), ("magnitude", MAGNITUDES, "request magnitude σ"))
@@ -65,7 +65,7 @@ def section(lm: dict, run_dir: Path, plot_dir: Path, suffix: str, threshold: flo
     found = families(lm)
     quantized = {family: recipes for family, recipes in found.items() if family != "fp32"}
     designs = [d for d in "AB" if any(k[0] == d for k in lm)]
-    seeds = sorted({c.get("seed", 0) for cells in lm.values() for c in cells})
+    seeds = sorted({c["seed"] for cells in lm.values() for c in cells})
     for name, axis, xlabel in AXES:
         levels = sorted((x, s) for s, x in axis.items() if any(k[2] == s for k in lm))
         if len(levels) < 3:

@@ -1,7 +1,7 @@
 """The report's "Downstream" section: the trained pair's lm cells, read from the run directory alone.
 
 The verdict first: A vs B per recipe family and scenario, each with its 95 % interval over training
-seeds and windows (downstream_verdict.py), `broken` where an fp32 model does not work under the
+seeds and windows (analysis/verdicts.py), `broken` where an fp32 model does not work under the
 drift. Then what a user of the model would notice per recipe (bits per byte, KL to fp32, next-byte
 agreement), what the drift alone costs in fp32, and the measured drift statistics and spikes.
 """
@@ -9,8 +9,8 @@ agreement), what the drift alone costs in fp32, and the measured drift statistic
 import functools
 from pathlib import Path
 
+from ffnbench.bench.analysis.verdicts import Comparison, per_recipe, seed_mean, summary
 from ffnbench.bench.report import dose_response, llama_cpp_figures, plots
-from ffnbench.bench.report.downstream_verdict import Comparison, per_recipe, seed_mean, summary
 from ffnbench.bench.report.formatting import number
 
 SUBLAYER_RESOLVED_DB = 0.5  # the sublayer verdict's own "leads" threshold (report.verdict)
@@ -36,7 +36,7 @@ def checkpoints(lm: dict) -> dict[tuple[str, int], dict]:
     for (design, recipe, _), cells in lm.items():
         for cell in cells if recipe == "fp32" else ():
             if "loss_curve" in (cell.get("checkpoint") or {}):
-                found.setdefault((design, cell.get("seed", 0)), cell["checkpoint"])
+                found.setdefault((design, cell["seed"]), cell["checkpoint"])
     return dict(sorted(found.items()))
 
 
@@ -47,7 +47,7 @@ def section(run, plot_dir: Path, sublayer: tuple[str, str, float] | None, found:
             kind: str = "trained") -> list[str]:
     """Markdown lines for the lm cells of `run` (a report.Run) on one kind of committed model; []
     when it has none. `sublayer`: (model, scenario, median A − B centered SQNR) of the sublayer
-    verdict, to set beside this one; `found`: those cells' comparisons (downstream_verdict)."""
+    verdict, to set beside this one; `found`: those cells' comparisons (analysis.verdicts)."""
     lm = run.lm_pairs.get(kind, {})
     config = run.manifest.get("config", {})
     threshold = config.get("healthy_delta_bpb", 0.1)

@@ -6,7 +6,7 @@ minus fp32 (llama.cpp's own Δp may be taken on the text's next token instead; t
 fp32's top guess is wrong). Means carry the downstream interval (training seeds and, within them,
 windows and drift draws)."""
 
-from ffnbench.bench.report.downstream_verdict import design_mean, seed_mean
+from ffnbench.bench.analysis.verdicts import design_mean, seed_mean
 from ffnbench.bench.report.formatting import number
 
 # Per-window figures behind the intervals (lm_metrics.window_metrics), by the cell metric they average to.

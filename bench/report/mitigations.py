@@ -6,12 +6,12 @@ still closer to fp32; an interval across 1: no difference."""
 
 import numpy as np
 
-from ffnbench.bench.report.downstream_verdict import health, interval
+from ffnbench.bench.analysis.verdicts import health, interval
 from ffnbench.bench.report.variants import unmitigated_parent
 
 
 def _stack(cells: list[dict]) -> dict[int, list[float]]:
-    return {c.get("seed", 0): c["windows"]["kl_to_fp32"] for c in cells if c.get("windows")}
+    return {c["seed"]: c["windows"]["kl_to_fp32"] for c in cells if c.get("windows")}
 
 
 def _ratio(a_cells: list[dict], b_cells: list[dict]) -> tuple[float, float, float] | None:
@@ -19,7 +19,7 @@ def _ratio(a_cells: list[dict], b_cells: list[dict]) -> tuple[float, float, floa
     seeds = sorted(set(a) & set(b))
     if not seeds or len({len(a[s]) for s in seeds} | {len(b[s]) for s in seeds}) != 1:
         return None
-    draws = np.arange(len(a[seeds[0]])) % a_cells[0].get("draws", 1)
+    draws = np.arange(len(a[seeds[0]])) % a_cells[0]["draws"]
     return interval(np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds]), "ratio", draws)
 
 

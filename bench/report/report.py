@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 
 from ffnbench import files
+from ffnbench.bench.analysis import downstream as analysis
 from ffnbench.bench.cells import latency
-from ffnbench.bench.cells.lm_names import is_dose
 from ffnbench.bench.report import downstream as report_downstream
-from ffnbench.bench.report import downstream_verdict, plots, sublayer_mitigations, variants, whole_models
 from ffnbench.bench.report import mitigations as report_mitigations
+from ffnbench.bench.report import plots, sublayer_mitigations, variants, whole_models
 from ffnbench.bench.report import timing as report_latency
 from ffnbench.bench.report.formatting import number as _f
 from ffnbench.bench.store import label, load_run
@@ -27,23 +27,18 @@ class Run:
         self.ok = [c for c in cells if c["status"] == "ok"]
         self.not_ok = [c for c in cells if c["status"] != "ok"]
         self.acc = {(c["design"], c["model"], label(c), c["scenario"]): c["metrics"]
-                    for c in self.ok if c.get("kind", "accuracy") == "accuracy"}
+                    for c in self.ok if c["kind"] == "accuracy"}
         self.lat = {(c["design"], c["model"], label(c), c["shape"]["name"]): c["metrics"]
-                    for c in self.ok if c.get("kind") == "latency"}
-        # kind of committed model ("trained", "drift") -> (design, recipe, scenario) -> its cells, a seed
-        # each; the dose-response cells apart, by (kind, inject).
-        self.lm_pairs: dict[str, dict] = {}
-        self.lm_dose: dict[tuple[str, str], dict] = {}
-        for c in sorted((c for c in self.ok if c.get("kind") == "lm"), key=lambda c: c.get("seed", 0)):
-            kind = c.get("pair", "trained")
-            group = self.lm_dose.setdefault((kind, c["inject"]), {}) if is_dose(c["model"]) else \
-                self.lm_pairs.setdefault(kind, {})
-            group.setdefault((c["design"], label(c), c["scenario"]), []).append(c)
+                    for c in self.ok if c["kind"] == "latency"}
+        # pair ("trained", "drift") -> (design, recipe, scenario) -> its cells, a seed each; the
+        # dose-response cells apart, by (pair, inject); and the analysis step's verdicts per pair.
+        self.lm_pairs, self.lm_dose = analysis.index(cells)
+        self.verdicts = analysis.analyse(self.manifest, cells)
         self.designs = list(dict.fromkeys(c["design"] for c in cells))
-        self.models = list(dict.fromkeys(c["model"] for c in cells if c.get("kind") not in ("lm", "whole")))
-        self.whole = whole_models.index([c for c in self.ok if c.get("kind") == "whole"])
+        self.models = list(dict.fromkeys(c["model"] for c in cells if c["kind"] not in ("lm", "whole")))
+        self.whole = whole_models.index([c for c in self.ok if c["kind"] == "whole"])
         self.recipes = list(dict.fromkeys(label(c) for c in cells))
-        self.scenarios = list(dict.fromkeys(c["scenario"] for c in cells if c.get("kind", "accuracy") == "accuracy"))
+        self.scenarios = list(dict.fromkeys(c["scenario"] for c in cells if c["kind"] == "accuracy"))
 
     def headline_scenario(self) -> str | None:
         if "production" in self.scenarios:
@@ -171,7 +166,7 @@ def isa_costs(run: Run) -> list[str]:
     machine = run.manifest.get("machine") or {}
     saturates = (machine.get("int8") or {}).get("u8s8_saturates")
     reduced = {(c["design"], c["model"]): (c.get("artifact") or {}).get("params", {}).get("reduce_range")
-               for c in run.ok if c.get("kind", "accuracy") == "accuracy" and c["recipe"] == "ort-int8-dynamic"}
+               for c in run.ok if c["kind"] == "accuracy" and c["recipe"] == "ort-int8-dynamic"}
     out = []
     for (design, model), reduce_range in reduced.items():
         parts = []
@@ -262,10 +257,7 @@ def write(run_dir: Path) -> Path:
                       "and the share of positive norm outputs.", "", *seed_tables(run, model, scenario), ""]
         lines += report_latency.section(run, model, plot_dir)
     if run.lm_pairs or run.lm_dose:
-        threshold = m.get("config", {}).get("healthy_delta_bpb", 0.1)
-        found = {kind: downstream_verdict.comparisons(lm, threshold, kind) for kind, lm in run.lm_pairs.items()}
-        found |= {kind: [] for kind, _ in run.lm_dose if kind not in found}
-        downstream_verdict.write(run.dir, [c for comparisons in found.values() for c in comparisons])
+        found = run.verdicts | {kind: [] for kind, _ in run.lm_dose if kind not in run.verdicts}
         # The drift-trained pair first where there is one: a model that works under the drift is the answer.
         for kind in sorted(found, key=lambda k: k != "drift"):
             lines += report_downstream.section(run, plot_dir, sublayer, found[kind], kind)

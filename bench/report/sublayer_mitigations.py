@@ -21,7 +21,7 @@ from ffnbench.bench.store import label
 def index(cells: list[dict]) -> dict[tuple[str, str, str, str], dict]:
     """(model, design, label, scenario) -> per-request sums, for the accuracy cells that record them."""
     return {(c["model"], c["design"], label(c), c["scenario"]): c["requests"] for c in cells
-            if c.get("kind", "accuracy") == "accuracy" and c.get("requests")}
+            if c["kind"] == "accuracy" and c.get("requests")}
 
 
 def recovered(mitigated: dict, parent: dict) -> tuple[float, float, float] | None:

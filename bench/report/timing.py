@@ -89,7 +89,7 @@ def _memory(run, model: str, plot_dir: Path) -> list[str]:
                             f"{_f(cell.get('resident_mb'))} | {_f(decode.get('peak_call_mb'))} | "
                             f"{_f(prefill.get('peak_call_mb'))} |")
     if not any(v is not None for vs in resident.values() for v in vs):
-        reasons = {c.get("memory_unavailable") for c in run.ok if c.get("kind") == "latency" and c["model"] == model}
+        reasons = {c.get("memory_unavailable") for c in run.ok if c["kind"] == "latency" and c["model"] == model}
         return ["### Memory", "", "Not measured: " + "; ".join(sorted(r for r in reasons if r)) + ".", ""]
     path = plots.bars(recipes, resident, None, "resident MB (a process each)", f"Memory per recipe ({model})",
                       plot_dir / f"memory_{model}.png", log=True)
@@ -105,7 +105,7 @@ def _memory(run, model: str, plot_dir: Path) -> list[str]:
 def _kernel_paths(run, model: str) -> list[str]:
     lines = []
     for shape in ("decode", "prefill"):
-        cells = [c for c in run.ok if c.get("kind") == "latency" and c["model"] == model and c.get("kernel_path")
+        cells = [c for c in run.ok if c["kind"] == "latency" and c["model"] == model and c.get("kernel_path")
                  and c["shape"]["name"] == shape]
         if cells:
             lines += _what_ran(run, shape, cells)

@@ -7,7 +7,7 @@ rather than two overlapping means."""
 
 import numpy as np
 
-from ffnbench.bench.report.downstream_verdict import health, interval
+from ffnbench.bench.analysis.verdicts import health, interval
 from ffnbench.bench.report.whole_models import fp32_broken
 from ffnbench.quant import mitigations
 
@@ -17,7 +17,7 @@ def groups(run) -> dict[tuple[str, str, str], dict[str, dict[int, dict]]]:
     out: dict = {}
     for kind, lm in run.lm_pairs.items():
         for (design, recipe, scenario), cells in lm.items():
-            out.setdefault((f"{kind} pair", design, scenario), {})[recipe] = {c.get("seed", 0): c for c in cells}
+            out.setdefault((f"{kind} pair", design, scenario), {})[recipe] = {c["seed"]: c for c in cells}
     for model, cells in run.whole.items():
         for (recipe, scenario), cell in cells.items():
             out.setdefault((model, cell["design"], scenario), {})[recipe] = {0: cell}
@@ -95,9 +95,9 @@ def compare(variant: dict[int, dict], base: dict[int, dict]) -> tuple[tuple, tup
     cells = [c for s in seeds for c in (variant[s], base[s])]
     if not seeds or not all(c.get("windows") for c in cells):
         return None
-    if len({(len(c["windows"]["kl_to_fp32"]), c.get("draws", 1)) for c in cells}) != 1:
+    if len({(len(c["windows"]["kl_to_fp32"]), c["draws"]) for c in cells}) != 1:
         return None
-    draws = np.arange(len(cells[0]["windows"]["kl_to_fp32"])) % cells[0].get("draws", 1)
+    draws = np.arange(len(cells[0]["windows"]["kl_to_fp32"])) % cells[0]["draws"]
 
     def stack(side: dict, metric: str) -> np.ndarray:
         return np.array([side[s]["windows"][metric] for s in seeds], np.float64)

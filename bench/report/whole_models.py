@@ -4,15 +4,15 @@ scenario with 95 % intervals over text windows and drift draws, and the model's 
 massive activations at every FFN input, beside the synthetic scenarios'.
 
 One model, no training seeds: the intervals resample windows (within drift draws) only, as the
-downstream ones do within a seed (downstream_verdict.interval).
+downstream ones do within a seed (analysis.verdicts.interval).
 """
 
 from pathlib import Path
 
 import numpy as np
 
+from ffnbench.bench.analysis.verdicts import interval
 from ffnbench.bench.report import plots
-from ffnbench.bench.report.downstream_verdict import interval
 from ffnbench.bench.report.formatting import number
 from ffnbench.bench.store import label
 from ffnbench.bench.traffic.scenarios import TEXT_DOMAINS
@@ -89,7 +89,7 @@ def _windowed(cell: dict, metric: str, fp32: dict | None = None) -> str:
     values = np.asarray(cell["windows"][metric], np.float64)
     if fp32 is not None:
         values = values - np.asarray(fp32["windows"][metric], np.float64)
-    draws = np.arange(len(values)) % cell.get("draws", 1)
+    draws = np.arange(len(values)) % cell["draws"]
     point, low, high = interval(values[None], np.zeros((1, len(values))), "difference", draws)
     spec = ".2e" if metric == "kl_to_fp32" else "+.4f" if fp32 is not None or "delta" in metric else ".4f"
     return f"{point:{spec}} [{low:{spec}}, {high:{spec}}]"

@@ -4,7 +4,8 @@ families pooled, `broken` from the fp32 models' own figures, and the scenario's 
 import numpy as np
 import pytest
 
-from ffnbench.bench.report import downstream_verdict as dv
+from ffnbench.bench.analysis import verdicts as dv
+from ffnbench.bench.store import label
 from ffnbench.quant import FAMILIES, FAMILY_OF, RECIPES
 
 
@@ -18,9 +19,10 @@ def cell(design, recipe, scenario, seed, kl, delta, bpb=1.8, reference=None, dra
 
 
 def index(cells):
+    """As the analysis indexes a pair's cells: by design, recipe label (recipe@calibration), scenario."""
     lm = {}
     for c in cells:
-        lm.setdefault((c["design"], c["recipe"], c["scenario"]), []).append(c)
+        lm.setdefault((c["design"], label(c), c["scenario"]), []).append(c)
     return lm
 
 
@@ -75,15 +77,15 @@ def test_a_family_pools_its_recipes_and_keeps_each_members_ratio():
 
 
 def test_a_mitigated_recipe_is_not_a_family_of_its_own():
-    cells = healthy_fp32() + constant_kl({("A", "ort-int8-dynamic"): 1.0, ("B", "ort-int8-dynamic"): 2.0,
-                                          ("A", "ort-int8-dynamic+rotate@clean"): 3.0,
-                                          ("B", "ort-int8-dynamic+rotate@clean"): 1.0})
+    rotated = [{**c, "calibration": "clean"} for c in constant_kl({("A", "ort-int8-dynamic+rotate"): 3.0,
+                                                                   ("B", "ort-int8-dynamic+rotate"): 1.0})]
+    cells = healthy_fp32() + constant_kl({("A", "ort-int8-dynamic"): 1.0, ("B", "ort-int8-dynamic"): 2.0}) + rotated
     found = dv.comparisons(index(cells), 0.1)
     assert [(c.family, c.recipes) for c in found] == [("int8-dynamic", ["ort-int8-dynamic"])]
     assert dv.per_recipe(index(cells), 0.1, found)["ort-int8-dynamic+rotate@clean", "clean"].kl_ratio == \
         pytest.approx(3.0)  # its own A-vs-B detail row stays
-    variant = [{**c, "recipe": "smooth90@clean", "mitigation": {"mitigations": ["smooth"]}} for c in cells
-               if c["recipe"] == "ort-int8-dynamic+rotate@clean"]  # a [recipe] variant based on RECIPE+smooth
+    variant = [{**c, "recipe": "smooth90", "mitigation": {"mitigations": ["smooth"]}}
+               for c in rotated]  # a [recipe] variant based on RECIPE+smooth
     assert [c.family for c in dv.comparisons(index(cells + variant), 0.1)] == ["int8-dynamic"]
 
 

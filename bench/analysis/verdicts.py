@@ -1,5 +1,5 @@
 """The downstream verdict: A vs B per recipe family and scenario, from the lm cells' per-window
-figures, with 95 % intervals; written to downstream.json beside report.md.
+figures, with 95 % intervals (the analysis step writes them to downstream.json).
 
 The interval comes from the sources of variation there are. A percentile bootstrap resamples
 training seeds, then the drift draws, then windows within each drawn draw. Every seed reads the same
@@ -14,19 +14,16 @@ scenario: otherwise the verdict is `broken`.
 
 import statistics
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
 
-from ffnbench import files
 from ffnbench.bench.traffic.scenarios import TEXT_DOMAINS
 from ffnbench.quant import FAMILY_OF, mitigations
 
 RESAMPLES = 2000
 VERDICTS = ("A", "B", "none", "broken")
-DOWNSTREAM_JSON = "downstream.json"
 
 
 @dataclass
@@ -109,7 +106,7 @@ def health(lm: dict, scenario: str, threshold: float) -> str | None:
     references = {}
     for (design, recipe, s), cells in lm.items():
         for cell in cells if s == scenario else ():
-            key = (design, cell.get("seed", 0))
+            key = (design, cell["seed"])
             if cell.get("reference"):
                 references[key] = cell["reference"]
             elif recipe == "fp32":
@@ -134,11 +131,11 @@ def health(lm: dict, scenario: str, threshold: float) -> str | None:
 
 def _windows(lm: dict, design: str, recipe: str, scenario: str) -> dict[int, dict]:
     """seed -> the cell's per-window figures, for cells that have them."""
-    return {c.get("seed", 0): c for c in lm.get((design, recipe, scenario), []) if c.get("windows")}
+    return {c["seed"]: c for c in lm.get((design, recipe, scenario), []) if c.get("windows")}
 
 
 def _shape(cell: dict) -> tuple[int, int]:
-    return len(cell["windows"]["kl_to_fp32"]), cell.get("draws", 1)
+    return len(cell["windows"]["kl_to_fp32"]), cell["draws"]
 
 
 def compare(lm: dict, scenario: str, family: str, recipes: list[str], broken: str | None) -> Comparison | None:
@@ -194,7 +191,7 @@ def design_mean(lm: dict, design: str, recipes: list[str], scenario: str, metric
 
 def _why_left_out(lm: dict, recipe: str, scenario: str, seeds: list[int]) -> str:
     for design in ("A", "B"):
-        cells = {c.get("seed", 0): c for c in lm.get((design, recipe, scenario), [])}
+        cells = {c["seed"]: c for c in lm.get((design, recipe, scenario), [])}
         for seed in seeds:
             if seed not in cells:
                 return f"no {design} cell of seed {seed}"
@@ -211,9 +208,10 @@ def families(lm: dict) -> dict[str, list[str]]:
     found = defaultdict(list)
     # By name (RECIPE+rotate) or by record (a [recipe] variant based on one carries its `mitigation`).
     mitigated = {k[1] for k, cells in lm.items() if any(c.get("mitigation") for c in cells)}
-    for recipe in dict.fromkeys(k[1] for k in lm):
-        if recipe not in mitigated and not mitigations.parse(recipe.split("@")[0])[1]:
-            found[FAMILY_OF.get(recipe.split("@")[0], recipe)].append(recipe)
+    recipe_of = {k[1]: cells[0]["recipe"] for k, cells in lm.items() if cells}  # label -> the recipe it names
+    for name, recipe in recipe_of.items():
+        if name not in mitigated and not mitigations.parse(recipe)[1]:
+            found[FAMILY_OF.get(recipe, recipe)].append(name)
     return dict(found)
 
 
@@ -264,7 +262,3 @@ def summary(found: list[Comparison], scenario: str) -> str | None:
     return resolved.pop() if len(resolved) == 1 else "mixed" if resolved else "none"
 
 
-def write(run_dir: Path, found: list[Comparison]) -> Path:
-    path = run_dir / DOWNSTREAM_JSON
-    files.write_json(path, [asdict(c) for c in found])
-    return path

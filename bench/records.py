@@ -1,0 +1,53 @@
+"""Versioned run records: the format every JSON a run writes carries, and the upgrade of records an
+older revision wrote, so that each reader sees one shape whatever revision made the run.
+
+Format history (`format` in each cell record, the manifest, downstream.json and baselines):
+
+1. No `format` field (every revision before 2026-12-07). A record may lack `kind` (then an accuracy
+   cell); an lm cell may lack `seed` (0: one committed model a design), `pair` (the model name, then
+   "trained"), `draws` (1) and `inject` ("ffn-input").
+2. `format: 2`; every record carries `kind`, and an lm cell its `pair`, `seed`, `draws` and `inject`.
+"""
+
+from ffnbench.errors import UsageError
+
+FORMAT = 2
+
+
+def stamped(record: dict) -> dict:
+    """The record as this revision writes it: with its format."""
+    return {**record, "format": FORMAT}
+
+
+def upgrade_cell(cell: dict, where: str) -> dict:
+    """A cell record of any known format, in this revision's shape; a newer format is refused."""
+    version = _version(cell, where)
+    if version == 1:
+        cell = _cell_from_1(cell)
+    return {**cell, "format": FORMAT}
+
+
+def upgrade_document(document: dict, where: str) -> dict:
+    """A manifest, baseline or analysis file of any known format: stamped, a newer one refused.
+    (Their fields did not change between formats 1 and 2; a baseline's cells upgrade as cells.)"""
+    _version(document, where)
+    return {**document, "format": FORMAT}
+
+
+def _version(record: dict, where: str) -> int:
+    version = record.get("format", 1)
+    if not isinstance(version, int) or version > FORMAT:
+        raise UsageError(f"{where}: written in record format {version}, newer than this ffnbench's {FORMAT}; "
+                         "read it with the revision that wrote it or a newer one")
+    return version
+
+
+def _cell_from_1(cell: dict) -> dict:
+    cell = {"kind": "accuracy", **cell}
+    if cell["kind"] == "lm":  # the one place a name is read: format 1 kept identity in it
+        name, _, dose_inject = cell["model"].partition("@")
+        cell = {"seed": 0, "pair": name.rsplit("-s", 1)[0], "inject": dose_inject or "ffn-input",
+                "study": "dose" if dose_inject else "downstream", **cell}
+    if cell["kind"] in ("lm", "whole") and cell["status"] == "ok":
+        cell = {"draws": 1, **cell}
+    return cell
