@@ -202,20 +202,12 @@ def _pairs(pairs: list[str], flag: str, example: str) -> dict[str, str]:
 
 
 def cmd_quantize(args) -> int:
-    from ffnbench.bench.traffic.scenarios import scenario
-    from ffnbench.export import load_onnx
-    from ffnbench.quant import Calibration, Skipped, mitigations, quantize, recipe_config
+    from ffnbench.bench.traffic.calibration import calibration_for
+    from ffnbench.quant import Skipped, needs_calibration, quantize
 
     params = _pairs(args.params, "--set", "accuracy_level=0")
-    base, mods = mitigations.parse(args.recipe)  # unknown recipe or parameter: fail before any work
-    cfg = recipe_config(base, **{k: v for k, v in params.items() if not (mods and k in mitigations.SETTINGS)})
-    model = load_onnx(args.model)
-    calibration = None
-    if getattr(cfg, "needs_calibration", False) or mods:  # QDQ's ranges, a mitigation's statistics
-        width = model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
-        # Calibration never sees the seed-0 hidden states that runs evaluate on.
-        data = scenario(args.calibration).calibration_data(args.calibration_requests, args.calibration_seq, width)
-        calibration = Calibration(args.calibration, data)
+    calibration = calibration_for(args.model, args.calibration, args.calibration_requests, args.calibration_seq) \
+        if needs_calibration(args.recipe, params) else None  # checks the recipe and its parameters first
     try:
         artifact = quantize(args.model, args.recipe, args.out, calibration=calibration, device=_device(args.device),
                             **params)
@@ -265,50 +257,23 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
 
 
 def cmd_run(args) -> int:
+    from ffnbench.bench.report import summary
     from ffnbench.bench.runner import run
 
     config = run_config_from_args(args)
     results = run(config, args.out, resume=args.resume, shard_spec=parse_shard(args.shard))
-    counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "skipped", "error")}
-    print(f"{args.out}: {counts['ok']} cells measured, {counts['skipped']} skipped, {counts['error']} failed "
-          f"(see {args.out}/results.jsonl)")
-    _print_drift(results)
+    _say([summary.count_line(args.out, results), *summary.drift_lines(results)])
     if not args.no_report:
         from ffnbench.bench.report.report import write
 
         print(f"wrote {write(args.out)}")
-        _print_downstream(Path(args.out))
+    _say(summary.downstream_lines(Path(args.out)))
     return 0
 
 
-def _print_drift(results: list[dict]) -> None:
-    """The measured drift at the trained pair's FFN inputs (first seed): printed, not assumed."""
-    from ffnbench.bench.traffic.drift_stats import PER_LAYER_LEGEND, per_layer
-
-    measured = [r for r in results if r.get("drift_stats") and r["kind"] == "lm" and r["study"] != "dose"]
-    first = min((r["seed"] for r in measured), default=0)
-    for pair in dict.fromkeys(r["pair"] for r in measured):
-        print(f"drift at the FFN inputs, fp32, {pair} models, seed {first} (per layer: {PER_LAYER_LEGEND}):")
-        for r in (r for r in measured if r["seed"] == first and r["pair"] == pair):
-            print(f"  {r['design']} {r['scenario']:<12} {per_layer(r['drift_stats'])}")
-
-
-def _print_downstream(out: Path) -> None:
-    """The downstream verdict per scenario, counted by family, as downstream.json holds it."""
-    from ffnbench.bench.analysis import downstream
-    from ffnbench.bench.analysis.verdicts import VERDICTS
-
-    path = out / downstream.DOWNSTREAM_JSON
-    found = [v for v in downstream.load(out) if v["family"] != "fp32"]
-    if found:
-        print(f"downstream, A vs B by recipe family (95 % intervals over seeds and windows; {path}):")
-    pairs = list(dict.fromkeys(v["pair"] for v in found))
-    for pair, scenario in dict.fromkeys((v["pair"], v["scenario"]) for v in found):
-        rows = [v for v in found if (v["pair"], v["scenario"]) == (pair, scenario)]
-        counts = ", ".join(f"{verdict} {n}" for verdict in VERDICTS
-                           if (n := sum(v["verdict"] == verdict for v in rows)))
-        where = f"{pair} {scenario}" if len(pairs) > 1 else scenario
-        print(f"  {where:<12} {counts}" + (f" ({rows[0]['reason']})" if rows[0]["reason"] else ""))
+def _say(lines: list[str]) -> None:
+    for line in lines:
+        print(line)
 
 
 def cmd_merge(args) -> int:
@@ -322,35 +287,15 @@ def cmd_merge(args) -> int:
     return 0
 
 
-def _tolerances(args) -> list[str]:
-    import tomllib
-
-    specs = []
-    if args.tolerances:
-        try:
-            data = tomllib.loads(Path(args.tolerances).read_text())
-        except FileNotFoundError:
-            raise UsageError(f"--tolerances: no file at {args.tolerances}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UsageError(f"--tolerances: {args.tolerances} is not valid TOML ({e})") from e
-        extra = set(data) - {"tolerances"}
-        if extra or not isinstance(data.get("tolerances", []), list):
-            raise UsageError(f"--tolerances: {args.tolerances} takes one key, tolerances = [\"metric:+N%\", ...]")
-        if not all(isinstance(spec, str) for spec in data.get("tolerances", [])):
-            raise UsageError("--tolerances: every tolerance is a string, e.g. \"p50_ms:+15%\"")
-        specs += data.get("tolerances", [])
-    return specs + args.tolerance
-
-
 def cmd_gate(args) -> int:
     from ffnbench.bench.gate import gate, gate_report
-    from ffnbench.bench.gate.checks import checks
+    from ffnbench.bench.gate.checks import checks, load_tolerances
 
     if args.update_baseline:
         baseline = gate.write_baseline(args.run_dir, args.baseline)
         print(f"wrote {args.baseline}: {len(baseline['cells'])} cells, machine class {baseline['machine_class']}")
         return 0
-    active = checks(_tolerances(args))
+    active = checks(load_tolerances(args.tolerances) + args.tolerance)
     aliases = _pairs(args.aliases, "--as", "ort-int8-dynamic=ort-int4-rtn") or None
     processes = _processes(args)
     gate.load_baseline(args.baseline)  # an unusable baseline fails before minutes of re-timing
@@ -393,15 +338,17 @@ def cmd_compare(args) -> int:
 
 def cmd_report(args) -> int:
     from ffnbench.bench.analysis import downstream
+    from ffnbench.bench.report import summary
     from ffnbench.bench.report.report import write
 
     downstream.write(args.run_dir)  # the analysis again, by this revision, then its rendering
     print(f"wrote {write(args.run_dir)}")
-    _print_downstream(Path(args.run_dir))
+    _say(summary.downstream_lines(Path(args.run_dir)))
     return 0
 
 
 def cmd_train(args) -> int:
+    from ffnbench.bench.traffic.drift_training import training_sampler
     from ffnbench.models.lm import LMConfig
     from ffnbench.models.train import TrainConfig, train
 
@@ -412,22 +359,14 @@ def cmd_train(args) -> int:
     lm_cfg = LMConfig(design=args.design, **seed)
     cfg = TrainConfig(**{k: getattr(args, k) for k in ("steps", "batch", "lr", "init_from", "store_dtype")
                          if getattr(args, k) is not None}, **seed)
-    m = train(lm_cfg, cfg, args.out, drift=_drift_sampler(args, lm_cfg, cfg) if args.drift else None)
+    drift = training_sampler(args.drift.split(","), args.drift_share, args.inject, lm_cfg.context, cfg.seed) \
+        if args.drift else None
+    m = train(lm_cfg, cfg, args.out, drift=drift)
     print(f"wrote {args.out}: design {args.design}, {m['parameters']:,} parameters, {m['steps']} steps, "
           f"final loss {m['losses'][-1]:.3f} nats, validation {m['validation_bits_per_byte']:.3f} and held-out "
           f"{m['held_out_bits_per_byte']:.3f} bits per byte "
           f"({m['corpus']['source']}, sha256 {m['corpus']['sha256'][:12]})")
     return 0
-
-
-def _drift_sampler(args, lm_cfg, cfg):
-    from ffnbench.bench.traffic.drift_training import DriftSampler, probe_windows
-    from ffnbench.bench.traffic.scenarios import scenario
-    from ffnbench.models import corpus
-
-    scenarios = {name: scenario(name) for name in args.drift.split(",") if name}
-    train_bytes = corpus.prose().split_validation()[0]
-    return DriftSampler(scenarios, args.drift_share, args.inject, probe_windows(train_bytes, lm_cfg.context), cfg.seed)
 
 
 def cmd_capture(args) -> int:

@@ -60,6 +60,15 @@ def _u8s8_saturates() -> bool:
     return u8s8_saturates()
 
 
+def needs_calibration(recipe: str, params: dict) -> bool:
+    """Whether `recipe` (RECIPE+mods, with `params`) needs calibration data: QDQ's ranges or a
+    mitigation's statistics. An unknown recipe, mitigation or parameter is refused here, before any
+    work."""
+    base, mods = mitigations.parse(recipe)
+    cfg = recipe_config(base, **{k: v for k, v in params.items() if not (mods and k in mitigations.SETTINGS)})
+    return bool(getattr(cfg, "needs_calibration", False) or mods)
+
+
 def quantize(source: FFNBlock | CausalLM | Path, recipe: str, out_dir: Path, calibration: Calibration | None = None,
              device: str = "cpu", **params) -> Artifact:
     """Quantize an fp32 block, or the model.onnx that `export` wrote, with the named recipe.

@@ -13,7 +13,7 @@ from ffnbench.bench.traffic.scenarios import scenario
 from ffnbench.errors import UsageError
 from ffnbench.files import sha256_file
 from ffnbench.models import build_model, preset
-from ffnbench.quant import RECIPES, Calibration, quantize
+from ffnbench.quant import RECIPES, Calibration, needs_calibration, quantize
 
 # Lower bounds on SQNR (dB) of the FFN output (no residual) vs fp32, on clean seed-0 inputs,
 # calibration on clean seed-1 data. Measured on this project's dev machine (AMD EPYC, AVX-512 VNNI,
@@ -194,3 +194,15 @@ def test_a_model_without_matmul_is_refused(tmp_path, manifest):
     with pytest.raises(UsageError, match="has no MatMul to quantize"):
         quantize(path, "ort-int8-dynamic", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("recipe", "params", "needed"), [
+    ("ort-int8-dynamic", {}, False), ("ort-int8-qdq-minmax", {}, True), ("ort-int8-dynamic+rotate", {}, True),
+    ("bnb-int8+keep", {"spike_threshold": 4.0}, True), ("ort-int4-rtn", {"accuracy_level": 4}, False)])
+def test_which_recipes_need_calibration_data(recipe, params, needed):
+    assert needs_calibration(recipe, params) is needed
+
+
+def test_a_recipe_that_cannot_be_quantized_is_refused_before_calibrating():
+    with pytest.raises(UsageError, match="unknown mitigation"):
+        needs_calibration("ort-int8-dynamic+twist", {})

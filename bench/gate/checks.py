@@ -7,7 +7,9 @@ already on a log scale; no unit means the metric's own unit.
 """
 
 import re
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 from ffnbench.bench.cells.lm_metrics import LM_METRICS
 from ffnbench.bench.cells.metrics import ALL_METRICS
@@ -81,3 +83,20 @@ def checks(overrides: list[str] = ()) -> dict[str, Check]:
     out = {c.metric: c for c in map(parse, DEFAULTS)}
     out.update({c.metric: c for c in map(parse, overrides)})
     return out
+
+
+def load_tolerances(path: str | None) -> list[str]:
+    """The tolerance specs of a TOML file (`tolerances = ["metric:+N%", ...]`); none without a file."""
+    if not path:
+        return []
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--tolerances: no file at {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"--tolerances: {path} is not valid TOML ({e})") from e
+    if set(data) - {"tolerances"} or not isinstance(data.get("tolerances", []), list):
+        raise UsageError(f"--tolerances: {path} takes one key, tolerances = [\"metric:+N%\", ...]")
+    if not all(isinstance(spec, str) for spec in data.get("tolerances", [])):
+        raise UsageError("--tolerances: every tolerance is a string, e.g. \"p50_ms:+15%\"")
+    return data.get("tolerances", [])

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from ffnbench.bench.traffic.drift_stats import ffn_input_std
-from ffnbench.bench.traffic.scenarios import Scenario
+from ffnbench.bench.traffic.scenarios import Scenario, scenario
 from ffnbench.errors import UsageError
+from ffnbench.models import corpus
 from ffnbench.models.lm import INJECT, CausalLM, Drift
 
 REFRESH = 50  # steps between measurements of the clean feature stds
@@ -71,3 +72,10 @@ def clean_feature_std(model: CausalLM, tokens: torch.Tensor) -> np.ndarray:
     model(tokens, taps=taps)
     model.train(was_training)
     return ffn_input_std(taps, model.cfg.n_layers)
+
+
+def training_sampler(names: list[str], share: float, inject: str, context: int, seed: int) -> DriftSampler:
+    """The sampler `ffnbench train --drift` trains under: the named scenarios on `share` of the
+    requests, their offsets in units of the clean feature std probed on the prose training text."""
+    scenarios = {name: scenario(name) for name in names if name}
+    return DriftSampler(scenarios, share, inject, probe_windows(corpus.prose().split_validation()[0], context), seed)
