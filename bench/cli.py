@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="peak learning rate (default: TrainConfig's)")
     train.add_argument("--init-from", help="fine-tune: start from this checkpoint directory's weights")
     train.add_argument("--store-dtype", help="float32 (default) or float16: how model.safetensors stores the weights")
+    train.add_argument("--corpus", help="prose (default: pydoc topics, what the committed models learned) or "
+                       "library (18 MB split by document; `make corpus` fetches it)")
     train.add_argument("--drift", help="named scenarios a share of the requests carries while training, e.g. "
                        "production,massive (a model that lives with its drift)")
     train.add_argument("--drift-share", type=float, default=0.5, help="share of requests drifted (default 0.5)")
@@ -357,9 +359,10 @@ def cmd_train(args) -> int:
                          "drop --drift or give --steps")
     seed = {} if args.seed is None else {"seed": args.seed}
     lm_cfg = LMConfig(design=args.design, **seed)
-    cfg = TrainConfig(**{k: getattr(args, k) for k in ("steps", "batch", "lr", "init_from", "store_dtype")
+    cfg = TrainConfig(**{k: getattr(args, k) for k in ("steps", "batch", "lr", "init_from", "store_dtype", "corpus")
                          if getattr(args, k) is not None}, **seed)
-    drift = training_sampler(args.drift.split(","), args.drift_share, args.inject, lm_cfg.context, cfg.seed) \
+    drift = training_sampler(args.drift.split(","), args.drift_share, args.inject, lm_cfg.context, cfg.seed,
+                             cfg.corpus) \
         if args.drift else None
     m = train(lm_cfg, cfg, args.out, drift=drift)
     print(f"wrote {args.out}: design {args.design}, {m['parameters']:,} parameters, {m['steps']} steps, "

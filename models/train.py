@@ -26,6 +26,7 @@ from ffnbench.versions import stack_versions
 
 INITS = ("gpt2", "ffn-synthetic")
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+TRAINING_CORPORA = ("prose", "library")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class TrainConfig:
     # 64 MB budget); the model then is the upcast fp16 weights, which every figure is measured on.
     # With init_from and steps = 0 nothing trains: the start is stored again in this dtype.
     store_dtype: str = "float32"
+    # What to train on: "prose" (pydoc_data.topics, what the committed models learned) or "library"
+    # (18 MB split by document, models/library.py; `make corpus` fetches it).
+    corpus: str = "prose"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "eval_batch"):
@@ -61,6 +65,8 @@ class TrainConfig:
             raise UsageError("lr must be positive, warmup and weight_decay >= 0")
         if self.init not in INITS:
             raise UsageError(f"init: unknown '{self.init}'; choose one of {', '.join(INITS)}")
+        if self.corpus not in TRAINING_CORPORA:
+            raise UsageError(f"corpus: unknown '{self.corpus}'; choose one of {', '.join(TRAINING_CORPORA)}")
         if self.store_dtype not in STORE_DTYPES:
             raise UsageError(f"store_dtype: unknown '{self.store_dtype}'; choose one of {', '.join(STORE_DTYPES)}")
 
@@ -139,11 +145,11 @@ def parameter_groups(model: CausalLM, cfg: TrainConfig) -> list[dict]:
 
 def train(lm_cfg: LMConfig, cfg: TrainConfig, out: Path | None = None, progress: bool | None = None,
           drift=None) -> dict:
-    """Train one CausalLM on the prose corpus; write it to `out` (nothing half-written) and return its
+    """Train one CausalLM on cfg.corpus; write it to `out` (nothing half-written) and return its
     manifest (the losses of every step among it). `drift(step, model, batch) -> (Drift | None,
     inject)` puts a drift on the states of each step's requests (bench/traffic/drift_training.py);
     its describe() goes into the manifest."""
-    text = corpus.prose()
+    text = corpus.load(cfg.corpus)
     train_bytes, validation, held_out = text.split_validation()
     if not cfg.validation:
         train_bytes, validation = text.split()[0], None

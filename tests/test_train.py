@@ -116,6 +116,22 @@ def test_validation_bytes_are_cut_from_training_and_never_touch_the_held_out_ten
     assert train(SMALL, replace(cfg, validation=False), progress=False)["validation_bits_per_byte"] is None
 
 
+def test_a_model_trains_on_the_library_and_is_scored_on_its_held_out_documents(tmp_path):
+    """--corpus library: batches from its training documents, validation and held-out figures on its
+    own parts (not the prose tenth), and the manifest names the corpus it learned."""
+    text = corpus.load("library")
+    m = train(SMALL, TrainConfig(steps=2, batch=2, warmup=1, eval_batch=4096, corpus="library"), tmp_path / "m",
+              progress=False)
+    assert m["corpus"]["name"] == "library" and m["corpus"]["sha256"] == text.sha256
+    assert m["train"]["corpus"] == "library" and m["corpus"]["split"] == "by document"
+    model, _ = load_lm(tmp_path / "m")
+    _, validation, held_out = text.split_validation()
+    assert m["held_out_bits_per_byte"] == pytest.approx(bits_per_byte(model, held_out, 4096), abs=1e-6)
+    assert m["validation_bits_per_byte"] == pytest.approx(bits_per_byte(model, validation, 4096), abs=1e-6)
+    with pytest.raises(UsageError, match="corpus: unknown 'wiki'; choose one of prose, library"):
+        TrainConfig(corpus="wiki")
+
+
 def test_an_unknown_init_is_refused():
     with pytest.raises(UsageError, match="init: unknown 'xavier'; choose one of gpt2, ffn-synthetic"):
         TrainConfig(init="xavier")

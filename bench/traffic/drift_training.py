@@ -74,8 +74,10 @@ def clean_feature_std(model: CausalLM, tokens: torch.Tensor) -> np.ndarray:
     return ffn_input_std(taps, model.cfg.n_layers)
 
 
-def training_sampler(names: list[str], share: float, inject: str, context: int, seed: int) -> DriftSampler:
+def training_sampler(names: list[str], share: float, inject: str, context: int, seed: int,
+                     text: str = "prose") -> DriftSampler:
     """The sampler `ffnbench train --drift` trains under: the named scenarios on `share` of the
-    requests, their offsets in units of the clean feature std probed on the prose training text."""
+    requests, their offsets in units of the clean feature std probed on the training text of corpus
+    `text`."""
     scenarios = {name: scenario(name) for name in names if name}
-    return DriftSampler(scenarios, share, inject, probe_windows(corpus.prose().split_validation()[0], context), seed)
+    return DriftSampler(scenarios, share, inject, probe_windows(corpus.load(text).split_validation()[0], context), seed)
