@@ -11,7 +11,7 @@ is imported.
 
 import importlib
 
-_EXPORTS = {"RunConfig": "ffnbench.bench.config", "load_toml": "ffnbench.bench.config",
+_EXPORTS = {"RunConfig": "ffnbench.bench.config", "load_toml": "ffnbench.bench.config_toml",
             "preset_config": "ffnbench.bench.config", "run": "ffnbench.bench.runner"}
 __all__ = list(_EXPORTS)
 

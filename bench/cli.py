@@ -222,11 +222,14 @@ def cmd_quantize(args) -> int:
 
 
 def run_config_from_args(args):
-    from ffnbench.bench.config import load_toml, preset_config
+    from ffnbench.bench.config import preset_config
+    from ffnbench.bench.config_toml import read_toml
 
     config = preset_config(args.preset or "quick")
     if args.config:
-        config = load_toml(args.config, base=config if args.preset else None)
+        config, notes = read_toml(args.config, base=config if args.preset else None)
+        for note in notes:
+            print(f"ffnbench: note: {note}", file=sys.stderr)
         if args.preset:
             config.preset = args.preset
     for axis in ("designs", "models", "recipes", "scenarios", "calibration"):

@@ -3,14 +3,21 @@
 import copy
 import dataclasses
 import functools
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.bench.traffic import model_specs
 from ffnbench.bench.traffic.model_specs import SHIPPED_WHOLE, ModelSpec, WholeSpec
-from ffnbench.bench.traffic.scenarios import MAGNITUDES, NAMED, SHIFTS, TEXT_DOMAINS, Replay, Scenario
+from ffnbench.bench.traffic.scenarios import (
+    MAGNITUDES,
+    NAMED,
+    SHIFTS,
+    TEXT_DOMAINS,
+    Replay,
+    Scenario,
+    replay_from_table,
+)
 from ffnbench.errors import UsageError
 from ffnbench.models import DESIGNS, PRESETS, FFNBlock, FFNConfig, build_model, preset
 from ffnbench.models.lm import INJECT
@@ -360,7 +367,7 @@ class RunConfig:
         trace files resolve against `files_dir` (the folder of the run's config, or --weights-dir)
         and must have the hashes the run recorded."""
         data = {k: v for k, v in data.items() if k not in ("shard", "files_dir")}
-        scenarios = {name: _replay(name, Path(d["replay"]), d, files_dir) if "replay" in d else Scenario(**d)
+        scenarios = {name: replay_from_table(name, Path(d["replay"]), d, files_dir) if "replay" in d else Scenario(**d)
                      for name, d in data.pop("user_scenarios", {}).items()}
         models = {name: ModelSpec(name, base=str(files_dir), sha256=d.get("sha256"),
                                   **{k: v for k, v in d.items() if k in model_specs.KEYS})
@@ -401,18 +408,6 @@ PRESETS_RUN = {
                       per_model={"llama-7b": LLAMA_7B}, whole_models=list(SHIPPED_WHOLE)),
 }
 
-LIST_KEYS = ("designs", "models", "recipes", "scenarios", "calibration", "lm_recipes", "lm_scenarios",
-             "lm_models", "dose_scenarios", "dose_inject", "dose_models", "whole_models")
-INT_LIST_KEYS = ("lm_seeds", "dose_seeds")
-SHAPE_KEYS = ("decode", "prefill")
-SCALAR_KEYS = {"preset": str, "n_requests": int, "seq_len": int, "seed": int, "calibration_requests": int,
-               "delta": float, "threads": int, "device": str, "residual": bool, "latency": bool, "warmup": int,
-               "min_iterations": int, "min_seconds": float, "max_iterations": int, "max_seconds": float,
-               "max_runnable_seconds": float, "memory": bool, "diagnose": bool, "ort_spinning": bool, "lm_windows": int,
-               "whole_windows": int, "lm_inject": str, "lm_draws": int, "healthy_delta_bpb": float, "dose_windows": int,
-               "remeasure_processes": int, "mitigations": bool}
-
-
 PER_MODEL_KEYS = ("designs", "recipes", "mitigations", "scenarios", "n_requests", "seq_len", "calibration_requests",
                   "decode", "prefill", "warmup", "min_iterations", "max_seconds", "max_runnable_seconds", "memory")
 
@@ -421,112 +416,3 @@ def preset_config(name: str) -> RunConfig:
     if name not in PRESETS_RUN:
         raise UsageError(f"--preset: unknown '{name}'; choose one of {', '.join(PRESETS_RUN)}")
     return copy.deepcopy(PRESETS_RUN[name])
-
-
-def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
-    """A RunConfig from TOML: top-level keys are RunConfig fields; [scenario.NAME] tables define
-    scenarios (Scenario fields, or `replay = "file.npy"` with an optional `tensor` name and
-    `calibration_share`)."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"--config: no file at {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"--config: {path} is not valid TOML ({e})") from e
-    cfg = preset_config(data.get("preset", base.preset if base else "quick")) if "preset" in data or not base \
-        else copy.deepcopy(base)
-    for key, value in data.items():
-        if key == "scenario":
-            cfg.user_scenarios = _scenarios(path, value)
-            cfg.files_dir = str(path.parent.resolve())
-        elif key == "model":
-            specs = model_specs.parse(path, value)
-            cfg.user_models = {k: v for k, v in specs.items() if isinstance(v, ModelSpec)}
-            cfg.user_whole = {k: v for k, v in specs.items() if isinstance(v, WholeSpec)}
-            cfg.files_dir = str(path.parent.resolve())
-        elif key == "recipe":
-            if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
-                raise UsageError(f"config {path}: 'recipe' must hold tables, "
-                                 "e.g. [recipe.mine] base = \"ort-int4-rtn\"")
-            cfg.user_recipes = {name: dict(table) for name, table in value.items()}
-        elif key == "per_model":
-            if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
-                raise UsageError(f"config {path}: 'per_model' must hold tables, e.g. [per_model.llama-7b] "
-                                 "prefill = [1, 128]")
-            for name, table in value.items():
-                unknown = sorted(set(table) - set(PER_MODEL_KEYS))
-                if unknown:
-                    raise UsageError(f"config {path}: [per_model.{name}] unknown key '{unknown[0]}'; known: "
-                                     f"{', '.join(PER_MODEL_KEYS)}")
-            cfg.per_model = {name: {k: _value(path, k, v, f"[per_model.{name}] ") for k, v in table.items()}
-                             for name, table in value.items()}
-        elif key in (*LIST_KEYS, *INT_LIST_KEYS, *SHAPE_KEYS, *SCALAR_KEYS):
-            setattr(cfg, key, _value(path, key, value))
-        else:
-            known = ", ".join([*LIST_KEYS, *INT_LIST_KEYS, *SHAPE_KEYS, *SCALAR_KEYS, "scenario", "recipe", "model",
-                               "per_model"])
-            raise UsageError(f"config {path}: unknown key '{key}'; known keys: {known}")
-    return cfg
-
-
-def _value(path: Path, key: str, value, where: str = ""):
-    """A top-level (or per_model) value checked against its key's type."""
-    if key in LIST_KEYS:
-        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise UsageError(f"config {path}: {where}'{key}' must be a list of strings, e.g. {key} = [\"A\", \"B\"]")
-        return list(value)
-    if key in INT_LIST_KEYS:
-        if not (isinstance(value, list) and all(type(v) is int for v in value)):
-            raise UsageError(f"config {path}: {where}'{key}' must be a list of integers, e.g. {key} = [0, 1, 2]")
-        return list(value)
-    if key in SHAPE_KEYS:
-        if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)):
-            raise UsageError(f"config {path}: {where}'{key}' must be [batch, seq], e.g. {key} = [8, 128]")
-        return list(value)
-    kind = SCALAR_KEYS[key]  # callers pass known keys only
-    if not model_specs.fits(value, kind):
-        raise UsageError(f"config {path}: {where}'{key}' must be {kind.__name__}, got {type(value).__name__}")
-    return kind(value)
-
-
-def _scenarios(path: Path, tables) -> dict:
-    if not isinstance(tables, dict):
-        raise UsageError(f"config {path}: 'scenario' must hold tables, e.g. [scenario.mine] mean_shift = 2.0")
-    out = {}
-    fields = {f.name: f.type for f in dataclasses.fields(Scenario) if f.name != "name"}
-    for name, table in tables.items():
-        if not isinstance(table, dict):
-            raise UsageError(f"config {path}: [scenario.{name}] must be a table")
-        replay = table.get("replay")
-        for key, value in table.items():
-            if replay is not None and key in REPLAY_KEYS:
-                continue
-            if key not in fields:
-                known = ", ".join([*(REPLAY_KEYS if replay is not None else ()), *fields])
-                raise UsageError(f"config {path}: [scenario.{name}] unknown key '{key}'; known: {known}")
-            if replay is not None and key == "mixed_batch":
-                raise UsageError(f"config {path}: [scenario.{name}] replays a file, as captured (one batch); "
-                                 "drop mixed_batch")
-            kind = fields[key]
-            if not model_specs.fits(value, kind):
-                raise UsageError(f"config {path}: [scenario.{name}] '{key}' must be {kind.__name__}, "
-                                 f"got {type(value).__name__}")
-        if replay is None:
-            out[name] = Scenario(name, **table)
-            continue
-        share = table.get("calibration_share", 0.25)
-        if isinstance(share, bool) or not isinstance(share, int | float):
-            raise UsageError(f"config {path}: [scenario.{name}] 'calibration_share' must be a number, e.g. 0.25")
-        out[name] = _replay(name, Path(replay), {**table, "calibration_share": float(share)}, path.parent)
-    return out
-
-
-REPLAY_KEYS = ("replay", "tensor", "calibration_share")
-
-
-def _replay(name: str, path: Path, table: dict, base: Path) -> Replay:
-    """A replay (its path relative to `base`) with the synthetic drift its table adds on top, if any."""
-    drift = {k: v for k, v in table.items() if k not in (*REPLAY_KEYS, "name", "sha256")}
-    return Replay(name, path, table.get("tensor"), calibration_share=table.get("calibration_share", 0.25),
-                  drift=Scenario(name, **drift) if drift else None, base=Path(base), sha256=table.get("sha256"))

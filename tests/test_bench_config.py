@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ffnbench.bench.config import DEFAULT_MITIGATED, FULL_MITIGATED, TEXT_DOMAINS, Replay, load_toml, preset_config
+from ffnbench.bench.config import DEFAULT_MITIGATED, FULL_MITIGATED, TEXT_DOMAINS, Replay, preset_config
+from ffnbench.bench.config_toml import load_toml
 from ffnbench.bench.traffic.scenarios import NAMED, Scenario
 from ffnbench.errors import UsageError
 from ffnbench.quant import FAMILIES, FAMILY_OF, RECIPES

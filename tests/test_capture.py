@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 from ffnbench.bench import run
 from ffnbench.bench.cli import main
-from ffnbench.bench.config import load_toml
+from ffnbench.bench.config_toml import load_toml
 from ffnbench.bench.gate.checks import checks
 from ffnbench.bench.gate.gate import gate, write_baseline
 from ffnbench.bench.traffic import tiny_hf

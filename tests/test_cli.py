@@ -247,7 +247,7 @@ def test_run_bad_input(cli, tmp_path, args, needle):
 
 
 def test_a_shape_that_cannot_fit_in_memory_is_refused_before_anything_runs(cli, tmp_path):
-    (tmp_path / "huge.toml").write_text("prefill = [65536, 4096]\nlm_recipes = []\n")
+    (tmp_path / "huge.toml").write_text("[latency]\nprefill = [65536, 4096]\n[downstream]\nrecipes = []\n")
     r = cli("run", "--config", tmp_path / "huge.toml", "--models", "tiny", "--out", tmp_path / "run")
     assert r.returncode == 2 and "memory: model 'tiny' needs about" in r.stderr, r.stderr
     assert "prefill 65536x4096" in r.stderr and "GB is available" in r.stderr
@@ -258,7 +258,9 @@ def test_run_into_an_existing_run_needs_resume(cli, tmp_path, seed_exports):
     (tmp_path / "acc.toml").write_text("latency = false\nlm_recipes = []\n")
     args = ["run", "--config", tmp_path / "acc.toml", "--models", "tiny", "--designs", "A", "--recipes", "fp32",
             "--scenarios", "clean", "--no-report", "--out", seed_exports(tmp_path / "run")]
-    assert cli(*args).returncode == 0
+    first = cli(*args)  # a config of the flat keys older files use: read, with a note each
+    assert first.returncode == 0 and "note: config" in first.stderr
+    assert "'lm_recipes' is now [downstream] recipes" in first.stderr
     again = cli(*args)
     assert again.returncode == 2 and "pass --resume" in again.stderr
     assert cli(*args, "--resume").returncode == 0

@@ -149,7 +149,7 @@ def test_the_transformed_export_runs_in_onnx_runtime_as_the_original_and_quantiz
 
 
 def test_mitigated_recipes_are_checked_in_the_run_config(tmp_path):
-    from ffnbench.bench.config import load_toml
+    from ffnbench.bench.config_toml import load_toml
 
     def config(recipes: str, lm: str) -> None:
         path = tmp_path / "c.toml"

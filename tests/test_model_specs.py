@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from ffnbench.bench import RunConfig, run
-from ffnbench.bench.config import load_toml
+from ffnbench.bench.config_toml import load_toml
 from ffnbench.bench.gate.checks import checks
 from ffnbench.bench.gate.gate import gate, write_baseline
 from ffnbench.bench.report import report

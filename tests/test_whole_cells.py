@@ -14,7 +14,7 @@ import torch
 
 from ffnbench.bench import runner
 from ffnbench.bench.cells.lm_cells import windows
-from ffnbench.bench.config import load_toml
+from ffnbench.bench.config_toml import load_toml
 from ffnbench.bench.gate import gate
 from ffnbench.bench.gate.checks import checks
 from ffnbench.bench.report.report import write
@@ -28,16 +28,25 @@ pytest.importorskip("gguf", reason="GGUF files need the [hf] extra's gguf")
 TEXT = (Path(sysconfig.get_paths()["stdlib"]) / "os.py").read_text()
 RECIPES = ["fp32", "ort-int8-dynamic", "bnb-int8"]
 SCENARIOS = ["clean", "production", "domain-code"]
+# One whole model `m`, fp32 alone, as the failing-input tests write it.
+NESTED = ('models = []\nrecipes = ["fp32"]\n[latency]\nenabled = false\n[downstream]\nrecipes = ["fp32"]\n'
+          'pairs = []\n[whole]\nmodels = ["m"]\n')
 CONFIG = f"""
 models = []
-whole_models = ["tiny-gguf", "tiny-gpt2"]
 recipes = {json.dumps(RECIPES)}
-lm_recipes = {json.dumps(RECIPES)}
-lm_scenarios = {json.dumps(SCENARIOS)}
-lm_models = []
-whole_windows = 4
-lm_draws = 2
-latency = false
+
+[latency]
+enabled = false
+
+[downstream]
+recipes = {json.dumps(RECIPES)}
+scenarios = {json.dumps(SCENARIOS)}
+pairs = []
+draws = 2
+
+[whole]
+models = ["tiny-gguf", "tiny-gpt2"]
+windows = 4
 
 [model.tiny-gguf]
 gguf = "tiny.gguf"
@@ -155,8 +164,7 @@ def test_whole_models_are_refused_before_a_run_writes_anything(whole_run, tmp_pa
                           "'no-such-distribution' is not installed"),
                          ('gguf = "tiny.gguf"\nsha256 = "' + "ab" * 32 + '"', "not the abababababab")):
         config = root / "bad.toml"
-        config.write_text(f'models = []\nwhole_models = ["m"]\nlm_recipes = ["fp32"]\nlm_models = []\n'
-                          f'recipes = ["fp32"]\nlatency = false\n[model.m]\n{table}\n')
+        config.write_text(f'{NESTED}[model.m]\n{table}\n')
         with pytest.raises(UsageError, match=match):
             runner.run(load_toml(config), tmp_path / "out", progress=False)
         assert not (tmp_path / "out").exists()
@@ -184,8 +192,7 @@ def test_every_ort_artifact_quantizes_exactly_the_ffn_matmuls_its_export_found(w
 def test_the_command_line_refuses_a_changed_model_file_in_one_line_with_exit_2(whole_run, ffnbench_exe, tmp_path):
     root, _, _ = whole_run
     config = root / "pinned.toml"
-    config.write_text('models = []\nwhole_models = ["m"]\nlm_recipes = ["fp32"]\nlm_models = []\nrecipes = ["fp32"]\n'
-                      'latency = false\n[model.m]\ngguf = "tiny.gguf"\nsha256 = "' + "ab" * 32 + '"\n')
+    config.write_text(f'{NESTED}[model.m]\ngguf = "tiny.gguf"\nsha256 = "' + "ab" * 32 + '"\n')
     got = subprocess.run([ffnbench_exe, "run", "--config", str(config), "--out", str(tmp_path / "out")],
                          capture_output=True, text=True, timeout=120)
     assert got.returncode == 2 and len(got.stderr.strip().splitlines()) == 1

@@ -258,3 +258,13 @@ def scenario(name: str) -> Scenario:
     if name not in NAMED:
         raise UsageError(f"scenario: unknown '{name}'; choose one of {', '.join(NAMED)}")
     return NAMED[name]
+
+
+REPLAY_KEYS = ("replay", "tensor", "calibration_share")
+
+
+def replay_from_table(name: str, path: Path, table: dict, base: Path) -> Replay:
+    """A replay (its path relative to `base`) with the synthetic drift its table adds on top, if any."""
+    drift = {k: v for k, v in table.items() if k not in (*REPLAY_KEYS, "name", "sha256")}
+    return Replay(name, path, table.get("tensor"), calibration_share=table.get("calibration_share", 0.25),
+                  drift=Scenario(name, **drift) if drift else None, base=Path(base), sha256=table.get("sha256"))
