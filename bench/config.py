@@ -401,7 +401,7 @@ PRESETS_RUN = {
     "full": RunConfig(preset="full", designs=list(DESIGNS), models=["small", "default", "llama-7b"],
                       recipes=[*RECIPES, *FULL_MITIGATED], scenarios=list(NAMED),
                       lm_recipes=[*RECIPES, *FULL_MITIGATED], calibration=["clean", "production"],
-                      lm_scenarios=[*NAMED, *TEXT_DOMAINS], lm_models=["drift", "trained"],
+                      lm_scenarios=[*NAMED, "domain-code", "domain-chat"], lm_models=["drift", "trained"],
                       # the matrix holds every level at ffn-input already: the dose adds the residual stream
                       dose_scenarios=list(DOSE_SCENARIOS), dose_inject=["residual"], dose_seeds=[0, 1, 2],
                       dose_windows=64,

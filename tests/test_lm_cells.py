@@ -380,3 +380,24 @@ def test_a_shift_is_the_same_drift_whatever_the_windows_a_cell_reads(lm_run):
     many = LMSubject(dataclasses.replace(config, lm_windows=16), "B", 0, out / "artifacts")
     assert few.text("clean").shape[0] != many.text("clean").shape[0]
     assert np.array_equal(few.feature_std, many.feature_std)
+
+
+def test_a_model_that_learned_the_library_is_read_on_its_held_out_documents(tmp_path, monkeypatch):
+    """Clean and synthetic-drift windows come from the corpus the checkpoint's manifest names (the
+    library's held-out documents here), the pydoc topics are a text domain of their own, and the
+    order-0 reference is fitted on that corpus's training part."""
+    from ffnbench.models import corpus
+    from ffnbench.models.train import TrainConfig, train
+
+    small = LMConfig(design="B", d_model=32, n_layers=1, n_heads=2, d_ff=64, context=16)
+    train(small, TrainConfig(steps=1, batch=2, warmup=1, eval_batch=4096, corpus="library", validation=False),
+          tmp_path / "B" / "0", progress=False)
+    monkeypatch.setattr(lm_cells, "trained_dir", lambda design, seed, kind: tmp_path / design / str(seed))
+    config = RunConfig(models=["tiny"], designs=["B"], recipes=["fp32"], lm_recipes=["fp32"], lm_seeds=[0],
+                       lm_windows=3)
+    subject = LMSubject(config, "B", 0, tmp_path / "artifacts")
+    library_held_out = corpus.load("library").split()[1].tobytes()
+    prose_held_out = corpus.prose().split()[1].tobytes()
+    assert subject.home == "library" and subject.checkpoint["corpus_read_sha256"] == corpus.load("library").sha256
+    assert all(bytes(w.astype(np.uint8)) in library_held_out for w in subject.text("clean"))
+    assert all(bytes(w.astype(np.uint8)) in prose_held_out for w in subject.text("domain-pydoc"))

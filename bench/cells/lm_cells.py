@@ -62,14 +62,19 @@ def _corpus(name: str) -> corpus.Corpus:
     return corpus.load(name)
 
 
+def home_corpus(checkpoint: dict) -> str:
+    """The corpus a committed model learned (its manifest says): its clean text and held-out windows."""
+    return checkpoint["corpus"]["name"]
+
+
 def check(config) -> None:
     """Everything lm cells read, before a run writes anything: checkpoints by hash, texts by length."""
     models = set(itertools.product(config.lm_models, config.lm_seeds))
     if config.dose_scenarios:
         models |= set(itertools.product(config.dose_models, config.dose_seeds))
     for (kind, seed), design in itertools.product(sorted(models), (d for d in config.designs if d in LM_DESIGNS)):
-        model, _ = load_lm(trained_dir(design, seed, kind), design)
-        for domain in {"prose", *(TEXT_DOMAINS[s] for s in config.lm_scenarios if s in TEXT_DOMAINS)}:
+        model, checkpoint = load_lm(trained_dir(design, seed, kind), design)
+        for domain in {home_corpus(checkpoint), *(TEXT_DOMAINS[s] for s in config.lm_scenarios if s in TEXT_DOMAINS)}:
             train, held_out = _corpus(domain).split()
             windows(held_out, 1, model.cfg.context, f"{domain} (held out)")
             windows(train, 1, model.cfg.context, f"{domain} (calibration)")
@@ -101,7 +106,8 @@ class LMSubject:
         model.source = {"kind": "checkpoint", "name": name, "sha256": checkpoint["sha256"]}
         self._setup(config, design, model, artifacts, inject)
         self.seed, self.kind = seed, kind
-        self.checkpoint = summary(checkpoint, name) | {"corpus_read_sha256": _corpus("prose").sha256}
+        self.home = home_corpus(checkpoint)
+        self.checkpoint = summary(checkpoint, name) | {"corpus_read_sha256": _corpus(self.home).sha256}
 
     def _setup(self, config, design: str, model, artifacts: Path, inject: str | None) -> None:
         self.config, self.design, self.model, self.artifacts = config, design, model, artifacts
@@ -138,8 +144,10 @@ class LMSubject:
                 _copy_whole(out, cached)
         return exported
 
+    home = "prose"  # the corpus the model learned: a synthetic drift is applied over its held-out text
+
     def text(self, scenario: str, part: str = "held_out", n: int | None = None) -> np.ndarray:
-        domain = TEXT_DOMAINS.get(scenario, "prose")
+        domain = TEXT_DOMAINS.get(scenario, self.home)
         train, held_out = _corpus(domain).split()
         data = held_out if part == "held_out" else train
         return windows(data, n or self.n_windows, self.cfg.context, domain)
@@ -150,7 +158,7 @@ class LMSubject:
 
     def order0_bits(self, scenario: str) -> float:
         """Bits per byte of the domain's byte frequencies (its training split) on the held-out windows."""
-        train, _ = _corpus(TEXT_DOMAINS.get(scenario, "prose")).split()
+        train, _ = _corpus(TEXT_DOMAINS.get(scenario, self.home)).split()
         return lm_metrics.order0_bits_per_byte(train, self.text(scenario)[:, 1:])
 
     @functools.cached_property

@@ -249,9 +249,10 @@ SHIFTS = {name: spec.mean_shift for name, spec in NAMED.items() if name == "clea
 MAGNITUDES = {"clean": 0.0, "magnitude-1": 1.0, "magnitude-2": 2.0}
 
 # Real drift for whole-model (lm) cells: held-out text of another domain through the model unchanged
-# (code, which the trained pair never saw; the prose in chat markup, which it never saw either),
+# (code, which the trained pair never saw; the prose in chat markup, which it never saw either; the
+# Python documentation topics, the clean text of a model that learned the `library` corpus),
 # scenario name -> corpus name (models/corpus.py).
-TEXT_DOMAINS = {"domain-code": "code", "domain-chat": "chat"}
+TEXT_DOMAINS = {"domain-code": "code", "domain-chat": "chat", "domain-pydoc": "prose"}
 
 
 def scenario(name: str) -> Scenario:
