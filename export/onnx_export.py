@@ -121,7 +121,24 @@ def torch_to_onnx(module: torch.nn.Module, example: tuple, opset: int, input_nam
             input_names=input_names, output_names=output_names,
             dynamic_shapes=dynamic_shapes, external_data=False,
         )
-    return program.model_proto
+    return _without_source_paths(program.model_proto)
+
+
+# Node metadata the exporter writes that names files on this machine (the Python stack that built
+# each node): with it, the same model exported from two checkouts gave two artifact hashes.
+SOURCE_PATH_KEYS = ("pkg.torch.onnx.stack_trace",)
+
+
+def _without_source_paths(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without metadata that records where its code lives; `namespace` (the module path
+    inside the model, how FFN MatMuls are found) and the rest stay."""
+    graphs = [model.graph, *(f for f in model.functions)]
+    for graph in graphs:
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if p.key not in SOURCE_PATH_KEYS]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+    return model
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Files: atomic writes (stage under a temporary name, then rename) and content hashes."""
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -64,6 +65,24 @@ def digest(obj: object) -> str:
 def cache_dir() -> Path:
     """The user's cache for ffnbench (measured peaks, whole-model exports): $XDG_CACHE_HOME/ffnbench."""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ffnbench"
+
+
+@contextlib.contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """Hold the user cache's lock for `name` (an exclusive flock): a second process making the same
+    entry (a shard beside this one, a test worker) waits, then finds it made. Without a writable
+    cache it locks nothing: the work is only done twice."""
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        handle = open(cache_dir() / f".{name}.lock", "w")  # noqa: SIM115 - closed below, after the lock
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 def locate(written: str | Path, base: str | Path, sha256: str | None = None) -> Path:

@@ -98,7 +98,7 @@ def bits_per_byte(model: CausalLM, data: np.ndarray, batch: int) -> float:
         raise UsageError(f"text of {len(data)} bytes is shorter than one context of {context + 1} bytes; "
                          "give more text or a shorter context")
     tokens = torch.from_numpy(data[: n * context + 1].astype(np.int64))
-    windows = torch.stack([tokens[i * context: (i + 1) * context + 1] for i in range(n)])  # (n, context + 1)
+    windows = tokens.unfold(0, context + 1, context)  # (n, context + 1): window i starts at byte i * context
     model.eval()
     with torch.no_grad():  # scoring only: no autograd graph per batch
         nats = sum(model.loss(windows[i:i + batch]).item() * len(windows[i:i + batch]) for i in range(0, n, batch))

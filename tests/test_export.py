@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -118,3 +119,16 @@ def test_load_onnx_rejects_foreign_and_truncated_files(tmp_path, exports, conten
 def test_load_onnx_missing_file(tmp_path):
     with pytest.raises(UsageError, match="no file at"):
         load_onnx(tmp_path / "nope.onnx")
+
+
+@pytest.mark.parametrize("key", list(EXPORTS), ids=lambda k: f"{k[0]}-{'decomposed' if k[1] else 'native'}")
+def test_an_export_records_no_path_of_this_machine(exports, key):
+    """The exporter's stack traces name the files that built each node (this checkout's, this
+    Python's): dropped, so the same model exported from any checkout is the same artifact; the
+    module path inside the model (`namespace`) stays, since FFN MatMuls are found by it."""
+    _, exported = exports[key]
+    model = onnx.load(str(exported.path))
+    props = [(p.key, p.value) for node in model.graph.node for p in node.metadata_props]
+    roots = (str(Path(__file__).resolve().parents[1]), str(Path(torch.__file__).parents[1]))
+    assert not [k for k, v in props if any(root in v for root in roots)]
+    assert any(k == "namespace" for k, _ in props)

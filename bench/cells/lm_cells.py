@@ -133,13 +133,12 @@ class LMSubject:
                     "opset": NATIVE_OPSET, "versions": stack_versions(), "code": _export_code_digest()}
         name = f"lm-export-{self.design}-{files.digest(identity)}"
         out, cached = self.artifacts / name, files.cache_dir() / name
-        if not _intact(out) and _intact(cached):
-            with contextlib.suppress(OSError):  # another process rewriting the cache: export instead
+        with files.cache_lock(name):  # a process exporting the same model: wait for it, then copy
+            if not _intact(out) and _intact(cached):
                 _copy_whole(cached, out)
-        if _intact(out):  # a re-run does not re-export
-            return ExportedModel(out / "model.onnx", json.loads((out / "manifest.json").read_text()))
-        exported = export_lm(model, out, self.inject, model.source)
-        if not _intact(cached):
+            if _intact(out):  # a re-run does not re-export
+                return ExportedModel(out / "model.onnx", json.loads((out / "manifest.json").read_text()))
+            exported = export_lm(model, out, self.inject, model.source)
             with contextlib.suppress(OSError):  # a read-only cache costs time, not results
                 _copy_whole(out, cached)
         return exported
