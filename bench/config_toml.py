@@ -39,6 +39,7 @@ SHAPES = ("decode", "prefill")  # [batch, seq]
 
 
 def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
+    """The config alone (scripted use); read_toml also returns the notes on flat keys."""
     return read_toml(path, base)[0]
 
 

@@ -1,7 +1,8 @@
 """Versioned run records: the format every JSON a run writes carries, and the upgrade of records an
 older revision wrote, so that each reader sees one shape whatever revision made the run.
 
-Format history (`format` in each cell record, the manifest, downstream.json and baselines):
+Format history (`format` in each cell record, the manifest and downstream.json; a baseline has a
+format of its own, and its cells upgrade as cells):
 
 1. No `format` field (every revision before 2026-12-07). A record may lack `kind` (then an accuracy
    cell); an lm cell may lack `seed` (0: one committed model a design), `pair` (the model name, then

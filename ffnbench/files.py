@@ -79,7 +79,8 @@ def cache_lock(name: str) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):  # a file system without locks (NFS without lockd): go on unlocked
+            fcntl.flock(handle, fcntl.LOCK_EX)
         yield
     finally:
         handle.close()  # releases the lock

@@ -401,3 +401,17 @@ def test_a_model_that_learned_the_library_is_read_on_its_held_out_documents(tmp_
     assert subject.home == "library" and subject.checkpoint["corpus_read_sha256"] == corpus.load("library").sha256
     assert all(bytes(w.astype(np.uint8)) in library_held_out for w in subject.text("clean"))
     assert all(bytes(w.astype(np.uint8)) in prose_held_out for w in subject.text("domain-pydoc"))
+    # The report's training table says what was held out: documents, not a tail of the bytes.
+    from ffnbench.bench.report import downstream as report_downstream
+
+    lm = {("B", "fp32", "clean"): [{"design": "B", "seed": 0, "checkpoint": subject.checkpoint}]}
+    text = "\n".join(report_downstream._training(lm, tmp_path, tmp_path, "trained"))
+    assert "bytes of documents never trained on held out" in text and "django-5.2.20.tar.gz" in text
+
+
+def test_the_text_a_model_learned_is_refused_as_a_drift_of_it():
+    """For the committed pairs (they learned the pydoc topics) `domain-pydoc` is their clean text."""
+    config = RunConfig(models=["tiny"], designs=["A"], recipes=["fp32"], lm_recipes=["fp32"], lm_seeds=[0],
+                       lm_scenarios=["clean", "domain-pydoc"])
+    with pytest.raises(UsageError, match="'domain-pydoc' is the text the trained models learned \\(prose\\)"):
+        lm_cells.check(config)

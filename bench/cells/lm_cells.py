@@ -74,7 +74,11 @@ def check(config) -> None:
         models |= set(itertools.product(config.dose_models, config.dose_seeds))
     for (kind, seed), design in itertools.product(sorted(models), (d for d in config.designs if d in LM_DESIGNS)):
         model, checkpoint = load_lm(trained_dir(design, seed, kind), design)
-        for domain in {home_corpus(checkpoint), *(TEXT_DOMAINS[s] for s in config.lm_scenarios if s in TEXT_DOMAINS)}:
+        home = home_corpus(checkpoint)
+        for name in (s for s in config.lm_scenarios if TEXT_DOMAINS.get(s) == home):
+            raise UsageError(f"lm_scenarios: '{name}' is the text the {kind} models learned ({home}), their clean "
+                             "text, not a drift; drop it")
+        for domain in {home, *(TEXT_DOMAINS[s] for s in config.lm_scenarios if s in TEXT_DOMAINS)}:
             train, held_out = _corpus(domain).split()
             windows(held_out, 1, model.cfg.context, f"{domain} (held out)")
             windows(train, 1, model.cfg.context, f"{domain} (calibration)")

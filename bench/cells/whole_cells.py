@@ -100,6 +100,9 @@ class WholeSubject(LMSubject):
 def check(config) -> None:
     """Each whole model loads (file, hash, architecture, memory, tokenizer) and each text it reads holds
     a window, before a run writes anything."""
+    for name in (s for s in config.lm_scenarios if TEXT_DOMAINS.get(s) == "prose" and config.whole_models):
+        raise UsageError(f"lm_scenarios: '{name}' is the prose a whole model reads as clean text, not a drift; "
+                         "drop it")
     for name in config.whole_models:
         subject = WholeSubject(config, name)
         for scenario in {"clean", *(s for s in config.lm_scenarios if s in TEXT_DOMAINS)}:

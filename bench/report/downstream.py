@@ -101,8 +101,10 @@ def _training(lm: dict, run_dir: Path, plot_dir: Path, kind: str) -> list[str]:
     path = plots.training_curves({k: c["loss_curve"] for k, c in found.items()},
                                  plot_dir / f"training_curves{_suffix(kind)}.png")
     corpus = next(iter(found.values()))["corpus"]
+    held_out = f"{corpus['parts']['held_out']:,} bytes of documents never trained on held out" \
+        if corpus.get("split") == "by document" else f"the last {corpus['held_out']:.0%} held out"
     return [*lines, "", f"Trained on `{corpus['source']}` ({corpus['bytes']:,} bytes, sha256 "
-            f"`{corpus['sha256'][:12]}`), the last {corpus['held_out']:.0%} held out.", "",
+            f"`{corpus['sha256'][:12]}`), {held_out}.", "",
             f"![training curves]({path.relative_to(run_dir)})", ""]
 
 
@@ -117,7 +119,8 @@ def _verdict_table(found: list[Comparison], run_dir: Path, plot_dir: Path, kind:
     seeds, windows = max(c.seeds for c in rows), max(c.windows for c in rows)
     lines = [f"Per family and scenario ({seeds} seed{'s' * (seeds != 1)} a design, {windows} windows, synthetic "
              "drifts in up to "
-             f"{max(c.draws for c in rows)} draws; written to `downstream.json`). KL ratio A/B below 1: quantizing "
+             f"{max(c.draws for c in rows)} draws; the run's analysis writes them to `downstream.json`). "
+             "KL ratio A/B below 1: quantizing "
              "A's FFNs costs less; `none`: the interval holds 1." + (
                  " **One training seed a design**: these intervals cover windows and drift draws only, not how "
                  "another seed would train; run `default` (three seeds) before acting on them."
