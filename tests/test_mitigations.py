@@ -274,7 +274,7 @@ def test_a_run_measures_mitigated_recipes_on_sublayers_beside_their_parents(tmp_
     assert [(f.cell, f.metric) for f in caught.failures] == [(better, "centered_sqnr_db")], caught.failures
 
 
-def test_a_run_measures_mitigated_recipes_on_the_trained_pair_beside_their_parents(tmp_path):
+def test_a_run_measures_mitigated_recipes_on_the_trained_pair_beside_their_parents(tmp_path, seed_exports):
     """Calibrated like QDQ (the cell names its scenario), the transformed model's fp32 equivalence
     measured and recorded, ONNX Runtime quantizing the transformed export's FFN MatMuls but not its
     rotations, and the report setting each mitigated recipe against its parent."""
@@ -288,7 +288,7 @@ def test_a_run_measures_mitigated_recipes_on_the_trained_pair_beside_their_paren
     config = RunConfig(models=["tiny"], designs=["B"], recipes=recipes, scenarios=["clean"], latency=False,
                        lm_recipes=recipes, lm_scenarios=["clean"], lm_seeds=[0], lm_windows=4, lm_draws=1,
                        calibration=["clean"], calibration_requests=4)
-    runner.run(config, tmp_path / "run", progress=False)
+    runner.run(config, seed_exports(tmp_path / "run"), progress=False)
     cells = {c["recipe"]: c for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()
              if (c := json.loads(line)).get("kind") == "lm"}
     assert all(c["status"] == "ok" for c in cells.values()), [c.get("error") for c in cells.values()]
