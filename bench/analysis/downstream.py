@@ -4,13 +4,15 @@
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ffnbench import files
 from ffnbench.bench import records
-from ffnbench.bench.analysis import verdicts
-from ffnbench.bench.analysis.verdicts import Comparison
 from ffnbench.bench.store import label, load_run
 from ffnbench.errors import UsageError
+
+if TYPE_CHECKING:
+    from ffnbench.bench.analysis.verdicts import Comparison
 
 DOWNSTREAM_JSON = "downstream.json"
 KIND = "ffnbench.downstream"
@@ -28,10 +30,14 @@ def index(cells: list[dict]) -> tuple[dict[str, dict], dict[tuple[str, str], dic
     return pairs, doses
 
 
-def analyse(manifest: dict, cells: list[dict]) -> dict[str, list[Comparison]]:
+def analyse(manifest: dict, cells: list[dict]) -> dict[str, list["Comparison"]]:
     """pair -> its comparisons (A vs B per family and scenario), at the run's health threshold."""
     threshold = (manifest.get("config") or {}).get("healthy_delta_bpb", 0.1)
     pairs, _ = index(cells)
+    if not pairs:
+        return {}
+    from ffnbench.bench.analysis import verdicts  # scipy.stats: 1.3 s to import, for runs with lm cells only
+
     return {pair: verdicts.comparisons(lm, threshold, pair) for pair, lm in pairs.items()}
 
 
