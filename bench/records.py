@@ -6,8 +6,10 @@ format of its own, and its cells upgrade as cells):
 
 1. No `format` field (every revision before 2026-12-07). A record may lack `kind` (then an accuracy
    cell); an lm cell may lack `seed` (0: one committed model a design), `pair` (the model name, then
-   "trained"), `draws` (1) and `inject` ("ffn-input").
-2. `format: 2`; every record carries `kind`, and an lm cell its `pair`, `seed`, `draws` and `inject`.
+   "trained"), `inject` ("ffn-input") and `study` (a dose-response cell's name ends in `@inject`); a
+   measured lm or whole-model cell may lack `draws` (1).
+2. `format: 2`; every record carries `kind`, an lm cell its `pair`, `seed`, `inject` and `study`
+   ("downstream" or "dose"), and a measured lm or whole-model cell its `draws`.
 """
 
 from ffnbench.errors import UsageError
@@ -22,10 +24,9 @@ def stamped(record: dict) -> dict:
 
 def upgrade_cell(cell: dict, where: str) -> dict:
     """A cell record of any known format, in this revision's shape; a newer format is refused."""
-    version = _version(cell, where)
-    if version == 1:
-        cell = _cell_from_1(cell)
-    return {**cell, "format": FORMAT}
+    if _version(cell, where) == FORMAT:
+        return cell
+    return {**_cell_from_1(cell), "format": FORMAT}
 
 
 def upgrade_document(document: dict, where: str) -> dict:

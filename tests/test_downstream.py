@@ -56,3 +56,21 @@ def test_format_1_verdicts_read_as_the_trained_pairs(tmp_path):
     (tmp_path / downstream.DOWNSTREAM_JSON).write_text(json.dumps([{"scenario": "clean", "family": "fp16",
                                                                      "verdict": "A"}]))
     assert downstream.load(tmp_path) == [{"pair": "trained", "scenario": "clean", "family": "fp16", "verdict": "A"}]
+
+
+def test_the_report_reads_the_verdicts_the_analysis_wrote(tmp_path):
+    """Rendering takes the comparisons from downstream.json, not from a second bootstrap: a verdict
+    changed in the file is the one returned; without the file they are computed, the same."""
+    store = RunStore(tmp_path / "run", {"healthy_delta_bpb": 0.1}, resume=False, machine={})
+    for c in pair_cells(1.0, 2.0):
+        store.append(lm_record(c, "drift"))
+    manifest, cells = json.loads((tmp_path / "run" / "manifest.json").read_text()), store.results()
+    computed = downstream.analyse(manifest, cells)
+    path = downstream.write(tmp_path / "run")
+    assert downstream.found(tmp_path / "run", manifest, cells) == computed
+    written = json.loads(path.read_text())
+    written["comparisons"][0]["verdict"] = "B"
+    path.write_text(json.dumps(written))
+    assert downstream.found(tmp_path / "run", manifest, cells)["drift"][0].verdict == "B"
+    path.unlink()
+    assert downstream.found(tmp_path / "run", manifest, cells) == computed

@@ -53,6 +53,21 @@ def write(run_dir: Path) -> Path | None:
     return path
 
 
+def found(run_dir: Path, manifest: dict, cells: list[dict]) -> dict[str, list["Comparison"]]:
+    """pair -> its comparisons as the run's analysis wrote them (no second bootstrap), computed now
+    only for a run whose downstream.json is missing or of an older format."""
+    path = Path(run_dir) / DOWNSTREAM_JSON
+    data = json.loads(path.read_text()) if path.exists() else None
+    if not (isinstance(data, dict) and data.get("format") == records.FORMAT):
+        return analyse(manifest, cells)
+    from ffnbench.bench.analysis.verdicts import Comparison
+
+    out: dict[str, list[Comparison]] = {pair: [] for pair in index(cells)[0]}
+    for comparison in data["comparisons"]:
+        out.setdefault(comparison["pair"], []).append(Comparison(**comparison))
+    return out
+
+
 def load(run_dir: Path) -> list[dict]:
     """The comparisons downstream.json holds (none where the run wrote none); format 1 was a bare list."""
     path = Path(run_dir) / DOWNSTREAM_JSON

@@ -33,7 +33,7 @@ class Run:
         # pair ("trained", "drift") -> (design, recipe, scenario) -> its cells, a seed each; the
         # dose-response cells apart, by (pair, inject); and the analysis step's verdicts per pair.
         self.lm_pairs, self.lm_dose = analysis.index(cells)
-        self.verdicts = analysis.analyse(self.manifest, cells)
+        self.verdicts = analysis.found(self.dir, self.manifest, cells)
         self.designs = list(dict.fromkeys(c["design"] for c in cells))
         self.models = list(dict.fromkeys(c["model"] for c in cells if c["kind"] not in ("lm", "whole")))
         self.whole = whole_models.index([c for c in self.ok if c["kind"] == "whole"])
