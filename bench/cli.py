@@ -37,7 +37,7 @@ def _add_environment_args(p: argparse.ArgumentParser) -> None:
                    "each side by its own code in a worker (without: ONNX Runtime cells only, in this process)")
     p.add_argument("--new-python", help="the new side's interpreter, if not this one")
     p.add_argument("--processes", type=int, help="worker processes a side with --old-python/--new-python "
-                   "(default: the new run's remeasure_processes, 5); the test's unit is the process")
+                   "(default: the new run's [latency] remeasure_processes, 5); the test's unit is the process")
     p.add_argument("--weights-dir", help="where a run's [model.NAME] and replay files are, if not where its paths "
                    "point (a run directory copied to another machine); files are found by path, then by name")
 

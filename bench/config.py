@@ -6,22 +6,21 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ffnbench.bench import records
 from ffnbench.bench.cells.latency import LatencyConfig
+from ffnbench.bench.studies import STUDIES, DoseConfig, DownstreamConfig, WholeConfig
 from ffnbench.bench.traffic import model_specs
 from ffnbench.bench.traffic.model_specs import SHIPPED_WHOLE, ModelSpec, WholeSpec
 from ffnbench.bench.traffic.scenarios import (
     MAGNITUDES,
     NAMED,
     SHIFTS,
-    TEXT_DOMAINS,
     Replay,
     Scenario,
     replay_from_table,
 )
 from ffnbench.errors import UsageError
 from ffnbench.models import DESIGNS, PRESETS, FFNBlock, FFNConfig, build_model, preset
-from ffnbench.models.lm import INJECT
-from ffnbench.models.pair import KINDS, trained_seeds
 from ffnbench.quant import FAMILIES, RECIPES, mitigations, recipe_config
 
 QUICK_RECIPES = ("fp32", "ort-int8-dynamic", "ort-int4-rtn", "bnb-int8", "bnb-nf4")
@@ -62,63 +61,20 @@ class RunConfig:
     # hides the branch's error: B's int8-dynamic centered SQNR went 34.6 -> 38.1 dB from clean to
     # production with it, 28.7 -> 21.6 dB without (quick preset, small model, this machine).
     residual: bool = False
-    latency: bool = True  # time every recipe at decode and prefill shapes, interleaved
-    warmup: int = 2  # untimed rounds
-    min_iterations: int = 10  # timed rounds, at least
-    min_seconds: float = 0.3  # timed work per runnable, at least,
-    max_iterations: int = 200  # unless this many rounds are done,
-    max_seconds: float = 60.0  # or a round-robin group has been timed this long (never below min_iterations)
-    max_runnable_seconds: float = 10.0  # past it one runnable's rounds are bounded and marked so (LatencyConfig)
-    # resident_mb and peak_call_mb of every latency cell, each runnable in a child process of its own (CPU)
-    memory: bool = True
-    # profile what ran where one weight width spreads more than 3x at decode (kernel_path; CPU)
-    diagnose: bool = True
-    # ORT workers spin after a call; off by default so they do not take the cores from the torch and
-    # bitsandbytes calls timed beside them (measured: bnb-nf4 decode 2.8 ms with it, 0.81 without; README).
-    ort_spinning: bool = False
-    # Worker processes a side when a gate or compare re-measures this run by workers (--old-python):
-    # each process is one observation of the test, so at least 2 (bench/gate/compare.py).
-    remeasure_processes: int = 5
-    decode: list[int] = field(default_factory=lambda: [1, 1])  # (batch, seq)
-    prefill: list[int] = field(default_factory=lambda: [8, 128])
     device: str = "cpu"
-    # Whole-model (lm) cells on the committed trained pair, for the run's designs among A and B and
-    # its recipes among lm_recipes ([] for none; the presets name some); scenarios synthetic or a
-    # text domain (domain-code).
-    lm_recipes: list[str] = field(default_factory=list)
-    lm_scenarios: list[str] = field(default_factory=lambda: ["clean", "production", "domain-code"])
-    lm_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # committed training seeds, each design
-    # Which committed models: "trained" (on clean prose) and/or "drift" (fine-tuned with drift present).
-    lm_models: list[str] = field(default_factory=lambda: ["trained"])
-    # Held-out windows of 128 bytes a scenario. 64 resolve a 10 % KL ratio between the designs on
-    # clean text; the spread between training seeds is the larger term (docs/downstream.md).
-    lm_windows: int = 64
-    lm_draws: int = 5  # independent draws of a synthetic drift, the windows dealt among them in turn
-    # A model is healthy under a scenario while its fp32 bits per byte stay within this of its clean
-    # figure; a verdict needs both designs healthy (docs/design.md).
-    healthy_delta_bpb: float = 0.1
-    lm_inject: str = "ffn-input"  # where a synthetic drift enters: each FFN's input, or "residual"
-    # Dose-response cells: the lm recipes under each of dose_scenarios (levels of one drift's
-    # strength), injected at each of dose_inject, on dose_models' dose_seeds; their own cells
-    # (model names trained-s0@residual, …), drawn as curves, never in a verdict. [] for none.
-    dose_scenarios: list[str] = field(default_factory=list)
-    dose_inject: list[str] = field(default_factory=lambda: list(INJECT))
-    dose_models: list[str] = field(default_factory=lambda: ["trained"])
-    dose_seeds: list[int] = field(default_factory=lambda: [0])
-    dose_windows: int = 16  # held-out windows a dose-response cell reads (lm_windows for the matrix)
+    # The studies beside the sublayer matrix, each a TOML table of its own (bench/studies.py).
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    dose: DoseConfig = field(default_factory=DoseConfig)
+    whole: WholeConfig = field(default_factory=WholeConfig)
     user_scenarios: dict[str, Scenario | Replay] = field(default_factory=dict)
     # The folder the config's files (weights, replays) are relative to; a run records it relative to
     # itself, so a re-timing finds them from the run directory.
     files_dir: str = "."
     # Real FFN layers by name ([model.NAME]), usable in `models` beside the size presets.
     user_models: dict[str, ModelSpec] = field(default_factory=dict)
-    # Whole causal LMs ([model.NAME] with `checkpoint` or `gguf`, or the shipped "smollm2") whose FFNs
-    # the lm recipes quantize, under lm_scenarios, in whole_windows token windows: cells of their own.
-    whole_models: list[str] = field(default_factory=list)
+    # Whole models by name ([model.NAME] with `checkpoint` or `gguf`), usable in [whole] models.
     user_whole: dict[str, WholeSpec] = field(default_factory=dict)
-    # Token windows a whole-model scenario reads: a window's fp32 logits are 25 MB at a 49,152-token
-    # vocabulary, and every scenario's stay in memory while its model is measured.
-    whole_windows: int = 16
     # Recipe variants by name: {"torch-fp16-norm32": {"base": "torch-fp16", "norm_fp32": True}}
     user_recipes: dict[str, dict] = field(default_factory=dict)
     # Settings for one model size of the run ([per_model.NAME] tables): fewer designs, scenarios and
@@ -135,10 +91,16 @@ class RunConfig:
         for axis in ("designs", "recipes", "scenarios"):
             if axis in overrides:
                 overrides[axis] = [v for v in getattr(self, axis) if v in overrides[axis]]
-        config = dataclasses.replace(self, **overrides) if overrides else self
+        config = self._overridden(overrides) if overrides else self
         if not config.mitigations:
             config = dataclasses.replace(config, recipes=[r for r in config.recipes if not config.mitigations_of(r)])
         return config
+
+    def _overridden(self, overrides: dict) -> "RunConfig":
+        """The run with a [per_model] table's keys replaced, the timing ones in its latency study."""
+        timing = {k: v for k, v in overrides.items() if k in LATENCY_KEYS}
+        rest = {k: v for k, v in overrides.items() if k not in timing}
+        return dataclasses.replace(self, **rest, latency=dataclasses.replace(self.latency, **timing))
 
     def recipe_spec(self, name: str) -> tuple[str, dict]:
         """(base recipe, parameters) for a recipe or a user variant of one, its mitigations and their
@@ -161,16 +123,6 @@ class RunConfig:
         spec = self.user_recipes.get(mitigations.parse(recipe)[0]) or {}
         return mitigations.settings({k: v for k, v in spec.items() if k in mitigations.SETTINGS},
                                     self.mitigations_of(recipe), recipe)
-
-    def latency_config(self) -> LatencyConfig:
-        return LatencyConfig(warmup=self.warmup, min_iterations=self.min_iterations, min_seconds=self.min_seconds,
-                             max_iterations=self.max_iterations, max_seconds=self.max_seconds,
-                             max_runnable_seconds=self.max_runnable_seconds,
-                             decode=tuple(self.decode),
-                             prefill=tuple(self.prefill))
-
-    def latency_shapes(self) -> dict[str, tuple[int, int]]:
-        return self.latency_config().shapes()
 
     def latency_scenario(self) -> str:
         """Timing inputs come from `production` when the run has it: values matter to some kernels
@@ -204,6 +156,8 @@ class RunConfig:
         return self.user_scenarios.get(name) or NAMED[name]
 
     def check(self) -> "RunConfig":
+        """The run's own keys, each study's own check, and what spans them (the recipes whole models
+        run, calibrating lm recipes, the per_model tables)."""
         known_scenarios = {**NAMED, **self.user_scenarios}
         for name, spec in self.user_recipes.items():
             if not isinstance(spec.get("base"), str) or mitigations.parse(spec["base"])[0] not in RECIPES:
@@ -216,21 +170,17 @@ class RunConfig:
         for model in self.models:
             if model in self.user_whole:
                 raise UsageError(f"models: '{model}' is a whole model ([model.{model}] names a checkpoint or GGUF); "
-                                 "list it in whole_models")
-        for model in self.whole_models:
-            if model not in {**SHIPPED_WHOLE, **self.user_whole}:
-                raise UsageError(f"whole_models: '{model}' is not a whole model of the config or a shipped one "
-                                 f"({', '.join(SHIPPED_WHOLE)}); define [model.{model}] with checkpoint = \"DIR\" or "
-                                 "gguf = \"FILE.gguf\"")
-        if self.whole_models and not [r for r in self.recipes if r in self.lm_recipes]:
-            raise UsageError("whole_models: whole-model cells run the recipes that are in both recipes and lm_recipes, "
-                             "and none is; name some in both")
+                                 "list it in [whole] models")
+        self.whole.check(self.user_whole)
+        if self.whole.models and not [r for r in self.recipes if r in self.downstream.recipes]:
+            raise UsageError("[whole] models: whole-model cells run the recipes that are in both recipes and "
+                             "[downstream] recipes, and none is; name some in both")
         for axis, values, known in (("designs", self.designs, DESIGNS),
                                     ("models", self.models, {**PRESETS, **self.user_models}),
                                     ("recipes", self.recipes, known_recipes),
                                     ("scenarios", self.scenarios, known_scenarios),
                                     ("calibration", self.calibration, known_scenarios)):
-            if not values and not (axis == "models" and self.whole_models):  # a run of whole models alone
+            if not values and not (axis == "models" and self.whole.models):  # a run of whole models alone
                 raise UsageError(f"{axis}: empty; name at least one of {', '.join(known)}")
             for value in values:
                 if (mitigations.parse(value)[0] if axis == "recipes" else value) not in known:
@@ -242,20 +192,16 @@ class RunConfig:
                 design = self.user_models[model].design
                 raise UsageError(f"models: '{model}' is a design-{design} layer and the run's designs are "
                                  f"{', '.join(self.designs)}; add {design} to designs")
-        self._check_lm(known_recipes, known_scenarios)
+        self.downstream.check(self.designs, known_recipes, known_scenarios, bool(self.whole.models))
+        self._check_lm_calibration()
+        self.dose.check(self.designs, known_scenarios)
         for model, overrides in self.per_model.items():
             self._check_per_model(model, overrides)
-        for name in ("n_requests", "seq_len", "calibration_requests", "threads", "lm_windows", "whole_windows",
-                     "lm_draws", "dose_windows"):
+        for name in ("n_requests", "seq_len", "calibration_requests", "threads"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name}: must be positive, got {getattr(self, name)}")
-        if self.remeasure_processes < 2:
-            raise UsageError(f"remeasure_processes: a test over worker processes needs at least 2 a side, got "
-                             f"{self.remeasure_processes}")
         if not self.delta > 0:
             raise UsageError(f"delta: must be positive, got {self.delta}")
-        if not self.healthy_delta_bpb > 0:
-            raise UsageError(f"healthy_delta_bpb: must be positive, got {self.healthy_delta_bpb}")
         if self.seed < 0:
             raise UsageError(f"seed: must be >= 0, got {self.seed}")
         if self.device not in ("cpu", "cuda"):
@@ -265,7 +211,7 @@ class RunConfig:
 
             if not torch.cuda.is_available():
                 raise UsageError("device: cuda, but no CUDA device is usable here; use cpu")
-        self.latency_config()  # validates the timing settings
+        self.latency.check()
         return self
 
     def _check_per_model(self, model: str, overrides: dict) -> None:
@@ -276,9 +222,11 @@ class RunConfig:
         if unknown:
             raise UsageError(f"per_model.{model}: unknown key '{sorted(unknown)[0]}'; "
                              f"known: {', '.join(PER_MODEL_KEYS)}")
+        alone = dataclasses.replace(self, models=[model], per_model={},
+                                    downstream=dataclasses.replace(self.downstream, recipes=[]),
+                                    whole=dataclasses.replace(self.whole, models=[]))
         try:  # the table's values, checked as a run of that model alone would check them
-            dataclasses.replace(self, models=[model], per_model={}, lm_recipes=[], whole_models=[],
-                                **overrides).check()
+            alone._overridden(overrides).check()
         except UsageError as e:
             raise UsageError(f"per_model.{model}: {e}") from None
         narrowed = self.for_model(model)
@@ -287,31 +235,15 @@ class RunConfig:
                 raise UsageError(f"per_model.{model}: its {axis} ({', '.join(overrides[axis])}) are none of the run's "
                                  f"({', '.join(getattr(self, axis))}); widen one or the other")
 
-    def _check_lm(self, known_recipes: dict, known_scenarios: dict) -> None:
-        for recipe in self.lm_recipes:
-            if mitigations.parse(recipe)[0] not in known_recipes:
-                raise UsageError(f"lm_recipes: unknown '{recipe}'; choose from {', '.join(known_recipes)}")
-        for name in self.lm_scenarios:
-            if name not in {**known_scenarios, **TEXT_DOMAINS}:
-                raise UsageError(f"lm_scenarios: unknown '{name}'; choose from "
-                                 f"{', '.join([*known_scenarios, *TEXT_DOMAINS])}")
-            if isinstance(self.user_scenarios.get(name), Replay):
-                raise UsageError(f"lm_scenarios: '{name}' replays hidden states, and a whole model reads text; "
-                                 "use a synthetic scenario or a text domain (domain-code)")
+    def _check_lm_calibration(self) -> None:
+        """Whole models read text: a replay of hidden states cannot calibrate their QDQ recipes."""
         calibrated = any(getattr(RECIPES.get(self.recipe_spec(r)[0]), "needs_calibration", False)
-                         for r in self.lm_recipes)
+                         for r in self.downstream.recipes)
         for name in self.calibration if calibrated else ():
             if isinstance(self.user_scenarios.get(name), Replay):
                 raise UsageError(f"calibration: '{name}' replays hidden states, which cannot calibrate a whole model "
-                                 "(lm cells read text); calibrate on a synthetic scenario, or drop QDQ from lm_recipes")
-        if self.lm_recipes and not self.lm_scenarios:
-            raise UsageError("lm_scenarios: empty; name at least one (e.g. clean) or set lm_recipes = []")
-        if self.lm_recipes and (self.lm_models or not self.whole_models):  # whole models may run alone
-            self._check_models("lm", self.lm_models, self.lm_seeds)
-        if self.lm_inject not in INJECT:
-            raise UsageError(f"lm_inject: unknown '{self.lm_inject}'; choose one of {', '.join(INJECT)}")
-        if self.lm_recipes and self.dose_scenarios:
-            self._check_dose(known_scenarios)
+                                 "(lm cells read text); calibrate on a synthetic scenario, or drop QDQ from "
+                                 "[downstream] recipes")
 
     def _check_mitigated(self, recipe: str) -> None:
         """A mitigated recipe (RECIPE+shift, ...) quantizes, after calibration."""
@@ -326,47 +258,24 @@ class RunConfig:
             raise UsageError(f"recipes: '{recipe}': +keep leaves a quantized layer in fp32, and {base} quantizes "
                              "nothing to leave; drop +keep")
 
-    def _check_models(self, prefix: str, kinds: list[str], seeds: list[int]) -> None:
-        """Each kind of committed model known and holding every seed asked, for the run's designs."""
-        if not kinds:
-            raise UsageError(f"{prefix}_models: empty; name at least one of {', '.join(KINDS)} or set "
-                             f"{'lm_recipes' if prefix == 'lm' else 'dose_scenarios'} = []")
-        for kind in kinds:
-            if kind not in KINDS:
-                raise UsageError(f"{prefix}_models: unknown '{kind}'; choose from {', '.join(KINDS)}")
-            for design in (d for d in self.designs if d in ("A", "B")):
-                committed = trained_seeds(design, kind)
-                if not seeds or any(s not in committed for s in seeds):
-                    raise UsageError(f"{prefix}_seeds: {seeds} are not all committed training seeds of the {kind} "
-                                     f"design {design}; choose from {', '.join(map(str, committed)) or 'none'}")
-
-    def _check_dose(self, known_scenarios: dict) -> None:
-        synthetic = [name for name, spec in known_scenarios.items() if isinstance(spec, Scenario)]
-        for name in self.dose_scenarios:
-            if name not in synthetic:
-                raise UsageError(f"dose_scenarios: '{name}' is not a synthetic scenario (a dose is a drift's "
-                                 f"strength); choose from {', '.join(synthetic)}")
-        for inject in self.dose_inject or [None]:
-            if inject not in INJECT:
-                raise UsageError(f"dose_inject: {'empty' if inject is None else f'unknown {inject!r}'}; choose from "
-                                 f"{', '.join(INJECT)}")
-        self._check_models("dose", self.dose_models, self.dose_seeds)
-
     def to_dict(self) -> dict:
+        """What a run's manifest records: each study a table of its own, as in the TOML."""
         out = dataclasses.asdict(self)
+        out["latency"] |= {shape: list(size) for shape, size in self.latency.shapes().items()}  # as JSON reads back
         out["user_scenarios"] = {k: v.describe() for k, v in self.user_scenarios.items()}
         out["user_models"] = {k: v.describe() for k, v in self.user_models.items()}
         out["user_whole"] = {k: self.whole_spec(k).describe() for k in dict.fromkeys([*self.user_whole,
-                                                                                       *self.whole_models])}
+                                                                                       *self.whole.models])}
         out.pop("files_dir")  # machine-specific; the run records it relative to its own directory
         return out
 
     @classmethod
     def from_dict(cls, data: dict, files_dir: Path = Path(".")) -> "RunConfig":
-        """The inverse of to_dict, as a run's manifest records it (its shard spec aside). Checkpoint and
-        trace files resolve against `files_dir` (the folder of the run's config, or --weights-dir)
-        and must have the hashes the run recorded."""
-        data = {k: v for k, v in data.items() if k not in ("shard", "files_dir")}
+        """The inverse of to_dict, as a run's manifest records it (its shard spec aside), an older run's
+        flat config too. Checkpoint and trace files resolve against `files_dir` (the folder of the
+        run's config, or --weights-dir) and must have the hashes the run recorded."""
+        data = {k: v for k, v in records.upgrade_config(data).items() if k not in ("shard", "files_dir")}
+        studies = {name: study(**data.pop(name, {})) for name, study in STUDIES.items()}
         scenarios = {name: replay_from_table(name, Path(d["replay"]), d, files_dir) if "replay" in d else Scenario(**d)
                      for name, d in data.pop("user_scenarios", {}).items()}
         models = {name: ModelSpec(name, base=str(files_dir), sha256=d.get("sha256"),
@@ -375,7 +284,8 @@ class RunConfig:
         whole = {name: WholeSpec(name, base=str(files_dir),
                                  **{k: v for k, v in d.items() if k in model_specs.WHOLE_KEYS})
                  for name, d in data.pop("user_whole", {}).items()}
-        return cls(**data, user_scenarios=scenarios, user_models=models, user_whole=whole, files_dir=str(files_dir))
+        return cls(**data, **studies, user_scenarios=scenarios, user_models=models, user_whole=whole,
+                   files_dir=str(files_dir))
 
 
 @functools.cache
@@ -393,23 +303,29 @@ LLAMA_7B = {"designs": ["A", "B"], "mitigations": False, "scenarios": ["producti
             "max_runnable_seconds": 1.5}
 
 PRESETS_RUN = {
-    "quick": RunConfig(preset="quick", lm_recipes=list(QUICK_LM_RECIPES), lm_windows=8, lm_draws=2, lm_seeds=[0]),
+    "quick": RunConfig(preset="quick",
+                       downstream=DownstreamConfig(recipes=list(QUICK_LM_RECIPES), windows=8, draws=2, seeds=[0])),
     "default": RunConfig(preset="default", models=["default"], recipes=[*RECIPES, *DEFAULT_MITIGATED],
                          scenarios=list(NAMED),
-                         lm_recipes=list(DEFAULT_LM_RECIPES), lm_scenarios=list(DEFAULT_LM_SCENARIOS),
-                         lm_models=["drift", "trained"], lm_windows=32, dose_scenarios=list(DOSE_SCENARIOS)),
+                         downstream=DownstreamConfig(recipes=list(DEFAULT_LM_RECIPES),
+                                                     scenarios=list(DEFAULT_LM_SCENARIOS), pairs=["drift", "trained"],
+                                                     windows=32),
+                         dose=DoseConfig(scenarios=list(DOSE_SCENARIOS))),
     "full": RunConfig(preset="full", designs=list(DESIGNS), models=["small", "default", "llama-7b"],
-                      recipes=[*RECIPES, *FULL_MITIGATED], scenarios=list(NAMED),
-                      lm_recipes=[*RECIPES, *FULL_MITIGATED], calibration=["clean", "production"],
-                      lm_scenarios=[*NAMED, "domain-code", "domain-chat"], lm_models=["drift", "trained"],
+                      recipes=[*RECIPES, *FULL_MITIGATED], scenarios=list(NAMED), calibration=["clean", "production"],
+                      downstream=DownstreamConfig(recipes=[*RECIPES, *FULL_MITIGATED],
+                                                  scenarios=[*NAMED, "domain-code", "domain-chat"],
+                                                  pairs=["drift", "trained"]),
                       # the matrix holds every level at ffn-input already: the dose adds the residual stream
-                      dose_scenarios=list(DOSE_SCENARIOS), dose_inject=["residual"], dose_seeds=[0, 1, 2],
-                      dose_windows=64,
-                      per_model={"llama-7b": LLAMA_7B}, whole_models=list(SHIPPED_WHOLE)),
+                      dose=DoseConfig(scenarios=list(DOSE_SCENARIOS), inject=["residual"], seeds=[0, 1, 2],
+                                      windows=64),
+                      per_model={"llama-7b": LLAMA_7B}, whole=WholeConfig(models=list(SHIPPED_WHOLE))),
 }
 
+# [per_model.NAME] keys, flat: the timing ones (LATENCY_KEYS) replace those of the run's latency study.
 PER_MODEL_KEYS = ("designs", "recipes", "mitigations", "scenarios", "n_requests", "seq_len", "calibration_requests",
                   "decode", "prefill", "warmup", "min_iterations", "max_seconds", "max_runnable_seconds", "memory")
+LATENCY_KEYS = {f.name for f in dataclasses.fields(LatencyConfig)}
 
 
 def preset_config(name: str) -> RunConfig:

@@ -1,41 +1,33 @@
 """A run config from TOML: the run's own keys at the top level, one table per study ([latency],
-[downstream], [dose], [whole]) owning its keys, and [model.NAME], [recipe.NAME], [scenario.NAME],
-[per_model.NAME] tables. Every key's type is read off RunConfig's own field, not declared again.
+[downstream], [dose], [whole]) read straight into its dataclass, and [model.NAME], [recipe.NAME],
+[scenario.NAME], [per_model.NAME] tables. Every key's type is read off its dataclass field, not
+declared again.
 
-A flat key of the files written before the study tables (`lm_recipes = [...]`) is still read, as
-the table key it became, with a note naming the new place, so older configs keep working."""
+A flat key of the files written before the study tables (`lm_seeds = [...]`) is still read, as
+the table key it became (records.FLAT), with a note naming the new place, so older configs keep
+working; the same key set both ways is refused."""
 
 import copy
 import dataclasses
 import tomllib
 from pathlib import Path
 
-from ffnbench.bench.config import PER_MODEL_KEYS, RunConfig, preset_config
+from ffnbench.bench.config import LATENCY_KEYS, PER_MODEL_KEYS, RunConfig, preset_config
+from ffnbench.bench.records import FLAT
+from ffnbench.bench.studies import STUDIES
 from ffnbench.bench.traffic import model_specs
 from ffnbench.bench.traffic.model_specs import ModelSpec, WholeSpec
 from ffnbench.bench.traffic.scenarios import REPLAY_KEYS, Scenario, replay_from_table
 from ffnbench.errors import UsageError
 
-# study table -> {its key: the RunConfig field it sets}
-STUDIES = {
-    "latency": {"enabled": "latency", "warmup": "warmup", "min_iterations": "min_iterations",
-                "min_seconds": "min_seconds", "max_iterations": "max_iterations", "max_seconds": "max_seconds",
-                "max_runnable_seconds": "max_runnable_seconds", "decode": "decode", "prefill": "prefill",
-                "memory": "memory", "diagnose": "diagnose", "ort_spinning": "ort_spinning",
-                "remeasure_processes": "remeasure_processes"},
-    "downstream": {"recipes": "lm_recipes", "scenarios": "lm_scenarios", "seeds": "lm_seeds", "pairs": "lm_models",
-                   "windows": "lm_windows", "draws": "lm_draws", "inject": "lm_inject",
-                   "healthy_delta_bpb": "healthy_delta_bpb"},
-    "dose": {"scenarios": "dose_scenarios", "inject": "dose_inject", "pairs": "dose_models", "seeds": "dose_seeds",
-             "windows": "dose_windows"},
-    "whole": {"models": "whole_models", "windows": "whole_windows"},
-}
-TABLE_OF = {field: (table, key) for table, keys in STUDIES.items() for key, field in keys.items()}
-# Fields no TOML key sets directly: the named tables fill them, or the run records them.
-NOT_KEYS = {"user_scenarios", "user_models", "user_whole", "user_recipes", "per_model", "files_dir"}
+# Fields no top-level key sets: the study tables and the named tables fill them, or the run records them.
+NOT_KEYS = {*STUDIES, "user_scenarios", "user_models", "user_whole", "user_recipes", "per_model", "files_dir"}
 TYPES = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name not in NOT_KEYS}
-TOP_LEVEL = sorted(name for name in TYPES if name not in TABLE_OF)
-SHAPES = ("decode", "prefill")  # [batch, seq]
+TOP_LEVEL = sorted(TYPES)
+# study table -> {its key: the key's type}
+STUDY_TYPES = {table: {f.name: f.type for f in dataclasses.fields(study)} for table, study in STUDIES.items()}
+# [per_model.NAME] keys: the run's own, and the latency study's timing keys
+PER_MODEL_TYPES = {key: STUDY_TYPES["latency"][key] if key in LATENCY_KEYS else TYPES[key] for key in PER_MODEL_KEYS}
 
 
 def load_toml(path: Path, base: RunConfig | None = None) -> RunConfig:
@@ -55,30 +47,34 @@ def read_toml(path: Path, base: RunConfig | None = None) -> tuple[RunConfig, lis
         raise UsageError(f"--config: {path} is not valid TOML ({e})") from e
     cfg = preset_config(data.get("preset", base.preset if base else "quick")) if "preset" in data or not base \
         else copy.deepcopy(base)
-    notes = []
+    notes, tables = [], {table: {} for table in STUDIES}
     for key, value in data.items():
         if key in STUDIES and isinstance(value, dict):
-            _study(path, cfg, key, value, data)
-        elif key in TABLE_OF:  # `latency = false` too: the flag is [latency] enabled now
-            table, new = TABLE_OF[key]
+            tables[key] |= _study(path, key, value, data)
+        elif key in FLAT:  # `latency = false` too: the flag is [latency] enabled now
+            table, new = FLAT[key]
             notes.append(f"config {path}: '{key}' is now [{table}] {new}; read as that (move it there)")
-            setattr(cfg, key, _value(path, key, value))
+            tables[table][new] = _value(path, STUDY_TYPES[table][new], value, key=key)
         elif key in TYPES:
-            setattr(cfg, key, _value(path, key, value))
+            setattr(cfg, key, _value(path, TYPES[key], value, key=key))
         else:
             _named_tables(path, cfg, key, value)
+    for table, values in tables.items():
+        setattr(cfg, table, dataclasses.replace(getattr(cfg, table), **values))
     return cfg, notes
 
 
-def _study(path: Path, cfg: RunConfig, table: str, value: dict, data: dict) -> None:
-    for key, v in value.items():
-        if key not in STUDIES[table]:
-            raise UsageError(f"config {path}: [{table}] unknown key '{key}'; known: {', '.join(STUDIES[table])}")
-        field = STUDIES[table][key]
-        if field in data and field != table:
-            raise UsageError(f"config {path}: [{table}] {key} is set twice, also as the flat '{field}'; keep the "
+def _study(path: Path, table: str, value: dict, data: dict) -> dict:
+    """A study table's values by key, each checked against its field's type."""
+    types = STUDY_TYPES[table]
+    for key in value:
+        if key not in types:
+            raise UsageError(f"config {path}: [{table}] unknown key '{key}'; known: {', '.join(types)}")
+        flat = next((old for old, place in FLAT.items() if place == (table, key)), None)
+        if flat in data and flat != table:
+            raise UsageError(f"config {path}: [{table}] {key} is set twice, also as the flat '{flat}'; keep the "
                              f"[{table}] one")
-        setattr(cfg, field, _value(path, field, v, f"[{table}] ", key))
+    return {key: _value(path, types[key], v, f"[{table}] ", key) for key, v in value.items()}
 
 
 def _named_tables(path: Path, cfg: RunConfig, key: str, value) -> None:
@@ -103,7 +99,8 @@ def _named_tables(path: Path, cfg: RunConfig, key: str, value) -> None:
             if unknown:
                 raise UsageError(f"config {path}: [per_model.{name}] unknown key '{unknown[0]}'; known: "
                                  f"{', '.join(PER_MODEL_KEYS)}")
-        cfg.per_model = {name: {k: _value(path, k, v, f"[per_model.{name}] ") for k, v in table.items()}
+        cfg.per_model = {name: {k: _value(path, PER_MODEL_TYPES[k], v, f"[per_model.{name}] ", k)
+                                for k, v in table.items()}
                          for name, table in value.items()}
     else:
         known = ", ".join([*TOP_LEVEL, *(f"[{t}]" for t in STUDIES), "[scenario.NAME]", "[recipe.NAME]",
@@ -111,10 +108,9 @@ def _named_tables(path: Path, cfg: RunConfig, key: str, value) -> None:
         raise UsageError(f"config {path}: unknown key '{key}'; known: {known}")
 
 
-def _value(path: Path, field: str, value, where: str = "", key: str | None = None):
-    """A value checked against its RunConfig field's type; `key` is its name in the file."""
-    key, kind = key or field, TYPES[field]
-    if field in SHAPES:
+def _value(path: Path, kind, value, where: str = "", key: str = ""):
+    """A value checked against the type of the field it sets; `key` is its name in the file."""
+    if kind == tuple[int, int]:  # a latency shape, [batch, seq]
         if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)):
             raise UsageError(f"config {path}: {where}'{key}' must be [batch, seq], e.g. {key} = [8, 128]")
         return list(value)

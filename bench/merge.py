@@ -5,14 +5,24 @@ import json
 from pathlib import Path
 
 from ffnbench import files
+from ffnbench.bench import records
 from ffnbench.bench.store import MANIFEST, RESULTS, load_run
 from ffnbench.errors import UsageError
 
+STUDY_TABLES = {table for table, _ in records.FLAT.values()}
+
 
 def _comparable(config: dict) -> dict:
-    # files_dir is where a run's checkpoint files are, relative to that run directory: shards at
-    # other depths differ in it and still ran the same configuration.
-    return {k: v for k, v in config.items() if k not in ("shard", "files_dir")}
+    """A run's (nested) config by setting, a study's keys as `table.key`, so a difference names its key.
+    files_dir is where a run's checkpoint files are, relative to that run directory: shards at other
+    depths differ in it and still ran the same configuration."""
+    out = {}
+    for key, value in config.items():
+        if key in STUDY_TABLES and isinstance(value, dict):
+            out |= {f"{key}.{name}": v for name, v in value.items()}
+        elif key not in ("shard", "files_dir"):
+            out[key] = value
+    return out
 
 
 def merge(run_dirs: list[Path], out: Path, allow_mismatch: bool = False) -> list[dict]:

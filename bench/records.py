@@ -10,11 +10,33 @@ format of its own, and its cells upgrade as cells):
    measured lm or whole-model cell may lack `draws` (1).
 2. `format: 2`; every record carries `kind`, an lm cell its `pair`, `seed`, `inject` and `study`
    ("downstream" or "dose"), and a measured lm or whole-model cell its `draws`.
+
+The run's config in a manifest or baseline was flat (`lm_seeds`, `warmup`, `latency: true`) in
+either format until its studies became tables of their own (`downstream: {recipes}`, `latency:
+{warmup, enabled}`); a flat config reads as the nested one (`upgrade_config`), told apart by its keys.
 """
 
 from ffnbench.errors import UsageError
 
 FORMAT = 2
+
+# A flat key of the configs before study tables -> (its study table, its key there): what a flat key
+# of an older TOML file, manifest or baseline reads as.
+FLAT = {
+    "latency": ("latency", "enabled"), "warmup": ("latency", "warmup"),
+    "min_iterations": ("latency", "min_iterations"), "min_seconds": ("latency", "min_seconds"),
+    "max_iterations": ("latency", "max_iterations"), "max_seconds": ("latency", "max_seconds"),
+    "max_runnable_seconds": ("latency", "max_runnable_seconds"), "decode": ("latency", "decode"),
+    "prefill": ("latency", "prefill"), "memory": ("latency", "memory"), "diagnose": ("latency", "diagnose"),
+    "ort_spinning": ("latency", "ort_spinning"), "remeasure_processes": ("latency", "remeasure_processes"),
+    "lm_recipes": ("downstream", "recipes"), "lm_scenarios": ("downstream", "scenarios"),
+    "lm_seeds": ("downstream", "seeds"), "lm_models": ("downstream", "pairs"), "lm_windows": ("downstream", "windows"),
+    "lm_draws": ("downstream", "draws"), "lm_inject": ("downstream", "inject"),
+    "healthy_delta_bpb": ("downstream", "healthy_delta_bpb"),
+    "dose_scenarios": ("dose", "scenarios"), "dose_inject": ("dose", "inject"), "dose_models": ("dose", "pairs"),
+    "dose_seeds": ("dose", "seeds"), "dose_windows": ("dose", "windows"),
+    "whole_models": ("whole", "models"), "whole_windows": ("whole", "windows"),
+}
 
 
 def stamped(record: dict) -> dict:
@@ -30,10 +52,24 @@ def upgrade_cell(cell: dict, where: str) -> dict:
 
 
 def upgrade_document(document: dict, where: str) -> dict:
-    """A manifest, baseline or analysis file of any known format: stamped, a newer one refused.
-    (Their fields did not change between formats 1 and 2; a baseline's cells upgrade as cells.)"""
+    """A manifest, baseline or analysis file of any known format: stamped, its config nested, a newer
+    one refused. (Their fields did not change between formats 1 and 2; a baseline's cells upgrade as
+    cells.)"""
     _version(document, where)
+    if isinstance(document.get("config"), dict):
+        document = {**document, "config": upgrade_config(document["config"])}
     return {**document, "format": FORMAT}
+
+
+def upgrade_config(config: dict) -> dict:
+    """A run's recorded config with its study keys in their tables: a flat one moved there, a nested
+    one as it is. (`latency` is the flat flag where it is not a table.)"""
+    flat = {key: value for key, value in config.items() if key in FLAT and not isinstance(value, dict)}
+    out = {key: value for key, value in config.items() if key not in flat}
+    for key, value in flat.items():
+        table, name = FLAT[key]
+        out[table] = {**out.get(table, {}), name: value}
+    return out
 
 
 def _version(record: dict, where: str) -> int:

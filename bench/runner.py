@@ -1,7 +1,6 @@
 """`run(config, out) -> results`: build -> export -> quantize -> measure -> record, cell by cell."""
 
 import contextlib
-import dataclasses
 import itertools
 import json
 import os
@@ -41,7 +40,7 @@ class Cell:
     calibration: str | None  # QDQ recipes only
     kind: str = "accuracy"  # or "latency", or "lm" (a whole trained model), or "whole" (a user's whole model)
     # lm cells only: which committed models ("trained", "drift"), their training seed, and for a
-    # dose-response cell its injection point (None: the run's lm_inject, a matrix cell). `model` is
+    # dose-response cell its injection point (None: the run's [downstream] inject, a matrix cell). `model` is
     # the name made from them for keys and reports; nothing reads them back out of it.
     pair: str | None = None
     seed: int | None = None
@@ -59,36 +58,38 @@ class Cell:
 
 def plan(config: RunConfig) -> list[Cell]:
     """Every cell of the matrix, ordered by model size, then accuracy before latency; the trained
-    pair's lm cells last, for the run's designs among the pair's, its recipes among lm_recipes, each
-    kind of committed model in lm_models and each training seed of lm_seeds; then the users' whole
-    models (whole_models) of the run's designs, under the same recipes and scenarios."""
+    pair's lm cells last, for the run's designs among the pair's, its recipes among the downstream
+    study's, each of its pairs and training seeds; then the dose-response cells, and the users' whole
+    models ([whole] models) of the run's designs, under the same recipes and downstream scenarios."""
     cells = []
     for model in config.models:
         mc = config.for_model(model)
         for design, recipe in itertools.product(mc.model_designs(model), mc.recipes):
             for cal in _calibrations(mc, recipe):
                 cells += [Cell(design, model, recipe, s, cal) for s in mc.scenarios]
-        if mc.latency:
+        if mc.latency.enabled:
             for shape, design, recipe in itertools.product(("decode", "prefill"), mc.model_designs(model),
                                                            mc.recipes):
                 cells += [Cell(design, model, recipe, shape, cal, kind="latency") for cal in _calibrations(mc, recipe)]
     lm_designs = [d for d in config.designs if d in LM_DESIGNS]
-    lm_recipes = [r for r in config.recipes if r in config.lm_recipes
-                  and (config.mitigations or not config.mitigations_of(r))]
-    for kind, seed, design, recipe in itertools.product(config.lm_models, config.lm_seeds, lm_designs, lm_recipes):
+    downstream, dose = config.downstream, config.dose
+    whole_model_recipes = [r for r in config.recipes if r in downstream.recipes
+                           and (config.mitigations or not config.mitigations_of(r))]
+    for kind, seed, design, recipe in itertools.product(downstream.pairs, downstream.seeds, lm_designs,
+                                                        whole_model_recipes):
         for cal in _calibrations(config, recipe):
             cells += [Cell(design, lm_model(seed, kind), recipe, s, cal, kind="lm", pair=kind, seed=seed)
-                      for s in config.lm_scenarios]
-    for kind, seed, inject, design, recipe in itertools.product(config.dose_models, config.dose_seeds,
-                                                                config.dose_inject, lm_designs, lm_recipes):
+                      for s in downstream.scenarios]
+    for kind, seed, inject, design, recipe in itertools.product(dose.pairs, dose.seeds, dose.inject, lm_designs,
+                                                                whole_model_recipes):
         for cal in _calibrations(config, recipe):
             cells += [Cell(design, lm_model(seed, kind, inject), recipe, s, cal, kind="lm", pair=kind, seed=seed,
-                           dose_inject=inject) for s in config.dose_scenarios]
-    for name, recipe in itertools.product(config.whole_models, lm_recipes):
+                           dose_inject=inject) for s in dose.scenarios]
+    for name, recipe in itertools.product(config.whole.models, whole_model_recipes):
         spec = config.whole_spec(name)
         design = whole_model.design_of(spec.path, spec.where)
         for cal in _calibrations(config, recipe) if design in config.designs else ():
-            cells += [Cell(design, name, recipe, s, cal, kind="whole") for s in config.lm_scenarios]
+            cells += [Cell(design, name, recipe, s, cal, kind="whole") for s in downstream.scenarios]
     return cells
 
 
@@ -176,9 +177,9 @@ def run_lm(cells: list[Cell], config: RunConfig, store: RunStore, bar: Progress)
             continue
         bar.phase(f"{model} {design}: export (whole model)")
         first = group[0]
-        own = dataclasses.replace(config, lm_windows=config.dose_windows) if first.dose_inject else config
-        subjects[design, model] = LMSubject(own, design, first.seed, store.out / "artifacts", first.pair,
-                                            first.dose_inject)
+        windows = config.dose.windows if first.dose_inject else config.downstream.windows
+        subjects[design, model] = LMSubject(config, design, first.seed, store.out / "artifacts", first.pair,
+                                            first.dose_inject, windows)
     jobs, seen = {}, set()
     for key, group in groups.items():
         bar.phase(f"{key[1]} {key[0]}: what its artifacts are made from (exports, mitigated models)")
@@ -215,11 +216,11 @@ def _measure_beside_builds(cells: list[Cell], subjects: dict, pending: dict, con
 
 
 def _check_inputs(config: RunConfig) -> None:
-    for name in config.whole_models:
+    for name in config.whole.models:
         spec = config.whole_spec(name)
         design = whole_model.design_of(spec.path, spec.where)
         if design not in config.designs:
-            raise UsageError(f"whole_models: '{name}' is a design-{design} model and the run's designs are "
+            raise UsageError(f"[whole] models: '{name}' is a design-{design} model and the run's designs are "
                              f"{', '.join(config.designs)}; add {design} to designs")
     kinds = {c.kind for c in plan(config)}
     if "lm" in kinds:
@@ -348,7 +349,7 @@ class Subject:
         key = ("timed", recipe, calibration)
         if key not in self._runnables:
             runnable, manifest = self.runnable(recipe, calibration)
-            timed = latency_cells.timing_runnable(runnable, self.config.threads, self.config.ort_spinning)
+            timed = latency_cells.timing_runnable(runnable, self.config.threads, self.config.latency.ort_spinning)
             self._runnables[key] = (timed, manifest)
             if timed is not runnable:
                 del self._runnables[(recipe, calibration)]
@@ -405,17 +406,17 @@ def latency_inputs(subject: Subject, shape: tuple[int, int]) -> np.ndarray:
 def measure_memory(subjects: dict, cells: list[Cell], config: RunConfig) -> dict[tuple, dict]:
     """Cell.artifact -> {resident_mb, peak_call_mb: {shape: MB}} or {error}: each
     latency cell's runnable loaded and called at every shape by a child process of its own (bench/cells/memory.py)."""
-    if not config.memory or config.device != "cpu":
+    if not config.latency.memory or config.device != "cpu":
         return {}
     requests, inputs = {}, {}
     for design, subject in subjects.items():
-        inputs[design] = {name: latency_inputs(subject, shape) for name, shape in config.latency_shapes().items()}
+        inputs[design] = {name: latency_inputs(subject, shape) for name, shape in config.latency.shapes().items()}
         for cell in {c.artifact: c for c in cells if c.design == design}.values():
             try:
                 runnable, manifest = subject.timed(cell.recipe, cell.calibration)
             except Exception:  # the timing records why (skipped or failed); nothing to measure
                 continue
-            common = {"threads": config.threads, "spinning": config.ort_spinning, "inputs": design}
+            common = {"threads": config.threads, "spinning": config.latency.ort_spinning, "inputs": design}
             requests[cell.artifact] = (
                 {"kind": "onnx", "path": str(runnable.path), **common}
                 if hasattr(runnable, "path") else
@@ -430,11 +431,12 @@ def measure_memory(subjects: dict, cells: list[Cell], config: RunConfig) -> dict
 def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks: dict,
                     memory_mb: dict | None = None) -> list[dict]:
     """Time every cell's runnable, plus each design's fp32 references, round-robin in one loop."""
-    shape = config.latency_shapes()[cells[0].scenario]
+    shape = config.latency.shapes()[cells[0].scenario]
     entries, records, scenario = {}, {}, config.latency_scenario()
     for design, subject in subjects.items():
         x = latency_inputs(subject, shape)
-        for name, ref in latency_cells.reference_runnables(subject, config.threads, config.ort_spinning).items():
+        references = latency_cells.reference_runnables(subject, config.threads, config.latency.ort_spinning)
+        for name, ref in references.items():
             entries[f"{design}/{name}"] = {"runnable": ref, "x": x, "block_cfg": subject.block.cfg, "model_bytes": 0,
                                            "reference": True}
     for cell in cells:
@@ -462,13 +464,13 @@ def measure_latency(subjects: dict, cells: list[Cell], config: RunConfig, peaks:
                 entries[cell.key]["ratios"]["vs_parent"] = parent.key
     started = time.perf_counter()
     try:
-        timings = latency_cells.time_group(entries, shape, config.latency_config(), peaks, config.threads)
+        timings = latency_cells.time_group(entries, shape, config.latency, peaks, config.threads)
     except Exception as e:  # one runnable failing mid-timing fails this group's cells, not the run
         timings = {}
         for record in records.values():
             record.setdefault("status", "error")
             record.setdefault("error", f"{type(e).__name__} while timing the group: {e}")
-    if timings and config.diagnose and config.device == "cpu":  # CPU profilers
+    if timings and config.latency.diagnose and config.device == "cpu":  # CPU profilers
         diagnosis.diagnose(cells[0].scenario, subjects, records, entries, timings, config)
     seconds = round(time.perf_counter() - started, 3)
     for key, record in records.items():
@@ -498,7 +500,7 @@ def _add_memory(record: dict, measured: dict | None, config: RunConfig) -> None:
         return
     if measured is not None:
         record["memory_unavailable"] = measured["error"]
-    elif not config.memory:
+    elif not config.latency.memory:
         record["memory_unavailable"] = "memory = false in the run's config"
     elif config.device != "cpu":
         record["memory_unavailable"] = (f"not measured on {config.device} (host RSS is not the device's memory; "

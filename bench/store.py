@@ -101,7 +101,7 @@ class RunStore:
                 previous = json.loads(manifest_path.read_text())
             except json.JSONDecodeError as e:
                 raise UsageError(f"--resume: {manifest_path} is not valid JSON ({e}); use a new --out") from e
-            if previous.get("config") != config:
+            if records.upgrade_config(previous.get("config") or {}) != config:
                 raise UsageError(f"--resume: the run in {self.out} used another configuration; use a new --out")
             if previous.get("versions") != stack_versions():
                 raise UsageError(f"--resume: the run in {self.out} was made on another stack; results would mix "

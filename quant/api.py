@@ -117,8 +117,8 @@ def _mitigated(source, recipe: str, calibration: Calibration | None, params: dic
     """The block `source` is, with the recipe's mitigations applied, and the recipe's own parameters
     (the mitigations' settings taken out)."""
     if isinstance(source, CausalLM | RealLM) or (not isinstance(source, torch.nn.Module) and _is_lm_export(source)):
-        raise UsageError(f"recipe {recipe}: a whole language model is mitigated in `ffnbench run` (lm_recipes), "
-                         "where its calibration text is; quantize a sublayer export here")
+        raise UsageError(f"recipe {recipe}: a whole language model is mitigated in `ffnbench run` ([downstream] "
+                         "recipes), where its calibration text is; quantize a sublayer export here")
     if calibration is None:
         raise UsageError(f"calibration: {recipe} sets its mitigations from calibration data; pass --calibration "
                          "SCENARIO")
@@ -242,7 +242,7 @@ def _ort_from_file(src: Path, src_manifest: dict, cfg, stage: Path, calibration:
             raise UsageError(f"calibration: {cfg.method} QDQ needs calibration data; pass --calibration SCENARIO")
         if src_manifest.get("kind") == "ffnbench.lm-export" and isinstance(calibration, Calibration):
             raise UsageError(f"calibration: {src.resolve()} is a whole language model, which calibrates on text; "
-                             "run its QDQ recipes in `ffnbench run` (lm_recipes), not `ffnbench quantize`")
+                             "run its QDQ recipes in `ffnbench run` ([downstream] recipes), not `ffnbench quantize`")
         input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
         d_model = (src_manifest.get("config") or {}).get("d_model")
         ort_recipes.static_qdq(src, dst, cfg, Reader(calibration.feeds(input_name, d_model)), nodes)

@@ -53,9 +53,11 @@ def seed_exports(tmp_path_factory):
     runs and the console-script run export for real).
     """
     from ffnbench.bench import RunConfig, run
+    from ffnbench.bench.cells.latency import LatencyConfig
 
     source = tmp_path_factory.mktemp("tiny-exports") / "run"
-    run(RunConfig(models=["tiny"], recipes=["fp32"], scenarios=["clean"], n_requests=1, seq_len=4, latency=False),
+    run(RunConfig(models=["tiny"], recipes=["fp32"], scenarios=["clean"], n_requests=1, seq_len=4,
+                  latency=LatencyConfig(enabled=False)),
         source, progress=False)
 
     def seed(run_dir: Path) -> Path:

@@ -44,7 +44,8 @@ def run_own_layer(root, model_table: str, trace: str, layer: int):
     metric, against one whose int8 cell on the shifted traffic was 3 dB better (an injected regression)."""
     (root / "run.toml").write_text(
         f'models = ["own"]\nrecipes = ["fp32", "ort-int8-dynamic", "ort-int8-qdq-minmax", "bnb-nf4"]\n'
-        f'scenarios = ["traffic", "traffic-shifted"]\ncalibration = ["traffic"]\nlatency = false\nlm_recipes = []\n'
+        f'scenarios = ["traffic", "traffic-shifted"]\ncalibration = ["traffic"]\n'
+        '[latency]\nenabled = false\n[downstream]\nrecipes = []\n'
         f'[model.own]\n{model_table}\n'
         f'[scenario.traffic]\nreplay = "{trace}"\ntensor = "layer.{layer}"\n'
         f'[scenario.traffic-shifted]\nreplay = "{trace}"\ntensor = "layer.{layer}"\nmean_shift = 4.0\n'

@@ -209,8 +209,9 @@ def test_run_records_every_metric_per_cell(ffnbench_exe, tmp_path, seed_exports)
     # Short timing settings: the test checks what is recorded, not how fast anything is.
     # Memory in child processes and kernel diagnoses are tested in test_memory, test_kernel_paths and
     # by the report's run; 5 rounds, the fewest a paired interval is given on.
-    (tmp_path / "fast.toml").write_text("warmup = 0\nmin_iterations = 5\nmin_seconds = 0.001\nprefill = [2, 8]\n"
-                                        "lm_recipes = []\nmemory = false\ndiagnose = false\n")
+    (tmp_path / "fast.toml").write_text("[latency]\nwarmup = 0\nmin_iterations = 5\nmin_seconds = 0.001\n"
+                                        "prefill = [2, 8]\nmemory = false\ndiagnose = false\n"
+                                        "[downstream]\nrecipes = []\n")
     r = run(ffnbench_exe, "run", "--config", tmp_path / "fast.toml", "--models", "tiny", "--designs", "A,B",
             "--scenarios", "clean,production", "--out", seed_exports(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
@@ -255,12 +256,12 @@ def test_a_shape_that_cannot_fit_in_memory_is_refused_before_anything_runs(cli, 
 
 
 def test_run_into_an_existing_run_needs_resume(cli, tmp_path, seed_exports):
-    (tmp_path / "acc.toml").write_text("latency = false\nlm_recipes = []\n")
+    (tmp_path / "acc.toml").write_text("latency = false\n[downstream]\nrecipes = []\n")
     args = ["run", "--config", tmp_path / "acc.toml", "--models", "tiny", "--designs", "A", "--recipes", "fp32",
             "--scenarios", "clean", "--no-report", "--out", seed_exports(tmp_path / "run")]
-    first = cli(*args)  # a config of the flat keys older files use: read, with a note each
+    first = cli(*args)  # a config with a flat key older files use: read, with a note
     assert first.returncode == 0 and "note: config" in first.stderr
-    assert "'lm_recipes' is now [downstream] recipes" in first.stderr
+    assert "'latency' is now [latency] enabled" in first.stderr
     again = cli(*args)
     assert again.returncode == 2 and "pass --resume" in again.stderr
     assert cli(*args, "--resume").returncode == 0
@@ -268,7 +269,7 @@ def test_run_into_an_existing_run_needs_resume(cli, tmp_path, seed_exports):
 
 
 def test_shards_merge_and_report_from_the_command_line(cli, tmp_path, seed_exports):
-    (tmp_path / "acc.toml").write_text("latency = false\nlm_recipes = []\n")
+    (tmp_path / "acc.toml").write_text("[latency]\nenabled = false\n[downstream]\nrecipes = []\n")
     common = ["run", "--config", tmp_path / "acc.toml", "--models", "tiny", "--recipes", "fp32,ort-int8-dynamic",
               "--scenarios", "clean,production", "--no-report"]
     for k in (1, 2):

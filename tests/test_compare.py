@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ffnbench.bench import RunConfig, run, stats
+from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.bench.gate import compare
 from ffnbench.bench.gate.checks import checks
 from ffnbench.bench.gate.compare import LAUNCH_WORKER, remeasure, write
@@ -23,8 +24,9 @@ def default_size_run(tmp_path_factory):
     self-comparison: (run directory, ratios)."""
     out = tmp_path_factory.mktemp("compare") / "run"
     config = RunConfig(models=["default"], designs=["A"], recipes=["fp32", "ort-int8-dynamic", "bnb-int8"],
-                       scenarios=["clean"], n_requests=1, seq_len=2, warmup=1, min_iterations=10, min_seconds=60.0,
-                       max_seconds=0.001, prefill=[1, 16], memory=False, diagnose=False,
+                       scenarios=["clean"], n_requests=1, seq_len=2,
+                       latency=LatencyConfig(warmup=1, min_iterations=10, min_seconds=60.0, max_seconds=0.001,
+                                             prefill=(1, 16), memory=False, diagnose=False),
                        per_model={"default": {"min_iterations": 12}})
     run(config, out, progress=False)
     write_baseline(out, out.parent / "baseline.json")
@@ -71,13 +73,13 @@ class CountedWorker(compare.Worker):
 
 def test_each_side_is_re_measured_by_workers_of_its_own_environment(tmp_path, seed_exports, monkeypatch):
     """Each side loads and calls its artifacts with its own interpreter and code (here the new side's
-    forward runs twice), in workers started alternately, as many as the run's remeasure_processes,
+    forward runs twice), in workers started alternately, as many as the run's [latency] remeasure_processes,
     and each cell's record counts processes, not rounds. Whether the doubled forward is caught is a
     matter of this machine's timing: the reliability script measures that, not the suite."""
     run_dir = seed_exports(tmp_path / "run")
     run(RunConfig(models=["tiny"], designs=["B"], recipes=["fp32", "bnb-int8"], scenarios=["clean"], n_requests=1,
-                  seq_len=2, warmup=1, min_iterations=4, min_seconds=0.001, prefill=[2, 16], memory=False,
-                  diagnose=False, remeasure_processes=2), run_dir,
+                  seq_len=2, latency=LatencyConfig(warmup=1, min_iterations=4, min_seconds=0.001, prefill=(2, 16),
+                                                   memory=False, diagnose=False, remeasure_processes=2)), run_dir,
         progress=False)
     write_baseline(run_dir, tmp_path / "baseline.json")
     doubled = doubled_forward_environment(tmp_path)

@@ -8,17 +8,19 @@ from pathlib import Path
 import pytest
 
 from ffnbench.bench.config import RunConfig
-from ffnbench.bench.config_toml import STUDIES, TABLE_OF, read_toml
+from ffnbench.bench.config_toml import read_toml
+from ffnbench.bench.records import FLAT
+from ffnbench.bench.studies import STUDIES
 from ffnbench.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
-FIELD = {(table, key): field for table, keys in STUDIES.items() for key, field in keys.items()}
+FLAT_KEY = {place: flat for flat, place in FLAT.items()}  # (table, key) -> the flat key older files used
 
 
 def flattened(text: str) -> str:
     """The same config as the files before study tables wrote it: each study table's statements at
-    the top level under their RunConfig names (the examples put study tables before named ones)."""
+    the top level under their flat names (the examples put study tables before named ones)."""
     out, table = [], None
     for line in text.splitlines():
         header = re.match(r"^\[([^\]]+)\]", line)
@@ -27,7 +29,7 @@ def flattened(text: str) -> str:
             if table:
                 continue
         key = re.match(r"^([a-z_]+)(\s*=.*)$", line)
-        out.append(f"{FIELD[table, key.group(1)]}{key.group(2)}" if table and key else line)
+        out.append(f"{FLAT_KEY[table, key.group(1)]}{key.group(2)}" if table and key else line)
     return "\n".join(out) + "\n"
 
 
@@ -40,25 +42,29 @@ def test_every_example_reads_without_a_note_and_as_its_flat_form_did(example, tm
     flat, flat_notes = read_toml(flat_file)
     assert json.dumps(flat.to_dict(), sort_keys=True, default=str) == \
         json.dumps(nested.to_dict(), sort_keys=True, default=str)
-    moved = [k for k in re.findall(r"^([a-z_]+)\s*=", flat_file.read_text(), re.M) if k in TABLE_OF]
+    moved = [k for k in re.findall(r"^([a-z_]+)\s*=", flat_file.read_text(), re.M) if k in FLAT]
     assert len(flat_notes) == len(moved) and all("is now [" in n for n in flat_notes)
 
 
 def test_a_flat_key_is_read_with_a_note_naming_its_table(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('lm_recipes = ["fp32"]\nlatency = false\n[dose]\nscenarios = ["shift-1"]\n')
+    path.write_text('lm_scenarios = ["clean"]\nlatency = false\nwarmup = 0\n[dose]\nscenarios = ["shift-1"]\n')
     cfg, notes = read_toml(path)
-    assert cfg.lm_recipes == ["fp32"] and cfg.latency is False and cfg.dose_scenarios == ["shift-1"]
-    assert notes == [f"config {path}: 'lm_recipes' is now [downstream] recipes; read as that (move it there)",
-                     f"config {path}: 'latency' is now [latency] enabled; read as that (move it there)"]
+    assert cfg.downstream.scenarios == ["clean"] and cfg.dose.scenarios == ["shift-1"]
+    assert cfg.latency.enabled is False and cfg.latency.warmup == 0
+    assert notes == [f"config {path}: 'lm_scenarios' is now [downstream] scenarios; read as that (move it there)",
+                     f"config {path}: 'latency' is now [latency] enabled; read as that (move it there)",
+                     f"config {path}: 'warmup' is now [latency] warmup; read as that (move it there)"]
 
 
 @pytest.mark.parametrize(("text", "needle"), [
     ('[downstream]\nrecipe = ["fp32"]\n', "[downstream] unknown key 'recipe'; known: recipes, scenarios"),
     ('[dose]\nseeds = ["0"]\n', "[dose] 'seeds' must be a list of integers"),
     ('[latency]\nprefill = [8]\n', "[latency] 'prefill' must be [batch, seq]"),
-    ('lm_windows = 8\n[downstream]\nwindows = 16\n',
-     "[downstream] windows is set twice, also as the flat 'lm_windows'"),
+    ('lm_draws = 8\n[downstream]\ndraws = 16\n',
+     "[downstream] draws is set twice, also as the flat 'lm_draws'"),
+    ('[latency]\nenabled = "no"\n', "[latency] 'enabled' must be bool, got str"),
+    ('[whole]\nwindows = 1.5\n', "[whole] 'windows' must be int, got float"),
     ('lm_recipe = []\n', "unknown key 'lm_recipe'; known: "),
 ])
 def test_bad_tables_are_refused_in_one_line(tmp_path, text, needle):
@@ -71,7 +77,7 @@ def test_bad_tables_are_refused_in_one_line(tmp_path, text, needle):
 @pytest.mark.parametrize("run", sorted((ROOT / "tests" / "data" / "runs").iterdir()), ids=lambda p: p.name)
 def test_a_config_an_older_run_recorded_still_reads(run):
     """What a run's manifest records is RunConfig's own fields (to_dict), not the TOML: the format-1
-    run's config reads back and checks."""
+    run's flat config reads back and checks."""
     recorded = json.loads((run / "manifest.json").read_text())["config"]
-    config = RunConfig.from_dict(recorded)
-    assert config.preset == recorded["preset"] and config.lm_recipes == recorded["lm_recipes"]
+    config = RunConfig.from_dict(recorded).check()
+    assert config.preset == recorded["preset"] and config.downstream.recipes == ["fp32", "ort-int8-dynamic", "bnb-nf4"]

@@ -57,15 +57,19 @@ def test_the_section_draws_one_figure_an_axis_it_covers(tmp_path):
 
 
 def test_a_run_measures_the_dose_at_both_injection_points_apart_from_the_matrix(tmp_path, seed_exports):
-    """dose_scenarios: cells of their own per injection point (never in a verdict), one figure an
+    """[dose] scenarios: cells of their own per injection point (never in a verdict), one figure an
     injection point; the same drift costs differently where it enters."""
 
     from ffnbench.bench import RunConfig, run
+    from ffnbench.bench.cells.latency import LatencyConfig
     from ffnbench.bench.report import report
+    from ffnbench.bench.studies import DoseConfig, DownstreamConfig
 
     config = RunConfig(designs=["B"], models=["tiny"], recipes=["fp32"], scenarios=["clean"], n_requests=1,
-                       seq_len=4, latency=False, lm_recipes=["fp32"], lm_scenarios=["clean"], lm_windows=4, lm_draws=2,
-                       lm_seeds=[0], dose_scenarios=["clean", "shift-1", "shift-4"], dose_windows=4)
+                       seq_len=4, latency=LatencyConfig(enabled=False),
+                       downstream=DownstreamConfig(recipes=["fp32"], scenarios=["clean"], windows=4, draws=2,
+                                                   seeds=[0]),
+                       dose=DoseConfig(scenarios=["clean", "shift-1", "shift-4"], windows=4))
     out = seed_exports(tmp_path / "run")
     cells = {(c["design"], c["model"], c["scenario"]): c for c in run(config, out, progress=False)
              if c["kind"] == "lm"}

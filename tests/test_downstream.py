@@ -61,7 +61,7 @@ def test_format_1_verdicts_read_as_the_trained_pairs(tmp_path):
 def test_the_report_reads_the_verdicts_the_analysis_wrote(tmp_path):
     """Rendering takes the comparisons from downstream.json, not from a second bootstrap: a verdict
     changed in the file is the one returned; without the file they are computed, the same."""
-    store = RunStore(tmp_path / "run", {"healthy_delta_bpb": 0.1}, resume=False, machine={})
+    store = RunStore(tmp_path / "run", {"downstream": {"healthy_delta_bpb": 0.1}}, resume=False, machine={})
     for c in pair_cells(1.0, 2.0):
         store.append(lm_record(c, "drift"))
     manifest, cells = json.loads((tmp_path / "run" / "manifest.json").read_text()), store.results()

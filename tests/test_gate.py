@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from ffnbench.bench import RunConfig, run
+from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.bench.gate import gate as gate_module
 from ffnbench.bench.gate.checks import checks, parse
 from ffnbench.bench.gate.gate import gate, load_baseline, write_baseline
@@ -17,9 +18,10 @@ from ffnbench.errors import UsageError
 
 
 def config(**kw) -> RunConfig:
-    base = dict(models=["tiny"], n_requests=2, seq_len=8, calibration_requests=2, warmup=0, min_iterations=5,
-                min_seconds=0.001, prefill=[2, 4], recipes=["fp32", "ort-int8-dynamic", "ort-int4-rtn"],
-                scenarios=["clean", "production"], memory=False, diagnose=False)
+    base = dict(models=["tiny"], n_requests=2, seq_len=8, calibration_requests=2,
+                latency=LatencyConfig(warmup=0, min_iterations=5, min_seconds=0.001, prefill=(2, 4), memory=False,
+                                      diagnose=False),
+                recipes=["fp32", "ort-int8-dynamic", "ort-int4-rtn"], scenarios=["clean", "production"])
     return RunConfig(**{**base, **kw})
 
 
@@ -88,7 +90,8 @@ def test_a_recipe_swap_is_caught_and_reported(runs):
 
 
 def test_missing_new_and_skipped_cells_are_listed(runs, tmp_path, seed_exports):
-    run(config(recipes=["fp32", "ort-int8-dynamic"], scenarios=["clean", "shift-1"], latency=False),
+    run(config(recipes=["fp32", "ort-int8-dynamic"], scenarios=["clean", "shift-1"],
+               latency=LatencyConfig(enabled=False)),
         seed_exports(tmp_path / "other"), progress=False)
     result = gate(runs / "baseline.json", tmp_path / "other", checks(), only="accuracy")
     assert not result.passed

@@ -103,15 +103,26 @@ def test_ratio_is_paired_and_its_interval_holds_it():
 
 
 @pytest.mark.parametrize(("kwargs", "needle"), [
-    ({"min_iterations": 0}, "min_iterations: must be positive"),
-    ({"min_iterations": 1}, "min_iterations: a confidence interval needs at least 2 rounds"),
-    ({"max_seconds": 0.0}, "max_seconds: must be positive"),
-    ({"min_seconds": -1.0}, "min_seconds: must be positive"),
-    ({"warmup": -1}, "warmup: must be >= 0"),
-    ({"max_runnable_seconds": 0.0}, "max_runnable_seconds: must be positive"),
-    ({"prefill": (8, 0)}, "prefill: must be two positive sizes"),
-    ({"min_iterations": 50, "max_iterations": 10}, "is below min_iterations"),
+    ({"min_iterations": 0}, "[latency] min_iterations: must be positive, got 0"),
+    ({"min_iterations": 1}, "[latency] min_iterations: a confidence interval needs at least 2 rounds, got 1; set 2"),
+    ({"max_seconds": 0.0}, "[latency] max_seconds: must be positive"),
+    ({"min_seconds": -1.0}, "[latency] min_seconds: must be positive"),
+    ({"warmup": -1}, "[latency] warmup: must be >= 0"),
+    ({"max_runnable_seconds": 0.0}, "[latency] max_runnable_seconds: must be positive"),
+    ({"prefill": (8, 0)}, "[latency] prefill: must be two positive sizes (batch, seq), got (8, 0)"),
+    ({"decode": [1]}, "[latency] decode: must be two positive sizes"),
+    ({"min_iterations": 50, "max_iterations": 10}, "[latency] max_iterations (10) is below min_iterations (50); raise"),
+    ({"remeasure_processes": 1}, "[latency] remeasure_processes: a test over worker processes needs at least 2 a "
+                                 "side, got 1"),
 ])
-def test_bad_settings(kwargs, needle):
-    with pytest.raises(UsageError, match=needle):
-        LatencyConfig(**kwargs)
+def test_bad_settings_are_refused_by_check_with_the_fix(kwargs, needle):
+    config = LatencyConfig(**kwargs)  # made freely (a [per_model] table replaces keys one by one), checked once
+    with pytest.raises(UsageError) as e:
+        config.check()
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_defaults_check_and_a_shape_read_as_a_list_is_held_as_a_tuple():
+    assert LatencyConfig().check() == LatencyConfig()
+    read = LatencyConfig(decode=[1, 1], prefill=[8, 128])  # as TOML and JSON give them
+    assert read == LatencyConfig() and read.shapes() == {"decode": (1, 1), "prefill": (8, 128)}

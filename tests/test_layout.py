@@ -18,10 +18,11 @@ FORBIDDEN = {
     "report": ("gate",),
     "analysis": ("report", "gate"),
 }
-# The run itself: the CLI, its config, plan -> build -> measure -> record, its progress, the store and its
-# record formats, merging runs,
+# The run itself: the CLI, its config and the studies it composes, plan -> build -> measure -> record, its
+# progress, the store and its record formats, merging runs,
 # and the statistics that cells, the gate and the report share.
-TOP_LEVEL = {"__init__", "cli", "config", "config_toml", "runner", "progress", "store", "records", "merge", "stats"}
+TOP_LEVEL = {"__init__", "cli", "config", "config_toml", "studies", "runner", "progress", "store", "records", "merge",
+             "stats"}
 
 
 def module_name(path: Path) -> str:

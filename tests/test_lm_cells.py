@@ -15,12 +15,14 @@ from ffnbench.bench import RunConfig, run
 from ffnbench.bench.analysis import downstream
 from ffnbench.bench.cells import lm_cells
 from ffnbench.bench.cells.cell_record import finite
+from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.bench.cells.lm_cells import LMSubject, windows
 from ffnbench.bench.cells.lm_metrics import LM_METRICS
 from ffnbench.bench.cells.lm_runnables import LMOrt
 from ffnbench.bench.gate.checks import checks
 from ffnbench.bench.gate.gate import gate, write_baseline
 from ffnbench.bench.report import report
+from ffnbench.bench.studies import DownstreamConfig
 from ffnbench.bench.traffic.scenarios import Scenario
 from ffnbench.errors import UsageError
 from ffnbench.export.lm_export import feeds
@@ -29,6 +31,7 @@ from ffnbench.quant import RECIPES, Calibration, batch_invariant, quantize
 from ffnbench.quant.ort_recipes import quantized_matmuls
 
 LM_RECIPES = ["fp32", "ort-int8-dynamic", "bnb-nf4", "ort-int8-qdq-minmax"]  # the last built by workers
+OFF = LatencyConfig(enabled=False)
 QUANTIZED_HERE: list[str] = []  # the recipes lm_run quantized in this process
 ALL_LM_CELLS: list[dict] = []  # every cell of lm_run, both designs and seeds
 
@@ -41,8 +44,9 @@ def lm_run(tmp_path_factory, seed_exports):
     FFN MatMuls a layer) by (recipe, scenario); `pair_run` gives all of them."""
     out = seed_exports(tmp_path_factory.mktemp("lm") / "run")
     config = RunConfig(models=["tiny"], recipes=LM_RECIPES, scenarios=["clean"], n_requests=1,
-                       seq_len=4, latency=False, lm_recipes=LM_RECIPES,
-                       lm_scenarios=["clean", "production", "domain-code"], lm_windows=6, lm_seeds=[0, 1], lm_draws=3)
+                       seq_len=4, latency=OFF,
+                       downstream=DownstreamConfig(recipes=LM_RECIPES, scenarios=["clean", "production", "domain-code"],
+                                                   windows=6, seeds=[0, 1], draws=3))
     quantize_here = lm_cells.quantize
     with pytest.MonkeyPatch.context() as patch:  # what this process quantizes, the workers aside
         patch.setattr(lm_cells, "quantize", lambda source, recipe, *a, **k: (
@@ -220,8 +224,8 @@ def test_a_changed_checkpoint_stops_a_run_before_anything_is_written(tmp_path, m
     shutil.copytree(pair.TRAINED, tmp_path / "trained")
     (tmp_path / "trained" / "seeds" / "A" / "0" / "model.safetensors").write_bytes(b"not the weights")
     monkeypatch.setattr(pair, "TRAINED", tmp_path / "trained")
-    config = RunConfig(models=["tiny"], designs=["A"], recipes=["fp32"], scenarios=["clean"], latency=False,
-                       lm_recipes=["fp32"])
+    config = RunConfig(models=["tiny"], designs=["A"], recipes=["fp32"], scenarios=["clean"], latency=OFF,
+                       downstream=DownstreamConfig(recipes=["fp32"]))
     with pytest.raises(UsageError, match="model.safetensors has sha256 .* its manifest wants"):
         run(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
@@ -302,32 +306,27 @@ def test_drift_draws_take_turns_over_the_windows_and_are_the_same_for_both_desig
     assert {c["draws"] for c in cells if c["scenario"] == "domain-code"} == {1}  # real text: nothing drawn
 
 
-def test_lm_seeds_must_be_committed_ones():
-    with pytest.raises(UsageError, match=r"lm_seeds: \[0, 7\] are not all committed training seeds of the trained "
-                                          "design A; choose from 0, 1, 2"):
-        RunConfig(lm_recipes=["fp32"], lm_seeds=[0, 7]).check()
-
-
 def test_each_row_of_an_evaluation_is_its_window_under_its_own_draw(lm_run):
     """Re-derived from the scenario's definition, window by window: window w gets draw w % draws
     (seed + 1000·draw), and the rows come back in window order whatever order the calls ran in."""
     config, out, _ = lm_run
     subject = LMSubject(config, "B", 0, out / "artifacts")
     logits, _ = subject.evaluate(subject.reference_runnable, "production")
-    tokens, spec, n = subject.text("production")[:, :-1], config.scenario("production"), config.lm_windows
+    draws = config.downstream.draws
+    tokens, spec, n = subject.text("production")[:, :-1], config.scenario("production"), config.downstream.windows
     for w in (0, 1, 4, 5):
-        draw = w % config.lm_draws
-        gain, offset, scale = spec.affine(len(range(draw, n, config.lm_draws)), subject.cfg.d_model,
+        draw = w % draws
+        gain, offset, scale = spec.affine(len(range(draw, n, draws)), subject.cfg.d_model,
                                           config.seed + 1000 * draw)
         layers = subject.cfg.n_layers
         alone, _ = subject.reference_runnable.run(feeds(tokens[w:w + 1], np.tile(gain, (layers, 1)),
                                                         offset[None] * subject.feature_std,
-                                                        scale[w // config.lm_draws:w // config.lm_draws + 1]))
+                                                        scale[w // draws:w // draws + 1]))
         assert np.max(np.abs(alone[0] - logits[w])) <= 1e-4, w
 
 
 def test_a_run_measures_each_kind_of_committed_model_on_its_own(tmp_path, monkeypatch, seed_exports):
-    """lm_models names which committed models run: each kind gets its own cells, verdicts and report
+    """[downstream] pairs names which committed models run: each kind gets its own cells, verdicts and report
     section (here a stand-in "drift" set: seed 1's models as drift seed 0, so the kinds must differ)."""
     from ffnbench.models import pair
 
@@ -336,8 +335,9 @@ def test_a_run_measures_each_kind_of_committed_model_on_its_own(tmp_path, monkey
         shutil.copytree(pair.TRAINED / "seeds" / design / "1", tmp_path / "trained" / "drift" / design / "0")
     monkeypatch.setattr(pair, "TRAINED", tmp_path / "trained")
     config = RunConfig(models=["tiny"], recipes=["fp32", "ort-int8-dynamic"], scenarios=["clean"], n_requests=1,
-                       seq_len=4, latency=False, lm_recipes=["fp32", "ort-int8-dynamic"], lm_scenarios=["clean"],
-                       lm_windows=4, lm_draws=2, lm_seeds=[0], lm_models=["trained", "drift"])
+                       seq_len=4, latency=OFF,
+                       downstream=DownstreamConfig(recipes=["fp32", "ort-int8-dynamic"], scenarios=["clean"], windows=4,
+                                                   draws=2, seeds=[0], pairs=["trained", "drift"]))
     out = seed_exports(tmp_path / "run")
     cells = [c for c in run(config, out, progress=False) if c["kind"] == "lm"]
     assert {(c["model"], c["pair"]) for c in cells} == {("trained-s0", "trained"), ("drift-s0", "drift")}
@@ -351,8 +351,9 @@ def test_a_run_measures_each_kind_of_committed_model_on_its_own(tmp_path, monkey
     assert text.index("## Downstream: the drift-trained pair") < text.index("## Downstream: the trained pair")
     found = downstream.load(out)
     assert sorted(v["pair"] for v in found) == ["drift", "trained"]
-    with pytest.raises(UsageError, match="lm_seeds: \\[7\\] are not all committed training seeds of the drift design"):
-        RunConfig(lm_recipes=["fp32"], lm_seeds=[7], lm_models=["drift"]).check()
+    with pytest.raises(UsageError, match=r"\[downstream\] seeds: \[7\] are not all committed training seeds of the "
+                                          "drift design"):
+        RunConfig(downstream=DownstreamConfig(recipes=["fp32"], seeds=[7], pairs=["drift"])).check()
 
 
 def test_requests_share_calls_only_where_the_recipe_cannot_tell(lm_run):
@@ -374,10 +375,10 @@ def test_requests_share_calls_only_where_the_recipe_cannot_tell(lm_run):
 
 def test_a_shift_is_the_same_drift_whatever_the_windows_a_cell_reads(lm_run):
     """The feature stds that set every offset come from a fixed set of clean windows, so a dose cell
-    (dose_windows) and a matrix cell (lm_windows) of one scenario inject the same drift."""
+    ([dose] windows) and a matrix cell ([downstream] windows) of one scenario inject the same drift."""
     config, out, _ = lm_run
     few = LMSubject(config, "B", 0, out / "artifacts")
-    many = LMSubject(dataclasses.replace(config, lm_windows=16), "B", 0, out / "artifacts")
+    many = LMSubject(config, "B", 0, out / "artifacts", windows=16)
     assert few.text("clean").shape[0] != many.text("clean").shape[0]
     assert np.array_equal(few.feature_std, many.feature_std)
 
@@ -393,8 +394,8 @@ def test_a_model_that_learned_the_library_is_read_on_its_held_out_documents(tmp_
     train(small, TrainConfig(steps=1, batch=2, warmup=1, eval_batch=4096, corpus="library", validation=False),
           tmp_path / "B" / "0", progress=False)
     monkeypatch.setattr(lm_cells, "trained_dir", lambda design, seed, kind: tmp_path / design / str(seed))
-    config = RunConfig(models=["tiny"], designs=["B"], recipes=["fp32"], lm_recipes=["fp32"], lm_seeds=[0],
-                       lm_windows=3)
+    config = RunConfig(models=["tiny"], designs=["B"], recipes=["fp32"],
+                       downstream=DownstreamConfig(recipes=["fp32"], seeds=[0], windows=3))
     subject = LMSubject(config, "B", 0, tmp_path / "artifacts")
     library_held_out = corpus.load("library").split()[1].tobytes()
     prose_held_out = corpus.prose().split()[1].tobytes()
@@ -411,7 +412,7 @@ def test_a_model_that_learned_the_library_is_read_on_its_held_out_documents(tmp_
 
 def test_the_text_a_model_learned_is_refused_as_a_drift_of_it():
     """For the committed pairs (they learned the pydoc topics) `domain-pydoc` is their clean text."""
-    config = RunConfig(models=["tiny"], designs=["A"], recipes=["fp32"], lm_recipes=["fp32"], lm_seeds=[0],
-                       lm_scenarios=["clean", "domain-pydoc"])
+    config = RunConfig(models=["tiny"], designs=["A"], recipes=["fp32"],
+                       downstream=DownstreamConfig(recipes=["fp32"], seeds=[0], scenarios=["clean", "domain-pydoc"]))
     with pytest.raises(UsageError, match="'domain-pydoc' is the text the trained models learned \\(prose\\)"):
         lm_cells.check(config)

@@ -5,17 +5,21 @@ import shutil
 
 import pytest
 
-from ffnbench.bench import RunConfig, run
+from ffnbench.bench import RunConfig, records, run
+from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.bench.merge import merge
 from ffnbench.bench.runner import plan, shard
 from ffnbench.errors import UsageError
 
+OFF = LatencyConfig(enabled=False)
+
 
 def config(**kw) -> RunConfig:
-    base = dict(models=["tiny"], n_requests=2, seq_len=8, calibration_requests=2, warmup=0, min_iterations=2,
-                min_seconds=0.001, prefill=[2, 4], recipes=["fp32", "ort-int8-dynamic", "ort-int8-qdq-minmax"],
-                scenarios=["clean", "production"], calibration=["clean", "production"], memory=False,
-                diagnose=False)
+    base = dict(models=["tiny"], n_requests=2, seq_len=8, calibration_requests=2,
+                latency=LatencyConfig(warmup=0, min_iterations=2, min_seconds=0.001, prefill=(2, 4), memory=False,
+                                      diagnose=False),
+                recipes=["fp32", "ort-int8-dynamic", "ort-int8-qdq-minmax"], scenarios=["clean", "production"],
+                calibration=["clean", "production"])
     return RunConfig(**{**base, **kw})
 
 
@@ -45,8 +49,8 @@ def test_two_shards_merged_equal_the_whole_run(tmp_path, seed_exports):
 @pytest.fixture(scope="module")
 def pristine_runs(tmp_path_factory, seed_exports):
     root = tmp_path_factory.mktemp("two-runs")
-    run(config(latency=False, recipes=["fp32"], scenarios=["clean"]), seed_exports(root / "a"), progress=False)
-    run(config(latency=False, recipes=["fp32"], scenarios=["production"]), seed_exports(root / "b"), progress=False)
+    run(config(latency=OFF, recipes=["fp32"], scenarios=["clean"]), seed_exports(root / "a"), progress=False)
+    run(config(latency=OFF, recipes=["fp32"], scenarios=["production"]), seed_exports(root / "b"), progress=False)
     return root
 
 
@@ -64,6 +68,23 @@ def test_runs_of_different_configs_are_refused_unless_told(two_runs):
     assert not (two_runs / "m").exists()
     cells = merge([two_runs / "a", two_runs / "b"], two_runs / "m", allow_mismatch=True)
     assert len(cells) == 4
+
+
+def test_a_shard_an_older_revision_recorded_flat_merges_with_a_nested_one(two_runs):
+    """The config of a shard before the study tables is flat; the same settings nested merge with it,
+    and a study setting that differs is named by its table and key."""
+    manifests = {name: two_runs / name / "manifest.json" for name in ("a", "b")}
+    a, b = (json.loads(path.read_text()) for path in manifests.values())
+    b["config"]["scenarios"] = a["config"]["scenarios"]  # one configuration, two parts of its matrix
+    manifests["b"].write_text(json.dumps(b))
+    flat = {key: value for key, value in a["config"].items() if key not in ("latency", "downstream", "dose", "whole")}
+    flat |= {old: a["config"][table][key] for old, (table, key) in records.FLAT.items()}  # as before the tables
+    manifests["a"].write_text(json.dumps({**a, "config": flat}))
+    assert len(merge([two_runs / "a", two_runs / "b"], two_runs / "m")) == 4  # both designs, a scenario each
+    b["config"]["downstream"]["windows"] += 1
+    manifests["b"].write_text(json.dumps(b))
+    with pytest.raises(UsageError, match=r"differ in config \(downstream\.windows\)"):
+        merge([two_runs / "a", two_runs / "b"], two_runs / "m2")
 
 
 def test_a_cell_in_two_runs_is_refused(two_runs):
@@ -88,7 +109,7 @@ def test_a_missing_results_file(two_runs):
 
 
 def test_an_empty_shard_is_a_run_with_no_cells(tmp_path, seed_exports):
-    cfg = config(designs=["A"], recipes=["fp32"], scenarios=["clean"], latency=False)
+    cfg = config(designs=["A"], recipes=["fp32"], scenarios=["clean"], latency=OFF)
     assert run(cfg, tmp_path / "s2", progress=False, shard_spec=(2, 2)) == []
     run(cfg, seed_exports(tmp_path / "s1"), progress=False, shard_spec=(1, 2))
     assert len(merge([tmp_path / "s1", tmp_path / "s2"], tmp_path / "m")) == 1

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from ffnbench.bench.cells.latency import LatencyConfig
+from ffnbench.bench.studies import DownstreamConfig
 from ffnbench.errors import UsageError
 from ffnbench.models import FFNConfig, build_model
 from ffnbench.models.lm import CausalLM, Drift, LMConfig
@@ -153,7 +155,8 @@ def test_mitigated_recipes_are_checked_in_the_run_config(tmp_path):
 
     def config(recipes: str, lm: str) -> None:
         path = tmp_path / "c.toml"
-        path.write_text(f'models = ["tiny"]\nrecipes = {recipes}\nlm_recipes = {lm}\nlatency = false\n')
+        path.write_text(f'models = ["tiny"]\nrecipes = {recipes}\n[latency]\nenabled = false\n[downstream]\n'
+                        f'recipes = {lm}\n')
         load_toml(path).check()
 
     config('["fp32", "bnb-int8+keep"]', '["fp32", "bnb-int8+keep"]')
@@ -171,8 +174,9 @@ def test_mitigations_false_leaves_the_mitigated_recipes_out_of_a_run_or_of_one_m
     from ffnbench.bench.runner import plan
 
     recipes = ["fp32", "ort-int8-dynamic", "ort-int8-dynamic+rotate"]
-    run = RunConfig(models=["tiny", "small"], recipes=recipes, scenarios=["clean"], latency=False,
-                    lm_recipes=recipes, lm_scenarios=["clean"], lm_seeds=[0])
+    run = RunConfig(models=["tiny", "small"], recipes=recipes, scenarios=["clean"],
+                    latency=LatencyConfig(enabled=False),
+                    downstream=DownstreamConfig(recipes=recipes, scenarios=["clean"], seeds=[0]))
     assert {c.recipe for c in plan(run)} == set(recipes)
     assert {c.recipe for c in plan(RunConfig(**{**vars(run), "mitigations": False}).check())} == set(recipes[:2])
     one_size = RunConfig(**{**vars(run), "per_model": {"small": {"mitigations": False}}}).check()
@@ -248,9 +252,10 @@ def test_a_run_measures_mitigated_recipes_on_sublayers_beside_their_parents(tmp_
     from ffnbench.bench.report.report import write
 
     recipes = ["fp32", "ort-int8-dynamic", "ort-int8-dynamic+rotate"]  # a module artifact's rebuild: above
-    config = RunConfig(models=["tiny"], recipes=recipes, scenarios=["clean", "massive"], lm_recipes=[],
-                       calibration=["massive"], calibration_requests=4, n_requests=4, min_iterations=3,
-                       min_seconds=0.05, max_seconds=0.3, warmup=1, diagnose=False)
+    config = RunConfig(models=["tiny"], recipes=recipes, scenarios=["clean", "massive"], calibration=["massive"],
+                       calibration_requests=4, n_requests=4,
+                       latency=LatencyConfig(min_iterations=3, min_seconds=0.05, max_seconds=0.3, warmup=1,
+                                             diagnose=False))
     runner.run(config, tmp_path / "run", progress=False)
     cells = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert all(c["status"] == "ok" for c in cells), [c.get("error") for c in cells if c["status"] != "ok"]
@@ -285,8 +290,9 @@ def test_a_run_measures_mitigated_recipes_on_the_trained_pair_beside_their_paren
     from ffnbench.bench.report.report import write
 
     recipes = ["fp32", "ort-int8-dynamic", "ort-int8-dynamic+rotate", "bnb-int8+keep"]
-    config = RunConfig(models=["tiny"], designs=["B"], recipes=recipes, scenarios=["clean"], latency=False,
-                       lm_recipes=recipes, lm_scenarios=["clean"], lm_seeds=[0], lm_windows=4, lm_draws=1,
+    config = RunConfig(models=["tiny"], designs=["B"], recipes=recipes, scenarios=["clean"],
+                       latency=LatencyConfig(enabled=False),
+                       downstream=DownstreamConfig(recipes=recipes, scenarios=["clean"], seeds=[0], windows=4, draws=1),
                        calibration=["clean"], calibration_requests=4)
     runner.run(config, seed_exports(tmp_path / "run"), progress=False)
     cells = {c["recipe"]: c for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()
@@ -309,8 +315,8 @@ def test_a_variant_of_a_mitigated_recipe_sets_its_mitigations_parameters(tmp_pat
     from ffnbench.bench.config import RunConfig
 
     def config(**spec) -> RunConfig:
-        return RunConfig(models=["tiny"], recipes=["fp32", "mine"], scenarios=["clean"], lm_recipes=[],
-                         latency=False, user_recipes={"mine": spec}).check()
+        return RunConfig(models=["tiny"], recipes=["fp32", "mine"], scenarios=["clean"],
+                         latency=LatencyConfig(enabled=False), user_recipes={"mine": spec}).check()
 
     chosen = config(base="ort-int8-dynamic+smooth", alpha=0.9)
     assert chosen.recipe_spec("mine") == ("ort-int8-dynamic", {}) and chosen.mitigations_of("mine+rotate") == \

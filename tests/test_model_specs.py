@@ -37,8 +37,8 @@ def own(tmp_path_factory):
     np.save(root / "traffic.npy", traffic)
     (root / "run.toml").write_text(
         'models = ["mine"]\nrecipes = ["fp32", "ort-int8-qdq-minmax", "bnb-nf4"]\n'
-        'scenarios = ["clean", "traffic", "traffic-shifted"]\ncalibration = ["traffic"]\nlatency = false\n'
-        'lm_recipes = []\n'
+        'scenarios = ["clean", "traffic", "traffic-shifted"]\ncalibration = ["traffic"]\n[latency]\n'
+        'enabled = false\n[downstream]\nrecipes = []\n'
         f'[model.mine]\nweights = "layer.safetensors"\nprefix = "{PREFIX}"\ndesign = "B"\neps = 1e-6\n'
         '[model.pair-b1]\ntrained = "B"\nlayer = 1\ndesign = "B"\n'
         '[scenario.traffic]\nreplay = "traffic.npy"\n'

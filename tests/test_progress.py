@@ -51,10 +51,12 @@ def test_no_progress_prints_nothing_and_a_terminal_gets_the_bar():
 
 def test_a_run_without_a_terminal_logs_its_phases(tmp_path, capsys, seed_exports):
     from ffnbench.bench import RunConfig
+    from ffnbench.bench.cells.latency import LatencyConfig
 
     config = RunConfig(models=["tiny"], designs=["A"], recipes=["fp32", "ort-int8-dynamic"], scenarios=["clean"],
-                       n_requests=2, seq_len=8, warmup=0, min_iterations=2, min_seconds=0.001, prefill=[1, 4],
-                       memory=False, diagnose=False, lm_recipes=[])
+                       n_requests=2, seq_len=8,
+                       latency=LatencyConfig(warmup=0, min_iterations=2, min_seconds=0.001, prefill=(1, 4),
+                                             memory=False, diagnose=False))
     run(config, seed_exports(tmp_path / "run"), progress=None)
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "[0:00] 0/6 cells · tiny: 2 accuracy cells"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ffnbench.bench import records
+from ffnbench.bench.gate import gate as gate_module
 from ffnbench.bench.gate.checks import checks
 from ffnbench.bench.gate.gate import gate, load_baseline, write_baseline
 from ffnbench.bench.report import report
@@ -63,9 +64,23 @@ def old_run(tmp_path_factory):
     return run_dir
 
 
+def test_a_flat_config_reads_with_each_study_key_in_its_table_and_a_nested_one_as_it_is():
+    flat = {"preset": "quick", "latency": False, "warmup": 0, "lm_draws": 2, "lm_models": ["drift"],
+            "healthy_delta_bpb": 0.2, "dose_inject": ["residual"], "whole_windows": 4, "user_models": {}}
+    nested = {"preset": "quick", "latency": {"enabled": False, "warmup": 0},
+              "downstream": {"draws": 2, "pairs": ["drift"], "healthy_delta_bpb": 0.2},
+              "dose": {"inject": ["residual"]}, "whole": {"windows": 4}, "user_models": {}}
+    assert records.upgrade_config(flat) == nested
+    assert records.upgrade_config(nested) == nested
+    every = records.upgrade_config(dict.fromkeys(records.FLAT, 1))  # each flat key lands in one table, once
+    assert sum(len(table) for table in every.values()) == len(records.FLAT)
+    assert set(every) == {"latency", "downstream", "dose", "whole"}
+
+
 def test_a_format_1_run_reads_upgraded(old_run):
     manifest, cells = load_run(old_run, "report")
     assert manifest["format"] == records.FORMAT and all(c["format"] == records.FORMAT for c in cells)
+    assert manifest["config"]["downstream"]["windows"] == 8 and manifest["config"]["latency"]["enabled"] is True
     lm = [c for c in cells if c["kind"] == "lm"]
     assert lm and all((c["pair"], c["seed"], c["study"]) == ("trained", 0, "downstream") for c in lm)
     assert not any("format" in json.loads(line) for line in (FORMAT_1_RUN / "results.jsonl").read_text().splitlines())
@@ -80,6 +95,20 @@ def test_a_format_1_run_gates_against_its_own_baseline_and_catches_a_change(old_
     raw["cells"][key]["metrics"]["delta_bpb"] -= 0.05  # a baseline 0.05 bit a byte better than the run
     (tmp_path / "better.json").write_text(json.dumps(raw))
     assert {f.cell for f in gate(tmp_path / "better.json", old_run, checks()).failures} == {key}
+
+
+def test_a_baselines_flat_config_reads_nested(old_run, tmp_path):
+    """Baselines written before the study tables (the committed ones) record a flat config: the gate
+    reads its min_iterations from the latency table it upgrades to."""
+    write_baseline(old_run, tmp_path / "baseline.json")
+    raw = json.loads((tmp_path / "baseline.json").read_text())
+    assert raw["config"]["latency"]["min_iterations"] == 10  # a baseline written now records it nested
+    raw["config"] = {key: value for key, value in raw["config"].items() if key not in ("latency", "downstream")}
+    raw["config"] |= {"latency": True, "min_iterations": 3, "lm_draws": 2}
+    (tmp_path / "flat.json").write_text(json.dumps(raw))
+    baseline = load_baseline(tmp_path / "flat.json")
+    assert baseline["config"]["latency"] == {"enabled": True, "min_iterations": 3}
+    assert gate_module.min_rounds(baseline) == 3 and baseline["config"]["downstream"] == {"draws": 2}
 
 
 def test_a_format_1_run_reports(old_run):

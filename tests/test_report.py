@@ -7,6 +7,7 @@ import pytest
 
 from ffnbench.bench import RunConfig, run
 from ffnbench.bench.cells import diagnosis
+from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.bench.machine import kernel_paths
 from ffnbench.bench.machine.isa import cpu_info, int8_kernels, machine_class
 from ffnbench.bench.report.report import write
@@ -22,8 +23,8 @@ def run_dir(tmp_path_factory, seed_exports):
     prefill times reach fp32's, so the thresholds are 1x and 0x here. Five rounds at least: each
     runnable leaves the round-robin at its minimums, and a paired interval needs five."""
     out = seed_exports(tmp_path_factory.mktemp("report") / "run")
-    cfg = RunConfig(models=["tiny"], n_requests=2, seq_len=8, calibration_requests=2, warmup=0, min_iterations=5,
-                    min_seconds=0.001, prefill=[2, 4],
+    cfg = RunConfig(models=["tiny"], n_requests=2, seq_len=8, calibration_requests=2,
+                    latency=LatencyConfig(warmup=0, min_iterations=5, min_seconds=0.001, prefill=(2, 4)),
                     recipes=["fp32", "ort-int8-dynamic", "ort-int4-rtn", "ort-int4-hqq", "bnb-nf4", "torch-fp16"],
                     scenarios=["clean", "shift-1", "shift-4", "production"])
     with pytest.MonkeyPatch.context() as patch:

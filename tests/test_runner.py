@@ -9,6 +9,7 @@ import pytest
 from ffnbench.bench import RunConfig, run
 from ffnbench.bench import runner as runner_module
 from ffnbench.bench.cells import prebuild
+from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.bench.cells.metrics import ALL_METRICS, centered_sqnr_db
 from ffnbench.bench.cells.runnables import OrtRunnable
 from ffnbench.bench.traffic.scenarios import Replay
@@ -17,7 +18,7 @@ from ffnbench.quant import Calibration, bnb_recipes
 
 
 def tiny_config(**kw) -> RunConfig:
-    base = dict(models=["tiny"], n_requests=4, seq_len=16, calibration_requests=4, latency=False,
+    base = dict(models=["tiny"], n_requests=4, seq_len=16, calibration_requests=4, latency=LatencyConfig(enabled=False),
                 recipes=["fp32", "ort-int8-dynamic", "bnb-nf4"], scenarios=["clean", "production"])
     return RunConfig(**{**base, **kw})
 

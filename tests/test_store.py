@@ -32,6 +32,15 @@ def test_an_existing_run_needs_resume_with_the_same_config(tmp_path):
     assert RunStore(tmp_path / "run", {"a": 1}, resume=True, machine={}).finished() == {"x"}
 
 
+def test_a_run_an_older_revision_started_resumes_its_flat_config_read_nested(tmp_path):
+    """A manifest before the study tables records them flat; the same settings, now nested, resume it."""
+    RunStore(tmp_path / "run", {"a": 1, "latency": True, "lm_draws": 2}, resume=False, machine={}).append(cell("x"))
+    nested = {"a": 1, "latency": {"enabled": True}, "downstream": {"draws": 2}}
+    assert RunStore(tmp_path / "run", nested, resume=True, machine={}).finished() == {"x"}
+    with pytest.raises(UsageError, match="used another configuration"):
+        RunStore(tmp_path / "run", {**nested, "downstream": {"draws": 3}}, resume=True, machine={})
+
+
 def test_resume_drops_a_torn_last_line(tmp_path):
     store = RunStore(tmp_path / "run", {}, resume=False, machine={})
     store.append(cell("x"))

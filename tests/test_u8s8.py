@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from ffnbench.bench import RunConfig, run
+from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.bench.cells.runnables import OrtRunnable
 from ffnbench.bench.machine import u8s8
 from ffnbench.bench.machine.isa import u8s8_saturates
@@ -72,7 +73,8 @@ def test_runs_record_the_rate_and_the_report_states_what_it_costs(seed_exports, 
     its artifact and its requests, one call each as the run makes them. Under shift-8 full-range
     weights clip (B: RMSNorm keeps the shift, so activations sit high in uint8); reduce_range never does."""
     config = RunConfig(models=["tiny"], designs=["B"], scenarios=["clean", "shift-8"], n_requests=2, seq_len=8,
-                       recipes=["fp32", "ort-int8-dynamic", "ort-int8-dynamic-fullrange"], latency=False)
+                       recipes=["fp32", "ort-int8-dynamic", "ort-int8-dynamic-fullrange"],
+                       latency=LatencyConfig(enabled=False))
     records = run(config, seed_exports(tmp_path / "run"), progress=False)
     cells = {(c["recipe"], c["scenario"]): c for c in records}
     assert cells[("fp32", "clean")]["metrics"]["u8s8_saturation_rate"] is None

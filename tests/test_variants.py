@@ -37,7 +37,7 @@ class _Run:
         self.whole = {"smollm2": {(r, "clean"): c for r, c in cells.items()}}
 
 
-def test_the_section_lists_each_variant_beside_its_base_for_pairs_and_whole_models():
+def test_the_section_lists_each_variant_beside_its_base_for_pairs_and_whole_model_cells():
     lines = variants.section(_Run({"al0": {"base": "ort-int4-rtn", "accuracy_level": 0}}), 0.1)
     rows = [line for line in lines if "`al0` / `ort-int4-rtn`" in line]
     assert len(rows) == 2 and rows[0].startswith("| drift pair | A | clean |") and "| 0.500 [0.500, 0.500] |" in rows[0]

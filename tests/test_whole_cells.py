@@ -154,7 +154,7 @@ def test_the_report_has_each_models_section_and_the_gate_judges_its_cells(whole_
     assert result.passed and any(key.startswith("B/tiny-gguf/ort-int8-dynamic/whole:clean") for key in judged)
 
 
-def test_whole_models_are_refused_before_a_run_writes_anything(whole_run, tmp_path):
+def test_a_bad_whole_model_is_refused_before_a_run_writes_anything(whole_run, tmp_path):
     root, _, _ = whole_run
     (root / "short.txt").write_text("too short for a window")
     for table, match in (('gguf = "tiny.gguf"\ntext = "short.txt"',

@@ -73,7 +73,7 @@ def test_bytes_of_tokens_add_up_to_the_text_they_cover(checkpoints):
     assert np.all(nbytes >= 0) and len(ids) < len(text.encode("utf-8"))
 
 
-def test_bad_whole_models_are_refused_with_the_fix(tmp_path, checkpoints, monkeypatch):
+def test_a_bad_whole_model_is_refused_with_the_fix(tmp_path, checkpoints, monkeypatch):
     bert = tmp_path / "bert"
     tiny_hf.build("bert", bert, TEXT)
     with pytest.raises(UsageError, match="architecture 'bert' is not one ffnbench rebuilds"):

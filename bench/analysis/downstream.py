@@ -32,7 +32,7 @@ def index(cells: list[dict]) -> tuple[dict[str, dict], dict[tuple[str, str], dic
 
 def analyse(manifest: dict, cells: list[dict]) -> dict[str, list["Comparison"]]:
     """pair -> its comparisons (A vs B per family and scenario), at the run's health threshold."""
-    threshold = (manifest.get("config") or {}).get("healthy_delta_bpb", 0.1)
+    threshold = ((manifest.get("config") or {}).get("downstream") or {}).get("healthy_delta_bpb", 0.1)
     pairs, _ = index(cells)
     if not pairs:
         return {}

@@ -80,9 +80,9 @@ def _alternative(subject, entry: dict, config: RunConfig, build: Callable[[], tu
     against fp32)."""
     try:
         path, what, as_recipe = build()
-        variant = OrtRunnable(path, threads=config.threads, spinning=config.ort_spinning)
+        variant = OrtRunnable(path, threads=config.threads, spinning=config.latency.ort_spinning)
         fns = {"recipe": entry["runnable"].timed_call(entry["x"]), "variant": variant.timed_call(entry["x"])}
-        samples, _ = latency.interleaved(fns, config.latency_config())
+        samples, _ = latency.interleaved(fns, config.latency)
         scenario = config.latency_scenario()
         reference, _ = subject.reference(scenario)
 

@@ -17,7 +17,11 @@ from ffnbench.errors import UsageError
 
 @dataclass(frozen=True)
 class LatencyConfig:
-    warmup: int = 3  # untimed rounds first: page faults, allocator pools, ORT's first-run planning
+    """The latency study ([latency]): how every recipe is timed at decode and prefill shapes, and what
+    is measured beside the times."""
+
+    enabled: bool = True  # time every recipe at decode and prefill shapes, interleaved
+    warmup: int = 2  # untimed rounds first: page faults, allocator pools, ORT's first-run planning
     min_iterations: int = 10  # timed rounds, at least
     min_seconds: float = 0.3  # and at least this much timed work per runnable,
     max_iterations: int = 200  # unless this many rounds are done: fast calls need no more
@@ -31,23 +35,42 @@ class LatencyConfig:
     max_runnable_seconds: float = 10.0
     decode: tuple[int, int] = (1, 1)  # (batch, seq): one new token
     prefill: tuple[int, int] = (8, 128)  # (batch, seq): a prompt batch
+    # resident_mb and peak_call_mb of every latency cell, each runnable in a child process of its own (CPU)
+    memory: bool = True
+    # profile what ran where one weight width spreads more than 3x at decode (kernel_path; CPU)
+    diagnose: bool = True
+    # ORT workers spin after a call; off by default so they do not take the cores from the torch and
+    # bitsandbytes calls timed beside them (measured: bnb-nf4 decode 2.8 ms with it, 0.81 without; README).
+    ort_spinning: bool = False
+    # Worker processes a side when a gate or compare re-measures this run by workers (--old-python):
+    # each process is one observation of the test, so at least 2 (bench/gate/compare.py).
+    remeasure_processes: int = 5
 
     def __post_init__(self) -> None:
+        # TOML and JSON give a shape as a list: held as a tuple, so one config compares equal however read
+        for name in ("decode", "prefill"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def check(self) -> "LatencyConfig":
         for name in ("min_iterations", "min_seconds", "max_seconds", "max_iterations", "max_runnable_seconds"):
             if not getattr(self, name) > 0:
-                raise UsageError(f"latency {name}: must be positive, got {getattr(self, name)}")
+                raise UsageError(f"[latency] {name}: must be positive, got {getattr(self, name)}")
         if self.min_iterations < 2:
-            raise UsageError(f"latency min_iterations: a confidence interval needs at least 2 rounds, "
+            raise UsageError(f"[latency] min_iterations: a confidence interval needs at least 2 rounds, "
                              f"got {self.min_iterations}; set 2 or more")
         if self.max_iterations < self.min_iterations:
-            raise UsageError(f"latency max_iterations ({self.max_iterations}) is below min_iterations "
+            raise UsageError(f"[latency] max_iterations ({self.max_iterations}) is below min_iterations "
                              f"({self.min_iterations}); raise it")
         if self.warmup < 0:
-            raise UsageError(f"latency warmup: must be >= 0, got {self.warmup}")
+            raise UsageError(f"[latency] warmup: must be >= 0, got {self.warmup}")
         for name in ("decode", "prefill"):
             shape = getattr(self, name)
             if len(shape) != 2 or min(shape) <= 0:
-                raise UsageError(f"latency {name}: must be two positive sizes (batch, seq), got {shape}")
+                raise UsageError(f"[latency] {name}: must be two positive sizes (batch, seq), got {shape}")
+        if self.remeasure_processes < 2:
+            raise UsageError(f"[latency] remeasure_processes: a test over worker processes needs at least 2 a "
+                             f"side, got {self.remeasure_processes}")
+        return self
 
     def shapes(self) -> dict[str, tuple[int, int]]:
         return {"decode": tuple(self.decode), "prefill": tuple(self.prefill)}

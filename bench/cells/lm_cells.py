@@ -2,9 +2,9 @@
 scenario, on held-out text.
 
 A recipe applies to the FFN sublayers of every block (attention and the head stay fp32). A
-synthetic scenario drifts the states entering every FFN norm (`lm_inject = "ffn-input"`) or the
-residual stream (`"residual"`), its mean shift in units of each feature's std at that layer (measured
-on clean text), in `lm_draws` independent draws dealt to the windows in turn; a text domain
+synthetic scenario drifts the states entering every FFN norm (`[downstream] inject = "ffn-input"`) or
+the residual stream (`"residual"`), its mean shift in units of each feature's std at that layer
+(measured on clean text), in `[downstream] draws` independent draws dealt to the windows in turn; a text domain
 (`domain-code`) is real drift: other text through the model unchanged. Every metric compares with
 fp32 torch of the same model on the same text and drift, and is kept per window too, so that the
 report's intervals can resample seeds and windows (analysis/verdicts.py).
@@ -69,16 +69,16 @@ def home_corpus(checkpoint: dict) -> str:
 
 def check(config) -> None:
     """Everything lm cells read, before a run writes anything: checkpoints by hash, texts by length."""
-    models = set(itertools.product(config.lm_models, config.lm_seeds))
-    if config.dose_scenarios:
-        models |= set(itertools.product(config.dose_models, config.dose_seeds))
+    models = set(itertools.product(config.downstream.pairs, config.downstream.seeds))
+    if config.dose.scenarios:
+        models |= set(itertools.product(config.dose.pairs, config.dose.seeds))
     for (kind, seed), design in itertools.product(sorted(models), (d for d in config.designs if d in LM_DESIGNS)):
         model, checkpoint = load_lm(trained_dir(design, seed, kind), design)
         home = home_corpus(checkpoint)
-        for name in (s for s in config.lm_scenarios if TEXT_DOMAINS.get(s) == home):
-            raise UsageError(f"lm_scenarios: '{name}' is the text the {kind} models learned ({home}), their clean "
-                             "text, not a drift; drop it")
-        for domain in {home, *(TEXT_DOMAINS[s] for s in config.lm_scenarios if s in TEXT_DOMAINS)}:
+        for name in (s for s in config.downstream.scenarios if TEXT_DOMAINS.get(s) == home):
+            raise UsageError(f"[downstream] scenarios: '{name}' is the text the {kind} models learned ({home}), "
+                             "their clean text, not a drift; drop it")
+        for domain in {home, *(TEXT_DOMAINS[s] for s in config.downstream.scenarios if s in TEXT_DOMAINS)}:
             train, held_out = _corpus(domain).split()
             windows(held_out, 1, model.cfg.context, f"{domain} (held out)")
             windows(train, 1, model.cfg.context, f"{domain} (calibration)")
@@ -98,24 +98,23 @@ class LMSubject:
     hold_one_runnable = False
     candidate_taps: int | None = None
 
-    @property
-    def n_windows(self) -> int:
-        """Held-out windows a scenario reads."""
-        return self.config.lm_windows
-
     def __init__(self, config, design: str, seed: int, artifacts: Path, kind: str = "trained",
-                 inject: str | None = None):
+                 inject: str | None = None, windows: int | None = None):
+        """`inject`: a dose-response cell's injection point (None: the downstream study's); `windows`:
+        held-out windows a scenario reads (None: the downstream study's; a dose-response cell reads
+        the dose study's)."""
         model, checkpoint = load_lm(trained_dir(design, seed, kind), design)
         name = f"{kind}/{design}/{seed}"
         model.source = {"kind": "checkpoint", "name": name, "sha256": checkpoint["sha256"]}
-        self._setup(config, design, model, artifacts, inject)
+        self._setup(config, design, model, artifacts, inject, windows or config.downstream.windows)
         self.seed, self.kind = seed, kind
         self.home = home_corpus(checkpoint)
         self.checkpoint = summary(checkpoint, name) | {"corpus_read_sha256": _corpus(self.home).sha256}
 
-    def _setup(self, config, design: str, model, artifacts: Path, inject: str | None) -> None:
+    def _setup(self, config, design: str, model, artifacts: Path, inject: str | None, windows: int) -> None:
         self.config, self.design, self.model, self.artifacts = config, design, model, artifacts
-        self.inject = inject or config.lm_inject
+        self.inject = inject or config.downstream.inject
+        self.n_windows = windows  # held-out windows a scenario reads
         self.cfg = model.cfg
         self.reference_runnable = LMTorch(model, self.inject, threads=config.threads)
         self._references: dict[str, tuple] = {}
@@ -216,7 +215,7 @@ class LMSubject:
         return batches, np.concatenate(order)
 
     def draws(self, scenario: str) -> int:
-        return 1 if scenario in TEXT_DOMAINS else min(self.config.lm_draws, self.n_windows)
+        return 1 if scenario in TEXT_DOMAINS else min(self.config.downstream.draws, self.n_windows)
 
     def evaluate(self, runnable, scenario: str, taps_kept: int | None = None,
                  batched: bool = False) -> tuple[np.ndarray, dict]:

@@ -60,7 +60,7 @@ class WholeSubject(LMSubject):
         if self.spec.design and self.spec.design != model.cfg.design:
             raise UsageError(f"{self.spec.where}: design {self.spec.design}, but a {model.cfg.family} model's FFNs "
                              f"are design {model.cfg.design}; drop `design` or correct it")
-        self._setup(config, model.cfg.design, model, artifacts, None)
+        self._setup(config, model.cfg.design, model, artifacts, None, config.whole.windows)
         self.name, self.seed, self.kind = name, 0, "whole"
         self.checkpoint = {"name": name, **model.source, "config": model.cfg.to_dict()}
         self._tokens: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
@@ -80,10 +80,6 @@ class WholeSubject(LMSubject):
         covered = windows(nbytes, n, self.cfg.context, label, unit="tokens")[:, 1:].sum(axis=1)
         return tokens, covered
 
-    @property
-    def n_windows(self) -> int:
-        return self.config.whole_windows
-
     def text(self, scenario: str, part: str = "held_out", n: int | None = None) -> np.ndarray:
         return self._windows(scenario, part, n)[0]
 
@@ -100,12 +96,12 @@ class WholeSubject(LMSubject):
 def check(config) -> None:
     """Each whole model loads (file, hash, architecture, memory, tokenizer) and each text it reads holds
     a window, before a run writes anything."""
-    for name in (s for s in config.lm_scenarios if TEXT_DOMAINS.get(s) == "prose" and config.whole_models):
-        raise UsageError(f"lm_scenarios: '{name}' is the prose a whole model reads as clean text, not a drift; "
-                         "drop it")
-    for name in config.whole_models:
+    for name in (s for s in config.downstream.scenarios if TEXT_DOMAINS.get(s) == "prose" and config.whole.models):
+        raise UsageError(f"[downstream] scenarios: '{name}' is the prose a whole model reads as clean text, not a "
+                         "drift; drop it")
+    for name in config.whole.models:
         subject = WholeSubject(config, name)
-        for scenario in {"clean", *(s for s in config.lm_scenarios if s in TEXT_DOMAINS)}:
+        for scenario in {"clean", *(s for s in config.downstream.scenarios if s in TEXT_DOMAINS)}:
             for part in ("held_out", "train"):
                 subject.text(scenario, part, n=1)  # a window's worth of tokens, or a UsageError
                 if subject.encoded(TEXT_DOMAINS.get(scenario, "prose"), part)[0].max(initial=0) >= subject.cfg.vocab:

@@ -14,9 +14,9 @@ re-measured by workers, each side loading and calling its artifacts with its own
 A worker process is a sample too: each has its own address-space layout, allocator state and
 first-call repacks, a constant that its rounds cannot average away (one pair of workers timed the
 same build at new/old 1.18, Wilcoxon p 0.0006 over its 19 rounds). So each side runs in several
-workers (`remeasure_processes`, 5 by default), started alternately and called in turn, round r by
-each side's worker r mod n, and a cell is tested over the process medians, not the rounds
-(stats.process_ratio).
+workers (`[latency] remeasure_processes`, 5 by default), started alternately and called in turn,
+round r by each side's worker r mod n, and a cell is tested over the process medians, not the
+rounds (stats.process_ratio).
 """
 
 import contextlib
@@ -51,8 +51,8 @@ def _artifact_dir(run_dir: Path, cell: dict) -> Path:
 def _runnable(run_dir: Path, cell: dict, threads: int, config: RunConfig):
     artifact = load_artifact(_artifact_dir(run_dir, cell), device=config.device, files_dir=Path(config.files_dir))
     assert artifact.runtime == "ort", "only ONNX Runtime cells are re-measured"
-    return OrtRunnable(latency_cells.latency_model(artifact.path), threads=threads, spinning=config.ort_spinning,
-                       device=config.device if ort_has_cuda() else "cpu")
+    return OrtRunnable(latency_cells.latency_model(artifact.path), threads=threads,
+                       spinning=config.latency.ort_spinning, device=config.device if ort_has_cuda() else "cpu")
 
 
 # Rounds each worker process times a cell, at least: its median is one observation of the test.
@@ -65,7 +65,7 @@ def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,
     """new/old p50 ratio with a 95 % interval and a one-sided p of a slowdown, per latency cell
     present in both runs. With old_python or new_python, every cell is re-timed by workers, each
     side's in its own interpreter (the other side's defaults to this one), `processes` a side (default:
-    the new run's remeasure_processes), tested over process medians; without, ONNX Runtime cells
+    the new run's [latency] remeasure_processes), tested over process medians; without, ONNX Runtime cells
     only, in this process, tested over paired rounds. files_dir: where the runs' checkpoint and trace
     files are (default: here)."""
     old_run, new_run = Path(old_run), Path(new_run)
@@ -79,7 +79,7 @@ def remeasure(old_run: Path, new_run: Path, old_python: str | None = None,
     if not shared:
         raise UsageError(f"compare: {old_run} and {new_run} share no measured latency cell")
     in_workers = old_python is not None or new_python is not None
-    processes = processes or config.remeasure_processes
+    processes = processes or config.latency.remeasure_processes
     if in_workers and processes < 2:
         raise UsageError(f"--processes: a test over worker processes needs at least 2 a side, got {processes}")
     out = {} if in_workers else {
@@ -145,7 +145,7 @@ def _time_here(sides: dict, inputs: dict, threads: dict, config: RunConfig) -> t
                                         "block_cfg": config.model_config(record["model"], record["design"]),
                                         "model_bytes": record["metrics"]["model_bytes"]}
     shape = next(iter(inputs.values())).shape[:2]
-    timed = latency_cells.time_group(entries, shape, config.latency_config(), None, config.threads)
+    timed = latency_cells.time_group(entries, shape, config.latency, None, config.threads)
     return ({k: np.asarray(t["samples_ms"]) for k, t in timed.items()},
             {k: t["stopped_by"] for k, t in timed.items()})
 
@@ -157,7 +157,7 @@ def _time_in_workers(workers: dict, sides: dict, inputs: dict, threads: dict, co
     a worker holds one artifact however many workers run (ten at the default size held them all: out
     of memory)."""
     n = len(workers["new"])
-    cfg = config.latency_config()
+    cfg = config.latency
     # Every worker warms the cell up as a run would (warm-up calls go in turn too), and times it for
     # ROUNDS_PER_PROCESS rounds at least; warm-up rounds a multiple of n keep sample i on worker i mod n.
     least = ROUNDS_PER_PROCESS * n
@@ -170,7 +170,7 @@ def _time_in_workers(workers: dict, sides: dict, inputs: dict, threads: dict, co
         for side, (run_dir, record) in by_side.items():
             for w in workers[side]:
                 w.send(op="load", key=key, artifact_dir=str(_artifact_dir(run_dir, record)), inputs=str(path),
-                       files_dir=config.files_dir, threads=threads[side], spinning=config.ort_spinning,
+                       files_dir=config.files_dir, threads=threads[side], spinning=config.latency.ort_spinning,
                        device=config.device)
         for side, (_, record) in by_side.items():  # all workers load at once; loading is not timed
             for w in workers[side]:

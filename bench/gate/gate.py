@@ -78,6 +78,8 @@ def load_baseline(path: Path) -> dict:
                          f"{BASELINE_FORMAT}; re-create it with --update-baseline")
     data["cells"] = {key: records.upgrade_cell(cell, f"--baseline: {path}: cell {key}")
                      for key, cell in data["cells"].items()}
+    if isinstance(data.get("config"), dict):  # a baseline of a run before study tables records a flat one
+        data["config"] = records.upgrade_config(data["config"])
     return data
 
 
@@ -176,7 +178,7 @@ def gate(baseline_path: Path, run_dir: Path, checks: dict[str, Check], allow_sta
 
 def min_rounds(baseline: dict) -> int:
     """The baseline run's min_iterations: no slowdown is significant on fewer rounds than that."""
-    return (baseline.get("config") or {}).get("min_iterations", LatencyConfig().min_iterations)
+    return ((baseline.get("config") or {}).get("latency") or {}).get("min_iterations", LatencyConfig().min_iterations)
 
 
 def _judge_latency_as_a_family(result: GateResult) -> None:

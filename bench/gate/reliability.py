@@ -112,8 +112,8 @@ def main() -> int:
         print(f"pair {i}: false alarms so far {alarms}", flush=True)
 
     # The default size, gated against itself by workers: latency only (the default matrix's timing).
-    (root / "default-size.toml").write_text('models = ["default"]\nscenarios = ["clean"]\nlm_recipes = []\n'
-                                            'memory = false\ndiagnose = false\n')
+    (root / "default-size.toml").write_text('models = ["default"]\nscenarios = ["clean"]\n[downstream]\nrecipes = []\n'
+                                            '[latency]\nmemory = false\ndiagnose = false\n')
     default = run_preset("default", root / "default-size", "--config", root / "default-size.toml")
     ffnbench("gate", "--update-baseline", "--baseline", root / "default-baseline.json", default)
     default_alarm = ffnbench("gate", "--baseline", root / "default-baseline.json", default, "--only", "latency",

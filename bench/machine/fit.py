@@ -44,7 +44,7 @@ def estimate(config: "RunConfig", model: str, build_workers: int) -> dict[str, f
     bits = [RECIPES[config.recipe_spec(r)[0]].bits for r in config.recipes if config.recipe_spec(r)[0] != "fp32"]
     weights = sum(p * (4 * FP32_COPIES + 2 * sum(b / 8 for b in bits)) for p in params)
     quantizers = build_workers * QUANTIZER_COPIES * 4 * max(params)
-    shapes = config.latency_shapes().values() if config.latency else ()
+    shapes = config.latency.shapes().values() if config.latency.enabled else ()
     tokens = max([config.n_requests * config.seq_len, config.calibration_requests * config.seq_len,
                   *(b * s for b, s in shapes)])
     activations = ACTIVATION_COPIES * 4 * tokens * max(c.hidden + c.d_model for c in cfgs) * len(designs)
@@ -60,7 +60,7 @@ def check(config: "RunConfig", model: str, build_workers: int) -> None:
     need = estimate(config, model, build_workers)
     if need["total"] > free:
         gb = {k: v / 1e9 for k, v in need.items()}
-        calls = ", ".join(f"{name} {b}x{s}" for name, (b, s) in config.latency_shapes().items())
+        calls = ", ".join(f"{name} {b}x{s}" for name, (b, s) in config.latency.shapes().items())
         raise UsageError(
             f"memory: model '{model}' needs about {gb['total']:.1f} GB ({gb['weights']:.1f} GB of weights held at "
             f"once, {gb['quantizers']:.1f} GB quantizing, {gb['activations']:.1f} GB of activations) and "

@@ -4,8 +4,8 @@ stops being healthy and where each family's KL has doubled from `clean`.
 
 Drawn from whichever named scenarios along an axis a group of lm cells covers (three or more
 levels): mean shift (`clean`, `shift-0.5` … `shift-8`) and request magnitude (`clean`,
-`magnitude-1`, `magnitude-2`). The dose-response cells (`dose_scenarios`) make one group per
-injection point; without them, the matrix's own cells at the run's `lm_inject`.
+`magnitude-1`, `magnitude-2`). The dose-response cells (`[dose] scenarios`) make one group per
+injection point; without them, the matrix's own cells at the run's `[downstream] inject`.
 """
 
 import statistics

@@ -49,11 +49,11 @@ def section(run, plot_dir: Path, sublayer: tuple[str, str, float] | None, found:
     when it has none. `sublayer`: (model, scenario, median A − B centered SQNR) of the sublayer
     verdict, to set beside this one; `found`: those cells' comparisons (analysis.verdicts)."""
     lm = run.lm_pairs.get(kind, {})
-    config = run.manifest.get("config", {})
-    threshold = config.get("healthy_delta_bpb", 0.1)
+    study = (run.manifest.get("config") or {}).get("downstream") or {}
+    threshold = study.get("healthy_delta_bpb", 0.1)
     doses = {inject: cells for (k, inject), cells in run.lm_dose.items() if k == kind}
     # Where no dose cells were made at the matrix's own injection point, its cells are the curve (full).
-    matrix_inject = config.get("lm_inject", "ffn-input")
+    matrix_inject = study.get("inject", "ffn-input")
     curves = doses if matrix_inject in doses else {matrix_inject: lm, **doses}
     dose_lines = [line for inject, cells in curves.items()
                   for line in dose_response.section(cells, run.dir, plot_dir, f"{_suffix(kind)}_{inject}", threshold,
@@ -227,7 +227,8 @@ def verdict(found: list[Comparison], scenarios: list[str], sublayer: tuple[str, 
     """Per scenario: which design loses less to quantizing its FFNs, counted by family, or why not."""
     if not any(c.family != "fp32" for c in found):
         return ["No A-vs-B comparison: the run has no quantized lm cells with per-window figures for both designs "
-                "(add recipes besides fp32 to `lm_recipes`; runs before per-window records cannot be compared)."]
+                "(add recipes besides fp32 to `[downstream] recipes`; runs before per-window records cannot be "
+                "compared)."]
     lines = []
     for scenario in scenarios:
         rows = [c for c in found if c.scenario == scenario and c.family != "fp32"]

@@ -134,8 +134,8 @@ def caveats(run: Run) -> list[str]:
     if run.acc:
         out.append("Sublayer weights are seeded and synthetic (1/sqrt(fan_in) scale), not trained; real activations "
                    "have outlier structure these do not. " + ("The Downstream section measures the trained pair."
-                                                               if run.lm_pairs else "Add lm cells (`lm_recipes`) to "
-                                                               "measure the trained pair."))
+                                                               if run.lm_pairs else "Add lm cells "
+                                                               "(`[downstream] recipes`) to measure the trained pair."))
     if "magnitude-2" in run.scenarios and "clean" in run.scenarios:
         diffs = [abs(m["centered_sqnr_db"] - run.acc[(d, mo, r, "clean")]["centered_sqnr_db"])
                  for (d, mo, r, s), m in run.acc.items() if s == "magnitude-2" and (d, mo, r, "clean") in run.acc
@@ -237,6 +237,7 @@ def write(run_dir: Path) -> Path:
     user_models = (m.get("config") or {}).get("user_models") or {}
     lines += [f"- Model {model_specs.source_line(name, d)}" for name, d in user_models.items()]
     lines += [""] if user_models else []
+    threshold = ((m.get("config") or {}).get("downstream") or {}).get("healthy_delta_bpb", 0.1)
     sublayer = None  # (model, scenario, median A − B) of the first sublayer verdict, for the downstream one
     for model in run.models:
         scenario = run.headline_scenario()
@@ -262,15 +263,15 @@ def write(run_dir: Path) -> Path:
         for kind in sorted(found, key=lambda k: k != "drift"):
             lines += report_downstream.section(run, plot_dir, sublayer, found[kind], kind)
     if run.whole:
-        lines += whole_models.section(run.whole, m.get("config", {}).get("healthy_delta_bpb", 0.1), run.dir, plot_dir)
+        lines += whole_models.section(run.whole, threshold, run.dir, plot_dir)
     mitigated = [*sublayer_mitigations.section(run, run.ok),
-                 *report_mitigations.section(run, m.get("config", {}).get("healthy_delta_bpb", 0.1))]
+                 *report_mitigations.section(run, threshold)]
     if mitigated:
         lines += ["## Mitigations", "",
                   "Deployment-time transforms of the fp32 model before its recipe quantizes it (RECIPE+shift, "
                   "+smooth, +rotate, +keep; docs/recipes.md), each set on the calibration scenario after @ and "
                   "served on every scenario.", "", *mitigated]
-    lines += variants.section(run, m.get("config", {}).get("healthy_delta_bpb", 0.1))
+    lines += variants.section(run, threshold)
     lines += ["## Caveats", "", *[f"- {c}" for c in caveats(run)], ""]
     lines += _machine(m)
     if run.not_ok:

