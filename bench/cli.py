@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="write report.md and plots/*.png for a run directory")
     report.add_argument("run_dir")
+
+    decide = sub.add_parser("decide", help="decision.md and decision.json: A or B for a deployment, from runs")
+    decide.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    decide.add_argument("--deployment", help="a TOML file with a [deployment] table: families = {int8-dynamic = 0.5, "
+                        "fp16 = 0.5}, machine_class, scenarios, budget (default: every family, equal shares)")
+    decide.add_argument("--budget", help="one metric and bound, e.g. same_top1>=0.99 (the default) or kld_mean<=1e-3")
+    decide.add_argument("--traffic", help="a capture (`ffnbench capture`): placed on the runs' dose-response axes")
+    decide.add_argument("--out", help="where decision.md and decision.json go (default: the first RUN_DIR)")
     return parser
 
 
@@ -262,17 +270,19 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
 
 
 def cmd_run(args) -> int:
-    from ffnbench.bench.report import summary
+    from ffnbench.bench.report import decision, summary
     from ffnbench.bench.runner import run
 
     config = run_config_from_args(args)
     results = run(config, args.out, resume=args.resume, shard_spec=parse_shard(args.shard))
+    decision.write_for_run(Path(args.out))  # the memo that argues A or B, with or without a report
     _say([summary.count_line(args.out, results), *summary.drift_lines(results)])
     if not args.no_report:
         from ffnbench.bench.report.report import write
 
         print(f"wrote {write(args.out)}")
     _say(summary.downstream_lines(Path(args.out)))
+    _say(summary.decision_lines(Path(args.out)))
     return 0
 
 
@@ -284,10 +294,12 @@ def _say(lines: list[str]) -> None:
 def cmd_merge(args) -> int:
     from ffnbench.bench.analysis import downstream
     from ffnbench.bench.merge import merge
+    from ffnbench.bench.report import decision
     from ffnbench.bench.report.report import write
 
     cells = merge(args.run_dirs, args.out, allow_mismatch=args.allow_mismatch)
     downstream.write(args.out)
+    decision.write_for_run(Path(args.out))
     print(f"{args.out}: {len(cells)} cells from {len(args.run_dirs)} runs; wrote {write(args.out)}")
     return 0
 
@@ -343,12 +355,28 @@ def cmd_compare(args) -> int:
 
 def cmd_report(args) -> int:
     from ffnbench.bench.analysis import downstream
-    from ffnbench.bench.report import summary
+    from ffnbench.bench.report import decision, summary
     from ffnbench.bench.report.report import write
 
     downstream.write(args.run_dir)  # the analysis again, by this revision, then its rendering
+    decision.write_for_run(Path(args.run_dir))
     print(f"wrote {write(args.run_dir)}")
     _say(summary.downstream_lines(Path(args.run_dir)))
+    return 0
+
+
+def cmd_decide(args) -> int:
+    from ffnbench.bench.analysis.deployment import load_deployment, parse_budget
+    from ffnbench.bench.report import decision
+
+    profile, budget = load_deployment(Path(args.deployment)) if args.deployment else (None, None)
+    if args.budget is not None:
+        budget = parse_budget(args.budget)
+    out = Path(args.out or args.run_dirs[0])
+    json_path, md_path = decision.write(args.run_dirs, out, profile, budget,
+                                        Path(args.traffic) if args.traffic else None)
+    _say(decision.headline(json.loads(json_path.read_text())))
+    print(f"wrote {md_path} and {json_path.name}")
     return 0
 
 
@@ -388,8 +416,8 @@ def cmd_capture(args) -> int:
 
 
 COMMANDS = {"doctor": cmd_doctor, "export": cmd_export, "quantize": cmd_quantize, "run": cmd_run,
-            "report": cmd_report, "merge": cmd_merge, "gate": cmd_gate, "compare": cmd_compare, "train": cmd_train,
-            "capture": cmd_capture}
+            "report": cmd_report, "decide": cmd_decide, "merge": cmd_merge, "gate": cmd_gate, "compare": cmd_compare,
+            "train": cmd_train, "capture": cmd_capture}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ffnbench.bench import records
+from ffnbench.bench.analysis.deployment import deployment_from_table
 from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.bench.studies import STUDIES, DoseConfig, DownstreamConfig, WholeConfig
 from ffnbench.bench.traffic import model_specs
@@ -83,6 +84,9 @@ class RunConfig:
     # False leaves the mitigated recipes (RECIPE+shift, ...) out: of the run, or in a [per_model]
     # table of one model size (llama-7b's dense rotations would hold 485 MB matrices).
     mitigations: bool = True
+    # The deployment the run's decision.md is written for ([deployment]: served families and their
+    # shares of traffic, machine_class, scenarios, budget); {} for the default profile.
+    deployment: dict = field(default_factory=dict)
 
     def for_model(self, model: str) -> "RunConfig":
         """The run's settings for one model: its per_model table applied. Its designs, recipes and
@@ -158,6 +162,8 @@ class RunConfig:
     def check(self) -> "RunConfig":
         """The run's own keys, each study's own check, and what spans them (the recipes whole models
         run, calibrating lm recipes, the per_model tables)."""
+        if self.deployment:
+            deployment_from_table(self.deployment, "config")
         known_scenarios = {**NAMED, **self.user_scenarios}
         for name, spec in self.user_recipes.items():
             if not isinstance(spec.get("base"), str) or mitigations.parse(spec["base"])[0] not in RECIPES:

@@ -12,6 +12,7 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
+from ffnbench.bench.analysis.deployment import deployment_from_table
 from ffnbench.bench.config import LATENCY_KEYS, PER_MODEL_KEYS, RunConfig, preset_config
 from ffnbench.bench.records import FLAT
 from ffnbench.bench.studies import STUDIES
@@ -21,7 +22,8 @@ from ffnbench.bench.traffic.scenarios import REPLAY_KEYS, Scenario, replay_from_
 from ffnbench.errors import UsageError
 
 # Fields no top-level key sets: the study tables and the named tables fill them, or the run records them.
-NOT_KEYS = {*STUDIES, "user_scenarios", "user_models", "user_whole", "user_recipes", "per_model", "files_dir"}
+NOT_KEYS = {*STUDIES, "user_scenarios", "user_models", "user_whole", "user_recipes", "per_model", "files_dir",
+            "deployment"}
 TYPES = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name not in NOT_KEYS}
 TOP_LEVEL = sorted(TYPES)
 # study table -> {its key: the key's type}
@@ -102,9 +104,15 @@ def _named_tables(path: Path, cfg: RunConfig, key: str, value) -> None:
         cfg.per_model = {name: {k: _value(path, PER_MODEL_TYPES[k], v, f"[per_model.{name}] ", k)
                                 for k, v in table.items()}
                          for name, table in value.items()}
+    elif key == "deployment":
+        if not isinstance(value, dict):
+            raise UsageError(f"config {path}: 'deployment' must be a table, e.g. [deployment] families = "
+                             "{int8-dynamic = 0.5, fp16 = 0.5}")
+        deployment_from_table(value, f"config {path}")
+        cfg.deployment = dict(value)
     else:
         known = ", ".join([*TOP_LEVEL, *(f"[{t}]" for t in STUDIES), "[scenario.NAME]", "[recipe.NAME]",
-                           "[model.NAME]", "[per_model.NAME]"])
+                           "[model.NAME]", "[per_model.NAME]", "[deployment]"])
         raise UsageError(f"config {path}: unknown key '{key}'; known: {known}")
 
 

@@ -262,6 +262,9 @@ def test_run_into_an_existing_run_needs_resume(cli, tmp_path, seed_exports):
     first = cli(*args)  # a config with a flat key older files use: read, with a note
     assert first.returncode == 0 and "note: config" in first.stderr
     assert "'latency' is now [latency] enabled" in first.stderr
+    memo = tmp_path / "run" / "decision.md"  # written with --no-report too, and its headline printed
+    assert (tmp_path / "run" / "decision.json").exists() and not (tmp_path / "run" / "report.md").exists()
+    assert memo.read_text().splitlines()[2] in first.stdout
     again = cli(*args)
     assert again.returncode == 2 and "pass --resume" in again.stderr
     assert cli(*args, "--resume").returncode == 0

@@ -81,3 +81,14 @@ def test_a_config_an_older_run_recorded_still_reads(run):
     recorded = json.loads((run / "manifest.json").read_text())["config"]
     config = RunConfig.from_dict(recorded).check()
     assert config.preset == recorded["preset"] and config.downstream.recipes == ["fp32", "ort-int8-dynamic", "bnb-nf4"]
+
+
+def test_a_deployment_table_is_kept_for_the_runs_memo_and_checked(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[deployment]\nfamilies = {int8-dynamic = 0.5, fp16 = 0.5}\nbudget = "kld_mean<=1e-3"\n')
+    config, notes = read_toml(path)
+    assert config.deployment["families"] == {"int8-dynamic": 0.5, "fp16": 0.5} and not notes
+    assert RunConfig.from_dict(config.to_dict()).deployment == config.deployment
+    path.write_text('[deployment]\nfamilies = {int9 = 1.0}\n')
+    with pytest.raises(UsageError, match="unknown family 'int9'"):
+        read_toml(path)

@@ -171,6 +171,20 @@ def test_drift_alone_is_measured_and_the_fp32_cells_carry_its_statistics(lm_run)
     assert code["metrics"]["bits_per_byte"] > cells[("fp32", "clean")]["metrics"]["bits_per_byte"]
 
 
+def test_each_cell_says_where_its_error_enters_and_fp32_whether_an_fp16_norm_overflows(lm_run):
+    """fp32 errs nowhere; int8-dynamic's first norm output is exact (nothing upstream is quantized,
+    the norm is not) and its error enters at the first quantized MatMul, grows past the second, and
+    reaches the later layers' norms from upstream; the fp32 cells record the share of tokens an fp16
+    norm would overflow on (B's RMSNorm: none at clean)."""
+    _, _, cells = lm_run
+    fp32, int8 = cells[("fp32", "clean")]["layers"], cells[("ort-int8-dynamic", "clean")]["layers"]
+    assert max(fp32["down_in_rel_err"]) < 1e-4 and len(int8["act_in_rel_err"]) == 4
+    assert int8["norm_out_rel_err"][0] < 1e-5 < int8["act_in_rel_err"][0] < int8["down_in_rel_err"][0]
+    assert int8["norm_out_rel_err"][3] > int8["act_in_rel_err"][0]
+    assert cells[("fp32", "clean")]["layers"]["half_norm_overflow"] == [0.0] * 4
+    assert "half_norm_overflow" not in int8
+
+
 def test_module_recipes_swap_only_the_ffn_linears(tmp_path):
     model = CausalLM(LMConfig(design="A", d_model=64, n_layers=1, n_heads=2, d_ff=128, context=16))
     swapped = quantize(model, "bnb-int8", tmp_path / "q").module

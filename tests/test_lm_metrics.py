@@ -173,3 +173,18 @@ def test_bits_per_byte_of_a_tokenizer_divides_a_windows_bits_by_the_bytes_its_ta
     train = np.array([0, 0, 1])  # counts with add-one: 3, 2, 1, 1 of 7
     assert lm_metrics.order0_bits_per_byte(train, np.array([[0, 1]]), vocab=4, target_bytes=np.array([4])) == \
         pytest.approx((math.log2(7 / 3) + math.log2(7 / 2)) / 4)
+
+
+def test_an_fp16_norm_overflows_where_a_square_passes_65504_centred_for_layernorm():
+    x = np.zeros((1, 4, 8))
+    x[0, 0, 0] = 300.0  # 300² > 65504 on its own
+    x[0, 1] = 1000.0  # a large offset shared by every feature: LayerNorm removes it before squaring
+    x[0, 2, :4] = 200.0  # below the limit either way
+    assert lm_metrics.half_norm_overflow(x, centred=False) == pytest.approx(2 / 4)
+    assert lm_metrics.half_norm_overflow(x, centred=True) == pytest.approx(1 / 4)
+
+
+def test_relative_error_is_the_error_norm_over_the_reference_norm_and_none_for_zeros():
+    ref = np.array([3.0, 4.0])
+    assert lm_metrics.relative_error(ref, ref + np.array([0.3, 0.4])) == pytest.approx(0.1)
+    assert lm_metrics.relative_error(np.zeros(2), ref) is None

@@ -4,12 +4,14 @@ import json
 
 import onnx
 import pytest
+from test_decide import all_records, recompute
 
 from ffnbench.bench import RunConfig, run
 from ffnbench.bench.cells import diagnosis
 from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.bench.machine import kernel_paths
 from ffnbench.bench.machine.isa import cpu_info, int8_kernels, machine_class
+from ffnbench.bench.report import decision
 from ffnbench.bench.report.report import write
 from ffnbench.errors import UsageError
 from ffnbench.files import sha256_file
@@ -31,18 +33,32 @@ def run_dir(tmp_path_factory, seed_exports):
         patch.setattr(kernel_paths, "SPREAD", 1.0)
         patch.setattr(diagnosis, "PREFILL_NOT_FASTER", 0.0)
         run(cfg, out, progress=False)
+    decision.write_for_run(out)  # as `ffnbench run` does after the run
     return out
 
 
 def test_report_has_the_decision_table_verdict_and_plots(run_dir):
     report = write(run_dir).read_text()
-    assert "## Decision: A vs B under `production` (model `tiny`)" in report
+    assert "## Sublayers (seeded weights): A vs B under `production` (model `tiny`)" in report
     assert "| ort-int8-dynamic |" in report and "A/B [95 % CI]" in report
     assert "median A − B =" in report and "quantized recipes" in report
     for plot in ("robustness_shift_tiny.png", "latency_decode_tiny.png", "latency_prefill_tiny.png", "memory_tiny.png"):
         assert f"plots/{plot}" in report
         assert (run_dir / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Caveats" in report and "## Machine" in report
+
+
+def test_the_run_writes_its_decision_and_the_report_opens_with_its_headline(run_dir):
+    """A real run's memo: sublayer evidence only (no trained pair here), every claim recomputed from
+    the run's own records."""
+    decision = json.loads((run_dir / "decision.json").read_text())
+    report = write(run_dir).read_text()
+    assert report.index("## The decision ([decision.md](decision.md))") < report.index("## Sublayers")
+    assert decision["rows"] and {r["evidence_kind"] for r in decision["rows"]} <= {"sublayers", None}
+    records = all_records([run_dir])
+    assert decision["claims"]
+    for claim in decision["claims"]:
+        assert recompute(claim, records) == pytest.approx(claim["figure"], rel=1e-9), claim["text"]
 
 
 def test_memory_per_recipe_is_measured_in_fresh_processes_and_reported(run_dir):

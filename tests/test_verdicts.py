@@ -89,6 +89,20 @@ def test_a_mitigated_recipe_is_not_a_family_of_its_own():
     assert [c.family for c in dv.comparisons(index(cells + variant), 0.1)] == ["int8-dynamic"]
 
 
+def test_a_recipe_variant_beside_its_base_is_not_a_family_and_alone_counts_in_its_bases():
+    """torch-fp16-norm32 (the norm in fp32) beside torch-fp16 is the base's variant, no second piece
+    of fp16 evidence; measured without its base, it is the run's fp16 evidence."""
+    variants = {"torch-fp16-norm32": {"base": "torch-fp16", "norm_fp32": True}}
+    norm32 = constant_kl({("A", "torch-fp16-norm32"): 1.0, ("B", "torch-fp16-norm32"): 1.0})
+    plain = constant_kl({("A", "torch-fp16"): 3.0, ("B", "torch-fp16"): 1.0})
+    beside = dv.comparisons(index(healthy_fp32() + plain + norm32), 0.1, variants=variants)
+    assert [(c.family, c.recipes) for c in beside] == [("fp16", ["torch-fp16"])]
+    alone = dv.comparisons(index(healthy_fp32() + norm32), 0.1, variants=variants)
+    assert [(c.family, c.recipes) for c in alone] == [("fp16", ["torch-fp16-norm32"])]
+    assert {c.family for c in dv.comparisons(index(healthy_fp32() + plain + norm32), 0.1)} == \
+        {"fp16", "torch-fp16-norm32"}  # without the run's variants a name is all there is
+
+
 def test_a_member_without_figures_is_left_out_and_said_so():
     cells = healthy_fp32() + constant_kl({("A", "bnb-nf4"): 1.0, ("B", "bnb-nf4"): 2.0, ("A", "ort-nf4"): 3.0,
                                           ("B", "ort-nf4"): 2.0})

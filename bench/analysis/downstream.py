@@ -38,7 +38,8 @@ def analyse(manifest: dict, cells: list[dict]) -> dict[str, list["Comparison"]]:
         return {}
     from ffnbench.bench.analysis import verdicts  # scipy.stats: 1.3 s to import, for runs with lm cells only
 
-    return {pair: verdicts.comparisons(lm, threshold, pair) for pair, lm in pairs.items()}
+    variants = (manifest.get("config") or {}).get("user_recipes") or {}
+    return {pair: verdicts.comparisons(lm, threshold, pair, variants) for pair, lm in pairs.items()}
 
 
 def write(run_dir: Path) -> Path | None:

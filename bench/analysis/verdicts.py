@@ -201,17 +201,25 @@ def _why_left_out(lm: dict, recipe: str, scenario: str, seeds: list[int]) -> str
     return "other windows or drift draws than the family's"
 
 
-def families(lm: dict) -> dict[str, list[str]]:
+def families(lm: dict, variants: dict | None = None) -> dict[str, list[str]]:
     """family -> the lm cells' recipes in it (a calibrated recipe by its base; fp32 is its own). A
     mitigated recipe (RECIPE+rotate) is no evidence of its own: its parent's family already counts,
-    and the report's Mitigations section sets it against that parent."""
+    and the report's Mitigations section sets it against that parent. A [recipe] variant (`variants`:
+    the run's user_recipes, name -> {base, ...}) counts in its base's family only where that base was
+    not measured beside it (then it is the base's variant, set against it in the report)."""
     found = defaultdict(list)
+    variants = variants or {}
     # By name (RECIPE+rotate) or by record (a [recipe] variant based on one carries its `mitigation`).
     mitigated = {k[1] for k, cells in lm.items() if any(c.get("mitigation") for c in cells)}
     recipe_of = {k[1]: cells[0]["recipe"] for k, cells in lm.items() if cells}  # label -> the recipe it names
+    measured = set(recipe_of.values())
     for name, recipe in recipe_of.items():
-        if name not in mitigated and not mitigations.parse(recipe)[1]:
-            found[FAMILY_OF.get(recipe, recipe)].append(name)
+        if name in mitigated or mitigations.parse(recipe)[1]:
+            continue
+        base = mitigations.parse(variants[recipe].get("base", recipe))[0] if recipe in variants else recipe
+        if recipe in variants and base in measured:
+            continue
+        found[FAMILY_OF.get(base, base)].append(name)
     return dict(found)
 
 
@@ -221,14 +229,15 @@ def seed_mean(cells: list[dict], metric: str) -> float | None:
     return None if not values or None in values else statistics.fmean(values)
 
 
-def comparisons(lm: dict, threshold: float, pair: str = "trained") -> list[Comparison]:
+def comparisons(lm: dict, threshold: float, pair: str = "trained", variants: dict | None = None) -> list[Comparison]:
     """Every family under every scenario with both designs' cells; fp32 rows only where a synthetic
-    drift has a cost to compare (not `clean`, not a text domain, where delta_bpb is 0 by definition)."""
+    drift has a cost to compare (not `clean`, not a text domain, where delta_bpb is 0 by definition).
+    `variants`: the run's [recipe] variants (families)."""
     scenarios = list(dict.fromkeys(k[2] for k in lm))
     out = []
     for scenario in scenarios:
         broken = health(lm, scenario, threshold)
-        for family, recipes in families(lm).items():
+        for family, recipes in families(lm, variants).items():
             if family == "fp32" and (scenario == "clean" or scenario in TEXT_DOMAINS):
                 continue
             found = compare(lm, scenario, family, recipes, broken)

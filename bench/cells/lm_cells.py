@@ -42,6 +42,7 @@ LM_DESIGNS = ("A", "B")  # the designs the pair was trained in
 # Tap metrics and drift statistics read the first windows only: a reference keeps their taps for
 # every recipe, and 16 windows (2,048 tokens) a scenario is what they always read.
 TAP_WINDOWS = 16
+CENTRED = ("A", "ln-swiglu")  # designs whose norm subtracts the mean (LayerNorm)
 DRAW_STRIDE = 1000  # draw d of a synthetic drift uses seed + 1000·d (calibration uses seed + 1)
 # Clean held-out windows the feature stds (the unit of every offset) are measured on: a fixed count,
 # so that a shift is the same drift whatever number of windows a cell reads (matrix or dose cell).
@@ -449,13 +450,28 @@ def measure_lm(subject: LMSubject, cell) -> dict:
                    "layers": {"spike_ratio": finite([s[0] for s in spikes]),
                               "spike_token_share": finite([s[1] for s in spikes]),
                               "norm_positive_fraction": finite([metrics.norm_positive_fraction(taps[f"norm_out.{i}"])
-                                                                for i in range(layers)])},
+                                                                for i in range(layers)]),
+                              **stage_errors(ref_taps, first, layers)},
                    "runtime": got.runtime, "artifact": artifact_summary(got.manifest)}
         if cell.recipe == "fp32":  # what each FFN norm sees under this scenario, per layer
             record["drift_stats"] = [finite(drift_stats(ref_taps[f"ffn_in.{i}"], subject.clean_moments[i]))
                                      for i in range(layers)]
+            centred = subject.design in CENTRED
+            record["layers"]["half_norm_overflow"] = [lm_metrics.half_norm_overflow(ref_taps[f"ffn_in.{i}"], centred)
+                                                      for i in range(layers)]
         record |= mitigation_record(subject, cell)
     return record
+
+
+def stage_errors(ref_taps: dict, taps: dict, layers: int) -> dict[str, list]:
+    """Per layer, where a recipe's error enters the FFN: the relative error of the norm's output,
+    the pre-activation and the down-projection's input against fp32's, on the tapped windows."""
+    ref_down, down = down_inputs(ref_taps, layers), down_inputs(taps, layers)
+    return {"norm_out_rel_err": finite([lm_metrics.relative_error(ref_taps[f"norm_out.{i}"], taps[f"norm_out.{i}"])
+                                        for i in range(layers)]),
+            "act_in_rel_err": finite([lm_metrics.relative_error(ref_taps[f"act_in.{i}"], taps[f"act_in.{i}"])
+                                      for i in range(layers)]),
+            "down_in_rel_err": finite([lm_metrics.relative_error(r, d) for r, d in zip(ref_down, down, strict=True)])}
 
 
 def mitigation_record(subject: LMSubject, cell) -> dict:

@@ -126,6 +126,27 @@ def spikes(down_in: np.ndarray) -> tuple[float, float]:
     return float(m.max() / typical), float(np.mean(m > SPIKE_FACTOR * typical))
 
 
+# fp16's largest finite value is 65504: a norm that squares in half precision (torch-fp16 spells it
+# out) overflows on a token whose largest |x| (|x − mean| for LayerNorm) passes its square root.
+HALF_SQUARE_LIMIT = math.sqrt(65504.0)
+
+
+def half_norm_overflow(ffn_in: np.ndarray, centred: bool) -> float:
+    """Share of tokens of (…, tokens, d_model) states whose norm's squares would overflow in fp16:
+    LayerNorm squares x − mean (`centred`), RMSNorm x itself. The states decide it, not the recipe."""
+    x = ffn_in.reshape(-1, ffn_in.shape[-1]).astype(np.float64)
+    if centred:
+        x = x - x.mean(axis=-1, keepdims=True)
+    return float(np.mean(np.max(np.abs(x), axis=-1) > HALF_SQUARE_LIMIT))
+
+
+def relative_error(ref: np.ndarray, got: np.ndarray) -> float | None:
+    """‖got − ref‖ / ‖ref‖ over a whole tensor; None where the reference is all zeros."""
+    ref, got = ref.astype(np.float64), got.astype(np.float64)
+    norm = float(np.linalg.norm(ref))
+    return float(np.linalg.norm(got - ref)) / norm if norm > 0 else None
+
+
 def prediction_metrics(per_position: dict[str, np.ndarray], logits: np.ndarray, per_window: dict | None) -> dict:
     """bits_per_byte, delta_bpb, kl_to_fp32 (means of the per-window figures), top1_agreement (the
     share of positions whose most likely next byte is fp32's), the LLAMA_CPP_METRICS, nonfinite_rate;

@@ -1,5 +1,6 @@
 """`ffnbench report RUN_DIR`: report.md and plots/*.png, from a run directory's records alone."""
 
+import json
 import statistics
 from pathlib import Path
 
@@ -7,10 +8,11 @@ import numpy as np
 
 from ffnbench import files
 from ffnbench.bench.analysis import downstream as analysis
+from ffnbench.bench.analysis.decision import DECISION_JSON
 from ffnbench.bench.cells import latency
+from ffnbench.bench.report import decision, plots, sublayer_mitigations, variants, whole_models
 from ffnbench.bench.report import downstream as report_downstream
 from ffnbench.bench.report import mitigations as report_mitigations
-from ffnbench.bench.report import plots, sublayer_mitigations, variants, whole_models
 from ffnbench.bench.report import timing as report_latency
 from ffnbench.bench.report.formatting import number as _f
 from ffnbench.bench.store import label, load_run
@@ -233,7 +235,7 @@ def write(run_dir: Path) -> Path:
     lines = [f"# ffnbench report: {run.dir.name}", "",
              f"Preset `{m.get('config', {}).get('preset')}`, models {', '.join(run.models)}, designs "
              f"{', '.join(run.designs)}, {len(run.ok)} cells measured. Started {m.get('started')}, "
-             f"ffnbench revision `{m.get('git_revision')}`.", ""]
+             f"ffnbench revision `{m.get('git_revision')}`.", "", *_memo_headline(run.dir)]
     user_models = (m.get("config") or {}).get("user_models") or {}
     lines += [f"- Model {model_specs.source_line(name, d)}" for name, d in user_models.items()]
     lines += [""] if user_models else []
@@ -245,7 +247,7 @@ def write(run_dir: Path) -> Path:
             rows, facts = headline(run, model, scenario)
             if sublayer is None and facts["delta"]:
                 sublayer = (model, scenario, statistics.median(facts["delta"].values()))
-            lines += [f"## Decision: A vs B under `{scenario}` (model `{model}`)", "",
+            lines += [f"## Sublayers (seeded weights): A vs B under `{scenario}` (model `{model}`)", "",
                       *verdict(run, model, scenario, facts), "", *rows, ""]
         designs = [d for d in run.designs if any(k[0] == d and k[1] == model for k in run.acc)]
         if len(designs) == 1:  # a real layer comes in its own design only: its table, without A vs B
@@ -280,6 +282,14 @@ def write(run_dir: Path) -> Path:
     path = run.dir / "report.md"
     files.write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _memo_headline(run_dir: Path) -> list[str]:
+    """The decision memo's first lines, where the run has one (every run writes it before its report)."""
+    path = run_dir / DECISION_JSON
+    if not path.exists():
+        return []
+    return ["## The decision ([decision.md](decision.md))", "", *decision.headline(json.loads(path.read_text())), ""]
 
 
 def _one_design(run: Run, model: str, design: str) -> list[str]:

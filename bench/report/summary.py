@@ -1,10 +1,14 @@
 """What `ffnbench run` and `ffnbench report` print when they finish: the cell count, the measured
-drift at the trained pairs' FFN inputs, and the downstream verdict per scenario by family."""
+drift at the trained pairs' FFN inputs, the downstream verdict per scenario by family, and the
+decision memo's first lines."""
 
+import json
 from pathlib import Path
 
 from ffnbench.bench.analysis import downstream
+from ffnbench.bench.analysis.decision import DECISION_JSON, DECISION_MD
 from ffnbench.bench.analysis.verdicts import VERDICTS
+from ffnbench.bench.report.decision import headline
 from ffnbench.bench.traffic.drift_stats import PER_LAYER_LEGEND, per_layer
 
 
@@ -41,3 +45,11 @@ def downstream_lines(run_dir: Path) -> list[str]:
         where = f"{pair} {scenario}" if len(pairs) > 1 else scenario
         lines.append(f"  {where:<12} {counts}" + (f" ({rows[0]['reason']})" if rows[0]["reason"] else ""))
     return lines
+
+
+def decision_lines(run_dir: Path) -> list[str]:
+    """The memo's headline and where it is (a run without one, e.g. a shard still merging: nothing)."""
+    path = Path(run_dir) / DECISION_JSON
+    if not path.exists():
+        return []
+    return [*headline(json.loads(path.read_text())), f"(the memo: {Path(run_dir) / DECISION_MD})"]

@@ -1,0 +1,117 @@
+"""Cost at equal quality: per design and scenario, the fastest served recipe whose downstream
+quality meets the budget (the way accuracy-driven tuning picks a recipe), its prefill and decode
+time and resident memory on the runs' machine, and the A/B cost ratio with its interval.
+
+Quality comes from the strongest pair whose fp32 models are healthy under the scenario (a budget
+met against a broken reference means nothing); time and memory from the sublayer latency cells of
+the same recipe, at the largest model timed in both designs, A and B timed in one interleaved
+group so their rounds pair."""
+
+import numpy as np
+
+from ffnbench.bench.analysis import downstream
+from ffnbench.bench.analysis.deployment import Budget, Deployment
+from ffnbench.bench.analysis.evidence import PAIR_KIND, Claim, Run
+from ffnbench.bench.analysis.verdicts import health
+from ffnbench.bench.cells import latency
+from ffnbench.bench.store import label
+from ffnbench.quant import FAMILY_OF, mitigations
+
+
+def _served(recipe: str, profile: Deployment) -> bool:
+    return FAMILY_OF.get(mitigations.parse(recipe)[0]) in profile.families
+
+
+def _quality(run: Run, scenario: str) -> tuple[str, dict] | None:
+    """(pair, its lm cells) of the strongest healthy pair under the scenario."""
+    pairs, _ = downstream.index(run.cells)
+    for pair in ("drift", "trained"):
+        lm = pairs.get(pair)
+        if lm and any(k[2] == scenario for k in lm) and health(lm, scenario, run.threshold) is None:
+            return pair, lm
+    return None
+
+
+def _timing(runs: list[Run]) -> tuple[Run, str, dict] | None:
+    """(run, model, (design, label, shape) -> latency cell) of the largest model timed in both designs."""
+    best = None
+    for run in runs:
+        cells = [c for c in run.cells if c["kind"] == "latency"]
+        for model in {c["model"] for c in cells}:
+            mine = [c for c in cells if c["model"] == model]
+            if {c["design"] for c in mine} >= {"A", "B"}:
+                size = max(c["metrics"].get("model_bytes") or 0 for c in mine)
+                if best is None or size > best[0]:
+                    best = (size, run, model, {(c["design"], label(c), c["shape"]["name"]): c for c in mine})
+    return best and best[1:]
+
+
+def at_budget(runs: list[Run], scenarios: list[str], budget: Budget, profile: Deployment, cite) -> list[dict]:
+    """cost_at_budget rows, their figures cited (`cite(claim) -> index`)."""
+    timing = _timing(runs)
+    rows = []
+    for scenario in scenarios:
+        found = next(((run, *q) for run in runs if (q := _quality(run, scenario))), None)
+        chosen = {}
+        for design in "AB":
+            if found is None:
+                rows.append({"design": design, "scenario": scenario, "recipe": None,
+                             "reason": "no pair whose fp32 models are healthy under it"})
+                continue
+            run, pair, lm = found
+            best = _fastest(run, pair, lm, design, scenario, budget, profile, timing)
+            rows.append({**best["row"], "claims": [cite(c) for c in best["claims"]]})
+            chosen[design] = best.get("latency")
+        if chosen.get("A") and chosen.get("B"):
+            rows.append({"design": "A/B", "scenario": scenario,
+                         "claim": cite(_ratio_claim(timing[0], chosen["A"], chosen["B"], scenario))})
+    return rows
+
+
+def _fastest(run: Run, pair: str, lm: dict, design: str, scenario: str, budget: Budget, profile: Deployment,
+             timing) -> dict:
+    met = []
+    for (d, name, s), cells in lm.items():
+        if d != design or s != scenario or not _served(cells[0]["recipe"], profile):
+            continue
+        values = [np.mean(c["windows"][budget.window_metric]) for c in cells if c.get("windows")]
+        if len(values) == len(cells) and budget.met(float(np.mean(values))):
+            met.append((name, cells, float(np.mean(values))))
+    row = {"design": design, "scenario": scenario, "pair": pair, "recipe": None}
+    if not met:
+        return {"row": {**row, "reason": f"no served recipe meets {budget.text()}"}, "claims": []}
+    if timing is None:
+        return {"row": {**row, "reason": "no latency cells of both designs to cost it by"}, "claims": []}
+    timed_run, model, by = timing
+    timed = [(by[design, name, "prefill"]["metrics"]["p50_ms"], name, cells, value) for name, cells, value in met
+             if (design, name, "prefill") in by]
+    if not timed:
+        return {"row": {**row, "reason": f"the recipes meeting {budget.text()} were not timed"}, "claims": []}
+    _, name, cells, value = min(timed, key=lambda t: t[0])
+    prefill, decode = by[design, name, "prefill"], by.get((design, name, "decode"))
+    claims = [Claim(f"{design} {name} under {scenario}: {budget.metric} ({PAIR_KIND[pair]})", value, None,
+                    PAIR_KIND[pair], "mean", f"windows.{budget.window_metric}", [run.ref(c) for c in cells]),
+              Claim(f"{design} {name}: prefill p50 ms (sublayer `{model}`)", prefill["metrics"]["p50_ms"],
+                    [prefill["metrics"].get("p50_ci_low_ms"), prefill["metrics"].get("p50_ci_high_ms")],
+                    "sublayers", "mean", "metrics.p50_ms", [timed_run.ref(prefill)])]
+    if decode:
+        claims.append(Claim(f"{design} {name}: decode p50 ms (sublayer `{model}`)", decode["metrics"]["p50_ms"],
+                            [decode["metrics"].get("p50_ci_low_ms"), decode["metrics"].get("p50_ci_high_ms")],
+                            "sublayers", "mean", "metrics.p50_ms", [timed_run.ref(decode)]))
+    return {"row": {**row, "recipe": name, "model": model, budget.metric: value,
+                    "prefill_ms": prefill["metrics"]["p50_ms"], "decode_ms": decode and decode["metrics"]["p50_ms"],
+                    "resident_mb": prefill["metrics"].get("resident_mb"), "candidates": len(met)},
+            "claims": claims, "latency": prefill}
+
+
+def _ratio_claim(run: Run, a: dict, b: dict, scenario: str) -> Claim:
+    """A's chosen recipe's prefill time over B's, paired by round where one group timed both."""
+    same_group = a["metrics"].get("timing_group") == b["metrics"].get("timing_group")
+    found = latency.ratio(np.asarray(a["metrics"]["samples_ms"]), np.asarray(b["metrics"]["samples_ms"])) \
+        if same_group else None
+    ci = [found["ci_low"], found["ci_high"]] if found and found["ci_low"] is not None else None
+    figure = found["ratio"] if found else a["metrics"]["p50_ms"] / b["metrics"]["p50_ms"]
+    return Claim(f"cost at equal quality under {scenario}: prefill time A ({label(a)}) / B ({label(b)})"
+                 + ("" if same_group else " (timed in different groups: no interval)"), figure, ci, "sublayers",
+                 "median_ratio" if same_group else "ratio", "metrics.p50_ms" if not same_group else "samples_ms",
+                 [run.ref(a), run.ref(b)], 1)
