@@ -372,6 +372,9 @@ def cmd_decide(args) -> int:
     profile, budget = load_deployment(Path(args.deployment)) if args.deployment else (None, None)
     if args.budget is not None:
         budget = parse_budget(args.budget)
+    if args.out is None and len(args.run_dirs) > 1:
+        raise UsageError("decide: several runs make one decision of their own; give --out DIR (a run's own memo "
+                         "stays beside it)")
     out = Path(args.out or args.run_dirs[0])
     json_path, md_path = decision.write(args.run_dirs, out, profile, budget,
                                         Path(args.traffic) if args.traffic else None)

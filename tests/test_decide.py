@@ -7,6 +7,7 @@ that meets it, a capture is placed on the dose axes, every claim recomputes from
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ SERVED = {"int8-dynamic": 1, "int4": 1, "fp16": 1}
 
 
 def decide(run_dirs, families=SERVED, budget=None, capture=None):
-    profile, _ = deployment_from_table({"families": families}, "test")
+    profile, _ = deployment_from_table({"families": families} if families else {}, "test")
     return decision.decide(evidence.load_runs(run_dirs), profile, parse_budget(budget), capture)
 
 
@@ -166,7 +167,7 @@ def test_the_budget_picks_the_fastest_recipe_that_meets_it(tmp_path):
     assert picked("same_top1>=0.9")["A", "production"]["recipe"] == "ort-int4-rtn"
     assert picked("same_top1>=0.9999")["A", "production"]["recipe"] is None
     found = decide([run], budget="same_top1>=0.99")
-    ratio = found["claims"][next(r["claim"] for r in found["cost_at_budget"] if r["design"] == "A/B")]
+    ratio = found["claims"][next(r["claims"]["prefill_ratio"] for r in found["cost_at_budget"] if r["design"] == "A/B")]
     assert ratio["figure"] == pytest.approx(1.5, rel=0.1) and ratio["ci95"][0] > 1  # A timed 1.5x slower
 
 
@@ -181,14 +182,68 @@ def test_a_flip_shows_where_the_error_enters_and_the_variant_that_closes_it(tmp_
     (flip, *_) = [f for f in found["flips"] if f["scenario"] == "production"]
     assert flip["family"] == "fp16" and flip["winner"] == "B"
     claims = found["claims"]
-    assert claims[flip["stages"]["A"]["norm_out_rel_err"]]["figure"] == pytest.approx(0.3)
-    assert claims[flip["overflow"]["A"]]["figure"] == pytest.approx(0.075) and \
-        claims[flip["overflow"]["B"]]["figure"] == 0
-    assert flip["fix"]["recipe"] == "torch-fp16-norm32" and flip["fix"]["closes_gap"]
+    mechanism = flip["mechanism"]
+    assert claims[mechanism["stages"]["A"]["norm_out_rel_err"]]["figure"] == pytest.approx(0.3)
+    assert claims[mechanism["overflow"]["A"]]["figure"] == pytest.approx(0.075) and \
+        claims[mechanism["overflow"]["B"]]["figure"] == 0
+    assert flip["fix"]["recipe"] == "torch-fp16-norm32" and flip["fix"]["against"] == "no difference"
     assert flip["fix"]["run"] == "fix" and claims[flip["fix"]["claim"]]["figure"] == pytest.approx(1.0, rel=0.2)
     records = all_records([base_run, second])
     for claim in claims:
         assert recompute(claim, records) == pytest.approx(claim["figure"], rel=1e-9), claim["text"]
+
+
+def test_cells_without_figures_are_left_out_not_a_crash(tmp_path):
+    """Non-finite logits leave a cell without windows; an empty band leaves act_err_small_* None."""
+    cells = pair(EFFECTS)
+    for c in cells:
+        if c["design"] == "A" and c["recipe"] == "torch-fp16" and c["seed"] == 2:
+            c["windows"] = None
+            c["metrics"]["nonfinite_rate"] = 0.1
+        if c["recipe"] == "ort-int8-dynamic" and c["seed"] == 1:
+            c["metrics"]["act_err_small_pos"] = None
+    run = write_run(tmp_path / "run", cells)
+    found = decide([run])
+    records = all_records([run])
+    flip = next(f for f in found["flips"] if f["family"] == "fp16")
+    assert len(found["claims"][flip["mechanism"]["kl"]["A"]]["cells"]) == 2  # the seed without windows left out
+    assert all(records[ref].get("windows") for c in found["claims"] if c["field"].startswith("windows.")
+               for ref in c["cells"])
+    band = found["mechanisms"]["prediction"]["parts"][1]
+    assert len(found["claims"][band["A"]]["cells"]) == 2
+    for claim in found["claims"]:
+        assert recompute(claim, records) == pytest.approx(claim["figure"], rel=1e-9), claim["text"]
+
+
+def test_a_run_with_nothing_to_compare_is_all_unmeasured(tmp_path):
+    run = write_run(tmp_path / "run", [timed(d, "fp32", "prefill", 1.0) for d in "AB"])
+    found = decide([run])
+    assert found["recommendation"] == "none" and found["confidence"]["unmeasured_share"] == 1.0
+    assert found["rows"] == [] and "no scenario of the profile" in found["unknowns"][0]
+    memo = render.markdown(found)
+    assert "| family |" not in memo and "## The seed's prediction" not in memo and "100% unmeasured" in memo
+
+
+def test_the_memo_stays_one_page_for_every_family_and_many_scenarios(tmp_path):
+    scenarios = ("clean", "production", "massive", "domain-code", "shift-1", "magnitude-2")
+    recipes = ("ort-int8-dynamic", "ort-int8-qdq-minmax", "bnb-int8", "ort-int4-rtn", "bnb-nf4", "ort-fp4",
+               "torch-fp16", "torch-bf16")
+    effects = {(r, s): (1e-3, 2e-3) if r != "torch-fp16" else (2e-3, 1e-5) for r in recipes for s in scenarios}
+    found = decide([write_run(tmp_path / "run", pair(effects, broken=("production",)))], families=None)
+    assert len(found["rows"]) == 8 * 6 and len(render.markdown(found).splitlines()) <= 100
+
+
+def test_whole_models_of_both_designs_are_compared_and_a_broken_one_is_said(tmp_path):
+    def whole(design, model, kl, cost=0.01):
+        c = lm_cell(design, "ort-int8-dynamic", "production", 0, kl, cost=cost)
+        return {**c, "kind": "whole", "model": model, "key": f"{model}/ort-int8-dynamic/production"}
+
+    run = write_run(tmp_path / "run", [whole("A", "gpt2", 1e-3), whole("B", "llama", 3e-3)])
+    (row,) = [r for r in decide([run], families={"int8-dynamic": 1})["rows"] if r["scenario"] == "production"]
+    assert row["evidence_kind"] == "whole models" and row["winner"] == "A"
+    broken = write_run(tmp_path / "broken", [whole("A", "gpt2", 1e-3), whole("B", "llama", 3e-3, cost=0.5)])
+    (row,) = decide([broken], families={"int8-dynamic": 1})["rows"]
+    assert row["winner"] == "broken" and "llama loses +0.50" in row["stronger"][0]["reason"]
 
 
 def cell_value(cell: dict, field: str) -> float:
@@ -207,6 +262,10 @@ def cell_value(cell: dict, field: str) -> float:
 
 def recompute(claim: dict, records: dict) -> float:
     cells = [records[ref] for ref in claim["cells"]]
+    if claim["statistic"] == "geomean_ratio":
+        pairs = zip(cells[:claim["split"]], cells[claim["split"]:], strict=True)
+        return float(np.exp(np.mean([np.log(cell_value(a, claim["field"]) / cell_value(b, claim["field"]))
+                                     for a, b in pairs])))
     if claim["statistic"] == "median_ratio":
         a, b = (c["metrics"]["samples_ms"] for c in cells)
         n = min(len(a), len(b))
@@ -234,7 +293,7 @@ def test_every_claim_recomputes_from_the_cells_it_cites(tmp_path, base_run):
     records = all_records(runs)
     assert len(found["claims"]) > 20
     kinds = {c["statistic"] for c in found["claims"]}
-    assert {"ratio", "mean", "median_ratio", "mean_of_ratios"} <= kinds
+    assert {"ratio", "mean", "median_ratio", "mean_of_ratios", "geomean_ratio"} <= kinds
     for claim in found["claims"]:
         assert claim["cells"], claim["text"]
         assert recompute(claim, records) == pytest.approx(claim["figure"], rel=1e-9), claim["text"]
@@ -315,15 +374,27 @@ def test_decide_writes_the_memo_and_its_json(tmp_path, base_run):
     assert (out / "decision.md").read_text().splitlines()[2] == render.headline(written)[0]
 
 
-@pytest.mark.parametrize("case", ["family", "budget", "not-a-run", "not-a-capture"])
+@pytest.mark.parametrize("case", ["family", "budget", "not-a-run", "not-a-capture", "capture-dir", "budget-number",
+                                  "infinite-share", "unknown-scenario", "twice", "several-without-out", "out-is-file"])
 def test_bad_input_gets_one_line_exit_2_and_nothing_written(tmp_path, base_run, case):
     out = tmp_path / "memo"
     profile = tmp_path / "deploy.toml"
-    profile.write_text("[deployment]\nfamilies = {int3 = 1.0}\n")
+    profile.write_text({"budget-number": "[deployment]\nbudget = 0.99\n",
+                        "infinite-share": "[deployment]\nfamilies = {fp16 = inf}\n",
+                        "unknown-scenario": "[deployment]\nscenarios = [\"prodution\"]\n"}.get(
+        case, "[deployment]\nfamilies = {int3 = 1.0}\n"))
     not_capture = tmp_path / "notes.json"
     not_capture.write_text(json.dumps({"kind": "ffnbench.run"}))
-    args = {"family": [base_run, "--deployment", str(profile)], "budget": [base_run, "--budget", "ppl<=3"],
-            "not-a-run": [str(tmp_path)], "not-a-capture": [base_run, "--traffic", str(not_capture)]}[case]
-    done = run_cli(*args, "--out", str(out))
+    (tmp_path / "file").write_text("")
+    deployment = [base_run, "--deployment", str(profile), "--out", str(out)]
+    args = {"family": deployment, "budget-number": deployment, "infinite-share": deployment,
+            "unknown-scenario": deployment, "budget": [base_run, "--budget", "ppl<=3", "--out", str(out)],
+            "not-a-run": [str(tmp_path), "--out", str(out)],
+            "not-a-capture": [base_run, "--traffic", str(not_capture), "--out", str(out)],
+            "capture-dir": [base_run, "--traffic", str(tmp_path), "--out", str(out)],
+            "twice": [base_run, base_run, "--out", str(out)], "several-without-out": [base_run, base_run],
+            "out-is-file": [base_run, "--out", str(tmp_path / "file")]}[case]
+    before = sorted(p.name for p in Path(base_run).iterdir())
+    done = run_cli(*args)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert not out.exists()
+    assert not out.exists() and sorted(p.name for p in Path(base_run).iterdir()) == before

@@ -46,25 +46,31 @@ def _timing(runs: list[Run]) -> tuple[Run, str, dict] | None:
     return best and best[1:]
 
 
+ROW = {"pair": None, "recipe": None, "model": None, "budget_value": None, "prefill_ms": None, "decode_ms": None,
+       "resident_mb": None, "reason": None, "claims": {}}  # every cost_at_budget row has these keys
+
+
 def at_budget(runs: list[Run], scenarios: list[str], budget: Budget, profile: Deployment, cite) -> list[dict]:
-    """cost_at_budget rows, their figures cited (`cite(claim) -> index`)."""
+    """cost_at_budget rows (per scenario: A, B, and A/B where both have a recipe), their figures cited
+    (`cite(claim) -> index`, the row's `claims` naming which)."""
     timing = _timing(runs)
     rows = []
     for scenario in scenarios:
         found = next(((run, *q) for run in runs if (q := _quality(run, scenario))), None)
         chosen = {}
         for design in "AB":
+            row = {**ROW, "design": design, "scenario": scenario}
             if found is None:
-                rows.append({"design": design, "scenario": scenario, "recipe": None,
-                             "reason": "no pair whose fp32 models are healthy under it"})
+                rows.append({**row, "reason": "no pair whose fp32 models are healthy under it"})
                 continue
             run, pair, lm = found
             best = _fastest(run, pair, lm, design, scenario, budget, profile, timing)
-            rows.append({**best["row"], "claims": [cite(c) for c in best["claims"]]})
+            rows.append({**row, **best["row"], "claims": {k: cite(c) for k, c in best["claims"].items()}})
             chosen[design] = best.get("latency")
         if chosen.get("A") and chosen.get("B"):
-            rows.append({"design": "A/B", "scenario": scenario,
-                         "claim": cite(_ratio_claim(timing[0], chosen["A"], chosen["B"], scenario))})
+            rows.append({**ROW, "design": "A/B", "scenario": scenario,
+                         "claims": {"prefill_ratio": cite(_ratio_claim(timing[0], chosen["A"], chosen["B"],
+                                                                       scenario))}})
     return rows
 
 
@@ -77,31 +83,38 @@ def _fastest(run: Run, pair: str, lm: dict, design: str, scenario: str, budget: 
         values = [np.mean(c["windows"][budget.window_metric]) for c in cells if c.get("windows")]
         if len(values) == len(cells) and budget.met(float(np.mean(values))):
             met.append((name, cells, float(np.mean(values))))
-    row = {"design": design, "scenario": scenario, "pair": pair, "recipe": None}
+    row = {"pair": pair}
     if not met:
-        return {"row": {**row, "reason": f"no served recipe meets {budget.text()}"}, "claims": []}
+        return {"row": {**row, "reason": f"no served recipe meets {budget.text()}"}, "claims": {}}
     if timing is None:
-        return {"row": {**row, "reason": "no latency cells of both designs to cost it by"}, "claims": []}
+        return {"row": {**row, "reason": "no latency cells of both designs to cost it by"}, "claims": {}}
     timed_run, model, by = timing
     timed = [(by[design, name, "prefill"]["metrics"]["p50_ms"], name, cells, value) for name, cells, value in met
              if (design, name, "prefill") in by]
     if not timed:
-        return {"row": {**row, "reason": f"the recipes meeting {budget.text()} were not timed"}, "claims": []}
+        return {"row": {**row, "reason": f"the recipes meeting {budget.text()} were not timed"}, "claims": {}}
     _, name, cells, value = min(timed, key=lambda t: t[0])
     prefill, decode = by[design, name, "prefill"], by.get((design, name, "decode"))
-    claims = [Claim(f"{design} {name} under {scenario}: {budget.metric} ({PAIR_KIND[pair]})", value, None,
-                    PAIR_KIND[pair], "mean", f"windows.{budget.window_metric}", [run.ref(c) for c in cells]),
-              Claim(f"{design} {name}: prefill p50 ms (sublayer `{model}`)", prefill["metrics"]["p50_ms"],
-                    [prefill["metrics"].get("p50_ci_low_ms"), prefill["metrics"].get("p50_ci_high_ms")],
-                    "sublayers", "mean", "metrics.p50_ms", [timed_run.ref(prefill)])]
+    claims = {"budget": Claim(f"{design} {name} under {scenario}: {budget.metric} ({PAIR_KIND[pair]})", value, None,
+                              PAIR_KIND[pair], "mean", f"windows.{budget.window_metric}", [run.ref(c) for c in cells]),
+              "prefill": _timing_claim(timed_run, prefill, design, name, model, "prefill")}
     if decode:
-        claims.append(Claim(f"{design} {name}: decode p50 ms (sublayer `{model}`)", decode["metrics"]["p50_ms"],
-                            [decode["metrics"].get("p50_ci_low_ms"), decode["metrics"].get("p50_ci_high_ms")],
-                            "sublayers", "mean", "metrics.p50_ms", [timed_run.ref(decode)]))
-    return {"row": {**row, "recipe": name, "model": model, budget.metric: value,
+        claims["decode"] = _timing_claim(timed_run, decode, design, name, model, "decode")
+    if prefill["metrics"].get("resident_mb") is not None:
+        claims["resident"] = Claim(f"{design} {name}: resident MB of the loaded sublayer `{model}`",
+                                   prefill["metrics"]["resident_mb"], None, "sublayers", "mean", "metrics.resident_mb",
+                                   [timed_run.ref(prefill)])
+    return {"row": {**row, "recipe": name, "model": model, "budget_value": value,
                     "prefill_ms": prefill["metrics"]["p50_ms"], "decode_ms": decode and decode["metrics"]["p50_ms"],
                     "resident_mb": prefill["metrics"].get("resident_mb"), "candidates": len(met)},
             "claims": claims, "latency": prefill}
+
+
+def _timing_claim(run: Run, cell: dict, design: str, name: str, model: str, shape: str) -> Claim:
+    m = cell["metrics"]
+    ci = [m["p50_ci_low_ms"], m["p50_ci_high_ms"]] if m.get("p50_ci_low_ms") is not None else None
+    return Claim(f"{design} {name}: {shape} p50 ms (sublayer `{model}`)", m["p50_ms"], ci, "sublayers", "mean",
+                 "metrics.p50_ms", [run.ref(cell)])
 
 
 def _ratio_claim(run: Run, a: dict, b: dict, scenario: str) -> Claim:
@@ -113,5 +126,5 @@ def _ratio_claim(run: Run, a: dict, b: dict, scenario: str) -> Claim:
     figure = found["ratio"] if found else a["metrics"]["p50_ms"] / b["metrics"]["p50_ms"]
     return Claim(f"cost at equal quality under {scenario}: prefill time A ({label(a)}) / B ({label(b)})"
                  + ("" if same_group else " (timed in different groups: no interval)"), figure, ci, "sublayers",
-                 "median_ratio" if same_group else "ratio", "metrics.p50_ms" if not same_group else "samples_ms",
+                 "median_ratio" if same_group else "ratio", "metrics.samples_ms" if same_group else "metrics.p50_ms",
                  [run.ref(a), run.ref(b)], 1)

@@ -16,12 +16,15 @@ from ffnbench.bench import records
 from ffnbench.bench.analysis import cost, mechanisms, traffic_map
 from ffnbench.bench.analysis.deployment import Budget, Deployment
 from ffnbench.bench.analysis.evidence import Claim, Evidence, Run, gather, measured_scenarios
+from ffnbench.bench.traffic.scenarios import NAMED, TEXT_DOMAINS
+from ffnbench.errors import UsageError
 
 DECISION_JSON = "decision.json"
 DECISION_MD = "decision.md"
 KIND = "ffnbench.decision"
 UNDECIDED = ("none", "conflict")
 WEAKER = ("whole models", "sublayers")  # evidence without a trained model's downstream verdict
+TIE = 1e-9  # shares are sums of float weights: equal within rounding is a tie
 
 
 @dataclass
@@ -53,8 +56,12 @@ def row(runs: list[Run], family: str, scenario: str, weight: float) -> Row:
 
 
 def confidence(rows: list[Row]) -> dict:
+    """Shares of the served traffic; with no rows at all (no scenario the runs measured), all of it
+    is unmeasured."""
     share = {k: sum(r.weight for r in rows if r.winner in k) for k in (("A", "B"), UNDECIDED, ("broken",),
                                                                         ("unmeasured",))}
+    if not rows:
+        share["unmeasured",] = 1.0
     return {"decided_share": share["A", "B"], "none_share": share[UNDECIDED], "broken_share": share["broken",],
             "unmeasured_share": share["unmeasured",],
             "A_share": sum(r.weight for r in rows if r.winner == "A"),
@@ -65,7 +72,7 @@ def confidence(rows: list[Row]) -> dict:
 
 
 def recommendation(conf: dict) -> str:
-    if conf["A_share"] == conf["B_share"]:
+    if abs(conf["A_share"] - conf["B_share"]) < TIE:
         return "none"
     return "A" if conf["A_share"] > conf["B_share"] else "B"
 
@@ -111,6 +118,7 @@ def conditions(rows: list[Row], profile: Deployment, pick: str) -> list[str]:
 def decide(runs: list[Run], profile: Deployment, budget: Budget, capture: Path | None = None) -> dict:
     """decision.json's content for the runs under the profile and budget."""
     scenarios = list(profile.scenarios or measured_scenarios(runs))
+    check_scenarios(runs, scenarios)
     rows = [row(runs, family, scenario, share / len(scenarios))
             for family, share in profile.families.items() for scenario in scenarios]
     conf = confidence(rows)
@@ -136,14 +144,28 @@ def decide(runs: list[Run], profile: Deployment, budget: Budget, capture: Path |
             "unknowns": unknowns(runs, rows, profile), "claims": [c.to_dict() for c in claims], "traffic": placed}
 
 
+def check_scenarios(runs: list[Run], scenarios: list[str]) -> None:
+    """A profile's scenario must be one a run could measure (a named one, a text domain, or a run's own)."""
+    known = {*NAMED, *TEXT_DOMAINS, *(c["scenario"] for run in runs for c in run.cells)}
+    for name in scenarios:
+        if name not in known:
+            raise UsageError(f"[deployment] scenarios: unknown '{name}'; choose from the named scenarios "
+                             f"({', '.join(NAMED)}), the text domains or the runs' own")
+
+
 def unknowns(runs: list[Run], rows: list[Row], profile: Deployment) -> list[str]:
-    out = []
+    out = [] if rows else ["every row: no scenario of the profile has A-vs-B evidence in these runs"]
     for scenario in dict.fromkeys(r.scenario for r in rows):
         mine = [r for r in rows if r.scenario == scenario]
         broken = [r for r in mine if r.winner == "broken"]
         if broken:
             reason = next((e.reason for r in broken for e in r.stronger if e.reason), "its fp32 reference fails there")
             out.append(f"under {scenario}, {', '.join(r.family for r in broken)}: broken ({reason})")
+        weaker = [r for r in mine if r.used and r.stronger]
+        if weaker:
+            kinds = sorted({r.used[0].kind for r in weaker})
+            out.append(f"under {scenario}, {', '.join(r.family for r in weaker)}: decided by {' and '.join(kinds)} "
+                       f"only, the {weaker[0].stronger[0].kind} being broken there ({weaker[0].stronger[0].reason})")
         missing = [r.family for r in mine if r.winner == "unmeasured"]
         if missing:
             out.append(f"under {scenario}, {', '.join(missing)}: not measured by these runs")
@@ -159,7 +181,12 @@ def unknowns(runs: list[Run], rows: list[Row], profile: Deployment) -> list[str]
 def write(decision: dict, markdown: str, out: Path) -> tuple[Path, Path]:
     """decision.json and the rendered decision.md in `out` (each written whole, to a temporary name first)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: {out} is an existing file; give a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out: cannot write to {out} ({e.strerror}); choose a writable directory") from None
     json_path, md_path = out / DECISION_JSON, out / DECISION_MD
     files.write_json(json_path, decision)
     files.write_text(md_path, markdown)

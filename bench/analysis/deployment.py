@@ -2,6 +2,7 @@
 quality budget the decision is made for (`[deployment]` in TOML, `--budget METRIC>=X`)."""
 
 import dataclasses
+import math
 import operator
 import re
 import tomllib
@@ -94,7 +95,7 @@ def deployment_from_table(table: dict, where: str) -> tuple[Deployment, Budget |
         if name not in SERVED:
             raise UsageError(f"{where}: [deployment] families: unknown family '{name}'; choose from "
                              f"{', '.join(SERVED)}")
-        if isinstance(share, bool) or not isinstance(share, int | float) or share <= 0:
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < math.inf:
             raise UsageError(f"{where}: [deployment] families: {name}'s share must be a positive number, got {share!r}")
     total = sum(shares.values())
     scenarios = table.get("scenarios")
@@ -105,6 +106,8 @@ def deployment_from_table(table: dict, where: str) -> tuple[Deployment, Budget |
     machine = table.get("machine_class")
     if machine is not None and not isinstance(machine, str):
         raise UsageError(f"{where}: [deployment] machine_class must be a string such as \"cpu-avx512-vnni\"")
+    if "budget" in table and not isinstance(table["budget"], str):
+        raise UsageError(f"{where}: [deployment] budget must be a string such as \"{DEFAULT_BUDGET}\"")
     budget = parse_budget(table["budget"], f"{where}: [deployment] budget") if "budget" in table else None
     return Deployment({k: v / total for k, v in shares.items()}, machine,
                       tuple(scenarios) if scenarios else None, stated=True), budget
@@ -119,6 +122,8 @@ def load_deployment(path: Path) -> tuple[Deployment, Budget | None]:
         raise UsageError(f"--deployment: no file at {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"--deployment: {path} is not valid TOML ({e})") from None
+    except IsADirectoryError:
+        raise UsageError(f"--deployment: {path} is a directory; give a TOML file with a [deployment] table") from None
     if not isinstance(data.get("deployment"), dict):
         raise UsageError(f"--deployment: {path} has no [deployment] table; add one, e.g. [deployment] "
                          "families = {int8-dynamic = 0.5, fp16 = 0.5}")

@@ -69,7 +69,11 @@ def load_runs(run_dirs: list[Path]) -> list[Run]:
     share one). A directory that is not a run is a UsageError naming it."""
     if not run_dirs:
         raise UsageError("decide: give at least one run directory (the --out of `ffnbench run`)")
-    names = [Path(d).resolve().name for d in run_dirs]
+    resolved = [Path(d).resolve() for d in run_dirs]
+    twice = next((d for i, d in enumerate(resolved) if d in resolved[:i]), None)
+    if twice is not None:
+        raise UsageError(f"decide: {twice} is given twice; its evidence would count twice, give it once")
+    names = [d.name for d in resolved]
     runs = []
     for i, run_dir in enumerate(run_dirs):
         manifest, cells = load_run(Path(run_dir), "decide")
@@ -102,10 +106,12 @@ def pair_evidence(run: Run, family: str, scenario: str) -> list[Evidence]:
             if c.family != family or c.scenario != scenario:
                 continue
             lm = pairs.get(pair, {})
-            seeds = set.intersection(*({x["seed"] for x in lm.get((d, r, scenario), [])}
-                                       for d in "AB" for r in c.recipes)) if c.recipes else set()
+            # the cells compare() read: its recipes, its seeds, each with per-window figures
+            seeds = set(c.seed_ids) if c.seed_ids else set.intersection(*(
+                {x["seed"] for x in lm.get((d, r, scenario), []) if x.get("windows")}
+                for d in "AB" for r in c.recipes)) if c.recipes else set()
             cells = [run.ref(x) for d in "AB" for r in c.recipes for x in lm.get((d, r, scenario), [])
-                     if x["seed"] in seeds]
+                     if x["seed"] in seeds and x.get("windows")]
             split = len(cells) // 2  # A's cells first, as many as B's
             if family == "fp32":
                 claim = Claim(f"fp32 drift cost A − B under {scenario} ({PAIR_KIND[pair]}), bits per byte",
@@ -206,8 +212,10 @@ def gather(runs: list[Run], family: str, scenario: str) -> list[Evidence]:
 
 
 def measured_scenarios(runs: list[Run]) -> list[str]:
-    """Scenarios with downstream verdicts, in the runs' order; the sublayers' where no run has any."""
+    """Scenarios with downstream verdicts or whole-model cells, in the runs' order; the sublayers'
+    where no run has either."""
     downstream_ = [c.scenario for run in runs for found in run.comparisons.values() for c in found]
+    downstream_ += [c["scenario"] for run in runs for c in run.cells if c["kind"] == "whole"]
     if downstream_:
         return list(dict.fromkeys(downstream_))
     return list(dict.fromkeys(c["scenario"] for run in runs for c in run.cells if c["kind"] == "accuracy"))

@@ -26,7 +26,7 @@ def read_capture(path: Path) -> dict:
     except FileNotFoundError:
         raise UsageError(f"--traffic: no capture record at {record_path}; give a file `ffnbench capture` wrote") \
             from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
         raise UsageError(f"--traffic: {path} is not a capture (not its JSON record); give a file `ffnbench capture` "
                          "wrote") from None
     if not isinstance(record, dict) or record.get("kind") != "ffnbench.capture" or not record.get("layers"):

@@ -46,6 +46,7 @@ class Comparison:
     members: dict[str, dict] = field(default_factory=dict)  # each recipe's own kl_ratio and ci95
     left_out: dict[str, str] = field(default_factory=dict)  # family recipes without figures to compare, and why
     pair: str = "trained"  # which committed models: "trained" on clean prose, or "drift"-trained
+    seed_ids: list[int] = field(default_factory=list)  # the training seeds compared (downstream.json before: absent)
 
 
 def window_resamples(draw_of: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -172,7 +173,8 @@ def compare(lm: dict, scenario: str, family: str, recipes: list[str], broken: st
     else:
         verdict = "A" if ratio[2] < 1 else "B" if ratio[1] > 1 else "none"
     return Comparison(scenario, family, used, ratio and ratio[0], ratio and [ratio[1], ratio[2]],
-                      diff[0], [diff[1], diff[2]], verdict, len(seeds), *shape, broken, members, left_out)
+                      diff[0], [diff[1], diff[2]], verdict, len(seeds), *shape, broken, members, left_out,
+                      seed_ids=list(seeds))
 
 
 def design_mean(lm: dict, design: str, recipes: list[str], scenario: str, metric: str) \

@@ -9,8 +9,12 @@ from ffnbench.bench.analysis import decision as analysis
 from ffnbench.bench.analysis import evidence
 from ffnbench.bench.analysis.deployment import SERVED, Budget, Deployment, deployment_from_table, parse_budget
 from ffnbench.bench.analysis.evidence import KINDS
-from ffnbench.bench.report.formatting import number
 
+NORM_SHORT = {"token_mean_energy": "token_mean_energy", "abs_mean_shift_std": "abs_mean_shift_std",
+              "norm_positive_fraction": "normalised > 0"}
+NORM_DIGITS = {"norm_positive_fraction": 3}
+STAGE_NAMES = {"norm_out_rel_err": "norm output", "act_in_rel_err": "pre-activation",
+               "down_in_rel_err": "down-projection input"}
 SHORT = {"drift-trained pair": "drift pair", "trained pair": "trained pair", "whole models": "whole models",
          "sublayers": "sublayers"}
 
@@ -66,6 +70,8 @@ def markdown(decision: dict) -> str:
 
 
 def _rows(decision: dict) -> list[str]:
+    if not decision["rows"]:
+        return []
     scenarios = list(dict.fromkeys(r["scenario"] for r in decision["rows"]))
     families = list(dict.fromkeys(r["family"] for r in decision["rows"]))
     by = {(r["family"], r["scenario"]): r for r in decision["rows"]}
@@ -83,12 +89,15 @@ def _rows(decision: dict) -> list[str]:
 
 
 def _row_text(decision: dict, r: dict) -> str:
-    """'A 0.09 [0.07, 0.13] (drift pair)', with the stronger evidence a broken reference keeps from
-    counting beside it ('; drift pair broken: 3.1e+05 [...]')."""
-    parts = [f"{r['winner']} {_claim(decision, r['used'][0]['claim'])}" if r["used"] else r["winner"]]
+    """'A 0.09 [0.07, 0.13] (drift pair)'; a conflict with every run's figure; the strongest evidence a
+    broken reference keeps from counting beside it ('drift pair broken: 3.8e+05 [...]')."""
+    if r["winner"] == "conflict":
+        text = "conflict (" + "; ".join(f"{e['run']}: {e['verdict']} {_claim(decision, e['claim'])}" for e in r["used"])
+        return text + f", {SHORT[r['evidence_kind']]})"
     notes = [SHORT[r["evidence_kind"]]] if r["used"] else []
     notes += [f"{SHORT[e['kind']]} broken: {_claim(decision, e['claim'])}" for e in r["stronger"][:1]]
-    return parts[0] + (f" ({'; '.join(notes)})" if notes else "")
+    head = f"{r['winner']} {_claim(decision, r['used'][0]['claim'])}" if r["used"] else r["winner"]
+    return head + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _cost(decision: dict) -> list[str]:
@@ -97,17 +106,19 @@ def _cost(decision: dict) -> list[str]:
         return []
     b = decision["budget"]
     lines = ["## Cost at equal quality", "",
-             f"The fastest served recipe meeting {b['metric']}{b['op']}{b['bound']:g} (mean over seeds and windows of "
-             "the healthiest pair), timed on the sublayer:", "",
+             f"The fastest served recipe meeting {b['metric']}{b['op']}{b['bound']:g} (its mean over seeds and "
+             "windows, on the strongest pair whose fp32 models are healthy under the scenario), timed on the "
+             "sublayer:", "",
              "| scenario | design | recipe | prefill ms | decode ms | resident MB |", "|---|---|---|---|---|---|"]
     for r in rows:
+        c = r["claims"]
         if r["design"] == "A/B":
-            lines.append(f"| {r['scenario']} | A/B prefill | | {_claim(decision, r['claim'])} | | |")
+            lines.append(f"| {r['scenario']} | A/B prefill time | | {_claim(decision, c['prefill_ratio'])} | | |")
         elif r["recipe"] is None:
             lines.append(f"| {r['scenario']} | {r['design']} | none: {r['reason']} | | | |")
         else:
-            lines.append(f"| {r['scenario']} | {r['design']} | `{r['recipe']}` | {number(r['prefill_ms'], 3)} | "
-                         f"{number(r['decode_ms'], 3)} | {number(r['resident_mb'], 1)} |")
+            lines.append(f"| {r['scenario']} | {r['design']} | `{r['recipe']}` | {_claim(decision, c['prefill'], 3)} | "
+                         f"{_claim(decision, c.get('decode'), 3)} | {_claim(decision, c.get('resident'), 1)} |")
     return [*lines, ""]
 
 
@@ -116,23 +127,24 @@ def _normalisation(decision: dict) -> list[str]:
     if not mech["normalisation"] and not mech["dose"]:
         return []
     lines = ["## Mechanism 1: normalisation", "",
-             "LayerNorm subtracts each token's mean before scaling; RMSNorm only divides by the root mean square, so "
-             "a shared positive offset survives it. The drift at the FFN input (token_mean_energy: share of a token's "
-             "energy in its offset; abs_mean_shift_std: |feature mean| in feature std) and what each norm passes on "
-             "(share of normalised values > 0; 0.5 is centred):", ""]
-    by: dict = {}
+             "LayerNorm subtracts each token's mean over its features before scaling; RMSNorm divides by the root "
+             "mean square only, so an offset a token's features share survives it (token_mean_energy: the share of a "
+             "token's energy in that shared offset; abs_mean_shift_std: |feature mean| in feature std, which counts "
+             "offsets on a few channels too). Measured at the FFN inputs, fp32, and the share of normalised values "
+             "above 0 each norm passes on (0.5: centred):", ""]
     for item in mech["normalisation"]:
-        by.setdefault((item["scenario"], item["design"]), {}).update(item)
-    for (scenario, design), item in by.items():
-        drift = (f"token_mean_energy {_claim(decision, item['token_mean_energy'])}, abs_mean_shift_std "
-                 f"{_claim(decision, item['abs_mean_shift_std'])}; ") if "token_mean_energy" in item else ""
-        lines.append(f"- `{scenario}`, {design}: {drift}normalised values > 0: {_claim(decision, item['claim'], 3)}")
+        parts = [f"{d}: " + ", ".join(f"{NORM_SHORT[name]} {_claim(decision, index, NORM_DIGITS.get(name, 2))}"
+                                      for name, index in item[d].items()) for d in "AB" if item.get(d)]
+        lines.append(f"- `{item['scenario']}` ({item['pair']} pair): " + "; ".join(parts))
     for d in mech["dose"]:
-        healthy = [level for level, index in d["levels"] if decision["claims"][index]["figure"] <= d["threshold"]]
-        worst = ", ".join(f"{level:g}: {_claim(decision, index)}" for level, index in d["levels"])
-        lines.append(f"- Dose-response, {d['design']} fp32 ({d['pair']} pair at {d['inject']}): healthy (worst seed "
-                     f"within {d['threshold']:g} bit) at shifts {', '.join(f'{x:g}' for x in healthy) or 'none'} "
-                     f"(worst seed's cost by shift: {worst})")
+        per = []
+        for design in "AB":
+            levels = d.get(design) or []
+            healthy = [x for x, index in levels if decision["claims"][index]["figure"] <= d["threshold"]]
+            per.append(f"{design} healthy at shifts {', '.join(f'{x:g}' for x in healthy) or 'none'} (worst seed's "
+                       "cost " + ", ".join(f"{x:g}: {_claim(decision, index)}" for x, index in levels) + ")")
+        lines.append(f"- Dose-response, fp32 ({d['pair']} pair at {d['inject']}, healthy within {d['threshold']:g} "
+                     "bit): " + "; ".join(per))
     return [*lines, ""]
 
 
@@ -140,33 +152,44 @@ def _activation(decision: dict) -> list[str]:
     mech = decision["mechanisms"]
     if not mech["activation"]:
         return []
-    levels = mech["int8_levels"]
     lines = ["## Mechanism 2: activation", "",
-             "GELU passes a centred input through a smooth near-linear region; the swish gate multiplies two "
-             "projections of an offset input, and the product's largest values grow against its typical ones. A "
-             "per-tensor int8 scale is set by the largest |x|: a typical value keeps about "
-             f"{levels} / spike ratio levels.", ""]
+             "GELU acts on a centred input; the swish gate multiplies two projections of an input that may keep an "
+             "offset, and the product's largest values can grow against its typical ones. A per-tensor int8 scale is "
+             f"set by the largest |x|: a typical value keeps about {mech['int8_levels']} / (spike ratio) levels. Spike "
+             "ratio at the down-projection input (largest |x| over the median), fp32:", ""]
     for item in mech["activation"]:
-        a, b = (decision["claims"][item[d]]["figure"] for d in "AB")
-        lines.append(f"- `{item['scenario']}`: spike ratio A {_claim(decision, item['A'], 1)}, B "
-                     f"{_claim(decision, item['B'], 1)} (B / A {_claim(decision, item['ratio'])}); a typical value "
-                     f"keeps ≈ {levels / a:.1f} int8 levels in A, {levels / b:.1f} in B")
+        lines.append(f"- `{item['scenario']}`: A {_claim(decision, item['A'], 1)}, B {_claim(decision, item['B'], 1)}; "
+                     f"B / A {_claim(decision, item['ratio'])}")
     return [*lines, ""]
 
 
 def _prediction(decision: dict) -> list[str]:
     p = decision["mechanisms"]["prediction"]
-    lines = ["## The seed's prediction", "", f"Stated before it was measured: {p['statement']}", ""]
+    if p["scenario"] is None:
+        return []
+    lines = ["## The seed's prediction", "",
+             f"Fixed text in the code, judged by a fixed rule whatever the runs say: {p['statement']}", ""]
     if not p["parts"]:
-        return [*lines, f"Not measured: no pair has `{p['recipe']}` cells of both designs under "
-                        f"`{p['scenario']}`.", ""]
-    held = {True: "**held**", False: "**did not hold**", None: "**not resolved** (interval across)"}
+        return [*lines, f"Not measured: no pair has `{p['recipe']}` cells of both designs under `{p['scenario']}`.",
+                ""]
+    held = {True: "**held**", False: "**did not hold**", None: "**not resolved** (interval across, or one seed)"}
     first, second = p["parts"]
-    lines += [f"Measured on the {p['pair']} pair, `{p['recipe']}` under `{p['scenario']}`, intervals over seeds:",
+    health = "healthy there" if p["fp32_healthy"] else "not healthy there (a mechanism, measured against the same " \
+                                                       "model's fp32; no verdict rests on it)"
+    lines += [f"Measured on the {p['pair']} pair, `{p['recipe']}` under `{p['scenario']}`, intervals over seeds; its "
+              f"fp32 models are {health}:",
               f"- {first['what']}: B / A {_claim(decision, first['claim'])}: {held[first['held']]}.",
               f"- {second['what']}: A {_claim(decision, second['A'])}, B {_claim(decision, second['B'])}: "
-              f"{held[second['held']]}."]
+              f"{held[second['held']]}" + _below_one(decision, second) + "."]
     return [*lines, ""]
+
+
+def _below_one(decision: dict, part: dict) -> str:
+    """Where both designs' ratios are below 1, neither errs more on small negatives in absolute terms."""
+    if all(decision["claims"][part[d]]["figure"] < 1 for d in "AB"):
+        return " (both below 1: neither design errs more on small negative than on small positive values; B only " \
+               "relatively more than A)"
+    return ""
 
 
 def _flips(decision: dict) -> list[str]:
@@ -175,28 +198,46 @@ def _flips(decision: dict) -> list[str]:
     lines = ["## Where it flips", "", "Each format × scenario the other design wins, or would win on evidence a "
              "broken fp32 reference keeps from counting; what the records show of why, and of a fix.", ""]
     for f in decision["flips"]:
-        kl = ", ".join(f"{'AB'[i]} {_claim(decision, index)}" for i, index in enumerate(f["mechanism_claims"]))
-        text = f"- {f['family']} under `{f['scenario']}`: {f['winner']} wins ({SHORT[f['evidence_kind']]})" \
-            if f["counted"] else (f"- {f['family']} under `{f['scenario']}`: {f['winner']} ahead on the "
-                                  f"{SHORT[f['evidence_kind']]}, not counted: {f['reason']}")
-        text += f"; KL to fp32 {kl}" if kl else ""
-        if f["stages"]:
-            text += ("; relative error at the norm output / pre-activation / down-projection input (mean over layers "
-                     "and seeds) " + ", ".join(f"{d} " + " / ".join(_claim(decision, i) for i in stages.values())
-                                               for d, stages in sorted(f["stages"].items())))
-        if f["overflow"]:
-            text += ("; share of tokens whose fp32 states overflow an fp16 norm's squares "
-                     + ", ".join(f"{d} {_claim(decision, i, 3)}" for d, i in sorted(f["overflow"].items())))
+        m = f["mechanism"]
+        text = f"- {f['family']} under `{f['scenario']}`: {f['winner']} " + (
+            f"wins ({SHORT[f['evidence_kind']]})" if f["counted"] else
+            f"ahead on the {SHORT[f['evidence_kind']]}, not counted: {f['reason']}")
+        if m["kl"]:
+            text += (f". KL to fp32 A {_claim(decision, m['kl']['A'])}, B {_claim(decision, m['kl']['B'])} "
+                     f"({m['runs']['kl']})")
+        if m["stages"]:
+            errors = ", ".join(f"{d} " + " / ".join(_claim(decision, i) for i in m["stages"][d].values()) for d in "AB")
+            text += (". Relative error at the norm output / pre-activation / down-projection input (mean over layers "
+                     f"and seeds): {errors} ({m['runs']['stages']}): {_separates(decision, f)}")
+        if m["overflow"]:
+            text += (". Share of tokens whose fp32 states overflow an fp16 norm's squares: "
+                     + ", ".join(f"{d} {_claim(decision, m['overflow'][d], 3)}" for d in "AB")
+                     + f" ({m['runs']['overflow']})")
         fix = f["fix"]
         if fix:
-            text += (f". {fix['design']}'s best variant of it, `{fix['recipe']}`, against {f['winner']}: "
-                     f"{_claim(decision, fix['claim'])} — {'closes the gap' if fix['closes_gap'] else 'still behind'}")
-            if fix.get("timed") is not None:
-                text += f", at {_claim(decision, fix['timed'])}× its plain recipe's prefill time"
+            said = {"ahead": f"ahead of {f['winner']}", "no difference": f"no difference from {f['winner']} left",
+                    "behind": f"still behind {f['winner']}"}[fix["against"]]
+            text += (f". {fix['design']} with `{fix['recipe']}` / {f['winner']}: {_claim(decision, fix['claim'])}, "
+                     f"{said} ({fix['run']})")
+            text += (f", at {_claim(decision, fix['timed'])}× its plain recipe's prefill time"
+                     if fix["timed"] is not None else "; its cost was not timed in these runs")
         else:
-            text += ". No variant of the family (a mitigation, the norm in fp32) was measured to fix it"
+            text += ". No variant of the family (a mitigation, the norm in fp32) was measured against it"
         lines.append(text + ".")
     return [*lines, ""]
+
+
+def _separates(decision: dict, flip: dict) -> str:
+    """The first stage at which the loser's error interval lies above the winner's, or that none does."""
+    loser = "A" if flip["winner"] == "B" else "B"
+    stages = flip["mechanism"]["stages"]
+    for stage, index in stages[loser].items():
+        mine, theirs = decision["claims"][index], decision["claims"][stages[flip["winner"]][stage]]
+        low = mine["ci95"][0] if mine["ci95"] else mine["figure"]
+        high = theirs["ci95"][1] if theirs["ci95"] else theirs["figure"]
+        if low > high:
+            return f"{loser}'s error is already larger at the {STAGE_NAMES[stage]}"
+    return f"no stage separates them ({flip['winner']}'s errors are as large): the loss is not located by them"
 
 
 def _unknowns(decision: dict) -> list[str]:
@@ -223,9 +264,12 @@ def write(run_dirs: list[Path], out: Path, profile: Deployment | None = None, bu
     return analysis.write(found, markdown(found), out)
 
 
-def write_for_run(run_dir: Path) -> tuple[Path, Path]:
-    """The memo of one run, beside its records, for the profile its config's [deployment] names (or the default)."""
+def write_for_run(run_dir: Path) -> tuple[Path, Path] | None:
+    """The memo of one run, beside its records, for the profile its config's [deployment] names (or
+    the default); None for a shard, a slice of a matrix whose memo is the merged run's."""
     manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+    if (manifest.get("config") or {}).get("shard"):
+        return None
     table = (manifest.get("config") or {}).get("deployment") or {}
     profile, budget = deployment_from_table(table, f"{run_dir} [deployment]") if table else (None, None)
     return write([run_dir], run_dir, profile, budget)
