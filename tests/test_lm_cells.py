@@ -14,6 +14,7 @@ from torch import nn
 from ffnbench.bench import RunConfig, run
 from ffnbench.bench.analysis import downstream
 from ffnbench.bench.cells import lm_cells
+from ffnbench.bench.cells import subject as subject_module
 from ffnbench.bench.cells.cell_record import finite
 from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.bench.cells.lm_cells import LMSubject, windows
@@ -47,10 +48,14 @@ def lm_run(tmp_path_factory, seed_exports):
                        seq_len=4, latency=OFF,
                        downstream=DownstreamConfig(recipes=LM_RECIPES, scenarios=["clean", "production", "domain-code"],
                                                    windows=6, seeds=[0, 1], draws=3))
-    quantize_here = lm_cells.quantize
+    quantize_here = subject_module.quantize
+
+    def quantize_lm(source, recipe, out, *a, **k):  # a whole model's artifacts are named lm-...
+        QUANTIZED_HERE.extend([recipe] if out.name.startswith("lm-") else [])
+        return quantize_here(source, recipe, out, *a, **k)
+
     with pytest.MonkeyPatch.context() as patch:  # what this process quantizes, the workers aside
-        patch.setattr(lm_cells, "quantize", lambda source, recipe, *a, **k: (
-            QUANTIZED_HERE.append(recipe), quantize_here(source, recipe, *a, **k))[1])
+        patch.setattr(subject_module, "quantize", quantize_lm)
         cells = [c for c in run(config, out, progress=False) if c["kind"] == "lm"]
     report.write(out)
     ALL_LM_CELLS.extend(cells)

@@ -311,7 +311,7 @@ def test_a_run_measures_mitigated_recipes_on_the_trained_pair_beside_their_paren
 def test_a_variant_of_a_mitigated_recipe_sets_its_mitigations_parameters(tmp_path):
     """alpha, spike_threshold and the rotation seed come from a [recipe] variant of a mitigated recipe, are
     checked against the mitigations it applies, and reach the transform (recorded in its cells)."""
-    from ffnbench.bench import runner
+    from ffnbench.bench.cells import sublayer_cells
     from ffnbench.bench.config import RunConfig
 
     def config(**spec) -> RunConfig:
@@ -326,7 +326,7 @@ def test_a_variant_of_a_mitigated_recipe_sets_its_mitigations_parameters(tmp_pat
     both = config(base="bnb-int8+keep", threshold=4.0, spike_threshold=3.0)  # LLM.int8's threshold stays its own
     assert both.recipe_spec("mine") == ("bnb-int8", {"threshold": 4.0})
     assert both.mitigation_settings("mine") == mitigations.Settings(spike_threshold=3.0)
-    subject = runner.Subject(chosen, "B", "tiny", tmp_path)
+    subject = sublayer_cells.Subject(chosen, "B", "tiny", tmp_path)
     assert subject.mitigated("mine", "clean")[0].source["mitigation"]["alpha"] == 0.9
     for spec, message in (({"base": "ort-int8-dynamic+rotate", "alpha": 0.9}, "alpha sets \\+smooth"),
                           ({"base": "ort-int8-dynamic+smooth", "alpha": 1.5}, "within \\[0, 1\\]"),

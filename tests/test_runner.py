@@ -8,7 +8,8 @@ import pytest
 
 from ffnbench.bench import RunConfig, run
 from ffnbench.bench import runner as runner_module
-from ffnbench.bench.cells import prebuild
+from ffnbench.bench.cells import prebuild, sublayer_cells
+from ffnbench.bench.cells import subject as subject_module
 from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.bench.cells.metrics import ALL_METRICS, centered_sqnr_db
 from ffnbench.bench.cells.runnables import OrtRunnable
@@ -62,8 +63,8 @@ def test_resume_skips_finished_cells(tiny_run, tmp_path, monkeypatch):
     first, out = tiny_run[0], shutil.copytree(tiny_run[1], tmp_path / "run")
     before = lines(out)
     calls = []
-    monkeypatch.setattr(runner_module, "export_onnx", lambda *a, **k: calls.append("export"))
-    monkeypatch.setattr(runner_module, "quantize", lambda *a, **k: calls.append("quantize"))
+    monkeypatch.setattr(sublayer_cells, "export_onnx", lambda *a, **k: calls.append("export"))
+    monkeypatch.setattr(subject_module, "quantize", lambda *a, **k: calls.append("quantize"))
     assert run(tiny_config(), out, resume=True, progress=False) == first
     assert lines(out) == before and calls == []
 
@@ -73,8 +74,8 @@ def test_a_new_run_reuses_exports_and_artifacts_cached_by_content(tiny_run, tmp_
     (out / "results.jsonl").unlink()
     (out / "manifest.json").unlink()
     calls = []
-    monkeypatch.setattr(runner_module, "export_onnx", lambda *a, **k: calls.append("export"))
-    monkeypatch.setattr(runner_module, "quantize", lambda *a, **k: calls.append("quantize"))
+    monkeypatch.setattr(sublayer_cells, "export_onnx", lambda *a, **k: calls.append("export"))
+    monkeypatch.setattr(subject_module, "quantize", lambda *a, **k: calls.append("quantize"))
     again = run(tiny_config(), out, progress=False)
     assert calls == []
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in first]
@@ -85,8 +86,8 @@ def test_prebuilt_artifacts_are_the_ones_the_cells_would_build(tiny_run, tmp_pat
     """Above PREBUILD_MIN_WEIGHTS the ONNX artifacts are quantized in worker processes first; the
     cells then load them (quantize is never called here) and measure what the in-process run did."""
     monkeypatch.setattr(prebuild, "PREBUILD_MIN_WEIGHTS", 0)
-    in_process, quantize = [], runner_module.quantize
-    monkeypatch.setattr(runner_module, "quantize", lambda source, recipe, *a, **k: (
+    in_process, quantize = [], subject_module.quantize
+    monkeypatch.setattr(subject_module, "quantize", lambda source, recipe, *a, **k: (
         in_process.append(recipe), quantize(source, recipe, *a, **k))[1])
     out = seed_exports(tmp_path / "run")
     built = run(tiny_config(recipes=["fp32", "ort-int8-dynamic", "ort-int4-rtn"]), out, progress=False)
@@ -106,21 +107,21 @@ def test_prebuild_starts_the_longest_builds_first(tmp_path, seed_exports):
     cfg = tiny_config(designs=["A"], recipes=["ort-int8-dynamic", "ort-int8-qdq-minmax", "rtn-as-hqq", "ort-int4-rtn",
                                               "bnb-nf4"],
                       user_recipes={"rtn-as-hqq": {"base": "ort-int4-rtn", "algorithm": "hqq"}})
-    subjects = {"A": runner_module.Subject(cfg, "A", "tiny", seed_exports(tmp_path / "run") / "artifacts")}
+    subjects = {"A": sublayer_cells.Subject(cfg, "A", "tiny", seed_exports(tmp_path / "run") / "artifacts")}
     order = [out.name.rsplit("-", 2)[0] for out, _ in prebuild.builds(subjects, runner_module.plan(cfg))]
     assert order[:2] == ["rtn-as-hqq", "ort-int8-qdq-minmax"]
     assert sorted(order[2:]) == ["ort-int4-rtn", "ort-int8-dynamic"]
 
 
 def test_a_failing_cell_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, seed_exports):
-    real = runner_module.quantize
+    real = subject_module.quantize
 
     def broken(source, recipe, *a, **k):
         if recipe == "ort-int8-dynamic":
             raise RuntimeError("injected")
         return real(source, recipe, *a, **k)
 
-    monkeypatch.setattr(runner_module, "quantize", broken)
+    monkeypatch.setattr(subject_module, "quantize", broken)
     results = run(tiny_config(designs=["A"]), seed_exports(tmp_path / "run"), progress=False)
     status = {(r["recipe"], r["scenario"]): r["status"] for r in results}
     assert status["ort-int8-dynamic", "clean"] == "error" and status["bnb-nf4", "clean"] == "ok"

@@ -10,13 +10,10 @@ fp32 torch of the same model on the same text and drift, and is kept per window 
 report's intervals can resample seeds and windows (analysis/verdicts.py).
 """
 
-import contextlib
 import functools
 import hashlib
 import itertools
-import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from ffnbench import files
 from ffnbench.bench.cells import lm_metrics, metrics
 from ffnbench.bench.cells.cell_record import artifact_summary, finite, recording
 from ffnbench.bench.cells.lm_runnables import LMTorch, evaluate, lm_runnable_for
+from ffnbench.bench.cells.subject import BaseSubject
 from ffnbench.bench.traffic.drift_stats import drift_stats, ffn_input_std, moments
 from ffnbench.bench.traffic.scenarios import TEXT_DOMAINS
 from ffnbench.errors import UsageError
@@ -34,7 +32,7 @@ from ffnbench.export import NATIVE_OPSET, ExportedModel
 from ffnbench.export.lm_export import export_lm, feeds
 from ffnbench.models import corpus
 from ffnbench.models.pair import load_lm, trained_dir
-from ffnbench.quant import RECIPES, Skipped, batch_invariant, load_artifact, mitigations, quantize, recipe_config
+from ffnbench.quant import Skipped, batch_invariant, mitigations, recipe_config
 from ffnbench.quant.calibration import LMCalibration
 from ffnbench.versions import stack_versions
 
@@ -85,18 +83,18 @@ def check(config) -> None:
             windows(train, 1, model.cfg.context, f"{domain} (calibration)")
 
 
-class LMSubject:
+class LMSubject(BaseSubject):
     """One design and training seed of the trained pair: its checkpoint and export, texts, drifts,
     references, artifacts."""
 
+    user_cache = True  # an export takes 6-8 s on 2 cores, a minute for SmolLM2; its identity names its code
+    artifact_prefix = "lm-"
     # Windows a torch or ONNX Runtime call takes at once (None: all): a user's model sets it, whose
     # logits of one window are 25 MB.
     max_batch: int | None = None
     std_windows = STD_WINDOWS
-    # A user's model holds one candidate at a time (its cells come recipe by recipe) and keeps the taps
-    # of the first TAP_WINDOWS windows of a candidate only: a copy of a 30-layer model a recipe, or
-    # their taps over every window, would not fit beside the references.
-    hold_one_runnable = False
+    # A user's model keeps the taps of the first TAP_WINDOWS windows of a candidate only: their taps
+    # over every window would not fit beside the references.
     candidate_taps: int | None = None
 
     def __init__(self, config, design: str, seed: int, artifacts: Path, kind: str = "trained",
@@ -113,7 +111,7 @@ class LMSubject:
         self.checkpoint = summary(checkpoint, name) | {"corpus_read_sha256": _corpus(self.home).sha256}
 
     def _setup(self, config, design: str, model, artifacts: Path, inject: str | None, windows: int) -> None:
-        self.config, self.design, self.model, self.artifacts = config, design, model, artifacts
+        super().__init__(config, design, model, artifacts)
         self.inject = inject or config.downstream.inject
         self.n_windows = windows  # held-out windows a scenario reads
         self.cfg = model.cfg
@@ -121,31 +119,25 @@ class LMSubject:
         self._references: dict[str, tuple] = {}
         self._health: dict[str, dict] = {}
         self._undrifted: dict[str, np.ndarray] = {}
-        self._runnables: dict[tuple, tuple] = {}
-        self._mitigated: dict[tuple, dict] = {}
 
-    @functools.cached_property
-    def export(self) -> ExportedModel:
-        """The whole model in ONNX, made when an ORT recipe first needs it."""
-        return self._exported(self.model)
-
-    def _exported(self, model) -> ExportedModel:
-        """`model` (the subject's, or a mitigated copy) in ONNX. Exporting takes 6-8 s on 2 cores (a
-        minute for SmolLM2), so an export is also kept in the user's cache (by content: the model's
-        identity, injection, stack, code) and copied into the run from there, after its hash is checked."""
+    def export_identity(self, model):
+        """`model` (the subject's, or a mitigated copy) in ONNX, named by the model's identity, its
+        injection, the stack and the code that exports it (a change to that code must not reuse an
+        older cached export)."""
         identity = {"checkpoint": identity_of(model), "inject": self.inject,
                     "opset": NATIVE_OPSET, "versions": stack_versions(), "code": _export_code_digest()}
-        name = f"lm-export-{self.design}-{files.digest(identity)}"
-        out, cached = self.artifacts / name, files.cache_dir() / name
-        with files.cache_lock(name):  # a process exporting the same model: wait for it, then copy
-            if not _intact(out) and _intact(cached):
-                _copy_whole(cached, out)
-            if _intact(out):  # a re-run does not re-export
-                return ExportedModel(out / "model.onnx", json.loads((out / "manifest.json").read_text()))
-            exported = export_lm(model, out, self.inject, model.source)
-            with contextlib.suppress(OSError):  # a read-only cache costs time, not results
-                _copy_whole(out, cached)
-        return exported
+        return (f"lm-export-{self.design}-{files.digest(identity)}",
+                lambda out: export_lm(model, out, self.inject, model.source))
+
+    def source_identity(self, model, export: ExportedModel | None) -> dict:
+        return {"source": export.manifest["sha256"] if export is not None else identity_of(model)}
+
+    def check_runtime(self, runtime: str) -> None:
+        if self.config.device == "cuda" and runtime in ("ort", "fp32"):
+            raise Skipped("lm cells run ONNX Runtime on the CPU only")
+
+    def runnable_for(self, artifact):
+        return lm_runnable_for(artifact, self.inject, self.config.threads, self.config.device)
 
     home = "prose"  # the corpus the model learned: a synthetic drift is applied over its held-out text
 
@@ -257,7 +249,8 @@ class LMSubject:
 
     def release(self) -> None:
         """Drop references and runnables once the subject's cells are done (a reference holds ~70 MB)."""
-        for cache in (self._references, self._runnables, self._health, self._undrifted, self._mitigated):
+        super().release()
+        for cache in (self._references, self._health, self._undrifted):
             cache.clear()
 
     def calibration(self, name: str) -> LMCalibration:
@@ -266,70 +259,17 @@ class LMSubject:
         batches, _ = self._feeds(name, tokens, self.config.seed + 1)
         return LMCalibration(name, tuple(f for batch in batches for f in _split(batch)))
 
-    def artifact_job(self, recipe: str, calibration: str | None) -> tuple[Path, dict]:
-        """Where the recipe's artifact goes (named by what it is made from) and quantize()'s arguments.
-        A mitigated recipe quantizes the transformed model (`mitigated`), exported where ONNX Runtime
-        runs it."""
-        config = self.config
-        base, params = config.recipe_spec(recipe)
-        if config.device == "cuda" and RECIPES[base].runtime in ("ort", "fp32"):
-            raise Skipped("lm cells run ONNX Runtime on the CPU only")
-        cal = self.calibration(calibration) if calibration else None
-        on_onnx = RECIPES[base].runtime in ("ort", "fp32")  # module recipes need no export
-        model, export = self.model, (self.export if on_onnx else None)
-        if config.mitigations_of(recipe):
-            model, export = self.mitigated(recipe, calibration, on_onnx)
-        identity = {"source": export.manifest["sha256"] if on_onnx else identity_of(model),
-                    "recipe": base, "params": params, "device": config.device,
-                    "calibration": cal.describe() if cal else None}
-        if model.source.get("mitigation"):  # +keep changes what is quantized, not the export's bytes
-            identity["mitigation"] = model.source["mitigation"]
-        out = self.artifacts / f"lm-{recipe}-{self.design}-{files.digest(identity)}"
-        return out, {"source": export.path if on_onnx else model, "recipe": base, "calibration": cal,
-                     "device": config.device, **params}
+    def mitigate(self, mods: tuple, settings, calibration: str) -> torch.nn.Module:
+        def forward(model):
+            runner = LMTorch(model, self.inject, threads=self.config.threads)
+            return lambda request: runner.run(request)[0]
 
-    def mitigated(self, recipe: str, calibration: str, export: bool) -> tuple[torch.nn.Module, ExportedModel | None]:
-        """The model with the recipe's mitigations applied, set from the calibration scenario's data,
-        and its export (where wanted); each made once a subject. Its equivalence to fp32 is measured on
-        the first calibration request and recorded (`mitigation`)."""
-        mods, settings = self.config.mitigations_of(recipe), self.config.mitigation_settings(recipe)
-        key = (mods, settings, calibration)
-        if key not in self._mitigated:
-            def forward(model):
-                runner = LMTorch(model, self.inject, threads=self.config.threads)
-                return lambda request: runner.run(request)[0]
-
-            model = mitigations.mitigate(self.model, mods, settings, self.calibration(calibration).requests, forward,
-                                         calibration)
-            # The weights' hash stays the checkpoint's; what it is made from names the transform too.
-            model.source["identity"] = files.digest({"model": identity_of(self.model),
-                                                     "mitigation": model.source["mitigation"]})
-            self._mitigated[key] = {"model": model, "export": None}
-        made = self._mitigated[key]
-        if export and made["export"] is None:
-            made["export"] = self._exported(made["model"])
-        return made["model"], made["export"]
-
-    def mitigation(self, recipe: str, calibration: str) -> dict:
-        """What `mitigated` did for the recipe, per layer, and its measured fp32 equivalence."""
-        return self.mitigated(recipe, calibration, export=False)[0].source["mitigation"]
-
-    def runnable(self, recipe: str, calibration: str | None):
-        key = (recipe, calibration)
-        if key not in self._runnables:
-            if self.hold_one_runnable:
-                self._runnables.clear()
-            config = self.config
-            out, job = self.artifact_job(recipe, calibration)
-            if (out / "manifest.json").exists():
-                module = job["source"] if isinstance(job["source"], torch.nn.Module) else self.model
-                artifact = load_artifact(out, module, device=config.device)
-            else:
-                artifact = quantize(job.pop("source"), job.pop("recipe"), out, **job)
-            manifest = {**artifact.manifest, "dir": out.relative_to(self.artifacts.parent).as_posix()}
-            runnable = lm_runnable_for(artifact, self.inject, config.threads, config.device)
-            self._runnables[key] = (runnable, manifest)
-        return self._runnables[key]
+        model = mitigations.mitigate(self.model, mods, settings, self.calibration(calibration).requests, forward,
+                                     calibration)
+        # The weights' hash stays the checkpoint's; what it is made from names the transform too.
+        model.source["identity"] = files.digest({"model": identity_of(self.model),
+                                                 "mitigation": model.source["mitigation"]})
+        return model
 
 
 def summary(checkpoint: dict, name: str) -> dict:
@@ -358,23 +298,6 @@ def _export_code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def _copy_whole(src: Path, dst: Path) -> None:
-    """Copy a directory's files so that `dst` appears complete or not at all."""
-    shutil.rmtree(dst, ignore_errors=True)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with files.staged_dir(dst) as stage:
-        for path in src.iterdir():
-            shutil.copyfile(path, stage / path.name)
-
-
-def _intact(export_dir: Path) -> bool:
-    try:
-        manifest = json.loads((export_dir / "manifest.json").read_text())
-        return manifest["sha256"] == files.sha256_file(export_dir / manifest["file"])
-    except (OSError, ValueError, KeyError):
-        return False
-
-
 def _split(batch: dict) -> list[dict]:
     """A mixed batch's feeds, one request each (the calibrator reads requests one at a time)."""
     n = len(batch["tokens"])
@@ -385,17 +308,6 @@ def _split(batch: dict) -> list[dict]:
 def _max(values) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return max(finite) if finite else None
-
-
-def down_inputs(taps: dict, layers: int) -> list[np.ndarray]:
-    """Each layer's down-projection input: GELU's output (A), or the SwiGLU product swish(gate)·up (B)."""
-    return [taps[f"act_out.{i}"] * taps[f"up.{i}"] if f"up.{i}" in taps else taps[f"act_out.{i}"]
-            for i in range(layers)]
-
-
-def _pooled(taps: dict, layers: int) -> dict[str, np.ndarray]:
-    return {name: np.concatenate([taps[f"{name}.{i}"].ravel() for i in range(layers)])
-            for name in ("norm_out", "act_in", "act_out")}
 
 
 @dataclass
@@ -437,11 +349,12 @@ def measure_lm(subject: LMSubject, cell) -> dict:
     with recording(record):
         got = predictions(subject, cell)
         values, taps, ref_taps = got.values, got.taps, got.ref_taps
-        spikes = [lm_metrics.spikes(x) for x in down_inputs(taps, layers)]
+        spikes = [lm_metrics.spikes(x) for x in lm_metrics.down_inputs(taps, layers)]
         values["spike_ratio"] = _max(s[0] for s in spikes)
         values["spike_token_share"] = _max(s[1] for s in spikes)
         first = {name: value[:TAP_WINDOWS] for name, value in taps.items()}
-        values |= metrics.tap_metrics(_pooled(ref_taps, layers), _pooled(first, layers), subject.config.delta)
+        pooled = [lm_metrics.pooled_taps(t, layers) for t in (ref_taps, first)]
+        values |= metrics.tap_metrics(*pooled, subject.config.delta)
         record |= {"status": "ok", "metrics": finite(values), "draws": subject.draws(cell.scenario),
                    "reference": subject.reference_health(cell.scenario),
                    "windows": got.windows(),
@@ -451,7 +364,7 @@ def measure_lm(subject: LMSubject, cell) -> dict:
                               "spike_token_share": finite([s[1] for s in spikes]),
                               "norm_positive_fraction": finite([metrics.norm_positive_fraction(taps[f"norm_out.{i}"])
                                                                 for i in range(layers)]),
-                              **stage_errors(ref_taps, first, layers)},
+                              **lm_metrics.stage_errors(ref_taps, first, layers)},
                    "runtime": got.runtime, "artifact": artifact_summary(got.manifest)}
         if cell.recipe == "fp32":  # what each FFN norm sees under this scenario, per layer
             record["drift_stats"] = [finite(drift_stats(ref_taps[f"ffn_in.{i}"], subject.clean_moments[i]))
@@ -461,17 +374,6 @@ def measure_lm(subject: LMSubject, cell) -> dict:
                                                       for i in range(layers)]
         record |= mitigation_record(subject, cell)
     return record
-
-
-def stage_errors(ref_taps: dict, taps: dict, layers: int) -> dict[str, list]:
-    """Per layer, where a recipe's error enters the FFN: the relative error of the norm's output,
-    the pre-activation and the down-projection's input against fp32's, on the tapped windows."""
-    ref_down, down = down_inputs(ref_taps, layers), down_inputs(taps, layers)
-    return {"norm_out_rel_err": finite([lm_metrics.relative_error(ref_taps[f"norm_out.{i}"], taps[f"norm_out.{i}"])
-                                        for i in range(layers)]),
-            "act_in_rel_err": finite([lm_metrics.relative_error(ref_taps[f"act_in.{i}"], taps[f"act_in.{i}"])
-                                      for i in range(layers)]),
-            "down_in_rel_err": finite([lm_metrics.relative_error(r, d) for r, d in zip(ref_down, down, strict=True)])}
 
 
 def mitigation_record(subject: LMSubject, cell) -> dict:

@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from ffnbench.bench.cells.cell_record import finite
+
 # The figures llama.cpp's perplexity tool reports for a quantization (KL divergence per position:
 # mean, 99th and 99.9th percentile, maximum; "same top p"; the change of a token's probability),
 # so that users can set ours beside theirs: kld_mean is kl_to_fp32, same_top1 top1_agreement.
@@ -158,3 +160,26 @@ def prediction_metrics(per_position: dict[str, np.ndarray], logits: np.ndarray, 
     means = {k: float(np.mean(v)) for k, v in per_window.items() if k in ("bits_per_byte", "delta_bpb", "kl_to_fp32")}
     figures = llama_cpp_metrics(per_position)
     return {**means, "top1_agreement": figures["same_top1"], **figures, "nonfinite_rate": rate}
+
+
+def down_inputs(taps: dict, layers: int) -> list[np.ndarray]:
+    """Each layer's down-projection input: GELU's output (A), or the SwiGLU product swish(gate)·up (B)."""
+    return [taps[f"act_out.{i}"] * taps[f"up.{i}"] if f"up.{i}" in taps else taps[f"act_out.{i}"]
+            for i in range(layers)]
+
+
+def pooled_taps(taps: dict, layers: int) -> dict[str, np.ndarray]:
+    """Each tapped stage's values over every layer, flattened into one array (the tap metrics' input)."""
+    return {name: np.concatenate([taps[f"{name}.{i}"].ravel() for i in range(layers)])
+            for name in ("norm_out", "act_in", "act_out")}
+
+
+def stage_errors(ref_taps: dict, taps: dict, layers: int) -> dict[str, list]:
+    """Per layer, where a recipe's error enters the FFN: the relative error of the norm's output,
+    the pre-activation and the down-projection's input against fp32's, on the tapped windows."""
+    ref_down, down = down_inputs(ref_taps, layers), down_inputs(taps, layers)
+    return {"norm_out_rel_err": finite([relative_error(ref_taps[f"norm_out.{i}"], taps[f"norm_out.{i}"])
+                                        for i in range(layers)]),
+            "act_in_rel_err": finite([relative_error(ref_taps[f"act_in.{i}"], taps[f"act_in.{i}"])
+                                      for i in range(layers)]),
+            "down_in_rel_err": finite([relative_error(r, d) for r, d in zip(ref_down, down, strict=True)])}

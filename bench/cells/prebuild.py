@@ -17,6 +17,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from ffnbench.bench.cells.subject import intact
+from ffnbench.bench.cells.sublayer_cells import Subject
 from ffnbench.quant import RECIPES, quantize, recipe_config
 
 BUILD_WORKERS = 2
@@ -79,7 +81,7 @@ def builds(subjects: dict, cells: list) -> list[tuple[Path, dict]]:
             out, job = subjects[cell.design].artifact_job(cell.recipe, cell.calibration)
         except Exception:  # recorded by the cell itself
             continue
-        if RECIPES[job["recipe"]].runtime == "ort" and not (out / "manifest.json").exists():
+        if RECIPES[job["recipe"]].runtime == "ort" and not intact(out):
             jobs[out] = job
 
     def cost(item) -> tuple[bool, bool]:  # HQQ first, then calibrated recipes: the longest builds
@@ -112,9 +114,8 @@ def _start(threads: int) -> None:
 
 
 def _export(config, design: str, model: str, artifacts: Path) -> None:
-    from ffnbench.bench.runner import Subject
-
-    Subject(config, design, model, artifacts)
+    subject = Subject(config, design, model, artifacts)
+    subject.exported(subject.model)
 
 
 def _quantize(out: Path, job: dict) -> None:
