@@ -6,8 +6,7 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ffnbench.bench import records
-from ffnbench.bench.analysis.deployment import deployment_from_table
+from ffnbench.bench import config_check, records
 from ffnbench.bench.cells.latency import LatencyConfig
 from ffnbench.bench.studies import STUDIES, DoseConfig, DownstreamConfig, WholeConfig
 from ffnbench.bench.traffic import model_specs
@@ -21,8 +20,8 @@ from ffnbench.bench.traffic.scenarios import (
     replay_from_table,
 )
 from ffnbench.errors import UsageError
-from ffnbench.models import DESIGNS, PRESETS, FFNBlock, FFNConfig, build_model, preset
-from ffnbench.quant import FAMILIES, RECIPES, mitigations, recipe_config
+from ffnbench.models import DESIGNS, FFNBlock, FFNConfig, build_model, preset
+from ffnbench.quant import FAMILIES, RECIPES, mitigations
 
 QUICK_RECIPES = ("fp32", "ort-int8-dynamic", "ort-int4-rtn", "bnb-int8", "bnb-nf4")
 QUICK_LM_RECIPES = ("fp32", "ort-int8-dynamic", "bnb-nf4")
@@ -95,12 +94,12 @@ class RunConfig:
         for axis in ("designs", "recipes", "scenarios"):
             if axis in overrides:
                 overrides[axis] = [v for v in getattr(self, axis) if v in overrides[axis]]
-        config = self._overridden(overrides) if overrides else self
+        config = self.overridden(overrides) if overrides else self
         if not config.mitigations:
             config = dataclasses.replace(config, recipes=[r for r in config.recipes if not config.mitigations_of(r)])
         return config
 
-    def _overridden(self, overrides: dict) -> "RunConfig":
+    def overridden(self, overrides: dict) -> "RunConfig":
         """The run with a [per_model] table's keys replaced, the timing ones in its latency study."""
         timing = {k: v for k, v in overrides.items() if k in LATENCY_KEYS}
         rest = {k: v for k, v in overrides.items() if k not in timing}
@@ -160,109 +159,9 @@ class RunConfig:
         return self.user_scenarios.get(name) or NAMED[name]
 
     def check(self) -> "RunConfig":
-        """The run's own keys, each study's own check, and what spans them (the recipes whole models
-        run, calibrating lm recipes, the per_model tables)."""
-        if self.deployment:
-            deployment_from_table(self.deployment, "config")
-        known_scenarios = {**NAMED, **self.user_scenarios}
-        for name, spec in self.user_recipes.items():
-            if not isinstance(spec.get("base"), str) or mitigations.parse(spec["base"])[0] not in RECIPES:
-                raise UsageError(f"recipe {name}: base must be one of {', '.join(RECIPES)} (with mitigations, "
-                                 f"RECIPE+smooth, ...), got {spec.get('base')!r}")
-            base, params = self.recipe_spec(name)
-            recipe_config(base, **params)
-            self.mitigation_settings(name)
-        known_recipes = {**RECIPES, **self.user_recipes}
-        for model in self.models:
-            if model in self.user_whole:
-                raise UsageError(f"models: '{model}' is a whole model ([model.{model}] names a checkpoint or GGUF); "
-                                 "list it in [whole] models")
-        self.whole.check(self.user_whole)
-        if self.whole.models and not [r for r in self.recipes if r in self.downstream.recipes]:
-            raise UsageError("[whole] models: whole-model cells run the recipes that are in both recipes and "
-                             "[downstream] recipes, and none is; name some in both")
-        for axis, values, known in (("designs", self.designs, DESIGNS),
-                                    ("models", self.models, {**PRESETS, **self.user_models}),
-                                    ("recipes", self.recipes, known_recipes),
-                                    ("scenarios", self.scenarios, known_scenarios),
-                                    ("calibration", self.calibration, known_scenarios)):
-            if not values and not (axis == "models" and self.whole.models):  # a run of whole models alone
-                raise UsageError(f"{axis}: empty; name at least one of {', '.join(known)}")
-            for value in values:
-                if (mitigations.parse(value)[0] if axis == "recipes" else value) not in known:
-                    raise UsageError(f"{axis}: unknown '{value}'; choose from {', '.join(known)}")
-                if axis == "recipes":
-                    self._check_mitigated(value)
-        for model in self.models:
-            if not self.model_designs(model):
-                design = self.user_models[model].design
-                raise UsageError(f"models: '{model}' is a design-{design} layer and the run's designs are "
-                                 f"{', '.join(self.designs)}; add {design} to designs")
-        self.downstream.check(self.designs, known_recipes, known_scenarios, bool(self.whole.models))
-        self._check_lm_calibration()
-        self.dose.check(self.designs, known_scenarios)
-        for model, overrides in self.per_model.items():
-            self._check_per_model(model, overrides)
-        for name in ("n_requests", "seq_len", "calibration_requests", "threads"):
-            if getattr(self, name) <= 0:
-                raise UsageError(f"{name}: must be positive, got {getattr(self, name)}")
-        if not self.delta > 0:
-            raise UsageError(f"delta: must be positive, got {self.delta}")
-        if self.seed < 0:
-            raise UsageError(f"seed: must be >= 0, got {self.seed}")
-        if self.device not in ("cpu", "cuda"):
-            raise UsageError(f"device: '{self.device}' is not cpu or cuda (the CLI's --device auto resolves to one)")
-        if self.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise UsageError("device: cuda, but no CUDA device is usable here; use cpu")
-        self.latency.check()
+        """The run's own keys, each study's own check, and what spans them (bench/config_check.py)."""
+        config_check.check(self)
         return self
-
-    def _check_per_model(self, model: str, overrides: dict) -> None:
-        if model not in self.models:
-            raise UsageError(f"per_model: '{model}' is not one of the run's models ({', '.join(self.models)}); "
-                             "add it to models or drop its table")
-        unknown = set(overrides) - set(PER_MODEL_KEYS)
-        if unknown:
-            raise UsageError(f"per_model.{model}: unknown key '{sorted(unknown)[0]}'; "
-                             f"known: {', '.join(PER_MODEL_KEYS)}")
-        alone = dataclasses.replace(self, models=[model], per_model={},
-                                    downstream=dataclasses.replace(self.downstream, recipes=[]),
-                                    whole=dataclasses.replace(self.whole, models=[]))
-        try:  # the table's values, checked as a run of that model alone would check them
-            alone._overridden(overrides).check()
-        except UsageError as e:
-            raise UsageError(f"per_model.{model}: {e}") from None
-        narrowed = self.for_model(model)
-        for axis in ("designs", "recipes", "scenarios"):
-            if axis in overrides and not getattr(narrowed, axis):
-                raise UsageError(f"per_model.{model}: its {axis} ({', '.join(overrides[axis])}) are none of the run's "
-                                 f"({', '.join(getattr(self, axis))}); widen one or the other")
-
-    def _check_lm_calibration(self) -> None:
-        """Whole models read text: a replay of hidden states cannot calibrate their QDQ recipes."""
-        calibrated = any(getattr(RECIPES.get(self.recipe_spec(r)[0]), "needs_calibration", False)
-                         for r in self.downstream.recipes)
-        for name in self.calibration if calibrated else ():
-            if isinstance(self.user_scenarios.get(name), Replay):
-                raise UsageError(f"calibration: '{name}' replays hidden states, which cannot calibrate a whole model "
-                                 "(lm cells read text); calibrate on a synthetic scenario, or drop QDQ from "
-                                 "[downstream] recipes")
-
-    def _check_mitigated(self, recipe: str) -> None:
-        """A mitigated recipe (RECIPE+shift, ...) quantizes, after calibration."""
-        mods = self.mitigations_of(recipe)
-        if not mods:
-            return
-        base, _ = self.recipe_spec(recipe)
-        if base == "fp32":
-            raise UsageError(f"recipes: '{recipe}' mitigates fp32, which quantizes nothing; mitigate a quantizing "
-                             "recipe")
-        if "keep" in mods and RECIPES[base].runtime == "torch":
-            raise UsageError(f"recipes: '{recipe}': +keep leaves a quantized layer in fp32, and {base} quantizes "
-                             "nothing to leave; drop +keep")
 
     def to_dict(self) -> dict:
         """What a run's manifest records: each study a table of its own, as in the TOML."""
@@ -328,9 +227,7 @@ PRESETS_RUN = {
                       per_model={"llama-7b": LLAMA_7B}, whole=WholeConfig(models=list(SHIPPED_WHOLE))),
 }
 
-# [per_model.NAME] keys, flat: the timing ones (LATENCY_KEYS) replace those of the run's latency study.
-PER_MODEL_KEYS = ("designs", "recipes", "mitigations", "scenarios", "n_requests", "seq_len", "calibration_requests",
-                  "decode", "prefill", "warmup", "min_iterations", "max_seconds", "max_runnable_seconds", "memory")
+# The [per_model.NAME] keys (config_check.PER_MODEL_KEYS) that replace those of the run's latency study.
 LATENCY_KEYS = {f.name for f in dataclasses.fields(LatencyConfig)}
 
 

@@ -13,7 +13,8 @@ import tomllib
 from pathlib import Path
 
 from ffnbench.bench.analysis.deployment import deployment_from_table
-from ffnbench.bench.config import LATENCY_KEYS, PER_MODEL_KEYS, RunConfig, preset_config
+from ffnbench.bench.config import LATENCY_KEYS, RunConfig, preset_config
+from ffnbench.bench.config_check import PER_MODEL_KEYS
 from ffnbench.bench.records import FLAT
 from ffnbench.bench.studies import STUDIES
 from ffnbench.bench.traffic import model_specs

@@ -18,11 +18,11 @@ FORBIDDEN = {
     "report": ("gate",),
     "analysis": ("report", "gate"),
 }
-# The run itself: the CLI, its config and the studies it composes, plan -> build -> measure -> record, its
-# progress, the store and its record formats, merging runs,
-# and the statistics that cells, the gate and the report share.
-TOP_LEVEL = {"__init__", "cli", "config", "config_toml", "studies", "runner", "progress", "store", "records", "merge",
-             "stats"}
+# The run itself: the CLI and its arguments, its config, the config's checks and the studies it composes,
+# the runner (plan -> subjects -> measure -> record), its progress, the store and its record formats,
+# merging runs, and the statistics that cells, the gate and the report share.
+TOP_LEVEL = {"__init__", "cli", "cli_parser", "config", "config_check", "config_toml", "studies", "runner", "progress",
+             "store", "records", "merge", "stats"}
 
 
 def module_name(path: Path) -> str:
@@ -98,3 +98,35 @@ def test_every_sub_package_is_packaged():
 def test_the_top_level_holds_the_run_itself():
     assert {p.stem for p in BENCH.glob("*.py")} == TOP_LEVEL
     assert {p.name for p in BENCH.iterdir() if p.is_dir() and p.name != "__pycache__"} == set(FORBIDDEN)
+
+
+# One concern per module: a module that outgrows these wants splitting by concern, not a bigger file.
+MAX_MODULE_LINES, MAX_CLASS_LINES = 400, 200
+
+
+def sizes(path: Path) -> tuple[int, dict[str, int]]:
+    """(lines of the file, lines of each class: its last line's number minus its first's, plus one)."""
+    text = path.read_text()
+    classes = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(ast.parse(text))
+               if isinstance(node, ast.ClassDef)}
+    return len(text.splitlines()), classes
+
+
+def test_every_bench_module_and_class_stays_small():
+    too_long = {}
+    for path in sorted(BENCH.rglob("*.py")):
+        lines, classes = sizes(path)
+        name = path.relative_to(BENCH).as_posix()
+        if lines >= MAX_MODULE_LINES:
+            too_long[name] = lines
+        too_long |= {f"{name}:{cls}": n for cls, n in classes.items() if n >= MAX_CLASS_LINES}
+    assert not too_long, f"split by concern (modules < {MAX_MODULE_LINES} lines, classes < {MAX_CLASS_LINES}): " \
+                         f"{too_long}"
+
+
+def test_the_size_rule_counts_a_long_class_and_a_long_module(tmp_path):
+    """The check above can fail: a 200-line class and a 400-line module are counted as such."""
+    body = "\n".join(f"    x{i} = {i}" for i in range(199))
+    module = tmp_path / "big.py"
+    module.write_text(f"class Big:\n{body}\n" + "\n" * 199 + "y = 1\n")
+    assert sizes(module) == (400, {"Big": 200})
