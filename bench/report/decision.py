@@ -206,7 +206,8 @@ def _flips(decision: dict) -> list[str]:
             text += (f". KL to fp32 A {_claim(decision, m['kl']['A'])}, B {_claim(decision, m['kl']['B'])} "
                      f"({m['runs']['kl']})")
         if m["stages"]:
-            errors = ", ".join(f"{d} " + " / ".join(_claim(decision, i) for i in m["stages"][d].values()) for d in "AB")
+            errors = ", ".join(f"{d} " + " / ".join(_claim(decision, m["stages"][d][stage]) for stage in STAGE_NAMES)
+                               for d in "AB")
             text += (". Relative error at the norm output / pre-activation / down-projection input (mean over layers "
                      f"and seeds): {errors} ({m['runs']['stages']}): {_separates(decision, f)}")
         if m["overflow"]:
@@ -231,8 +232,8 @@ def _separates(decision: dict, flip: dict) -> str:
     """The first stage at which the loser's error interval lies above the winner's, or that none does."""
     loser = "A" if flip["winner"] == "B" else "B"
     stages = flip["mechanism"]["stages"]
-    for stage, index in stages[loser].items():
-        mine, theirs = decision["claims"][index], decision["claims"][stages[flip["winner"]][stage]]
+    for stage in STAGE_NAMES:  # in the order the FFN computes them (decision.json sorts its keys)
+        mine, theirs = decision["claims"][stages[loser][stage]], decision["claims"][stages[flip["winner"]][stage]]
         low = mine["ci95"][0] if mine["ci95"] else mine["figure"]
         high = theirs["ci95"][1] if theirs["ci95"] else theirs["figure"]
         if low > high:
