@@ -242,6 +242,8 @@ def test_whole_models_of_both_designs_are_compared_and_a_broken_one_is_said(tmp_
         c = lm_cell(design, "ort-int8-dynamic", "production", 0, kl, cost=cost)
         return {**c, "kind": "whole", "model": model, "key": f"{model}/ort-int8-dynamic/production"}
 
+    alone = decide([write_run(tmp_path / "alone", [whole("B", "llama", 3e-3)])], families={"int8-dynamic": 1})
+    assert alone["rows"][0]["winner"] == "unmeasured" and any("design B only (llama)" in u for u in alone["unknowns"])
     run = write_run(tmp_path / "run", [whole("A", "gpt2", 1e-3), whole("B", "llama", 3e-3)])
     (row,) = [r for r in decide([run], families={"int8-dynamic": 1})["rows"] if r["scenario"] == "production"]
     assert row["evidence_kind"] == "whole models" and row["winner"] == "A"

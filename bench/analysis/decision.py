@@ -169,6 +169,10 @@ def unknowns(runs: list[Run], rows: list[Row], profile: Deployment) -> list[str]
         missing = [r.family for r in mine if r.winner == "unmeasured"]
         if missing:
             out.append(f"under {scenario}, {', '.join(missing)}: not measured by these runs")
+    whole = {c["model"]: c["design"] for run in runs for c in run.cells if c["kind"] == "whole"}
+    if whole and len(set(whole.values())) == 1:
+        out.append(f"whole models of design {next(iter(whole.values()))} only ({', '.join(sorted(whole))}): one "
+                   "design compares nothing; measure a model of the other design beside it")
     classes = sorted({r.machine_class for r in runs if r.machine_class})
     if profile.machine_class and profile.machine_class not in classes:
         out.append(f"machine class {profile.machine_class}: the runs measured {', '.join(classes) or 'no class'}; "
