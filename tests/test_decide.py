@@ -15,6 +15,7 @@ import pytest
 from ffnbench.bench.analysis import decision, evidence
 from ffnbench.bench.analysis.deployment import Deployment, deployment_from_table, parse_budget
 from ffnbench.bench.analysis.mechanisms import PREDICTION
+from ffnbench.bench.cli import main
 from ffnbench.bench.report import decision as render
 from ffnbench.bench.store import RunStore
 from ffnbench.errors import UsageError
@@ -368,7 +369,15 @@ def test_a_profile_normalises_its_shares_and_refuses_an_unknown_family():
 
 
 def run_cli(*args):
+    """The console script in a subprocess: the one test that runs it whole."""
     return subprocess.run([sys.executable, "-m", "ffnbench", "decide", *args], capture_output=True, text=True)
+
+
+def run_main(capsys, *args) -> tuple[int, str]:
+    """cli.main in this process (exit code, stderr): what the console script calls, without a
+    second torch import for each bad input."""
+    code = main(["decide", *map(str, args)])
+    return code, capsys.readouterr().err
 
 
 def test_decide_writes_the_memo_and_its_json(tmp_path, base_run):
@@ -382,7 +391,7 @@ def test_decide_writes_the_memo_and_its_json(tmp_path, base_run):
 
 @pytest.mark.parametrize("case", ["family", "budget", "not-a-run", "not-a-capture", "capture-dir", "budget-number",
                                   "infinite-share", "unknown-scenario", "twice", "several-without-out", "out-is-file"])
-def test_bad_input_gets_one_line_exit_2_and_nothing_written(tmp_path, base_run, case):
+def test_bad_input_gets_one_line_exit_2_and_nothing_written(tmp_path, base_run, case, capsys):
     out = tmp_path / "memo"
     profile = tmp_path / "deploy.toml"
     profile.write_text({"budget-number": "[deployment]\nbudget = 0.99\n",
@@ -401,6 +410,6 @@ def test_bad_input_gets_one_line_exit_2_and_nothing_written(tmp_path, base_run, 
             "twice": [base_run, base_run, "--out", str(out)], "several-without-out": [base_run, base_run],
             "out-is-file": [base_run, "--out", str(tmp_path / "file")]}[case]
     before = sorted(p.name for p in Path(base_run).iterdir())
-    done = run_cli(*args)
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    code, err = run_main(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert not out.exists() and sorted(p.name for p in Path(base_run).iterdir()) == before
