@@ -9,7 +9,6 @@ group so their rounds pair."""
 
 import numpy as np
 
-from ffnbench.bench.analysis import downstream
 from ffnbench.bench.analysis.deployment import Budget, Deployment
 from ffnbench.bench.analysis.evidence import PAIR_KIND, Claim, Run
 from ffnbench.bench.analysis.verdicts import health
@@ -24,7 +23,7 @@ def _served(recipe: str, profile: Deployment) -> bool:
 
 def _quality(run: Run, scenario: str) -> tuple[str, dict] | None:
     """(pair, its lm cells) of the strongest healthy pair under the scenario."""
-    pairs, _ = downstream.index(run.cells)
+    pairs, _ = run.indexed
     for pair in ("drift", "trained"):
         lm = pairs.get(pair)
         if lm and any(k[2] == scenario for k in lm) and health(lm, scenario, run.threshold) is None:

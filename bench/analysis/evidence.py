@@ -4,6 +4,7 @@ trained pair (downstream verdicts, intervals over seeds, drift draws and windows
 (one design each: A against B only where both are measured), sublayers (seeded weights, an interval
 over requests) — each with a claim whose figure a reader can recompute from the cells it lists."""
 
+import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,8 +61,13 @@ class Run:
 
     @property
     def threshold(self) -> float:
-        config = self.manifest.get("config") or {}
-        return (config.get("downstream") or {}).get("healthy_delta_bpb", config.get("healthy_delta_bpb", 0.1))
+        """The run's health threshold (load_run upgrades a flat config of an older run to the nested one)."""
+        return ((self.manifest.get("config") or {}).get("downstream") or {}).get("healthy_delta_bpb", 0.1)
+
+    @functools.cached_property
+    def indexed(self) -> tuple[dict, dict]:
+        """(pairs, doses) of its lm cells, as downstream.index gives them: indexed once, read by every row."""
+        return downstream.index(self.cells)
 
 
 def load_runs(run_dirs: list[Path]) -> list[Run]:
@@ -99,7 +105,7 @@ class Evidence:
 
 def pair_evidence(run: Run, family: str, scenario: str) -> list[Evidence]:
     """The analysis' verdict for the family under the scenario, one per pair the run measured."""
-    pairs, _ = downstream.index(run.cells)
+    pairs, _ = run.indexed
     out = []
     for pair, found in run.comparisons.items():
         for c in found:

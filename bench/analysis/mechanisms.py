@@ -8,7 +8,6 @@ A cell that lacks a figure (an older run, a non-finite output) is left out of th
 import numpy as np
 from scipy import stats
 
-from ffnbench.bench.analysis import downstream
 from ffnbench.bench.analysis.evidence import PAIR_KIND, Claim, Run
 from ffnbench.bench.analysis.verdicts import health as verdicts_health
 from ffnbench.bench.analysis.verdicts import interval
@@ -35,7 +34,7 @@ STAGES = {"norm_out_rel_err": "norm output", "act_in_rel_err": "pre-activation",
 
 def _fp32_cells(run: Run, scenario: str) -> tuple[str, dict[str, list[dict]]] | None:
     """(pair, design -> fp32 lm cells under the scenario, a seed each) of the strongest pair measured."""
-    pairs, _ = downstream.index(run.cells)
+    pairs, _ = run.indexed
     for pair in ("drift", "trained"):
         cells = {d: (pairs.get(pair) or {}).get((d, "fp32", scenario), []) for d in "AB"}
         if cells["A"] and cells["B"]:
@@ -53,7 +52,7 @@ def _mean_claim(run: Run, cells: list[dict], field: str, text: str, kind: str) -
     values = np.array([_value(c, field) for c in cells], dtype=float)
     ci = None
     if len(values) > 1 and np.all(np.isfinite(values)):
-        half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+        half = _t_half(values)
         ci = [float(values.mean() - half), float(values.mean() + half)]
     return Claim(text, float(values.mean()), ci, kind, "mean", field, [run.ref(c) for c in cells])
 
@@ -71,10 +70,15 @@ def _ratio_claim(run: Run, a: list[dict], b: list[dict], field: str, text: str, 
     logs = np.log(va / vb)
     ci = None
     if len(logs) > 1:
-        half = stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs))
+        half = _t_half(logs)
         ci = [float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))]
     return Claim(text, float(np.exp(logs.mean())), ci, kind, "geomean_ratio", field,
                  [run.ref(c) for c in (*(x for x, _ in pairs), *(y for _, y in pairs))], len(pairs))
+
+
+def _t_half(values: np.ndarray) -> float:
+    """Half-width of the 95 % Student-t interval of the mean of two or more values (one a seed)."""
+    return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
 
 
 def _has(cell: dict, field: str) -> bool:
@@ -131,7 +135,7 @@ def _dose(runs: list[Run], cite) -> list[dict]:
     level (the dose-response cells): healthy where within the run's threshold."""
     out = []
     for run in runs:
-        _, doses = downstream.index(run.cells)
+        _, doses = run.indexed
         for (pair, inject), lm in doses.items():
             entry = {"pair": pair, "inject": inject, "threshold": run.threshold, "run": run.name}
             for design in "AB":
@@ -156,7 +160,7 @@ def _prediction(runs: list[Run], drifts: list[str], cite) -> dict:
     out = {"statement": PREDICTION, "scenario": scenario, "recipe": PREDICTION_RECIPE, "parts": []}
     bands_fields = ("metrics.act_err_small_neg", "metrics.act_err_small_pos")
     for run in runs if scenario else ():
-        pairs, _ = downstream.index(run.cells)
+        pairs, _ = run.indexed
         for pair in ("drift", "trained"):
             lm = pairs.get(pair) or {}
             a, b = (lm.get((d, PREDICTION_RECIPE, scenario), []) for d in "AB")
@@ -190,7 +194,7 @@ def _band_ratio(run: Run, cells: list[dict], design: str, scenario: str, kind: s
     values = np.array([c["metrics"]["act_err_small_neg"] / c["metrics"]["act_err_small_pos"] for c in cells])
     ci = None
     if len(values) > 1:
-        half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+        half = _t_half(values)
         ci = [float(values.mean() - half), float(values.mean() + half)]
     return Claim(f"{design}, {PREDICTION_RECIPE} under {scenario}: act_err_small_neg / act_err_small_pos (mean of "
                  "the seeds' ratios)", float(values.mean()), ci, kind, "mean_of_ratios",
@@ -208,7 +212,7 @@ def _held(claim: Claim) -> bool | None:
 def _family_cells(run: Run, pair: str, family: str, scenario: str) -> dict[str, list[dict]]:
     """design -> the pair's cells of the family's plain recipes under the scenario that have per-window
     figures, and "fp32 A", "fp32 B" -> its fp32 cells."""
-    lm = downstream.index(run.cells)[0].get(pair) or {}
+    lm = run.indexed[0].get(pair) or {}
     recipes = [name for (d, name, s), cells in lm.items() if d == "A" and s == scenario
                and FAMILY_OF.get(cells[0]["recipe"]) == family]
     out = {d: [c for name in recipes for c in lm.get((d, name, scenario), []) if c.get("windows")] for d in "AB"}
@@ -280,7 +284,7 @@ def _fix(runs: list[Run], pair: str, family: str, scenario: str, winner: str, ki
     loser = "A" if winner == "B" else "B"
     best = None
     for run in runs:
-        lm = downstream.index(run.cells)[0].get(pair) or {}
+        lm = run.indexed[0].get(pair) or {}
         variants = (run.manifest.get("config") or {}).get("user_recipes") or {}
         plain = [name for (d, name, s), cells in lm.items() if d == winner and s == scenario
                  and FAMILY_OF.get(cells[0]["recipe"]) == family and not cells[0].get("mitigation")]

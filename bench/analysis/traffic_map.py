@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ffnbench.bench.analysis import downstream
 from ffnbench.bench.analysis.evidence import Run
 from ffnbench.bench.traffic.scenarios import MAGNITUDES, SHIFTS
 from ffnbench.errors import UsageError
@@ -57,7 +56,7 @@ def place(runs: list[Run], capture: Path) -> dict:
     record = read_capture(capture)
     out = {"capture": str(capture), "checkpoint": record.get("checkpoint"), "axes": []}
     for run in runs:
-        _, doses = downstream.index(run.cells)
+        _, doses = run.indexed
         group = doses.get(("trained", "ffn-input")) or doses.get(("drift", "ffn-input")) or \
             next(iter(doses.values()), None)
         if group is None:
